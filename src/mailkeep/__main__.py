@@ -1,0 +1,5 @@
+import sys
+
+from mailkeep.cli import main
+
+sys.exit(main())

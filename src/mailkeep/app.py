@@ -1,0 +1,207 @@
+"""Composition root: config -> tls -> directory -> store -> listeners -> run.
+
+The only module that names concrete backends."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from mailkeep.config.model import BindAddress, Config, ListenerConfig
+from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.security import AuthThrottle, ConnectionBudget
+from mailkeep.server.services import Services
+from mailkeep.server.submission import SubmissionSession
+from mailkeep.store.maildir import MaildirStore
+from mailkeep.tls.certs import CertificateProblem
+from mailkeep.tls.context import TlsContexts
+
+log = logging.getLogger("mailkeep")
+
+
+class StartupError(Exception):
+    """The daemon cannot start: every reason, each naming the config key and the fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _bind_hint(exc: OSError, addr: BindAddress) -> str:
+    if exc.errno == errno.EACCES and addr.port < 1024:
+        return ("permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                "use a port above 1024 or grant the capability")
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use: another server (Postfix? Dovecot?) listens there"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine: check the IP"
+    return exc.strerror or str(exc)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tls = TlsContexts(config.hostname)
+        self.servers: list[asyncio.Server] = []
+        self.bound: dict[str, list[str]] = {}
+        self.services: Services | None = None
+        self.store: MaildirStore | None = None
+        self.directory: UserDirectory | None = None
+        self._stop = asyncio.Event()
+        self._reload_task: asyncio.Task[None] | None = None
+
+    def load_tls(self) -> dict[str, ssl.SSLContext]:
+        """Front contexts per listener; every certificate problem at once."""
+        problems: list[str] = []
+        contexts: dict[str, ssl.SSLContext] = {}
+        for lst in self.config.listeners:
+            try:
+                contexts[lst.name] = self.tls.add(lst.cert, lst.key)
+            except CertificateProblem as exc:
+                key = f"listeners.{lst.name}.cert" if lst.cert != self.config.tls.cert else "tls.cert"
+                problems.append(f"{key}: {exc}")
+        if problems:
+            raise StartupError(sorted(set(problems)))
+        return contexts
+
+    async def start(self) -> None:
+        config = self.config
+        contexts = self.load_tls()
+        try:
+            self.directory = load_directory(config.directory.backend, config.directory.options,
+                                            config.directory.base_dir)
+        except DirectoryError as exc:
+            raise StartupError([str(exc)]) from None
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+            probe = config.data_dir / f".mailkeep-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError([f"data_dir: {config.data_dir} is not writable: {exc.strerror}"]) \
+                from None
+        self.store = MaildirStore(config.data_dir)
+        removed = await asyncio.to_thread(self.store.clean_stale_tmp)
+        if removed:
+            log.info("removed %d stale files from Maildir tmp/ folders", removed)
+        self.services = Services(
+            config=config, directory=self.directory, store=self.store,
+            throttle=AuthThrottle(config.security), budget=ConnectionBudget(config.security),
+        )
+        problems: list[str] = []
+        for lst in config.listeners:
+            for i, addr in enumerate(lst.bind):
+                try:
+                    server = await self._listen(lst, addr, contexts[lst.name])
+                except OSError as exc:
+                    problems.append(f"listeners.{lst.name}.bind[{i}]: {addr}: "
+                                    f"{_bind_hint(exc, addr)}")
+                    continue
+                self.servers.append(server)
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    self.bound.setdefault(lst.name, []).append(shown)
+                    log.info("listening: %s %s (%s TLS) on %s", lst.name, lst.protocol, lst.tls,
+                             shown)
+        if problems:
+            await self.close_servers()
+            raise StartupError(problems)
+        self._reload_task = asyncio.create_task(self._reload_loop())
+
+    async def _listen(self, lst: ListenerConfig, addr: BindAddress,
+                      context: ssl.SSLContext) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        services = self.services
+        assert services is not None
+
+        def factory() -> asyncio.Protocol:
+            return SubmissionSession(services, lst, context)
+
+        implicit = lst.tls == "implicit"
+        return await loop.create_server(
+            factory, host=addr.host, port=addr.port, reuse_address=True,
+            ssl=context if implicit else None,
+            ssl_handshake_timeout=self.config.tls.handshake_timeout if implicit else None,
+            backlog=511,
+        )
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tls.reload_interval)
+            await asyncio.to_thread(self.tls.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read certificates now (users files are re-read on change anyway)."""
+        log.info("SIGHUP: reloading certificates")
+        asyncio.get_running_loop().create_task(asyncio.to_thread(self.tls.reload, force=True))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def close_servers(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers = []
+
+    async def run_until_stopped(self) -> None:
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let transactions in flight finish (up to shutdown_grace), close."""
+        log.info("shutting down")
+        services = self.services
+        for server in self.servers:
+            server.close()
+        if services is not None:
+            services.stopping = True
+            for session in list(services.sessions):
+                session.shutdown()
+            deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace
+            while services.sessions and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            for session in list(services.sessions):
+                session.abort()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        if self.directory is not None:
+            await self.directory.close()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)  # waits for deliveries in flight
+        self.servers = []
+        log.info("stopped")
+
+
+def write_ready_file(path: Path, bound: dict[str, list[str]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": bound}))
+    os.replace(tmp, path)
+
+
+async def serve(config: Config, ready_file: Path | None = None,
+                on_started: Callable[[Daemon], None] | None = None,
+                install_signals: bool = True) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    if ready_file is not None:
+        write_ready_file(ready_file, daemon.bound)
+    if on_started is not None:
+        on_started(daemon)
+    log.info("mailkeep ready (hostname %s, domains %s)", config.hostname,
+             ", ".join(config.domains))
+    await daemon.run_until_stopped()

@@ -1,0 +1,112 @@
+"""Frozen configuration records. Defaults carry their provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+Protocol = Literal["submission", "imap", "pop3"]
+TlsMode = Literal["starttls", "implicit"]
+
+# RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.
+DEFAULT_IDLE_TIMEOUT = 300.0
+# Postfix message_size_limit is 10 MB; common providers accept 25 MB attachments after
+# base64, so 25 MiB of message is what users expect from a submission server.
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+# RFC 5321 §4.5.3.1.8: servers must accept at least 100 recipients.
+DEFAULT_MAX_RECIPIENTS = 100
+# Postfix smtpd_hard_error_limit (20): errors in one session before we hang up.
+DEFAULT_MAX_ERRORS = 20
+# RFC 5321 §4.5.3.1.6: 1000 octets per text line including CRLF (998 + CRLF).
+DEFAULT_MAX_LINE_LENGTH = 1000
+# A stalled handshake must not hold a connection slot: Postfix uses 60 s (smtpd_starttls_timeout
+# is 300 s but bounded by the idle timeout); 30 s is ample on any real link.
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 30.0
+# How often certificate files are checked for a renewal (SIGHUP reloads at once).
+DEFAULT_TLS_RELOAD_INTERVAL = 30.0
+# Dovecot's auth_failure_delay is 2 s; we start slowing down after a few honest typos.
+DEFAULT_AUTH_FAILURES_BEFORE_DELAY = 3
+DEFAULT_AUTH_FAILURE_DELAY = 1.0
+DEFAULT_AUTH_MAX_DELAY = 8.0
+DEFAULT_AUTH_FAILURES_BEFORE_BLOCK = 10
+DEFAULT_AUTH_BLOCK_SECONDS = 900.0
+DEFAULT_AUTH_FAILURE_WINDOW = 900.0
+# Dovecot mail_max_userip_connections is 10 per user+IP; per IP overall we allow more.
+DEFAULT_MAX_CONNECTIONS_PER_IP = 20
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_SHUTDOWN_GRACE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    backend: str
+    options: MappingProxyType[str, object]
+    base_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    protocol: Protocol
+    tls: TlsMode
+    bind: tuple[BindAddress, ...]
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    max_errors: int = DEFAULT_MAX_ERRORS
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
+    auth_failures_before_delay: int = DEFAULT_AUTH_FAILURES_BEFORE_DELAY
+    auth_failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY
+    auth_max_delay: float = DEFAULT_AUTH_MAX_DELAY
+    auth_failures_before_block: int = DEFAULT_AUTH_FAILURES_BEFORE_BLOCK
+    auth_block_seconds: float = DEFAULT_AUTH_BLOCK_SECONDS
+    auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    hostname: str
+    domains: tuple[str, ...]
+    data_dir: Path
+    tls: TlsConfig
+    directory: DirectoryConfig
+    listeners: tuple[ListenerConfig, ...]
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    log_level: str = "info"
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains

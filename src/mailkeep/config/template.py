@@ -1,0 +1,91 @@
+"""The commented configuration written by `mailkeep init` (and shipped as config/mailkeep.toml)."""
+
+from __future__ import annotations
+
+TEMPLATE = """\
+# mailkeep configuration. Paths are relative to this file's folder.
+# Check it with:  mailkeep check-config --config {config_name}
+# Every key is listed here; unknown keys are errors (so typos never go unnoticed).
+
+# The name clients connect to. The certificate must cover it (SAN), and it is the name
+# in the SMTP greeting and in Received headers.
+hostname = "{hostname}"
+
+# Local domains: mail to these is delivered to Maildirs. Mail to any other domain is
+# refused (5.7.1 relay not configured): mailkeep is not an open relay.
+domains = [{domains}]
+
+# Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible).
+data_dir = "{data_dir}"
+
+# log_level = "info"         # debug | info | warning | error (passwords are never logged)
+# shutdown_grace = 10.0      # seconds to let transactions finish on SIGTERM/SIGINT
+
+[tls]
+# One certificate for every service, unless a listener names its own cert/key.
+# A renewed file is picked up without a restart (checked every reload_interval seconds,
+# or at once on SIGHUP); a broken new file is refused and the old certificate keeps serving.
+cert = "{cert}"
+key = "{key}"
+# handshake_timeout = 30.0   # seconds a client may take to finish the TLS handshake
+# reload_interval = 30.0     # seconds between checks of the certificate files
+
+[directory]
+# Where accounts come from. "file" is a TOML users file managed by `mailkeep user ...`.
+# Other backends register in the Python entry-point group "mailkeep.directories".
+backend = "file"
+path = "users.toml"
+
+[submission]
+# max_message_size = 26214400   # bytes (25 MiB); SIZE is advertised and enforced (552 5.3.4)
+# max_recipients = 100          # per message (RFC 5321 §4.5.3.1.8 minimum); more get 452 4.5.3
+# max_errors = 20               # error replies in one session before it is closed (421)
+# max_line_length = 1000        # octets per line incl. CRLF (RFC 5321 §4.5.3.1.6)
+# idle_timeout = 300.0          # seconds without a command before the session is closed
+
+[security]
+# Failed logins are counted per client address (never per account, so nobody can lock a
+# real user out). After auth_failures_before_delay failures, each attempt waits
+# auth_failure_delay seconds, doubling up to auth_max_delay; after
+# auth_failures_before_block failures the address is refused for auth_block_seconds.
+# Failures older than auth_failure_window seconds are forgotten.
+# auth_failures_before_delay = 3
+# auth_failure_delay = 1.0
+# auth_max_delay = 8.0
+# auth_failures_before_block = 10
+# auth_block_seconds = 900.0
+# auth_failure_window = 900.0
+# max_connections = 1000        # all clients together
+# max_connections_per_ip = 20   # one client address
+
+# Listeners: each has a name, a protocol (submission; imap and pop3 come later), a TLS mode
+# and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may name its
+# own cert and key. AUTH is only ever offered inside TLS.
+
+# Port 587: plaintext greeting, STARTTLS required before AUTH and MAIL (RFC 6409, RFC 3207).
+[listeners.submission]
+protocol = "submission"
+tls = "starttls"
+bind = [{bind_587}]
+
+# Port 465: TLS from the first byte (RFC 8314 "submissions").
+[listeners.submissions]
+protocol = "submission"
+tls = "implicit"
+bind = [{bind_465}]
+# cert = "certs/submissions.crt"   # optional: this listener's own certificate
+# key = "certs/submissions.key"
+"""
+
+
+def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: str,
+           ports: tuple[int, int], hosts: tuple[str, ...] = ("0.0.0.0", "[::]"),
+           config_name: str = "mailkeep.toml") -> str:
+    def binds(port: int) -> str:
+        return ", ".join(f'"{h}:{port}"' for h in hosts)
+
+    return TEMPLATE.format(
+        hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
+        cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
+        config_name=config_name,
+    )

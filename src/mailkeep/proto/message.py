@@ -1,0 +1,91 @@
+"""Raw RFC 5322 header handling on bytes, without re-serialising the message.
+
+We never rewrite what the user sent: trace and missing headers are spliced in around it, so the
+stored message is the submitted one byte for byte plus what RFC 6409 §8 lets an MSA add.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    name: str      # as written, without trailing white space
+    value: str     # unfolded, decoded as UTF-8 with surrogateescape (RFC 6532 allows UTF-8)
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+def split_message(data: bytes) -> tuple[bytes, bytes]:
+    """(header section including its final CRLF, rest starting at the blank line or b"")."""
+    if data.startswith(CRLF):
+        return b"", data
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data, b""
+    return data[: end + 2], data[end + 2 :]
+
+
+def parse_header_fields(header: bytes) -> list[HeaderField]:
+    """Unfold a header section into fields (RFC 5322 §2.2.3).
+
+    Lenient on purpose (habit: answer with what can be parsed): a line without a colon is kept
+    as a field with an empty name, so policy code can still see and refuse it."""
+    fields: list[tuple[str, list[str]]] = []
+    for raw_line in header.split(CRLF):
+        if not raw_line:
+            continue
+        line = raw_line.decode("utf-8", "surrogateescape")
+        if line[:1] in (" ", "\t") and fields:
+            fields[-1][1].append(line)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            fields.append(("", [line]))
+        else:
+            # RFC 5322 §4.5.1 (obsolete syntax) allows white space before the colon:
+            # "From : x" is a From field to most readers, so it is one to us too.
+            fields.append((name.rstrip(" \t"), [value]))
+    return [HeaderField(name, "".join(parts).strip()) for name, parts in fields]
+
+
+def addresses_of(fields: list[HeaderField], key: str) -> list[str] | None:
+    """Lower-cased addr-specs of every `key` field; None if any of them cannot be parsed."""
+    values = [f.value for f in fields if f.key == key]
+    if not values:
+        return []
+    pairs = email.utils.getaddresses(values)
+    result: list[str] = []
+    for _display, addr in pairs:
+        if not addr or "@" not in addr:
+            return None
+        result.append(addr.lower())
+    return result
+
+
+def has_field(fields: list[HeaderField], key: str) -> bool:
+    return any(f.key == key for f in fields)
+
+
+def has_bare_cr_or_lf(data: bytes) -> bool:
+    """RFC 5321 §2.3.8: CR and LF only ever travel together as CRLF.
+
+    A bare LF or CR is how SMTP smuggling hides a second message ("\\n.\\r\\n"); we refuse it."""
+    crlf = data.count(CRLF)
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def splice_headers(data: bytes, prepend: list[bytes], append: list[bytes]) -> bytes:
+    """Put trace fields before the header section and missing fields at its end."""
+    header, rest = split_message(data)
+    if header and not header.endswith(CRLF):
+        header += CRLF
+    if not rest:
+        rest = CRLF
+    return b"".join(prepend) + header + b"".join(append) + rest

@@ -1,0 +1,79 @@
+"""Auth-failure throttling keyed by client address, never by account.
+
+Failures are not cleared by a later success: otherwise one valid account would let a guesser
+reset its count every few tries. They age out after the failure window.
+
+Keying by address means a password-guesser is slowed down and then refused, while the real
+user logging in from anywhere else is never locked out (no account lockout, which would hand
+attackers a denial-of-service switch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from mailkeep.config.model import SecurityConfig
+
+# Memory bound: addresses tracked at once. Beyond it the oldest entries are dropped, which at
+# worst forgets a slow attacker's history (they are still slowed by the per-connection budget).
+MAX_TRACKED_ADDRESSES = 100_000
+
+
+class Verdict(Enum):
+    ALLOW = "allow"
+    BLOCKED = "blocked"
+
+
+@dataclass(slots=True)
+class _Record:
+    failures: deque[float]
+    blocked_until: float = 0.0
+
+
+class AuthThrottle:
+    def __init__(self, config: SecurityConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self._records: dict[str, _Record] = {}
+
+    def _record(self, address: str) -> _Record | None:
+        rec = self._records.get(address)
+        if rec is None:
+            return None
+        cutoff = self.clock() - self.config.auth_failure_window
+        while rec.failures and rec.failures[0] < cutoff:
+            rec.failures.popleft()
+        if not rec.failures and rec.blocked_until <= self.clock():
+            del self._records[address]
+            return None
+        return rec
+
+    def check(self, address: str) -> tuple[Verdict, float]:
+        """Before verifying a password: (ALLOW, seconds to wait first) or (BLOCKED, seconds left)."""
+        rec = self._record(address)
+        if rec is None:
+            return Verdict.ALLOW, 0.0
+        now = self.clock()
+        if rec.blocked_until > now:
+            return Verdict.BLOCKED, rec.blocked_until - now
+        extra = len(rec.failures) - self.config.auth_failures_before_delay
+        if extra < 0:
+            return Verdict.ALLOW, 0.0
+        delay = min(self.config.auth_failure_delay * (2 ** extra), self.config.auth_max_delay)
+        return Verdict.ALLOW, delay
+
+    def failure(self, address: str) -> None:
+        rec = self._record(address)
+        if rec is None:
+            if len(self._records) >= MAX_TRACKED_ADDRESSES:
+                self._records.pop(next(iter(self._records)))
+            rec = self._records[address] = _Record(deque())
+        now = self.clock()
+        rec.failures.append(now)
+        if len(rec.failures) >= self.config.auth_failures_before_block:
+            rec.blocked_until = now + self.config.auth_block_seconds
+            rec.failures.clear()

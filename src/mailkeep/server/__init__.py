@@ -1,0 +1,1 @@
+"""asyncio drivers: sockets in, protocol decisions out, replies written."""

@@ -1,0 +1,32 @@
+"""What every connection driver is handed: the shared services of one daemon."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailkeep.config.model import Config
+from mailkeep.directory.base import UserDirectory
+from mailkeep.security import AuthThrottle, ConnectionBudget
+from mailkeep.store.base import MailStore
+
+_conn_counter = itertools.count(1)
+_RUN = secrets.token_hex(2)
+
+
+def new_connection_id() -> str:
+    """Short, unique within a run, and distinct between runs (for grepping logs)."""
+    return f"{_RUN}{next(_conn_counter):06x}"
+
+
+@dataclass
+class Services:
+    config: Config
+    directory: UserDirectory
+    store: MailStore
+    throttle: AuthThrottle
+    budget: ConnectionBudget
+    sessions: set[Any] = field(default_factory=set)
+    stopping: bool = False

@@ -1,0 +1,382 @@
+"""SMTP submission (RFC 6409) on aiosmtpd: 587 with STARTTLS (RFC 3207), 465 implicit TLS (RFC 8314).
+
+aiosmtpd parses the commands; this driver adds what a submission server must be: AUTH only
+inside TLS and verified off the loop, sender checks, local delivery, limits and logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import logging
+import ssl
+import time
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from mailkeep.config.model import ListenerConfig
+from mailkeep.directory.base import Account
+from mailkeep.proto import sasl
+from mailkeep.proto.message import has_bare_cr_or_lf
+from mailkeep.proto.smtp_reply import enhance, reply_code
+from mailkeep.proto.submission import (
+    RecipientKind,
+    TlsInfo,
+    check_envelope_sender,
+    check_header_senders,
+    classify_recipient,
+    complete_message,
+    received_field,
+)
+from mailkeep.security.throttle import Verdict
+from mailkeep.server import starttls
+from mailkeep.server.services import Services, new_connection_id
+from mailkeep.store.base import DeliveryError
+
+log = logging.getLogger("mailkeep.smtp")
+
+# aiosmtpd logs every command line at INFO, AUTH payloads included (habit 8), and warns about
+# its own deprecations on every login: only its errors reach our log.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+IDENT = "ESMTP mailkeep"
+# RFC 5321 §4.5.3.1.4: 512 octets per command line; MAIL grows with SIZE= and SMTPUTF8.
+COMMAND_SIZE_LIMIT = 512
+MAIL_COMMAND_SIZE_LIMIT = 512 + 26 + 10
+_TLS_ACTIVE = object()  # stands in for aiosmtpd's SSLProtocol once we upgraded ourselves
+
+
+def _tls_info(transport: asyncio.BaseTransport | None) -> TlsInfo | None:
+    if transport is None:
+        return None
+    obj = transport.get_extra_info("ssl_object")
+    if obj is None:
+        return None
+    cipher = obj.cipher()
+    version = obj.version() or "TLS"
+    if cipher is None:
+        return TlsInfo(version, "unknown", 0)
+    return TlsInfo(version, cipher[0], int(cipher[2]))
+
+
+class SubmissionSession(SMTP):
+    """One client connection."""
+
+    def __init__(self, services: Services, listener: ListenerConfig,
+                 tls_context: ssl.SSLContext) -> None:
+        cfg = services.config.submission
+        self.services = services
+        self.listener = listener
+        self.implicit_tls = listener.tls == "implicit"
+        self.conn_id = new_connection_id()
+        self.front_context = tls_context
+        # Per-instance limits (aiosmtpd keeps these on the class and grows them on every EHLO).
+        self.command_size_limits = collections.defaultdict(lambda: COMMAND_SIZE_LIMIT)
+        # +1: RFC 5321 §4.5.2 transparency dot on top of 1000 octets per line.
+        self.line_length_limit = cfg.max_line_length + 1
+        super().__init__(
+            SubmissionHandler(self),
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,          # RFC 6531
+            decode_data=False,             # 8BITMIME: keep the bytes as sent
+            hostname=services.config.hostname,
+            ident=IDENT,
+            tls_context=None if self.implicit_tls else tls_context,
+            require_starttls=not self.implicit_tls,  # RFC 3207 §4: 530 before STARTTLS
+            timeout=cfg.idle_timeout,
+            auth_required=True,            # RFC 6409 §4.3: submission requires authentication
+            auth_require_tls=True,
+            loop=asyncio.get_running_loop(),
+        )
+        if self.implicit_tls:
+            # RFC 8314 §3.3: on 465 the whole connection is TLS, so AUTH is offered at once
+            # (aiosmtpd only recognises TLS it negotiated itself through STARTTLS).
+            self._auth_require_tls = False
+        self.peer_ip = "?"
+        self.refused = False
+        self.errors = 0
+        self.messages = 0
+        self.started = time.monotonic()
+        self.raw_replies = False
+        self.closing = False
+        self.tls: TlsInfo | None = None
+        self.account: Account | None = None
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:  # never: our STARTTLS does not re-enter here
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "?"
+        refusal = self.services.budget.acquire(self.peer_ip)
+        if refusal or self.services.stopping:
+            self.refused = True
+            reason = refusal or "service shutting down"
+            log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id, self.peer_ip,
+                        self.listener.name, reason)
+            # RFC 5321 §3.1: a server may answer 421 instead of the greeting and close.
+            code = "421 4.7.0" if refusal else "421 4.3.2"
+            transport.write(f"{code} {self.hostname} {reason}, try again later\r\n".encode())
+            transport.close()
+            return
+        self.services.sessions.add(self)
+        self.tls = _tls_info(transport)
+        log.info("conn=%s open peer=%s listener=%s%s", self.conn_id, self.peer_ip,
+                 self.listener.name, f" tls={self.tls.version}" if self.tls else "")
+        super().connection_made(transport)
+        if self.tls is not None and self.session is not None:
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
+        self.services.sessions.discard(self)
+        self.services.budget.release(self.peer_ip)
+        log.info("conn=%s close peer=%s listener=%s tls=%s user=%s messages=%d errors=%d "
+                 "duration=%.3fs", self.conn_id, self.peer_ip, self.listener.name,
+                 self.tls.version if self.tls else "none",
+                 self.account.name if self.account else "-", self.messages, self.errors,
+                 time.monotonic() - self.started)
+        super().connection_lost(error)
+
+    def shutdown(self) -> None:
+        """Daemon stopping: close now if idle, else after the transaction in flight."""
+        if not self.in_transaction() and self.transport is not None:
+            self.closing = True
+            self.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    # -- replies ---------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if not self.raw_replies:
+            text = enhance(text)
+        code = reply_code(text)
+        await super().push(text)
+        if code >= 400 and not self.closing:
+            self.errors += 1
+            if self.errors >= self.services.config.submission.max_errors:
+                # Postfix smtpd_hard_error_limit: a client that keeps failing is hung up on.
+                log.warning("conn=%s too many errors (%d), closing", self.conn_id, self.errors)
+                await self._close_with("421 4.7.0 Too many errors, closing connection")
+                return
+        if self.services.stopping and not self.in_transaction() and not self.closing \
+                and code not in (221, 354, 334):
+            await self._close_with("421 4.3.2 Service shutting down, try again later")
+
+    async def _close_with(self, reply: str) -> None:
+        self.closing = True
+        await super().push(reply)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034 §3: the EHLO reply itself carries no enhanced codes.
+        self.raw_replies = True
+        self.command_size_limits.clear()
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self.raw_replies = False
+            self.command_size_limits["MAIL"] = MAIL_COMMAND_SIZE_LIMIT
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if self.implicit_tls or self._tls_protocol is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        assert self.transport is not None
+        try:
+            starttls.refuse_if_pipelined(self._reader)
+            await self.push("220 2.0.0 Ready to start TLS")
+            await starttls.upgrade(self._reader, self._writer, self.front_context,
+                                   self.services.config.tls.handshake_timeout)
+        except starttls.PipelinedPlaintext:
+            log.warning("conn=%s plaintext pipelined behind STARTTLS: refused, closing",
+                        self.conn_id)
+            await self._close_with("554 5.5.1 Data pipelined behind STARTTLS refused")
+            return
+        except starttls.HandshakeFailed as exc:
+            log.info("conn=%s TLS handshake failed: %s", self.conn_id, exc)
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.transport = self._writer.transport
+        self._tls_protocol = _TLS_ACTIVE  # type: ignore[assignment]
+        self.tls = _tls_info(self.transport)
+        # RFC 3207 §4.2: discard all knowledge from before TLS; the client must EHLO again.
+        assert self.session is not None
+        self.session.host_name = None
+        self.session.extended_smtp = False
+        self.session.ssl = {"ssl_object": self.transport.get_extra_info("ssl_object")}
+        self._set_rset_state()
+        log.info("conn=%s starttls %s %s", self.conn_id, self.tls.version if self.tls else "?",
+                 self.tls.cipher if self.tls else "?")
+
+    # -- AUTH (RFC 4954), verified off the loop ---------------------------------------------
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+            assert isinstance(blob, bytes)
+        else:
+            try:
+                # RFC 4954 §4: "=" is an empty initial response.
+                blob = b"" if args[1] == "=" else sasl.decode_base64(args[1])
+            except sasl.SaslError:
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        try:
+            creds = sasl.parse_plain(blob)
+        except sasl.SaslError as exc:
+            await self.push(f"501 5.5.2 Malformed PLAIN response: {exc}")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(creds.login, creds.password, creds.authzid)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        try:
+            if len(args) == 1:
+                raw = await self.challenge_auth("Username:")
+                if raw is MISSING:
+                    return AuthResult(success=False, handled=True)
+                assert isinstance(raw, bytes)
+            else:
+                raw = sasl.decode_base64(args[1])
+            login = sasl.parse_login_field(raw, "login")
+            raw_pw = await self.challenge_auth("Password:")
+            if raw_pw is MISSING:
+                return AuthResult(success=False, handled=True)
+            assert isinstance(raw_pw, bytes)
+            password = sasl.parse_login_field(raw_pw, "password")
+        except sasl.SaslError as exc:
+            await self.push(f"501 5.5.2 Malformed LOGIN response: {exc}")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(login, password, "")
+
+    async def _verify(self, login: str, password: str, authzid: str) -> AuthResult:
+        throttle = self.services.throttle
+        verdict, wait = throttle.check(self.peer_ip)
+        if verdict is Verdict.BLOCKED:
+            log.warning("conn=%s auth refused: %s is blocked for %.0fs more", self.conn_id,
+                        self.peer_ip, wait)
+            await self.push("454 4.7.0 Too many failed logins from your address, "
+                            "try again later")
+            return AuthResult(success=False, handled=True)
+        if wait:
+            await asyncio.sleep(wait)
+        account = await self.services.directory.authenticate(login, password)
+        if account is not None and authzid and authzid.lower() != login.lower() \
+                and not account.owns(authzid) and authzid.lower() != account.name:
+            account = None  # RFC 4616 §2: we do not let one user act for another
+        if account is None:
+            throttle.failure(self.peer_ip)
+            log.warning("conn=%s auth failed peer=%s login=%r", self.conn_id, self.peer_ip,
+                        login[:64])
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.8 Authentication credentials invalid")
+        self.account = account
+        log.info("conn=%s auth ok user=%s", self.conn_id, account.name)
+        return AuthResult(success=True, auth_data=account,
+                          message="235 2.7.0 Authentication successful")
+
+
+class SubmissionHandler:
+    """aiosmtpd handler hooks: policy decisions (proto.submission) and delivery."""
+
+    def __init__(self, session: SubmissionSession) -> None:
+        self.s = session
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES; aiosmtpd honours both.
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return [*responses[:-1], *extra, responses[-1]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        account = self.s.account
+        assert account is not None  # aiosmtpd answers 530 before we are asked
+        refusal = check_envelope_sender(account.addresses, address)
+        if refusal:
+            log.warning("conn=%s spoofed envelope sender %r by %s", self.s.conn_id, address,
+                        account.name)
+            return refusal.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        cfg = self.s.services.config
+        if len(envelope.rcpt_tos) >= cfg.submission.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {cfg.submission.max_recipients})"
+        if classify_recipient(address, cfg.domains) is RecipientKind.REMOTE:
+            return (f"550 5.7.1 <{address}>: relay not configured: this server delivers only "
+                    f"to {', '.join(cfg.domains)}")
+        if await self.s.services.directory.lookup(address) is None:
+            return f"550 5.1.1 <{address}>: no such user here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        s = self.s
+        account = s.account
+        assert account is not None and envelope.mail_from is not None
+        data = envelope.original_content or b""
+        if has_bare_cr_or_lf(data):
+            return "550 5.6.0 Message refused: bare CR or LF in message (RFC 5321 §2.3.8)"
+        refusal = check_header_senders(account.addresses, account.send_as_others, data)
+        if refusal:
+            log.warning("conn=%s header sender refused for %s: %s", s.conn_id, account.name,
+                        refusal.reply)
+            return refusal.reply
+        queue_id = f"{s.conn_id}{s.messages:03x}"
+        now = dt.datetime.now(dt.UTC).astimezone()
+        received = received_field(
+            helo=session.host_name or "unknown", peer_ip=s.peer_ip,
+            hostname=s.services.config.hostname, queue_id=queue_id, tls=s.tls,
+            authenticated=True, recipients=list(envelope.rcpt_tos), now=now)
+        message = complete_message(data, received=received, hostname=s.services.config.hostname,
+                                   mail_from=envelope.mail_from, now=now)
+        owners: list[str] = []
+        for rcpt in envelope.rcpt_tos:
+            owner = await s.services.directory.lookup(rcpt)
+            if owner is not None and owner.name not in owners:
+                owners.append(owner.name)
+        try:
+            for owner_name in owners:
+                await s.services.store.deliver(owner_name, message)
+        except DeliveryError as exc:
+            log.error("conn=%s id=%s delivery failed: %s", s.conn_id, queue_id, exc)
+            return "451 4.3.0 Local delivery failed, try again later"
+        s.messages += 1
+        s.errors = 0  # like Postfix: errors are forgiven once mail is delivered
+        log.info("conn=%s id=%s from=<%s> rcpts=%d size=%d delivered=%s", s.conn_id, queue_id,
+                 envelope.mail_from, len(envelope.rcpt_tos), len(message), ",".join(owners))
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Our fault, not the client's: log it with the connection id, answer generically.
+        log.error("conn=%s internal error", self.s.conn_id, exc_info=error)
+        return "451 4.3.0 Internal error, try again later"

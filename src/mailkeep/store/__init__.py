@@ -1,0 +1,5 @@
+"""Mail storage: the MailStore protocol, the Maildir implementation and the memory oracle."""
+
+from mailkeep.store.base import DeliveryError, MailStore
+
+__all__ = ["DeliveryError", "MailStore"]

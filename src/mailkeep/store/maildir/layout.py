@@ -1,0 +1,46 @@
+"""Where things live in a Maildir++ tree, and how new files are named.
+
+Layout (Dovecot `mail_location = maildir:DATA_DIR/mail/%u`): the account folder is the INBOX
+Maildir (tmp/ new/ cur/); sub-folders are dot-directories (".Sent", ".Archive.2026").
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+SUBDIRS = ("tmp", "new", "cur")
+_counter = itertools.count()
+
+
+def account_root(data_dir: Path, account: str) -> Path:
+    if not account or account.startswith(".") or "/" in account or "\0" in account:
+        raise ValueError(f"unsafe account name {account!r}")
+    return data_dir / "mail" / account
+
+
+def _safe_hostname() -> str:
+    # maildir(5) (cr.yp.to/proto/maildir.html): "/" -> \057 and ":" -> \072 in the host part.
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+
+HOSTNAME = _safe_hostname()
+
+
+def unique_name(size: int) -> str:
+    """cr.yp.to maildir naming: time.M<usec>P<pid>Q<counter>.host, plus Dovecot's S= and W=.
+
+    S= is the file size; W= the size with CRLF line ends (RFC 822 size). We store messages as
+    they arrived on the wire (CRLF), so both are the same and POP3/IMAP can use them unread."""
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{HOSTNAME},S={size},W={size}"
+
+
+def ensure_maildir(root: Path) -> None:
+    for sub in SUBDIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
