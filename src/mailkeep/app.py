@@ -65,7 +65,8 @@ class Daemon:
             try:
                 contexts[lst.name] = self.tls.add(lst.cert, lst.key)
             except CertificateProblem as exc:
-                key = f"listeners.{lst.name}.cert" if lst.cert != self.config.tls.cert else "tls.cert"
+                own = lst.cert != self.config.tls.cert
+                key = f"listeners.{lst.name}.cert" if own else "tls.cert"
                 problems.append(f"{key}: {exc}")
         if problems:
             raise StartupError(sorted(set(problems)))
@@ -167,8 +168,10 @@ class Daemon:
             services.stopping = True
             for session in list(services.sessions):
                 session.shutdown()
+            # Sessions leave `services.sessions` on their own as transactions end; poll it
+            # (a few checks per second) rather than thread an Event through every session.
             deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace
-            while services.sessions and asyncio.get_running_loop().time() < deadline:
+            while services.sessions and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             for session in list(services.sessions):
                 session.abort()

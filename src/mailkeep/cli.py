@@ -25,7 +25,12 @@ from mailkeep.directory.file import (
     write_users_file,
 )
 from mailkeep.directory.passwords import hash_password
-from mailkeep.tls.certs import CertificateProblem, check_serving, generate_selfsigned, inspect_certificate
+from mailkeep.tls.certs import (
+    CertificateProblem,
+    check_serving,
+    generate_selfsigned,
+    inspect_certificate,
+)
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
@@ -69,8 +74,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
                   cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports,
                   hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
-    names = [hostname, *args.san]
-    info = generate_selfsigned(cert_path, key_path, names, key_type=args.key_type,
+    info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
                                rsa_bits=args.rsa_bits)
     config_path.write_text(text, encoding="utf-8")
     records: dict[str, UserRecord] = {}
@@ -186,8 +190,8 @@ def _read_password(args: argparse.Namespace) -> str:
 def _normalise_addresses(config: Config, name: str, extra: list[str]) -> tuple[str, ...]:
     base = name if "@" in name else f"{name}@{config.domains[0]}"
     result: list[str] = []
-    for addr in [base, *extra]:
-        addr = addr.strip().lower()
+    for given in [base, *extra]:
+        addr = given.strip().lower()
         if not ADDRESS.match(addr):
             raise CliError(f"--address: {addr!r} is not an address")
         if not config.is_local_domain(addr.rpartition("@")[2]):
@@ -272,7 +276,8 @@ def cmd_cert_show(args: argparse.Namespace) -> int:
         print(f"  issuer:      {info.issuer}")
         print(f"  names (SAN): {', '.join(info.names) or '(none)'}")
         print(f"  key type:    {info.key_type}")
-        print(f"  valid:       {info.not_before:%Y-%m-%d %H:%M} to {info.not_after:%Y-%m-%d %H:%M} UTC")
+        print(f"  valid:       {info.not_before:%Y-%m-%d %H:%M} to "
+              f"{info.not_after:%Y-%m-%d %H:%M} UTC")
         print(f"  sha256:      {info.sha256}")
         print(f"  status:      {verdict}")
         print("  used by:     " + "\n               ".join(users))

@@ -23,7 +23,9 @@ from mailkeep.config.model import (
 
 # Protocols that this version can serve; the others are reserved names in the schema.
 IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission"})
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+# RFC 1123 §2.1 host names: labels of letters, digits and inner hyphens, 253 octets in all.
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _LISTENER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -108,7 +110,7 @@ class _Reader:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             self.problem(prefix + key, f"expected a {kind.__name__}, got {value!r}")
             return default
-        return cast(T, value)
+        return value
 
     def path(self, table: dict[str, Any], key: str, prefix: str,
              default: Path | None = None) -> Path | None:
@@ -246,11 +248,11 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
         if has_cert != has_key:
             r.problem(prefix + ("key" if has_cert else "cert"),
                       "a listener's own certificate needs both cert and key")
-        cert = r.path(table, "cert", prefix) if has_cert else tls.cert
-        key = r.path(table, "key", prefix) if has_key else tls.key
+        own_cert = r.path(table, "cert", prefix) if has_cert else None
+        own_key = r.path(table, "key", prefix) if has_key else None
         result.append(ListenerConfig(
             name=name, protocol=cast(Protocol, protocol or "submission"),
             tls=cast(TlsMode, mode or "implicit"), bind=tuple(binds),
-            cert=cert or tls.cert, key=key or tls.key,
+            cert=own_cert or tls.cert, key=own_key or tls.key,
         ))
     return tuple(result)

@@ -73,8 +73,8 @@ def parse_users(raw: Mapping[str, Any], source: str) -> dict[str, UserRecord]:
             problems.append(f"{key}.addresses: expected a list of strings")
             addresses = []
         clean: list[str] = []
-        for i, addr in enumerate(addresses):
-            addr = addr.strip().lower()
+        for i, given in enumerate(addresses):
+            addr = given.strip().lower()
             if not ADDRESS.match(addr):
                 problems.append(f"{key}.addresses[{i}]: {addr!r} is not an address")
             elif addr in owner and owner[addr] != name:
@@ -107,9 +107,11 @@ def read_users_file(path: Path) -> dict[str, UserRecord]:
 _HEADER = """\
 # mailkeep users file: one [users.NAME] table per account.
 # Managed by `mailkeep user add|passwd|del|list`; safe to edit by hand (the daemon re-reads it).
-#   password       a hash: argon2id (new), or {SHA512-CRYPT}/{SHA256-CRYPT}/{BLF-CRYPT} from Dovecot
+#   password       a hash: argon2id (new), or {SHA512-CRYPT}/{SHA256-CRYPT}/{BLF-CRYPT}
+#                  copied from a Dovecot passwd-file
 #   addresses      the addresses this account receives mail for and may send as
-#   send_as_others true lets the header From name other people (the envelope sender is always checked)
+#   send_as_others true lets the header From name other people
+#                  (the envelope sender is checked all the same)
 
 """
 

@@ -89,7 +89,8 @@ def received_field(*, helo: str, peer_ip: str, hostname: str, queue_id: str,
     lines = [f"Received: from {safe_helo} ([{peer_ip}])", f"\tby {hostname} (mailkeep)"
              f" with {protocol} id {queue_id}"]
     if tls:
-        lines.append(f"\t(using {tls.version} with cipher {tls.cipher} ({tls.bits}/{tls.bits} bits))")
+        bits = f"{tls.bits}/{tls.bits} bits"
+        lines.append(f"\t(using {tls.version} with cipher {tls.cipher} ({bits}))")
     # RFC 5321 §7.2: naming every recipient would disclose Bcc; name one only when alone.
     tail = f"; {email.utils.format_datetime(now)}"
     if len(recipients) == 1:

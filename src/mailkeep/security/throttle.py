@@ -53,7 +53,9 @@ class AuthThrottle:
         return rec
 
     def check(self, address: str) -> tuple[Verdict, float]:
-        """Before verifying a password: (ALLOW, seconds to wait first) or (BLOCKED, seconds left)."""
+        """Ask before verifying a password.
+
+        Returns (ALLOW, seconds to wait first) or (BLOCKED, seconds the block still lasts)."""
         rec = self._record(address)
         if rec is None:
             return Verdict.ALLOW, 0.0

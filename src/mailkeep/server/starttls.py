@@ -37,7 +37,7 @@ async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     Returns the new (TLS) transport; the writer and its protocol already use it."""
     try:
         await writer.start_tls(context, ssl_handshake_timeout=timeout)
-    except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
         raise HandshakeFailed(str(exc) or type(exc).__name__) from exc
     # Bytes that raced in between our check and the switch were read as plaintext.
     refuse_if_pipelined(reader)

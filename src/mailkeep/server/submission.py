@@ -1,4 +1,4 @@
-"""SMTP submission (RFC 6409) on aiosmtpd: 587 with STARTTLS (RFC 3207), 465 implicit TLS (RFC 8314).
+"""SMTP submission (RFC 6409) on aiosmtpd: 587 + STARTTLS (RFC 3207), 465 implicit TLS (RFC 8314).
 
 aiosmtpd parses the commands; this driver adds what a submission server must be: AUTH only
 inside TLS and verified off the loop, sender checks, local delivery, limits and logging.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
@@ -45,6 +46,7 @@ IDENT = "ESMTP mailkeep"
 # RFC 5321 §4.5.3.1.4: 512 octets per command line; MAIL grows with SIZE= and SMTPUTF8.
 COMMAND_SIZE_LIMIT = 512
 MAIL_COMMAND_SIZE_LIMIT = 512 + 26 + 10
+SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
 _TLS_ACTIVE = object()  # stands in for aiosmtpd's SSLProtocol once we upgraded ourselves
 
 
@@ -120,7 +122,8 @@ class SubmissionSession(SMTP):
                         self.listener.name, reason)
             # RFC 5321 §3.1: a server may answer 421 instead of the greeting and close.
             code = "421 4.7.0" if refusal else "421 4.3.2"
-            transport.write(f"{code} {self.hostname} {reason}, try again later\r\n".encode())
+            line = f"{code} {self.hostname} {reason}, try again later\r\n"
+            cast(asyncio.WriteTransport, transport).write(line.encode())
             transport.close()
             return
         self.services.sessions.add(self)
@@ -145,14 +148,18 @@ class SubmissionSession(SMTP):
 
     def shutdown(self) -> None:
         """Daemon stopping: close now if idle, else after the transaction in flight."""
-        if not self.in_transaction() and self.transport is not None:
-            self.closing = True
-            self.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
-            self.transport.close()
+        transport = self.transport
+        if self.in_transaction() or transport is None or transport.is_closing():
+            return
+        self.closing = True
+        # The peer may have gone away while we were stopping; then there is no one to tell.
+        with contextlib.suppress(AttributeError, OSError, RuntimeError):
+            cast(asyncio.WriteTransport, transport).write(SHUTDOWN_REPLY.encode() + b"\r\n")
+        transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.abort()
+            cast(asyncio.WriteTransport, self.transport).abort()
 
     def in_transaction(self) -> bool:
         return self.envelope is not None and self.envelope.mail_from is not None
@@ -174,7 +181,7 @@ class SubmissionSession(SMTP):
                 return
         if self.services.stopping and not self.in_transaction() and not self.closing \
                 and code not in (221, 354, 334):
-            await self._close_with("421 4.3.2 Service shutting down, try again later")
+            await self._close_with(SHUTDOWN_REPLY)
 
     async def _close_with(self, reply: str) -> None:
         self.closing = True
@@ -226,7 +233,7 @@ class SubmissionSession(SMTP):
         self.session.host_name = None
         self.session.extended_smtp = False
         self.session.ssl = {"ssl_object": self.transport.get_extra_info("ssl_object")}
-        self._set_rset_state()
+        self._set_rset_state()  # type: ignore[no-untyped-call]
         log.info("conn=%s starttls %s %s", self.conn_id, self.tls.version if self.tls else "?",
                  self.tls.cipher if self.tls else "?")
 

@@ -104,7 +104,8 @@ class TlsContexts:
             try:
                 stamp = _stamp(*pair)
             except OSError as exc:
-                msg = f"TLS reload refused for {pair[0]}: {exc.strerror}; keeping the old certificate"
+                msg = (f"TLS reload refused for {pair[0]}: {exc.strerror}; "
+                       "keeping the old certificate")
                 log.error(msg)
                 messages.append(msg)
                 continue

@@ -1,0 +1,57 @@
+#!/bin/sh
+# Container entry point for mailkeep (see docs/container.md).
+#
+# First start (no /etc/mailkeep/mailkeep.toml yet): `mailkeep init` writes a config, a users
+# file with a "demo" account (its password is printed ONCE, to this container's log) and a
+# self-signed certificate for $MAILKEEP_HOSTNAME. Then the daemon runs in the foreground as
+# PID 1 (exec), so SIGTERM from `docker stop` / `podman stop` reaches it directly.
+#
+#   no arguments, or arguments starting with "-"  ->  mailkeep serve --config ... "$@"
+#   anything else (e.g. `mailkeep user list --config ...`, `sh`)  ->  run that command instead
+#
+# Environment:
+#   MAILKEEP_HOSTNAME  name clients connect to; certificate SAN and SMTP greeting (localhost)
+#   MAILKEEP_DOMAINS   local mail domains, separated by spaces or commas (default: derived
+#                      from the hostname by `mailkeep init`)
+# Both are only read on the first start; afterwards edit /etc/mailkeep/mailkeep.toml.
+set -eu
+
+CONFIG_DIR=/etc/mailkeep
+CONFIG="$CONFIG_DIR/mailkeep.toml"
+DATA_DIR=/var/lib/mailkeep
+
+umask 027
+
+say() { printf 'mailkeep-entrypoint: %s\n' "$*" >&2; }
+
+init_config() {
+    if [ ! -w "$CONFIG_DIR" ]; then
+        say "$CONFIG_DIR is not writable by uid $(id -u) gid $(id -g), so the first-start"
+        say "configuration cannot be written. Use a named volume, or chown a bind-mounted"
+        say "directory to $(id -u):$(id -g), or provide your own $CONFIG."
+        exit 78
+    fi
+    # Positional parameters are local to this function: build the init command line in them.
+    set -- init "$CONFIG_DIR" --hostname "${MAILKEEP_HOSTNAME:-localhost}" \
+        --ports standard --bind-host 0.0.0.0 --data-dir "$DATA_DIR"
+    domains=$(printf '%s' "${MAILKEEP_DOMAINS:-}" | tr ',' ' ')
+    set -f  # no globbing while splitting the domain list on whitespace
+    for domain in $domains; do
+        set -- "$@" --domain "$domain"
+    done
+    set +f
+    say "no $CONFIG: running mailkeep $*"
+    if ! mailkeep "$@"; then
+        say "mailkeep init failed (see above); nothing is served"
+        exit 78
+    fi
+}
+
+if [ ! -e "$CONFIG" ]; then
+    init_config
+fi
+
+case "${1:-}" in
+    "" | -*) exec mailkeep serve --config "$CONFIG" "$@" ;;
+    *) exec "$@" ;;
+esac

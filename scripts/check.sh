@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
+# Installs what the tests need: the Python test extras, and swaks + curl from Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+setup_venv test
+
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing test tools: ${missing[*]}" >&2
+    apt_install "${missing[@]}" ca-certificates
+fi
+
+echo "== ruff"
+.venv/bin/ruff check src tests bench
+echo "== mypy --strict src/"
+.venv/bin/mypy --strict src
+echo "== pytest"
+.venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,1 @@
+"""Test support: a real daemon on loopback with a trustme CA."""

@@ -1,0 +1,227 @@
+"""Start the real daemon on loopback with ephemeral ports, in a thread or a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from mailkeep.app import Daemon
+from mailkeep.config import load_config
+from mailkeep.directory.passwords import hash_password
+
+HOSTNAME = "mail.example.test"
+DOMAIN = "example.test"
+# name -> (password, addresses, send_as_others)
+USERS: dict[str, tuple[str, list[str], bool]] = {
+    "alice": ("alice-secret-pw", ["alice@example.test", "a.smith@example.test"], False),
+    "bob": ("bob-secret-pw-2", ["bob@example.test"], False),
+    "app": ("app-secret-pw-3", ["noreply@example.test"], True),
+}
+_HASHES: dict[str, str] = {}
+
+
+def _hash(pw: str) -> str:
+    if pw not in _HASHES:
+        _HASHES[pw] = hash_password(pw)
+    return _HASHES[pw]
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | None = None,
+                 security: dict[str, Any] | None = None, extra_top: dict[str, Any] | None = None,
+                 bind_host: str = "127.0.0.1") -> Path:
+    certs = root / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    leaf = ca.issue_cert(HOSTNAME, "localhost", "127.0.0.1")
+    leaf.private_key_pem.write_to_path(str(certs / "mailkeep.key"))
+    leaf.cert_chain_pems[0].write_to_path(str(certs / "mailkeep.crt"))
+    lines = [f'hostname = "{HOSTNAME}"', f'domains = ["{DOMAIN}"]', 'data_dir = "data"']
+    for k, v in (extra_top or {}).items():
+        lines.append(f"{k} = {toml_value(v)}")
+    lines += ["[tls]", 'cert = "certs/mailkeep.crt"', 'key = "certs/mailkeep.key"',
+              "reload_interval = 0.2",
+              "[directory]", 'backend = "file"', 'path = "users.toml"']
+    lines.append("[submission]")
+    lines += [f"{k} = {toml_value(v)}" for k, v in (submission or {}).items()]
+    lines.append("[security]")
+    lines += [f"{k} = {toml_value(v)}" for k, v in (security or {}).items()]
+    lines += ["[listeners.submission]", 'protocol = "submission"', 'tls = "starttls"',
+              f'bind = ["{bind_host}:0"]',
+              "[listeners.submissions]", 'protocol = "submission"', 'tls = "implicit"',
+              f'bind = ["{bind_host}:0"]']
+    (root / "mailkeep.toml").write_text("\n".join(lines) + "\n")
+    write_users(root / "users.toml", USERS)
+    return root / "mailkeep.toml"
+
+
+def write_users(path: Path, users: dict[str, tuple[str, list[str], bool]]) -> None:
+    out = []
+    for name, (pw, addrs, send_as) in users.items():
+        out += [f"[users.{name}]", f"password = {toml_value(_hash(pw))}",
+                f"addresses = {toml_value(addrs)}", f"send_as_others = {toml_value(send_as)}"]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(out) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunningDaemon:
+    root: Path
+    ca: trustme.CA
+    ports: dict[str, int]
+    data_dir: Path
+    stop: Callable[[], None]
+    daemon: Daemon | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def submission_port(self) -> int:
+        return self.ports["submission"]
+
+    @property
+    def submissions_port(self) -> int:
+        return self.ports["submissions"]
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+    def smtp(self, *, starttls: bool = True, timeout: float = 10) -> smtplib.SMTP:
+        """smtplib on 587 with STARTTLS done and the certificate verified."""
+        s = smtplib.SMTP("127.0.0.1", self.submission_port, timeout=timeout)
+        s._host = HOSTNAME  # type: ignore[attr-defined]  # SNI + hostname check
+        if starttls:
+            s.starttls(context=self.client_context())
+        return s
+
+    def smtps(self, timeout: float = 10) -> smtplib.SMTP_SSL:
+        s = smtplib.SMTP_SSL(timeout=timeout, context=self.client_context())
+        s._host = HOSTNAME  # type: ignore[attr-defined]
+        s.connect("127.0.0.1", self.submissions_port)
+        return s
+
+    def maildir_files(self, account: str) -> list[Path]:
+        root = self.data_dir / "mail" / account
+        files: list[Path] = []
+        for sub in ("new", "cur"):
+            d = root / sub
+            if d.is_dir():
+                files += sorted(d.iterdir())
+        return files
+
+    def run_coro(self, coro: Any) -> Any:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+
+def _port_map(bound: dict[str, list[str]]) -> dict[str, int]:
+    return {name: int(addrs[0].rsplit(":", 1)[1]) for name, addrs in bound.items()}
+
+
+def start_thread_daemon(config_path: Path, ca: trustme.CA, loop_kind: str = "asyncio") -> RunningDaemon:
+    """The daemon in this process, on its own event loop in a thread (asyncio or uvloop)."""
+    config = load_config(config_path)
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    daemon = Daemon(config)
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            try:
+                await daemon.start()
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            await daemon.run_until_stopped()
+
+        loop.run_until_complete(main())
+        loop.close()
+
+    thread = threading.Thread(target=run, name=f"mailkeep-{loop_kind}", daemon=True)
+    thread.start()
+    started.wait(30)
+    if failure:
+        raise failure[0]
+
+    def stop() -> None:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(daemon.request_stop)
+            thread.join(30)
+
+    return RunningDaemon(root=config_path.parent, ca=ca, ports=_port_map(daemon.bound),
+                         data_dir=config.data_dir, stop=stop, daemon=daemon, loop=loop)
+
+
+def start_process_daemon(config_path: Path, ca: trustme.CA, *args: str,
+                         timeout: float = 30) -> RunningDaemon:
+    """`mailkeep serve` as a real process; ports come from its --ready-file."""
+    ready = config_path.parent / "ready.json"
+    ready.unlink(missing_ok=True)
+    log = open(config_path.parent / "daemon.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailkeep", "serve", "--config", str(config_path),
+         "--ready-file", str(ready), *args],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            log.close()
+            raise RuntimeError("daemon exited: "
+                               + (config_path.parent / "daemon.log").read_text())
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("daemon did not become ready")
+        time.sleep(0.05)
+    bound = json.loads(ready.read_text())["listeners"]
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+    config = load_config(config_path)
+    return RunningDaemon(root=config_path.parent, ca=ca, ports=_port_map(bound),
+                         data_dir=config.data_dir, stop=stop, proc=proc)
