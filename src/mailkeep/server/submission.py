@@ -134,6 +134,14 @@ class SubmissionSession(SMTP):
         if self.tls is not None and self.session is not None:
             self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
 
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        # The idle timeout runs from the last bytes received, not from the last command
+        # (Postfix smtpd_timeout does the same): a large DATA upload on a slow link is not idle.
+        self._reset_timeout()
+        super().data_received(data)
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
             return
