@@ -9,10 +9,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 # .dockerignore admits only pyproject.toml, README/LICENSE and src/ (never certs, .venv, .git)
 COPY . /src
-# `pip install /src` installs the [project] dependencies, never the [test] extra.
+# `pip install /src` installs the [project] dependencies, never the [test] extra. pip and
+# setuptools are build tools: removed from the runtime venv (about 25 MB, nothing uses them).
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir /src \
- && /opt/venv/bin/mailkeep --version
+ && /opt/venv/bin/pip uninstall --yes pip setuptools \
+ && /opt/venv/bin/mailkeep --version \
+ && /opt/venv/bin/python -c "import mailkeep.app, mailkeep.directory.file, uvloop"
 
 # -- runtime stage ---------------------------------------------------------------------------
 FROM python:3.11-slim

@@ -47,11 +47,33 @@ init_config() {
     fi
 }
 
+# A hint only (the daemon reports the bind error itself): a non-root process may bind a
+# port below net.ipv4.ip_unprivileged_port_start only with CAP_NET_BIND_SERVICE. Docker
+# 20.10+ sets that sysctl to 0 in a container's network namespace; podman 4.3 does not.
+hint_low_ports() {
+    [ "$(id -u)" != 0 ] || return 0
+    start=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null) || return 0
+    capeff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status 2>/dev/null) || return 0
+    [ $(( 0x${capeff:-0} & 0x400 )) = 0 ] || return 0  # bit 10 = CAP_NET_BIND_SERVICE
+    ports=$(sed -n 's/^[[:space:]]*bind[[:space:]]*=//p' "$CONFIG" | grep -Eo ':[0-9]+"' | tr -d ':"')
+    for port in $ports; do
+        if [ "$port" -lt "$start" ]; then
+            say "port $port is below net.ipv4.ip_unprivileged_port_start=$start here and uid"
+            say "$(id -u) lacks CAP_NET_BIND_SERVICE: run the container with"
+            say "--sysctl net.ipv4.ip_unprivileged_port_start=0 (see docs/container.md)"
+            return 0
+        fi
+    done
+}
+
 if [ ! -e "$CONFIG" ]; then
     init_config
 fi
 
 case "${1:-}" in
-    "" | -*) exec mailkeep serve --config "$CONFIG" "$@" ;;
+    "" | -*)
+        hint_low_ports || true
+        exec mailkeep serve --config "$CONFIG" "$@"
+        ;;
     *) exec "$@" ;;
 esac
