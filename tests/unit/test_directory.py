@@ -158,10 +158,6 @@ def test_no_stored_hash_returns_false_after_verifying_the_dummy(
     assert spy.hashes == [passwords.DUMMY_HASH]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: is_supported() only identifies the hash prefix, so "
-                   "parse_users accepts malformed hashes like '$argon2id$garbage' or '$6$broken', "
-                   "and verify_password then raises ValueError at login (an exception escaping "
-                   "authenticate instead of a 535); passwords.py is_supported/verify_password")
 @pytest.mark.parametrize("stored", ["$argon2id$garbage", "$6$broken", "{BLF-CRYPT}$2y$05$xx",
                                     "$2b$"])
 def test_malformed_hash_of_known_scheme_never_raises(stored: str) -> None:
@@ -170,19 +166,11 @@ def test_malformed_hash_of_known_scheme_never_raises(stored: str) -> None:
     assert not ok  # and the users file loader should have refused it
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with bcrypt>=5 the backend raises ValueError for "
-                   "passwords over 72 bytes; Dovecot/crypt(3) truncate, so migrated BLF-CRYPT "
-                   "users with long passwords cannot log in and any client can make "
-                   "authenticate raise (SASL allows 255 octets); passwords.py verify_password")
 def test_bcrypt_long_password_does_not_raise() -> None:
     stored = "{BLF-CRYPT}" + bcrypt.using(rounds=4).hash("a" * 72)
     assert verify_password("a" * 100, stored) in (True, False)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: passlib raises PasswordValueError for a NUL in the "
-                   "password with bcrypt and sha*-crypt hashes; AUTH LOGIN passwords may contain "
-                   "NUL (parse_login_field allows it), so a client can make authenticate raise; "
-                   "passwords.py verify_password should return False")
 @pytest.mark.parametrize("scheme", ["bcrypt", "sha512"])
 def test_nul_in_password_does_not_raise(scheme: str) -> None:
     stored = (bcrypt.using(rounds=4).hash("pw") if scheme == "bcrypt"
@@ -260,10 +248,6 @@ def test_empty_users_file_is_valid() -> None:
     assert parse_users({}, "u") == {}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an account name may equal another account's address "
-                   "(names allow '@'); FileDirectory._index lets the name win, so lookup() of "
-                   "that address returns None (mail refused) and authenticate() with it reaches "
-                   "the wrong account. parse_users should refuse the collision (file.py)")
 async def test_account_name_equal_to_another_accounts_address(
     tmp_path: Path, hashes: dict[str, str]
 ) -> None:
@@ -517,10 +501,6 @@ def test_load_directory_unknown_backend(tmp_path: Path) -> None:
         load_directory("ldap", {}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: FileDirectory resolves its path (Path.resolve()), "
-                   "so when users.toml is a symlink that is swapped to a new file (NixOS /etc, "
-                   "config-management deploys) it keeps watching the old target and never "
-                   "reloads (directory/file.py FileDirectory.__init__)")
 async def test_swapped_users_symlink_is_reread(
     tmp_path: Path, hashes: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

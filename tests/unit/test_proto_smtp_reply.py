@@ -136,9 +136,6 @@ def test_enhance_total_and_idempotent_on_well_formed_replies(reply: str) -> None
         assert once[:4] == (reply[:4] if len(reply) > 3 else reply[:3] + " ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: enhance() treats the 4th character as the "
-                   "separator whatever it is, so '250OK' becomes '250O2.0.0 K' (text lost) and "
-                   "a second pass adds another code (not idempotent); smtp_reply.py enhance()")
 @settings(max_examples=300)
 @example("250OK")
 @given(st.text(max_size=60))

@@ -181,9 +181,6 @@ def test_key_file_mode_0600(tmp_path: Path) -> None:
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: generate_selfsigned opens an existing key file with "
-                   "O_TRUNC, which keeps its old mode: regenerating over a 0644 key writes the new "
-                   "private key world-readable (tls/certs.py; fchmod 0600 or write+rename)")
 def test_regenerated_key_over_world_readable_file_is_0600(tmp_path: Path) -> None:
     key = tmp_path / "k.key"
     key.write_text("old")

@@ -87,6 +87,11 @@ def parse_users(raw: Mapping[str, Any], source: str) -> dict[str, UserRecord]:
             problems.append(f"{key}.send_as_others: expected true or false")
             send_as = False
         records[name] = UserRecord(Account(name, tuple(clean), send_as), password)
+    # Logins take a name or an address: one string must not mean two accounts.
+    for name in records:
+        if name in owner and owner[name] != name:
+            problems.append(f"users.{name}: the account name is also an address of "
+                            f"{owner[name]}; rename one of them")
     if problems:
         raise DirectoryError(f"{source}: " + "; ".join(problems))
     return records
@@ -128,6 +133,7 @@ def write_users_file(path: Path, records: Mapping[str, UserRecord]) -> None:
         }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_CREAT
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(_HEADER + tomli_w.dumps(doc))
         fh.flush()
@@ -146,7 +152,9 @@ class FileDirectory:
         raw_path = options.get("path", "users.toml")
         if not isinstance(raw_path, str):
             raise DirectoryError("directory.path: expected a string")
-        self.path = (base_dir / raw_path).resolve()
+        # normpath, not resolve(): a symlinked users.toml swapped by configuration management
+        # must be re-read, so we watch the link's path, not today's target.
+        self.path = Path(os.path.normpath(base_dir / raw_path))
         self._records = read_users_file(self.path)
         self._by_login = self._index(self._records)
         self._mtime = self._current_mtime()

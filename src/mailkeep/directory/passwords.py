@@ -46,20 +46,51 @@ def strip_scheme(stored: str) -> str:
     return _PREFIX.sub("", stored.strip(), count=1)
 
 
+# bcrypt only ever reads 72 bytes of a password; crypt(3) and Dovecot truncate silently, the
+# bcrypt>=5 module raises instead. Truncating keeps migrated long passwords working.
+BCRYPT_MAX_PASSWORD_BYTES = 72
+
+
 def is_supported(stored: str) -> bool:
-    return _CONTEXT.identify(strip_scheme(stored)) is not None
+    """A hash in a scheme we verify and well-formed (parsed, not just its prefix looked at)."""
+    plain_hash = strip_scheme(stored)
+    handler = _CONTEXT.identify(plain_hash, resolve=True)
+    if handler is None:
+        return False
+    try:
+        parsed = handler.from_string(plain_hash)
+    except (ValueError, TypeError):
+        return False
+    # "$6$salt" parses as a configuration string without a checksum: nothing to verify against.
+    return bool(getattr(parsed, "checksum", None))
+
+
+def _dummy(password: str | bytes) -> bool:
+    try:
+        _CONTEXT.verify(password, DUMMY_HASH)
+    except (ValueError, TypeError):
+        pass
+    return False
 
 
 def verify_password(password: str, stored: str | None) -> bool:
-    """Blocking (tens of ms by design): callers run it off the event loop."""
+    """Blocking (tens of ms by design): callers run it off the event loop.
+
+    Never raises on odd input (a NUL in the password, a damaged stored hash): such a login
+    simply fails, after the same work as a wrong password."""
     if stored is None:
-        _CONTEXT.verify(password, DUMMY_HASH)
-        return False
+        return _dummy(password)
     plain_hash = strip_scheme(stored)
-    if _CONTEXT.identify(plain_hash) is None:
-        _CONTEXT.verify(password, DUMMY_HASH)
-        return False
-    return bool(_CONTEXT.verify(password, plain_hash))
+    scheme = _CONTEXT.identify(plain_hash)
+    if scheme is None:
+        return _dummy(password)
+    secret: str | bytes = password
+    if scheme == "bcrypt":
+        secret = password.encode("utf-8")[:BCRYPT_MAX_PASSWORD_BYTES]
+    try:
+        return bool(_CONTEXT.verify(secret, plain_hash))
+    except (ValueError, TypeError):
+        return _dummy(password)
 
 
 def needs_update(stored: str) -> bool:

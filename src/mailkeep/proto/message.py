@@ -61,6 +61,8 @@ def addresses_of(fields: list[HeaderField], key: str) -> list[str] | None:
     if not values:
         return []
     pairs = email.utils.getaddresses(values)
+    if not pairs:
+        return None  # the field is there but names nobody (RFC 5322 §3.6.2 wants an author)
     result: list[str] = []
     for _display, addr in pairs:
         if not addr or "@" not in addr:

@@ -44,7 +44,7 @@ def enhance(reply: str) -> str:
     if len(reply) < 3 or not reply[:3].isdigit() or _HAS_ENHANCED.match(reply):
         return reply
     code = reply[:3]
-    if code[0] not in "245" or code in ("220", "334"):
+    if code[0] not in "245" or code in ("220", "334") or reply[3:4] not in ("", " ", "-"):
         return reply
     enhanced = _DEFAULTS.get(code)
     for prefix, override in _TEXT_OVERRIDES:

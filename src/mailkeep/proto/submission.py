@@ -79,14 +79,21 @@ def check_header_senders(owned: tuple[str, ...], send_as_others: bool,
     return None
 
 
+def _header_safe(text: str, allowed: str) -> str:
+    """Keep only characters that cannot break a header line: HELO and addresses are
+    client-controlled, and a CR, LF or quote there would let a client forge trace lines."""
+    return "".join(c for c in text if (c.isalnum() and c.isprintable()) or c in allowed)
+
+
 def received_field(*, helo: str, peer_ip: str, hostname: str, queue_id: str,
                    tls: TlsInfo | None, authenticated: bool, recipients: list[str],
                    now: dt.datetime) -> bytes:
     """RFC 5321 §4.4 trace field; "with" per RFC 3848 (ESMTPSA = ESMTP + TLS + AUTH)."""
     protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
-    # Only characters that cannot break the header: HELO is client-controlled.
-    safe_helo = "".join(c for c in helo if c.isalnum() or c in ".-_[]:") or "unknown"
-    lines = [f"Received: from {safe_helo} ([{peer_ip}])", f"\tby {hostname} (mailkeep)"
+    safe_helo = _header_safe(helo, ".-_[]:") or "unknown"
+    # RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
+    literal = f"IPv6:{peer_ip}" if ":" in peer_ip else peer_ip
+    lines = [f"Received: from {safe_helo} ([{literal}])", f"\tby {hostname} (mailkeep)"
              f" with {protocol} id {queue_id}"]
     if tls:
         bits = f"{tls.bits}/{tls.bits} bits"
@@ -94,7 +101,7 @@ def received_field(*, helo: str, peer_ip: str, hostname: str, queue_id: str,
     # RFC 5321 §7.2: naming every recipient would disclose Bcc; name one only when alone.
     tail = f"; {email.utils.format_datetime(now)}"
     if len(recipients) == 1:
-        lines.append(f"\tfor <{recipients[0]}>{tail}")
+        lines.append(f"\tfor <{_header_safe(recipients[0], '.-_+@=!#$%&*/?^`{|}~')}>{tail}")
     else:
         lines[-1] += tail
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

@@ -92,6 +92,7 @@ def generate_selfsigned(
     )
     # The key is created 0600 from the start: never world-readable, not even for a moment.
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: force it
     with os.fdopen(fd, "wb") as fh:
         fh.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
