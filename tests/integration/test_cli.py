@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from mailkeep.directory.file import read_users_file
 from mailkeep.directory.passwords import verify_password
 
 
-def mk(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def mk(*args: str, stdin: str | None = None,
+       cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mailkeep", *args], input=stdin,
                           capture_output=True, text=True, timeout=60, cwd=cwd)
 
@@ -173,8 +175,6 @@ def test_serve_refuses_unusable_certificate(site: Path, problem: str) -> None:
 
 
 def test_serve_refuses_busy_port_naming_the_key(site: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

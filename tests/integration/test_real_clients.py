@@ -62,7 +62,8 @@ def test_swaks_wrong_password(daemon: RunningDaemon) -> None:
     assert "535 5.7.8" in r.stdout
 
 
-def curl(d: RunningDaemon, scheme: str, port: int, msg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def curl(d: RunningDaemon, scheme: str, port: int, msg: Path,
+         *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "30", "--url", f"{scheme}://{HOSTNAME}:{port}",
          "--resolve", f"{HOSTNAME}:{port}:127.0.0.1", "--cacert", ca_file(d),
@@ -73,7 +74,8 @@ def curl(d: RunningDaemon, scheme: str, port: int, msg: Path, *args: str) -> sub
 @pytest.mark.parametrize("scheme", ["smtp", "smtps"])
 def test_curl_submits(daemon: RunningDaemon, tmp_path: Path, scheme: str) -> None:
     msg = tmp_path / "msg.eml"
-    msg.write_bytes(b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: curl\r\n\r\nhi\r\n")
+    msg.write_bytes(b"From: alice@example.test\r\nTo: bob@example.test\r\n"
+                    b"Subject: curl\r\n\r\nhi\r\n")
     port = daemon.submission_port if scheme == "smtp" else daemon.submissions_port
     extra = ["--ssl-reqd"] if scheme == "smtp" else []
     r = curl(daemon, scheme, port, msg, *extra, "--user", "alice:alice-secret-pw",

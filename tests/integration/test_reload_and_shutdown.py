@@ -64,14 +64,14 @@ def test_renewed_certificate_is_served_without_restart(daemon: RunningDaemon) ->
     der = s2.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
     assert der is not None and hashlib.sha256(der).hexdigest() == new
     s2.quit()
-    assert s.sendmail("alice@example.test", ["bob@example.test"], b"From: alice@example.test\r\n\r\nx\r\n") == {}
+    msg = b"From: alice@example.test\r\n\r\nx\r\n"
+    assert s.sendmail("alice@example.test", ["bob@example.test"], msg) == {}
     s.quit()
 
 
 def test_broken_renewal_is_refused_and_old_certificate_keeps_serving(
         daemon: RunningDaemon, caplog: pytest.LogCaptureFixture) -> None:
     cert = daemon.root / "certs" / "mailkeep.crt"
-    key = daemon.root / "certs" / "mailkeep.key"
     old = served_fingerprint(daemon, daemon.submissions_port)
     # A certificate that does not match the key on disk (half-finished renewal).
     other = daemon.ca.issue_cert(HOSTNAME)

@@ -75,7 +75,7 @@ def test_login_with_address_and_auth_login(daemon: RunningDaemon) -> None:
 
 def test_implicit_tls_465_end_to_end(daemon: RunningDaemon) -> None:
     s = daemon.smtps()
-    code, text = s.ehlo("client.test")
+    _, text = s.ehlo("client.test")
     assert b"AUTH LOGIN PLAIN" in text
     assert b"STARTTLS" not in text
     s.login("bob@example.test", "bob-secret-pw-2")
