@@ -7,6 +7,7 @@ stored message is the submitted one byte for byte plus what RFC 6409 §8 lets an
 from __future__ import annotations
 
 import email.utils
+import re
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
@@ -81,6 +82,16 @@ def has_bare_cr_or_lf(data: bytes) -> bool:
     A bare LF or CR is how SMTP smuggling hides a second message ("\\n.\\r\\n"); we refuse it."""
     crlf = data.count(CRLF)
     return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+
+
+def longest_line_exceeds(data: bytes, limit: int) -> bool:
+    """RFC 5321 §4.5.3.1.6: is any line longer than `limit` octets including its CRLF?
+
+    Call after has_bare_cr_or_lf() said no: then lines are exactly the runs between CRLFs.
+    A regular expression keeps the scan in C even for a 25 MiB message."""
+    if limit < 3:
+        return bool(data)
+    return re.search(rb"[^\r\n]{%d}" % (limit - 1), data) is not None
 
 
 def splice_headers(data: bytes, prepend: list[bytes], append: list[bytes]) -> bytes:

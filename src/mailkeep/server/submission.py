@@ -7,6 +7,7 @@ inside TLS and verified off the loop, sender checks, local delivery, limits and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import datetime as dt
@@ -20,7 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 from mailkeep.config.model import ListenerConfig
 from mailkeep.directory.base import Account
 from mailkeep.proto import sasl
-from mailkeep.proto.message import has_bare_cr_or_lf
+from mailkeep.proto.message import has_bare_cr_or_lf, longest_line_exceeds
 from mailkeep.proto.smtp_reply import enhance, reply_code
 from mailkeep.proto.submission import (
     RecipientKind,
@@ -47,6 +48,13 @@ IDENT = "ESMTP mailkeep"
 COMMAND_SIZE_LIMIT = 512
 MAIL_COMMAND_SIZE_LIMIT = 512 + 26 + 10
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
+# RFC 1870 §3: SIZE counts the message, not the transparency dots added on the wire. aiosmtpd
+# counts wire bytes, so it gets room for a dot on every line (worst case ".\r\n" -> "..\r\n",
+# a third more) and the exact limit is enforced on the unstuffed message in handle_DATA.
+WIRE_SIZE_SLACK_NUMERATOR, WIRE_SIZE_SLACK_DENOMINATOR = 4, 3
+# After SHUTDOWN_REPLY, a TLS client that never answers our close_notify must not hold the
+# daemon for the whole shutdown grace: its connection is aborted after this many seconds.
+SHUTDOWN_ABORT_AFTER = 1.0
 _TLS_ACTIVE = object()  # stands in for aiosmtpd's SSLProtocol once we upgraded ourselves
 
 
@@ -76,11 +84,15 @@ class SubmissionSession(SMTP):
         self.front_context = tls_context
         # Per-instance limits (aiosmtpd keeps these on the class and grows them on every EHLO).
         self.command_size_limits = collections.defaultdict(lambda: COMMAND_SIZE_LIMIT)
-        # +1: RFC 5321 §4.5.2 transparency dot on top of 1000 octets per line.
+        # +1: RFC 5321 §4.5.2 transparency dot on top of 1000 octets per line. The exact limit
+        # is checked on the unstuffed message in handle_DATA.
         self.line_length_limit = cfg.max_line_length + 1
+        self.max_message_size = cfg.max_message_size
+        self.max_line_length = cfg.max_line_length
         super().__init__(
             SubmissionHandler(self),
-            data_size_limit=cfg.max_message_size,
+            data_size_limit=(cfg.max_message_size * WIRE_SIZE_SLACK_NUMERATOR
+                             // WIRE_SIZE_SLACK_DENOMINATOR + 2),
             enable_SMTPUTF8=True,          # RFC 6531
             decode_data=False,             # 8BITMIME: keep the bytes as sent
             hostname=services.config.hostname,
@@ -164,9 +176,10 @@ class SubmissionSession(SMTP):
         with contextlib.suppress(AttributeError, OSError, RuntimeError):
             cast(asyncio.WriteTransport, transport).write(SHUTDOWN_REPLY.encode() + b"\r\n")
         transport.close()
+        asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self in self.services.sessions:
             cast(asyncio.WriteTransport, self.transport).abort()
 
     def in_transaction(self) -> bool:
@@ -176,10 +189,14 @@ class SubmissionSession(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if text.startswith("500 Line too long"):
+            text = self._line_too_long()
         if not self.raw_replies:
             text = enhance(text)
         code = reply_code(text)
-        await super().push(text)
+        # Replies may quote the client's own bytes (kept as surrogate escapes): escape them
+        # rather than fail to encode, which would turn a refusal into an internal error.
+        await super().push(text.encode("utf-8", "backslashreplace"))
         if code >= 400 and not self.closing:
             self.errors += 1
             if self.errors >= self.services.config.submission.max_errors:
@@ -190,6 +207,10 @@ class SubmissionSession(SMTP):
         if self.services.stopping and not self.in_transaction() and not self.closing \
                 and code not in (221, 354, 334):
             await self._close_with(SHUTDOWN_REPLY)
+
+    def _line_too_long(self) -> str:
+        return (f"500 5.5.6 Line too long: at most {self.max_line_length} octets per line "
+                "(RFC 5321 §4.5.3.1.6)")
 
     async def _close_with(self, reply: str) -> None:
         self.closing = True
@@ -246,6 +267,42 @@ class SubmissionSession(SMTP):
                  self.tls.cipher if self.tls else "?")
 
     # -- AUTH (RFC 4954), verified off the loop ---------------------------------------------
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """RFC 4954 §4: one "334" challenge and the client's base64 response.
+
+        Replaces aiosmtpd's, which let an over-long response escape as an exception (a 451
+        "internal error" for the client's mistake) and split it into stray commands."""
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (base64.b64encode(raw) if encode_to_b64 else raw))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            await self._drain_line(exc.consumed)
+            await self.push("500 5.5.6 Authentication response too long")
+            return MISSING
+        except asyncio.IncompleteReadError:
+            return MISSING  # the client went away mid-exchange
+        blob = line.strip()
+        if blob == b"*":  # RFC 4954 §4: the client cancels
+            await self.push("501 5.7.0 Authentication aborted")
+            return MISSING
+        try:
+            return sasl.decode_base64(blob)
+        except sasl.SaslError:
+            await self.push("501 5.5.2 Cannot decode base64")
+            return MISSING
+
+    async def _drain_line(self, consumed: int) -> None:
+        """Habit 6: stay in sync. Discard the rest of an over-long line before answering."""
+        await self._reader.readexactly(consumed)
+        while True:
+            try:
+                await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.readexactly(exc.consumed)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -314,6 +371,14 @@ class SubmissionSession(SMTP):
                           message="235 2.7.0 Authentication successful")
 
 
+def _size_parameter(mail_options: list[str]) -> int | None:
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
 class SubmissionHandler:
     """aiosmtpd handler hooks: policy decisions (proto.submission) and delivery."""
 
@@ -323,6 +388,9 @@ class SubmissionHandler:
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        # RFC 1870: advertise the real limit, not aiosmtpd's wire allowance (see above).
+        responses = [f"250-SIZE {self.s.max_message_size}" if r.startswith("250-SIZE ") else r
+                     for r in responses]
         # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES; aiosmtpd honours both.
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
         return [*responses[:-1], *extra, responses[-1]]
@@ -331,6 +399,10 @@ class SubmissionHandler:
                           address: str, mail_options: list[str]) -> str:
         account = self.s.account
         assert account is not None  # aiosmtpd answers 530 before we are asked
+        declared = _size_parameter(mail_options)
+        if declared is not None and declared > self.s.max_message_size:
+            # RFC 1870 §6.3: refuse at MAIL when the declared size is over the limit.
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
         refusal = check_envelope_sender(account.addresses, address)
         if refusal:
             log.warning("conn=%s spoofed envelope sender %r by %s", self.s.conn_id, address,
@@ -361,6 +433,10 @@ class SubmissionHandler:
         data = envelope.original_content or b""
         if has_bare_cr_or_lf(data):
             return "550 5.6.0 Message refused: bare CR or LF in message (RFC 5321 §2.3.8)"
+        if len(data) > s.max_message_size:
+            return "552 5.3.4 Message too big for this server"
+        if longest_line_exceeds(data, s.max_line_length):
+            return s._line_too_long()
         refusal = check_header_senders(account.addresses, account.send_as_others, data)
         if refusal:
             log.warning("conn=%s header sender refused for %s: %s", s.conn_id, account.name,
