@@ -3,6 +3,10 @@
 Bytes the client pipelined behind the upgrade command arrived in plaintext: they are never
 executed. If any are waiting before or after the handshake, the upgrade is refused and the
 connection closed, so an injected "STARTTLS\\r\\nAUTH ..." can never run inside TLS.
+
+Reading is paused *before* the go-ahead reply is written, right after the check, with no
+await in between: whatever the client sent before that is in the reader's buffer (and refused);
+whatever it sends after reaches the TLS layer, never the plaintext reader.
 """
 
 from __future__ import annotations
@@ -30,15 +34,20 @@ def refuse_if_pipelined(reader: asyncio.StreamReader) -> None:
 
 
 async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  context: ssl.SSLContext, timeout: float) -> asyncio.BaseTransport:
-    """Run the server side of the TLS handshake on an established stream.
+                  context: ssl.SSLContext, timeout: float,
+                  go_ahead: bytes) -> asyncio.BaseTransport:
+    """Refuse pipelined plaintext, write the go-ahead reply, run the server-side handshake.
 
-    Call after refuse_if_pipelined() and after the "go ahead" reply was written.
-    Returns the new (TLS) transport; the writer and its protocol already use it."""
+    Raises PipelinedPlaintext (nothing written yet if caught before the reply) or
+    HandshakeFailed. Returns the new TLS transport; the writer and protocol already use it."""
+    refuse_if_pipelined(reader)
+    transport = writer.transport
+    transport.pause_reading()  # type: ignore[attr-defined]
+    writer.write(go_ahead)
     try:
         await writer.start_tls(context, ssl_handshake_timeout=timeout)
     except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
         raise HandshakeFailed(str(exc) or type(exc).__name__) from exc
-    # Bytes that raced in between our check and the switch were read as plaintext.
-    refuse_if_pipelined(reader)
+    # No second check here: once reading was paused, every byte goes through TLS, and the
+    # client may well have sent its (encrypted) EHLO before this coroutine resumes.
     return writer.transport
