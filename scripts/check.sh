@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
-# Installs what the tests need: the Python test extras, and swaks + curl from Debian.
+# Installs what the tests need: the Python test extras, and swaks, curl, openssl and fetchmail
+# from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -10,6 +11,7 @@ missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test tools: ${missing[*]}" >&2
     apt_install "${missing[@]}" ca-certificates

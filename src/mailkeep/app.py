@@ -17,6 +17,7 @@ from pathlib import Path
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
 from mailkeep.security import AuthThrottle, ConnectionBudget
+from mailkeep.server import pop3
 from mailkeep.server.services import Services
 from mailkeep.server.submission import SubmissionSession
 from mailkeep.store.maildir import MaildirStore
@@ -123,8 +124,12 @@ class Daemon:
         services = self.services
         assert services is not None
 
-        def factory() -> asyncio.Protocol:
+        def submission_factory() -> asyncio.Protocol:
             return SubmissionSession(services, lst, context)
+
+        factory: Callable[[], asyncio.Protocol] = submission_factory
+        if lst.protocol == "pop3":
+            factory = pop3.session_factory(services, lst, context)
 
         implicit = lst.tls == "implicit"
         return await loop.create_server(

@@ -34,8 +34,11 @@ from mailkeep.tls.certs import (
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
-UNPRIVILEGED_PORTS = (10587, 10465)
-STANDARD_PORTS = (587, 465)
+# submission (587), submissions (465), pop3s (995), pop3 with STLS (110, commented out)
+STANDARD_PORTS = (587, 465, 995, 110)
+UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110)
+# What a healthy listener says first, by protocol.
+GREETINGS = {"submission": b"220", "pop3": b"+OK"}
 
 
 class CliError(Exception):
@@ -72,8 +75,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     target.mkdir(parents=True, exist_ok=True)
     data_dir = args.data_dir or "data"
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
-                  cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports,
-                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
+                  cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
+                  pop3_ports=ports[2:], hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
     info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
                                rsa_bits=args.rsa_bits)
     config_path.write_text(text, encoding="utf-8")
@@ -89,7 +92,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {users_path}")
     print(f"wrote {cert_path} ({info.key_type}, SAN {', '.join(info.names)}, "
           f"expires {info.not_after:%Y-%m-%d})")
-    print(f"listeners: submission on port {ports[0]} (STARTTLS), submissions on {ports[1]} (TLS)")
+    print(f"listeners: submission on port {ports[0]} (STARTTLS), submissions on {ports[1]} "
+          f"(TLS), pop3s on {ports[2]} (TLS)")
     if password is not None:
         print(f"demo account: login demo@{domains[0]}  password {password}")
         print("  (shown once; change it with `mailkeep user passwd demo`)")
@@ -306,7 +310,7 @@ def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
 # -- health ---------------------------------------------------------------------------------
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Container HEALTHCHECK: every listener answers with a 220 greeting."""
+    """Container HEALTHCHECK: every listener answers with its greeting (220, +OK)."""
     import socket  # noqa: PLC0415
     import ssl  # noqa: PLC0415
 
@@ -324,7 +328,7 @@ def cmd_health(args: argparse.Namespace) -> int:
                     if lst.tls == "implicit":
                         sock = ctx.wrap_socket(raw, server_hostname=config.hostname)
                     greeting = sock.recv(512)
-                    if not greeting.startswith(b"220"):
+                    if not greeting.startswith(GREETINGS[lst.protocol]):
                         raise OSError(f"unexpected greeting {greeting[:60]!r}")
                     sock.sendall(b"QUIT\r\n")
                 print(f"ok {lst.name} {addr}")
@@ -354,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--domain", action="append", help="a local mail domain; repeatable")
     q.add_argument("--data-dir", help="where Maildirs go (default: DIR/data)")
     q.add_argument("--ports", choices=("auto", "standard", "unprivileged"), default="auto",
-                   help="587/465, or 10587/10465; auto picks standard only as root")
+                   help="587/465/995, or 10587/10465/10995; auto picks standard only as root")
     q.add_argument("--bind-host", action="append", metavar="HOST",
                    help='listen address (default "0.0.0.0" and "[::]"); repeatable')
     q.add_argument("--no-demo-user", action="store_true", help="do not create the demo account")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import poplib
 import signal
 import smtplib
 import ssl
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+import uvloop
 
 from mailkeep.app import Daemon
 from mailkeep.config import load_config
@@ -54,7 +56,9 @@ def toml_value(v: Any) -> str:
 
 def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | None = None,
                  security: dict[str, Any] | None = None, extra_top: dict[str, Any] | None = None,
-                 bind_host: str = "127.0.0.1") -> Path:
+                 bind_host: str = "127.0.0.1", pop3_listeners: bool = False,
+                 pop3: dict[str, Any] | None = None) -> Path:
+    """pop3_listeners: also "pop3s" (implicit TLS) and "pop3" (STLS) listeners; pop3: [pop3]."""
     certs = root / "certs"
     certs.mkdir(parents=True, exist_ok=True)
     leaf = ca.issue_cert(HOSTNAME, "localhost", "127.0.0.1")
@@ -74,6 +78,15 @@ def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | Non
               f'bind = ["{bind_host}:0"]',
               "[listeners.submissions]", 'protocol = "submission"', 'tls = "implicit"',
               f'bind = ["{bind_host}:0"]']
+    if pop3 is not None:
+        lines.insert(lines.index("[security]"), "[pop3]")
+        lines[lines.index("[pop3]") + 1:lines.index("[pop3]") + 1] = [
+            f"{k} = {toml_value(v)}" for k, v in pop3.items()]
+    if pop3_listeners:
+        lines += ["[listeners.pop3s]", 'protocol = "pop3"', 'tls = "implicit"',
+                  f'bind = ["{bind_host}:0"]',
+                  "[listeners.pop3]", 'protocol = "pop3"', 'tls = "starttls"',
+                  f'bind = ["{bind_host}:0"]']
     (root / "mailkeep.toml").write_text("\n".join(lines) + "\n")
     write_users(root / "users.toml", USERS)
     return root / "mailkeep.toml"
@@ -108,6 +121,23 @@ class RunningDaemon:
     @property
     def submissions_port(self) -> int:
         return self.ports["submissions"]
+
+    @property
+    def pop3s_port(self) -> int:
+        return self.ports["pop3s"]
+
+    @property
+    def pop3_port(self) -> int:
+        return self.ports["pop3"]
+
+    def pop3s(self, timeout: float = 10) -> poplib.POP3_SSL:
+        """poplib on the implicit-TLS listener; the certificate (SAN 127.0.0.1) is verified."""
+        return poplib.POP3_SSL("127.0.0.1", self.pop3s_port, timeout=timeout,
+                               context=self.client_context())
+
+    def pop3(self, timeout: float = 10) -> poplib.POP3:
+        """poplib on the STLS listener, before STLS."""
+        return poplib.POP3("127.0.0.1", self.pop3_port, timeout=timeout)
 
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
@@ -146,15 +176,11 @@ def _port_map(bound: dict[str, list[str]]) -> dict[str, int]:
     return {name: int(addrs[0].rsplit(":", 1)[1]) for name, addrs in bound.items()}
 
 
-def start_thread_daemon(config_path: Path, ca: trustme.CA, loop_kind: str = "asyncio") -> RunningDaemon:
+def start_thread_daemon(config_path: Path, ca: trustme.CA,
+                        loop_kind: str = "asyncio") -> RunningDaemon:
     """The daemon in this process, on its own event loop in a thread (asyncio or uvloop)."""
     config = load_config(config_path)
-    if loop_kind == "uvloop":
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
     daemon = Daemon(config)
     started = threading.Event()
     failure: list[BaseException] = []

@@ -465,16 +465,11 @@ def test_template_documents_every_known_key() -> None:
 # -- validation gaps (bugs) -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: shutdown_grace is never range-checked; "
-                   "a negative grace period is accepted silently (config/load.py parse_config)")
 def test_negative_shutdown_grace_refused(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "shutdown_grace = -5.0\n" + MINIMAL)
     assert keys_of(problems) == ["shutdown_grace"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_bind never validates the host part: any "
-                   "hex/colon/dot text in brackets ('[::1::2]', '[abc]') and hosts with spaces "
-                   "pass, so check-config succeeds and the daemon fails at bind time")
 @pytest.mark.parametrize("text", ["[::1::2]:587", "[abc]:587", "[1.2.3.4]:587", " :587",
                                   "mail example:587"])
 def test_parse_bind_host_must_be_an_address_or_name(text: str) -> None:
@@ -482,10 +477,6 @@ def test_parse_bind_host_must_be_an_address_or_name(text: str) -> None:
         parse_bind(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _Reader.path() calls Path.resolve(), which follows "
-                   "symlinks: with certbot's live/cert.pem -> ../archive/certN.pem the daemon "
-                   "watches the archive file, so a renewal (a new archive file and a swapped "
-                   "symlink) is never reloaded; use absolute() + normpath instead (config/load.py)")
 def test_paths_keep_symlinks_so_renewals_are_seen(tmp_path: Path) -> None:
     archive, live = tmp_path / "archive", tmp_path / "live"
     archive.mkdir()

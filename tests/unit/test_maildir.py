@@ -186,10 +186,6 @@ def test_clean_stale_tmp_without_mail_dir(store: MaildirStore) -> None:
 # -- ordering -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MaildirStore._list sorts by file name, but the "
-                   "M<usec> and Q<counter> parts are not zero-padded, so in one second "
-                   "'M40' sorts before 'M5' and messages() is not oldest first as MailStore "
-                   "promises (store/maildir/store.py _list; sort by the parsed numbers)")
 async def test_messages_oldest_first_across_usec_digit_lengths(
     store: MaildirStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,3 +254,8 @@ StoreComparison.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None
 )
 TestStoreComparison = StoreComparison.TestCase
+
+
+def test_delivery_order_uses_the_counter_within_one_microsecond() -> None:
+    assert layout.delivery_order("10.M5P1Q9.h") < layout.delivery_order("10.M5P1Q10.h")
+    assert layout.delivery_order("10.M5P1Q1.h") < layout.delivery_order("foreign-name")

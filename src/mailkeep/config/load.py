@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import fields
@@ -14,6 +16,7 @@ from mailkeep.config.model import (
     Config,
     DirectoryConfig,
     ListenerConfig,
+    Pop3Config,
     Protocol,
     SecurityConfig,
     SubmissionConfig,
@@ -22,7 +25,9 @@ from mailkeep.config.model import (
 )
 
 # Protocols that this version can serve; the others are reserved names in the schema.
-IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission"})
+IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "pop3"})
+# RFC 2449 §4: clients may send POP3 commands of up to 255 octets including CRLF.
+MIN_POP3_LINE_LENGTH = 255
 # RFC 1123 §2.1 host names: labels of letters, digits and inner hyphens, 253 octets in all.
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
@@ -30,7 +35,7 @@ _LISTENER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
-             "submission", "security", "log_level", "shutdown_grace"}
+             "submission", "security", "pop3", "log_level", "shutdown_grace"}
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key"}
 
@@ -77,7 +82,20 @@ def parse_bind(value: str) -> BindAddress:
     port = int(m.group(2))
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range 0-65535")
-    return BindAddress(m.group(1), port)
+    host = m.group(1)
+    if value.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not is_hostname(host):
+                raise ValueError(f"{host!r} is not an IPv4 address or host name "
+                                 '(IPv6 goes in brackets: "[::]:587")') from None
+    return BindAddress(host, port)
 
 
 T = TypeVar("T")
@@ -117,7 +135,9 @@ class _Reader:
         value = self.get(table, key, str, prefix, None if default is None else str(default))
         if value is None:
             return None
-        return (self.base / value).resolve()
+        # normpath, not resolve(): certbot's live/cert.pem is a symlink swapped on renewal,
+        # and we must keep watching the link, not the archive file it pointed to at start.
+        return Path(os.path.normpath(self.base / value))
 
     def table(self, raw: dict[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
         value = raw.get(key, {})
@@ -187,18 +207,25 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
 
     submission = _positive_record(r, SubmissionConfig, r.table(raw, "submission"), "submission.")
     security = _positive_record(r, SecurityConfig, r.table(raw, "security"), "security.")
+    pop3 = _positive_record(r, Pop3Config, r.table(raw, "pop3"), "pop3.")
+    if pop3.max_line_length < MIN_POP3_LINE_LENGTH:
+        r.problem("pop3.max_line_length", f"must be at least {MIN_POP3_LINE_LENGTH} "
+                  f"(RFC 2449 §4), got {pop3.max_line_length}")
 
     log_level = r.get(raw, "log_level", str, "", "info") or "info"
     if log_level not in _LOG_LEVELS:
         r.problem("log_level", f"{log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
-    grace = r.get(raw, "shutdown_grace", float, "", 10.0) or 10.0
+    grace = r.get(raw, "shutdown_grace", float, "", 10.0)
+    if grace is None or grace < 0:
+        r.problem("shutdown_grace", f"must be 0 or more seconds, got {grace}")
+        grace = 10.0
 
     if r.problems:
         raise ConfigError(path, r.problems)
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
-        log_level=log_level, shutdown_grace=grace,
+        pop3=pop3, log_level=log_level, shutdown_grace=grace,
     )
 
 

@@ -37,6 +37,14 @@ DEFAULT_AUTH_FAILURE_WINDOW = 900.0
 DEFAULT_MAX_CONNECTIONS_PER_IP = 20
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_SHUTDOWN_GRACE = 10.0
+# RFC 1939 §3: a POP3 autologout timer MUST be at least 10 minutes (Dovecot: 10 minutes).
+DEFAULT_POP3_IDLE_TIMEOUT = 600.0
+# Dovecot pop3 CLIENT_MAX_BAD_COMMANDS: failed commands in a row before the session closes
+# (same value as proto.pop3.machine.MAX_BAD_COMMANDS).
+DEFAULT_POP3_MAX_ERRORS = 20
+# RFC 2449 §4 says 255 octets per command; SASL responses are exempt (RFC 5034 §4); Dovecot
+# accepts 2048 (proto.pop3.machine.MAX_LINE_OCTETS has the full provenance).
+DEFAULT_POP3_MAX_LINE_LENGTH = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,13 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Pop3Config:
+    idle_timeout: float = DEFAULT_POP3_IDLE_TIMEOUT
+    max_errors: int = DEFAULT_POP3_MAX_ERRORS
+    max_line_length: int = DEFAULT_POP3_MAX_LINE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
@@ -105,6 +120,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 

@@ -43,6 +43,12 @@ path = "users.toml"
 # max_line_length = 1000        # octets per line incl. CRLF (RFC 5321 §4.5.3.1.6)
 # idle_timeout = 300.0          # seconds without a command before the session is closed
 
+[pop3]
+# idle_timeout = 600.0          # seconds without input before a session is logged out
+#                               # (RFC 1939 §3: at least 10 minutes)
+# max_errors = 20               # failed commands in a row before the session is closed
+# max_line_length = 2048        # octets per command line incl. CRLF (at least 255, RFC 2449)
+
 [security]
 # Failed logins are counted per client address (never per account, so nobody can lock a
 # real user out). After auth_failures_before_delay failures, each attempt waits
@@ -58,7 +64,7 @@ path = "users.toml"
 # max_connections = 1000        # all clients together
 # max_connections_per_ip = 20   # one client address
 
-# Listeners: each has a name, a protocol (submission; imap and pop3 come later), a TLS mode
+# Listeners: each has a name, a protocol (submission or pop3; imap comes later), a TLS mode
 # and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may name its
 # own cert and key. AUTH is only ever offered inside TLS.
 
@@ -75,16 +81,39 @@ tls = "implicit"
 bind = [{bind_465}]
 # cert = "certs/submissions.crt"   # optional: this listener's own certificate
 # key = "certs/submissions.key"
+{pop3_listeners}"""
+
+POP3_LISTENERS = """
+# Port 995: POP3 inside TLS from the first byte (RFC 8314 "pop3s"). USER/PASS and
+# AUTH PLAIN/LOGIN are offered only inside TLS; a second session for the same mailbox
+# gets -ERR [IN-USE]; messages marked with DELE are removed only after QUIT.
+[listeners.pop3s]
+protocol = "pop3"
+tls = "implicit"
+bind = [{bind_995}]
+
+# Port 110 with STLS (RFC 2595) is off by default (like Dovecot's hardened setups): before
+# STLS no login command is accepted or advertised. To serve old clients, uncomment:
+# [listeners.pop3]
+# protocol = "pop3"
+# tls = "starttls"
+# bind = [{bind_110}]
 """
 
 
 def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: str,
            ports: tuple[int, int], hosts: tuple[str, ...] = ("0.0.0.0", "[::]"),
-           config_name: str = "mailkeep.toml") -> str:
+           config_name: str = "mailkeep.toml",
+           pop3_ports: tuple[int, ...] | None = None) -> str:
+    """`pop3_ports` (implicit TLS, STLS example): add the POP3 listeners, e.g. (995, 110)."""
     def binds(port: int) -> str:
         return ", ".join(f'"{h}:{port}"' for h in hosts)
 
+    pop3 = ""
+    if pop3_ports is not None:
+        pop3 = POP3_LISTENERS.format(bind_995=binds(pop3_ports[0]), bind_110=binds(pop3_ports[1]))
     return TEMPLATE.format(
+        pop3_listeners=pop3,
         hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
         cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
         config_name=config_name,

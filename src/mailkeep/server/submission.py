@@ -239,10 +239,9 @@ class SubmissionSession(SMTP):
             return
         assert self.transport is not None
         try:
-            starttls.refuse_if_pipelined(self._reader)
-            await self.push("220 2.0.0 Ready to start TLS")
             await starttls.upgrade(self._reader, self._writer, self.front_context,
-                                   self.services.config.tls.handshake_timeout)
+                                   self.services.config.tls.handshake_timeout,
+                                   b"220 2.0.0 Ready to start TLS\r\n")
         except starttls.PipelinedPlaintext:
             log.warning("conn=%s plaintext pipelined behind STARTTLS: refused, closing",
                         self.conn_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -44,3 +45,18 @@ def unique_name(size: int) -> str:
 def ensure_maildir(root: Path) -> None:
     for sub in SUBDIRS:
         (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+# "sec.M<usec>P<pid>Q<n>.host" (ours and Dovecot's); other writers use "sec.<pid>_<n>.host".
+_NAME_TIME = re.compile(r"^(\d+)\.(?:[^.]*?M(\d+))?(?:[^.]*?Q(\d+))?")
+
+
+def delivery_order(base: str) -> tuple[int, int, int, str]:
+    """Sort key for delivery order: seconds, microseconds, then the per-process counter.
+
+    Names are not zero-padded ("M5" is earlier than "M40"), so plain string order is wrong.
+    Names we cannot read sort after ours, stable among themselves."""
+    m = _NAME_TIME.match(base)
+    if not m:
+        return (1 << 62, 0, 0, base)
+    return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0), base)

@@ -1,0 +1,365 @@
+"""POP3 driver (RFC 1939): 995 implicit TLS (RFC 8314), 110 + STLS (RFC 2595) if enabled.
+
+Feeds bytes to proto.pop3.Pop3Machine and carries out its requests: credentials against the
+directory (off the loop, throttled), the exclusive maildrop lock, listing and streaming
+from the store, removals in the UPDATE state. The single STLS path is server/starttls.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+from mailkeep.config.model import ListenerConfig
+from mailkeep.directory.base import Account
+from mailkeep.proto.pop3 import (
+    AUTH,
+    IN_USE,
+    NEED_DATA,
+    SYS_TEMP,
+    AuthRequest,
+    Close,
+    Entry,
+    MessageEncoder,
+    Pop3Machine,
+    Reply,
+    Retrieve,
+    StartTls,
+    Update,
+)
+from mailkeep.security.throttle import Verdict
+from mailkeep.server import starttls
+from mailkeep.server.services import Services, new_connection_id
+from mailkeep.store.base import MaildropLock, MessageGone, StoreError
+
+log = logging.getLogger("mailkeep.pop3")
+
+# Bytes per read from the socket; the machine bounds each line itself.
+READ_SIZE = 64 * 1024
+# The maildrop lock is touched this often so that it never looks stale to Dovecot or to us
+# (Dovecot treats its pop3 session lock as stale after 5 minutes untouched).
+LOCK_REFRESH_SECONDS = 60.0
+SHUTDOWN_REPLY = b"-ERR [SYS/TEMP] Server shutting down, try again later.\r\n"
+# RFC 1939 §3: on autologout the server closes without entering the UPDATE state.
+IDLE_REPLY = b"-ERR Disconnected for inactivity.\r\n"
+
+
+def uidl(uid: int, uidvalidity: int) -> str:
+    """Dovecot's default pop3_uidl_format %08Xu%08Xv: a client moving between Dovecot and
+    mailkeep, or between POP3 and IMAP, sees the same unique-ids (RFC 1939 §7 UIDL)."""
+    return f"{uid:08X}{uidvalidity:08X}"
+
+
+def _tls_version(writer: asyncio.StreamWriter) -> str | None:
+    obj = writer.get_extra_info("ssl_object")
+    return None if obj is None else (obj.version() or "TLS")
+
+
+class _Finished(Exception):
+    """The session ends now (reason in args[0])."""
+
+
+class Pop3Session:
+    """One client connection."""
+
+    def __init__(self, services: Services, listener: ListenerConfig,
+                 tls_context: ssl.SSLContext) -> None:
+        self.services = services
+        self.listener = listener
+        self.front_context = tls_context
+        self.conn_id = new_connection_id()
+        self.peer_ip = "?"
+        self.started = time.monotonic()
+        self.account: Account | None = None
+        self.lock: MaildropLock | None = None
+        self.tls: str | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading = False      # waiting for the client's next command
+        self.stopping = False
+        self.closed = False
+        self.machine: Pop3Machine | None = None
+        self.counts = {"retr": 0, "top": 0, "deleted": 0, "bytes": 0}
+        self._refresher: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "?"
+        services = self.services
+        refusal = services.budget.acquire(self.peer_ip)
+        if refusal or services.stopping:
+            reason = refusal or "service shutting down"
+            log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id, self.peer_ip,
+                        self.listener.name, reason)
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(f"-ERR [SYS/TEMP] {reason}, try again later.\r\n".encode())
+                writer.close()
+            return
+        services.sessions.add(self)
+        self.tls = _tls_version(writer)
+        reason = "closed"
+        try:
+            await self._serve(reader, writer)
+        except _Finished as done:
+            reason = str(done.args[0])
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception:
+            # Ours, not the client's: logged with the connection id, generic reply.
+            log.exception("conn=%s internal error", self.conn_id)
+            reason = "internal error"
+            with contextlib.suppress(Exception):
+                writer.write(b"-ERR [SYS/TEMP] Internal error, try again later.\r\n")
+        finally:
+            await self._finish(writer, reason)
+
+    async def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        self.closed = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.lock is not None:
+            try:
+                await self.lock.release()
+            except Exception:
+                log.exception("conn=%s maildrop unlock failed", self.conn_id)
+        with contextlib.suppress(Exception):
+            writer.close()
+        self.services.sessions.discard(self)
+        self.services.budget.release(self.peer_ip)
+        m = self.machine
+        c = self.counts
+        log.info("conn=%s pop3 close peer=%s listener=%s tls=%s user=%s retr=%d top=%d "
+                 "deleted=%d bytes=%d errors=%d reason=%s duration=%.3fs", self.conn_id,
+                 self.peer_ip, self.listener.name, self.tls or "none",
+                 self.account.name if self.account else "-", c["retr"], c["top"], c["deleted"],
+                 c["bytes"], m.total_errors if m else 0, reason, time.monotonic() - self.started)
+
+    def shutdown(self) -> None:
+        """Daemon stopping: close now if waiting for a command, else after the one in flight.
+
+        No UPDATE state: DELE marks are dropped, nothing is removed (RFC 1939 §6)."""
+        self.stopping = True
+        if self.reading and self.writer is not None and not self.closed:
+            with contextlib.suppress(Exception):
+                self.writer.write(SHUTDOWN_REPLY)
+                self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        self.counts["bytes"] += len(data)
+        writer.write(data)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        # A client that stops reading is as idle as one that stops writing.
+        # asyncio.timeout, not wait_for: no extra task, and no trip through the event loop when
+        # the buffer is below its high-water mark (STLS relies on that: see _starttls).
+        try:
+            async with asyncio.timeout(self.services.config.pop3.idle_timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise _Finished("idle timeout while sending") from None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cfg = self.services.config.pop3
+        machine = self.machine = Pop3Machine(
+            tls_active=self.listener.tls == "implicit",
+            starttls_offered=self.listener.tls == "starttls",
+            max_line=cfg.max_line_length, max_errors=cfg.max_errors)
+        self._write(writer, machine.greeting())
+        while True:
+            event = machine.next_event()
+            if event is NEED_DATA:
+                if self.stopping:
+                    self._write(writer, SHUTDOWN_REPLY)
+                    raise _Finished("shutdown")
+                await self._drain(writer)
+                machine.receive_data(await self._read(reader, writer, cfg.idle_timeout))
+            elif isinstance(event, Reply):
+                self._write(writer, event.data)
+            elif isinstance(event, AuthRequest):
+                await self._authenticate(machine, event)
+            elif isinstance(event, StartTls):
+                await self._starttls(machine, event, reader, writer)
+            elif isinstance(event, Retrieve):
+                await self._retrieve(machine, event, writer)
+            elif isinstance(event, Update):
+                await self._update(machine, event)
+            elif isinstance(event, Close):
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self._drain(writer)
+                raise _Finished(event.reason)
+            else:  # PAUSED: a request was not answered (a bug in this driver)
+                raise RuntimeError(f"machine paused unexpectedly: {event!r}")
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    timeout: float) -> bytes:
+        self.reading = True
+        try:
+            async with asyncio.timeout(timeout):
+                return await reader.read(READ_SIZE)
+        except TimeoutError:
+            self._write(writer, IDLE_REPLY)
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._drain(writer)
+            raise _Finished("idle timeout") from None
+        finally:
+            self.reading = False
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def _authenticate(self, machine: Pop3Machine, request: AuthRequest) -> None:
+        services = self.services
+        creds = request.credentials
+        verdict, wait = services.throttle.check(self.peer_ip)
+        if verdict is Verdict.BLOCKED:
+            log.warning("conn=%s auth refused: %s is blocked for %.0fs more", self.conn_id,
+                        self.peer_ip, wait)
+            machine.auth_failed(SYS_TEMP, "Too many failed logins from your address, "
+                                          "try again later.")
+            return
+        if wait:
+            await asyncio.sleep(wait)
+        account = await services.directory.authenticate(creds.login, creds.password)
+        authzid = creds.authzid.lower()
+        if account is not None and authzid and authzid not in (creds.login.lower(), account.name) \
+                and not account.owns(authzid):
+            account = None  # RFC 4616 §2: nobody acts for another user
+        if account is None:
+            services.throttle.failure(self.peer_ip)
+            log.warning("conn=%s pop3 auth failed peer=%s mechanism=%s login=%r", self.conn_id,
+                        self.peer_ip, request.mechanism, creds.login[:64])
+            # RFC 3206 §4: [AUTH] says the credentials were wrong.
+            machine.auth_failed(AUTH, "Authentication failed.")
+            return
+        try:
+            lock = await services.store.lock_maildrop(account.name)
+        except StoreError as exc:
+            log.error("conn=%s maildrop lock for %s failed: %s", self.conn_id, account.name, exc)
+            machine.auth_failed(SYS_TEMP, "Mailbox unavailable, try again later.")
+            return
+        if lock is None:
+            # RFC 2449 §8.1.1: [IN-USE] when the maildrop is locked by another session.
+            machine.auth_failed(IN_USE, "Mailbox is locked by another POP3 session.")
+            return
+        try:
+            drop = await services.store.maildrop(account.name)
+        except StoreError as exc:
+            await lock.release()
+            log.error("conn=%s listing %s failed: %s", self.conn_id, account.name, exc)
+            machine.auth_failed(SYS_TEMP, "Mailbox unavailable, try again later.")
+            return
+        self.account, self.lock = account, lock
+        self._refresher = asyncio.create_task(self._refresh_lock(lock))
+        machine.auth_succeeded([Entry(m.key, m.size, uidl(m.uid, drop.uidvalidity))
+                                for m in drop.messages])
+
+    async def _refresh_lock(self, lock: MaildropLock) -> None:
+        while True:
+            await asyncio.sleep(LOCK_REFRESH_SECONDS)
+            try:
+                await lock.refresh()
+            except Exception:
+                log.exception("conn=%s maildrop lock refresh failed", self.conn_id)
+
+    async def _starttls(self, machine: Pop3Machine, request: StartTls,
+                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await starttls.upgrade(reader, writer, self.front_context,
+                                   self.services.config.tls.handshake_timeout, request.reply)
+        except starttls.PipelinedPlaintext:
+            log.warning("conn=%s plaintext pipelined behind STLS: refused, closing",
+                        self.conn_id)
+            if self.tls is None and not writer.transport.is_closing():
+                self._write(writer, b"-ERR [SYS/PERM] Commands pipelined behind STLS "
+                                    b"refused.\r\n")
+            raise _Finished("plaintext pipelined behind STLS") from None
+        except starttls.HandshakeFailed as exc:
+            log.info("conn=%s TLS handshake failed: %s", self.conn_id, exc)
+            machine.tls_failed()
+            return
+        self.tls = _tls_version(writer)
+        machine.tls_started()
+
+    async def _retrieve(self, machine: Pop3Machine, request: Retrieve,
+                        writer: asyncio.StreamWriter) -> None:
+        assert self.account is not None
+        store = self.services.store
+        mailbox = self.account.name
+        encoder = MessageEncoder(request.lines)
+        stream = store.read(mailbox, request.key)
+        sent = False
+        try:
+            first = await anext(stream, b"")
+            self._write(writer, machine.retrieve_started(request))
+            sent = True
+            self._write(writer, encoder.feed(first))
+            while not encoder.done:
+                chunk = await anext(stream, None)
+                if chunk is None:
+                    break
+                self._write(writer, encoder.feed(chunk))
+                await self._drain(writer)
+            self._write(writer, encoder.finish())
+        except MessageGone:
+            machine.retrieve_failed("", f"Message {request.number} was removed by another "
+                                        "client.", sent=sent)
+            return
+        except StoreError as exc:
+            log.error("conn=%s reading %s of %s failed: %s", self.conn_id, request.key,
+                      mailbox, exc)
+            machine.retrieve_failed(SYS_TEMP, "Cannot read the message, try again later.",
+                                    sent=sent)
+            return
+        finally:
+            aclose = getattr(stream, "aclose", None)  # async generators: close the file now
+            if aclose is not None:
+                await aclose()
+        if request.lines is None:
+            self.counts["retr"] += 1
+            # Dovecot marks RETRieved (not TOPped) messages \Seen: new/ -> cur/NAME:2,S.
+            try:
+                await store.mark_seen(mailbox, [request.key])
+            except StoreError as exc:
+                log.error("conn=%s marking %s seen failed: %s", self.conn_id, request.key, exc)
+        else:
+            self.counts["top"] += 1
+        machine.retrieve_done()
+
+    async def _update(self, machine: Pop3Machine, request: Update) -> None:
+        assert self.account is not None
+        failed = 0
+        if request.deleted:
+            try:
+                self.counts["deleted"] = await self.services.store.delete(
+                    self.account.name, list(request.deleted))
+            except StoreError as exc:
+                log.error("conn=%s removing %d messages of %s failed: %s", self.conn_id,
+                          len(request.deleted), self.account.name, exc)
+                failed = len(request.deleted)
+        machine.update_done(failed)
+
+
+def session_factory(services: Services, listener: ListenerConfig,
+                    context: ssl.SSLContext) -> Callable[[], asyncio.Protocol]:
+    """What loop.create_server() wants: one StreamReaderProtocol per connection."""
+
+    def factory() -> asyncio.Protocol:
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        session = Pop3Session(services, listener, context)
+        return asyncio.StreamReaderProtocol(reader, session.run)
+
+    return factory
