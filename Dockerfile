@@ -20,7 +20,7 @@ RUN python3 -m venv /opt/venv \
 # -- runtime stage ---------------------------------------------------------------------------
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="mailkeep" \
-      org.opencontainers.image.description="Secure mail daemon: SMTP submission on 587/465 (IMAPS 993 and POP3S 995 later) on a Maildir store" \
+      org.opencontainers.image.description="Secure mail daemon: SMTP submission on 587/465 and POP3S 995 (IMAPS 993 later) on a Maildir store" \
       org.opencontainers.image.licenses="MIT"
 
 # A fixed, numeric non-root user so bind-mounted volumes can be chowned to it ahead of time.
@@ -46,7 +46,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 VOLUME ["/etc/mailkeep", "/var/lib/mailkeep"]
 
 # 587 submission (STARTTLS), 465 submissions (implicit TLS): served today.
-# 993 IMAPS and 995 POP3S: reserved for the IMAP/POP3 listeners (not served yet).
+# 995 POP3S: served. 993 IMAPS: reserved for the IMAP listener (not served yet).
 EXPOSE 587 465 993 995
 
 USER ${MAILKEEP_UID}:${MAILKEEP_GID}
