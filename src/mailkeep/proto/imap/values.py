@@ -26,4 +26,4 @@ class Atom:
         return self.text
 
 
-Value: TypeAlias = "None | int | Atom | str | bytes | list[Value] | tuple[Value, ...]"
+Value: TypeAlias = "int | Atom | str | bytes | list[Value] | tuple[Value, ...] | None"
