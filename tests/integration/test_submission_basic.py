@@ -137,3 +137,19 @@ def test_send_as_others_account_may_use_other_header_from(daemon: RunningDaemon)
     with pytest.raises(smtplib.SMTPSenderRefused):
         s.sendmail("billing@example.test", ["alice@example.test"], msg)
     s.quit()
+
+
+def test_smtputf8_and_8bitmime_are_honoured(daemon: RunningDaemon) -> None:
+    s = daemon.smtp()
+    s.login("alice", "alice-secret-pw")
+    s.ehlo()
+    msg = ("From: Zoë <alice@example.test>\r\nSubject: Grüße, 日本\r\n\r\n"
+           "Prüfung ✓\r\n").encode()
+    refused = s.sendmail("alice@example.test", ["bob@example.test"], msg,
+                         mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert refused == {}
+    s.quit()
+    [f] = daemon.maildir_files("bob")
+    stored = f.read_bytes()
+    assert stored.endswith(b"\r\n\r\n" + "Prüfung ✓\r\n".encode())
+    assert "Subject: Grüße, 日本\r\n".encode() in stored
