@@ -1,0 +1,636 @@
+"""IMAP4rev1 commands (RFC 3501 §6, formal syntax §9) parsed into frozen dataclasses.
+
+    try:
+        command = parse_command(receiver_event.data)
+    except ParseError as exc:     # the only exception: reply f"{exc.tag or '*'} BAD ..."
+        ...
+
+Parsing knows nothing of state: the machine checks `command.name` against its per-state
+table (DESIGN.md habit 2). Mailbox names arrive as modified UTF-7 (RFC 3501 §5.1.3) and
+leave here as str; "INBOX" in any case is "INBOX" (RFC 3501 §5.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar, TypeAlias
+
+from mailkeep.proto.imap import mutf7
+from mailkeep.proto.imap.lexer import ASTRING_CHARS, LIST_CHARS, TAG_CHARS, Cursor, ParseError
+from mailkeep.proto.imap.search import MONTHS, SYSTEM_FLAGS, SearchKey, parse_search
+from mailkeep.proto.imap.sequence import SEQUENCE_CHARS, SequenceError, SequenceSet
+
+__all__ = ["ParseError", "parse_command"]
+
+
+# -- commands ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    name: ClassVar[str] = "CAPABILITY"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    name: ClassVar[str] = "NOOP"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Logout:
+    name: ClassVar[str] = "LOGOUT"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    name: ClassVar[str] = "STARTTLS"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """RFC 3501 §6.2.2; `initial_response` per RFC 4959 SASL-IR ("=" is b"")."""
+
+    name: ClassVar[str] = "AUTHENTICATE"
+    tag: str
+    mechanism: str  # upper case
+    initial_response: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    name: ClassVar[str] = "LOGIN"
+    tag: str
+    userid: str
+    password: str = field(repr=False)  # habit 8
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    name: ClassVar[str] = "SELECT"
+    tag: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Examine:
+    name: ClassVar[str] = "EXAMINE"
+    tag: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    name: ClassVar[str] = "CREATE"
+    tag: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    name: ClassVar[str] = "DELETE"
+    tag: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    name: ClassVar[str] = "RENAME"
+    tag: str
+    mailbox: str
+    new_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    name: ClassVar[str] = "SUBSCRIBE"
+    tag: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    name: ClassVar[str] = "UNSUBSCRIBE"
+    tag: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListMailboxes:
+    """RFC 3501 §6.3.8 LIST: `pattern` keeps its wildcards "*" and "%"."""
+
+    name: ClassVar[str] = "LIST"
+    tag: str
+    reference: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lsub:
+    name: ClassVar[str] = "LSUB"
+    tag: str
+    reference: str
+    pattern: str
+
+
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")  # RFC 3501 §6.3.10
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    name: ClassVar[str] = "STATUS"
+    tag: str
+    mailbox: str
+    items: tuple[str, ...]  # upper case, from STATUS_ITEMS, in the client's order
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    name: ClassVar[str] = "APPEND"
+    tag: str
+    mailbox: str
+    flags: tuple[str, ...]
+    internaldate: dt.datetime | None
+    message: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: ClassVar[str] = "CHECK"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    name: ClassVar[str] = "CLOSE"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge:
+    """EXPUNGE, or UID EXPUNGE uid-set (RFC 4315 §2.1) when `uids` is set."""
+
+    name: ClassVar[str] = "EXPUNGE"
+    tag: str
+    uids: SequenceSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    name: ClassVar[str] = "SEARCH"
+    tag: str
+    charset: str | None
+    key: SearchKey
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BodySection:
+    """RFC 3501 §6.4.5 section-spec: `part` (() for the whole message) then `text`, one of
+    None, "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"."""
+
+    part: tuple[int, ...] = ()
+    text: str | None = None
+    fields: tuple[str, ...] = ()  # for HEADER.FIELDS (.NOT), as the client wrote them
+
+    def __str__(self) -> str:
+        spec = ".".join(str(p) for p in self.part)
+        if self.text:
+            spec = f"{spec}.{self.text}" if spec else self.text
+        if self.fields:
+            spec += " (" + " ".join(_field_name(f) for f in self.fields) + ")"
+        return spec
+
+
+def _field_name(name: str) -> str:
+    raw = name.encode("utf-8", "replace")
+    if raw and all(c in ASTRING_CHARS for c in raw):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class FetchItem:
+    """One fetch-att. `name`: FLAGS, INTERNALDATE, RFC822.SIZE, RFC822, RFC822.HEADER,
+    RFC822.TEXT, ENVELOPE, BODY, BODYSTRUCTURE, UID; BODY with a `section` for
+    BODY[...] and BODY.PEEK[...] (peek=True), `partial` = (origin, length)."""
+
+    name: str
+    section: BodySection | None = None
+    peek: bool = False
+    partial: tuple[int, int] | None = None
+
+    def response_name(self) -> str:
+        """The item name in the FETCH response (RFC 3501 §7.4.2): no .PEEK, only the
+        origin of a partial."""
+        if self.section is None:
+            return self.name
+        origin = f"<{self.partial[0]}>" if self.partial else ""
+        return f"BODY[{self.section}]{origin}"
+
+    @property
+    def sets_seen(self) -> bool:
+        """RFC 3501 §6.4.5: BODY[...], RFC822 and RFC822.TEXT set \\Seen."""
+        return (self.section is not None and not self.peek) or self.name in (
+            "RFC822", "RFC822.TEXT")
+
+
+# RFC 3501 §6.4.5 macros.
+FETCH_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+_SIMPLE_FETCH = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
+                           "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE", "UID"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    name: ClassVar[str] = "FETCH"
+    tag: str
+    sequence_set: SequenceSet
+    items: tuple[FetchItem, ...]  # macros expanded
+    uid: bool = False
+
+
+class StoreMode(Enum):
+    REPLACE = ""
+    ADD = "+"
+    REMOVE = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    name: ClassVar[str] = "STORE"
+    tag: str
+    sequence_set: SequenceSet
+    mode: StoreMode
+    silent: bool
+    flags: tuple[str, ...]
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    name: ClassVar[str] = "COPY"
+    tag: str
+    sequence_set: SequenceSet
+    mailbox: str
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:  # RFC 2177
+    name: ClassVar[str] = "IDLE"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enable:  # RFC 5161
+    name: ClassVar[str] = "ENABLE"
+    tag: str
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:  # RFC 2342
+    name: ClassVar[str] = "NAMESPACE"
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unselect:  # RFC 3691
+    name: ClassVar[str] = "UNSELECT"
+    tag: str
+
+
+CommandType: TypeAlias = (
+    Capability | Noop | Logout | StartTls | Authenticate | Login | Select | Examine | Create
+    | Delete | Rename | Subscribe | Unsubscribe | ListMailboxes | Lsub | Status | Append
+    | Check | Close | Expunge | Search | Fetch | Store | Copy | Idle | Enable | Namespace
+    | Unselect)
+
+
+# -- shared pieces ----------------------------------------------------------------------
+
+def mailbox(cur: Cursor) -> str:
+    """RFC 3501 §9 mailbox = "INBOX" / astring, decoded from modified UTF-7."""
+    return _mutf7(cur, cur.astring_bytes())
+
+
+def _mutf7(cur: Cursor, raw: bytes) -> str:
+    try:
+        name = mutf7.decode(raw.decode("ascii"))
+    except (UnicodeDecodeError, mutf7.Mutf7Error):
+        raise cur.error("mailbox name is not valid modified UTF-7") from None
+    return "INBOX" if name.upper() == "INBOX" else name  # RFC 3501 §5.1
+
+
+def list_mailbox(cur: Cursor) -> str:
+    """RFC 3501 §9 list-mailbox = 1*list-char / string."""
+    return _mutf7(cur, cur.astring_bytes(LIST_CHARS))
+
+
+def sequence_set(cur: Cursor) -> SequenceSet:
+    raw = cur.take(SEQUENCE_CHARS)
+    try:
+        return SequenceSet.parse(raw.decode("ascii"))
+    except SequenceError as exc:
+        raise cur.error(str(exc)) from None
+
+
+def flag(cur: Cursor) -> str:
+    """RFC 3501 §9 flag: system flags in their canonical case, "\\" atom, or a keyword."""
+    if cur.peek() == ord("\\"):
+        cur.pos += 1
+        name = "\\" + cur.atom("a flag name")
+        return SYSTEM_FLAGS.get(name.upper(), name)
+    return cur.atom("a flag")
+
+
+def flag_list(cur: Cursor) -> tuple[str, ...]:
+    """RFC 3501 §9 flag-list = "(" [flag *(SP flag)] ")"."""
+    cur.expect(b"(")
+    flags: list[str] = []
+    if cur.peek() != ord(")"):
+        flags.append(flag(cur))
+        while cur.skip_sp():
+            flags.append(flag(cur))
+    cur.expect(b")")
+    return tuple(dict.fromkeys(flags))
+
+
+def date_time(cur: Cursor) -> dt.datetime:
+    """RFC 3501 §9 date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time
+    SP zone DQUOTE, e.g. "17-Jul-1996 02:44:25 -0700"."""
+    raw = cur.quoted()
+    text = raw.decode("ascii")
+    if len(text) != 26 or text[2] != "-" or text[6] != "-" or text[11] != " " \
+            or text[14] != ":" or text[17] != ":" or text[20] != " " or text[21] not in "+-":
+        raise cur.error("expected a date-time like \"17-Jul-1996 02:44:25 -0700\"")
+    day, month, year = text[0:2].lstrip(" "), text[3:6].upper(), text[7:11]
+    numbers = (day, year, text[12:14], text[15:17], text[18:20], text[22:26])
+    if month not in MONTHS or not all(n.isascii() and n.isdigit() for n in numbers):
+        raise cur.error("bad date-time")
+    zone = int(text[22:24]) * 60 + int(text[24:26])
+    try:
+        tz = dt.timezone(dt.timedelta(minutes=-zone if text[21] == "-" else zone))
+        return dt.datetime(int(year), MONTHS.index(month) + 1, int(day), int(text[12:14]),
+                           int(text[15:17]), int(text[18:20]), tzinfo=tz)
+    except ValueError:
+        raise cur.error("no such date-time") from None
+
+
+# -- FETCH ------------------------------------------------------------------------------
+
+_ITEM_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
+
+
+def fetch_items(cur: Cursor) -> tuple[FetchItem, ...]:
+    if cur.parenthesized():
+        items = [fetch_item(cur)]
+        while cur.skip_sp():
+            items.append(fetch_item(cur))
+        cur.expect(b")")
+        return tuple(items)
+    start = cur.pos
+    word = cur.take(_ITEM_NAME_CHARS).decode("ascii").upper()
+    if word in FETCH_MACROS:
+        return tuple(FetchItem(n) for n in FETCH_MACROS[word])
+    cur.pos = start
+    return (fetch_item(cur),)
+
+
+def fetch_item(cur: Cursor) -> FetchItem:
+    name = cur.take(_ITEM_NAME_CHARS).decode("ascii").upper()
+    if name in ("BODY", "BODY.PEEK") and cur.peek() == ord("["):
+        cur.pos += 1
+        section = BodySection() if cur.peek() == ord("]") else _section_spec(cur)
+        cur.expect(b"]")
+        partial = None
+        if cur.peek() == ord("<"):
+            cur.pos += 1
+            origin = cur.number("a partial origin")
+            cur.expect(b".")
+            partial = (origin, cur.nz_number("a partial length"))
+            cur.expect(b">")
+        return FetchItem("BODY", section, name == "BODY.PEEK", partial)
+    if name not in _SIMPLE_FETCH:
+        raise cur.error(f"unknown fetch item {name[:40] or 'at ' + str(cur.pos)}")
+    return FetchItem(name)
+
+
+def _section_spec(cur: Cursor) -> BodySection:
+    part: list[int] = []
+    while ord("0") <= cur.peek() <= ord("9"):
+        part.append(cur.nz_number("a part number"))
+        if not cur.peek_is(b"."):
+            return BodySection(tuple(part))
+        cur.pos += 1
+    text = cur.take(_ITEM_NAME_CHARS).decode("ascii").upper()
+    if text in ("HEADER", "TEXT") or (text == "MIME" and part):
+        return BodySection(tuple(part), text)
+    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        cur.sp()
+        cur.expect(b"(")
+        fields = [cur.astring("header field name")]
+        while cur.skip_sp():
+            fields.append(cur.astring("header field name"))
+        cur.expect(b")")
+        return BodySection(tuple(part), text, tuple(fields))
+    raise cur.error("bad section in BODY[...]")
+
+
+# -- the commands -----------------------------------------------------------------------
+
+def _no_args(cls: Callable[[str], CommandType]) -> Callable[[Cursor, str], CommandType]:
+    return lambda cur, tag: cls(tag)
+
+
+def _one_mailbox(cls: Callable[[str, str], CommandType]) -> Callable[[Cursor, str], CommandType]:
+    def parse(cur: Cursor, tag: str) -> CommandType:
+        cur.sp()
+        return cls(tag, mailbox(cur))
+    return parse
+
+
+def _authenticate(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    mechanism = cur.keyword()
+    response: bytes | None = None
+    if cur.skip_sp():
+        raw = cur.take(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                 b"0123456789+/="))
+        try:  # RFC 4959 §3: "=" is an empty initial response
+            response = b"" if raw == b"=" else base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise cur.error("initial response is not base64") from None
+        if not raw:
+            raise cur.error("expected a base64 initial response")
+    return Authenticate(tag, mechanism, response)
+
+
+def _login(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    userid = cur.astring("user name")
+    cur.sp()
+    return Login(tag, userid, cur.astring("password"))
+
+
+def _rename(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    old = mailbox(cur)
+    cur.sp()
+    return Rename(tag, old, mailbox(cur))
+
+
+def _list(cls: type[ListMailboxes] | type[Lsub]) -> Callable[[Cursor, str], CommandType]:
+    def parse(cur: Cursor, tag: str) -> CommandType:
+        cur.sp()
+        reference = mailbox(cur)
+        cur.sp()
+        return cls(tag, reference, list_mailbox(cur))
+    return parse
+
+
+def _status(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    box = mailbox(cur)
+    cur.sp()
+    cur.expect(b"(")
+    items = [cur.keyword()]
+    while cur.skip_sp():
+        items.append(cur.keyword())
+    cur.expect(b")")
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise cur.error(f"unknown STATUS item {item[:40]}")
+    return Status(tag, box, tuple(items))
+
+
+def _append(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    box = mailbox(cur)
+    cur.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if cur.peek() == ord("("):
+        flags = flag_list(cur)
+        cur.sp()
+    if cur.peek() == ord('"'):
+        when = date_time(cur)
+        cur.sp()
+    return Append(tag, box, flags, when, cur.literal())
+
+
+def _search(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
+    cur.sp()
+    charset, key = parse_search(cur)
+    return Search(tag, charset, key, uid)
+
+
+def _fetch(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
+    cur.sp()
+    numbers = sequence_set(cur)
+    cur.sp()
+    return Fetch(tag, numbers, fetch_items(cur), uid)
+
+
+def _store(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
+    cur.sp()
+    numbers = sequence_set(cur)
+    cur.sp()
+    mode = StoreMode.REPLACE
+    if cur.peek() in (ord("+"), ord("-")):
+        mode = StoreMode(chr(cur.peek()))
+        cur.pos += 1
+    item = cur.keyword()
+    if item not in ("FLAGS", "FLAGS.SILENT"):
+        raise cur.error("expected FLAGS, +FLAGS or -FLAGS (with .SILENT)")
+    cur.sp()
+    if cur.peek() == ord("("):
+        flags = flag_list(cur)
+    else:  # RFC 3501 §9 store-att-flags: flag-list / (flag *(SP flag))
+        found = [flag(cur)]
+        while cur.skip_sp():
+            found.append(flag(cur))
+        flags = tuple(dict.fromkeys(found))
+    return Store(tag, numbers, mode, item == "FLAGS.SILENT", flags, uid)
+
+
+def _copy(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
+    cur.sp()
+    numbers = sequence_set(cur)
+    cur.sp()
+    return Copy(tag, numbers, mailbox(cur), uid)
+
+
+def _uid(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    sub = cur.keyword()
+    if sub == "EXPUNGE":
+        cur.sp()
+        return Expunge(tag, sequence_set(cur))
+    parser = {"COPY": _copy, "FETCH": _fetch, "STORE": _store, "SEARCH": _search}.get(sub)
+    if parser is None:
+        raise cur.error("UID must be followed by COPY, FETCH, STORE, SEARCH or EXPUNGE")
+    return parser(cur, tag, True)
+
+
+def _enable(cur: Cursor, tag: str) -> CommandType:
+    names = []
+    while cur.skip_sp():
+        names.append(cur.keyword())
+    if not names:
+        raise cur.error("ENABLE needs at least one capability")
+    return Enable(tag, tuple(names))
+
+
+_PARSERS: dict[str, Callable[[Cursor, str], CommandType]] = {
+    "CAPABILITY": _no_args(Capability), "NOOP": _no_args(Noop), "LOGOUT": _no_args(Logout),
+    "STARTTLS": _no_args(StartTls), "AUTHENTICATE": _authenticate, "LOGIN": _login,
+    "SELECT": _one_mailbox(Select), "EXAMINE": _one_mailbox(Examine),
+    "CREATE": _one_mailbox(Create), "DELETE": _one_mailbox(Delete), "RENAME": _rename,
+    "SUBSCRIBE": _one_mailbox(Subscribe), "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
+    "LIST": _list(ListMailboxes), "LSUB": _list(Lsub), "STATUS": _status,
+    "APPEND": _append, "CHECK": _no_args(Check), "CLOSE": _no_args(Close),
+    "EXPUNGE": _no_args(Expunge), "SEARCH": _search, "FETCH": _fetch, "STORE": _store,
+    "COPY": _copy, "UID": _uid, "IDLE": _no_args(Idle), "ENABLE": _enable,
+    "NAMESPACE": _no_args(Namespace), "UNSELECT": _no_args(Unselect),
+}
+COMMAND_NAMES = frozenset(_PARSERS)
+
+
+def parse_tag(data: bytes) -> str | None:
+    """The tag of a command line, or None if there is none (reply with "* BAD")."""
+    cur = Cursor(data)
+    raw = cur.take(TAG_CHARS)
+    if not raw or cur.peek() not in (ord(" "), -1):
+        return None
+    return raw.decode("ascii")
+
+
+def parse_command(data: bytes) -> CommandType:
+    """One framed command (receiver.Command.data) as a command dataclass. Raises only
+    ParseError."""
+    tag = parse_tag(data)
+    cur = Cursor(data, tag)
+    if tag is None:
+        raise cur.error("missing or invalid tag")
+    cur.pos = len(tag)
+    cur.sp()
+    name = cur.keyword()
+    parser = _PARSERS.get(name)
+    if parser is None:
+        raise cur.error(f"unknown command {name[:40]}")
+    command = parser(cur, tag)
+    cur.end()
+    return command
