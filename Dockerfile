@@ -20,8 +20,7 @@ RUN python3 -m venv /opt/venv \
 # -- runtime stage ---------------------------------------------------------------------------
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="mailkeep" \
-      org.opencontainers.image.description="Secure mail daemon: SMTP submission on 587/465 and POP3S 995 (IMAPS 993 later) on a Maildir store" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.description="Secure mail daemon: SMTP submission on 587/465 and POP3S 995 (IMAPS 993 later) on a Maildir store"
 
 # A fixed, numeric non-root user so bind-mounted volumes can be chowned to it ahead of time.
 ARG MAILKEEP_UID=10587

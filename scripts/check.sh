@@ -9,6 +9,8 @@ setup_venv test
 
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+# swaks only *recommends* Net::SSLeay, and without it swaks cannot do TLS at all.
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)

@@ -29,7 +29,8 @@ setup_venv() {
         echo "python3 is $(python3 -V); mailkeep needs 3.11 or newer" >&2; exit 1; }
 
     if [ ! -x "$VENV/bin/python" ]; then
-        if ! python3 -m venv "$VENV" 2>/dev/null; then
+        # Debian's python3 without python3-venv prints its own apt advice: we act on it below.
+        if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
             rm -rf "$VENV"
             echo "installing python3-venv (Debian ships venv separately)" >&2
             apt_install python3-venv

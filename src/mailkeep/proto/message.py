@@ -61,7 +61,7 @@ def addresses_of(fields: list[HeaderField], key: str) -> list[str] | None:
     values = [f.value for f in fields if f.key == key]
     if not values:
         return []
-    pairs = email.utils.getaddresses(values)
+    pairs = _getaddresses(values)
     if not pairs:
         return None  # the field is there but names nobody (RFC 5322 §3.6.2 wants an author)
     result: list[str] = []
@@ -70,6 +70,19 @@ def addresses_of(fields: list[HeaderField], key: str) -> list[str] | None:
             return None
         result.append(addr.lower())
     return result
+
+
+def _getaddresses(values: list[str]) -> list[tuple[str, str]]:
+    """email.utils.getaddresses, the same on every Python 3.11+ patch level.
+
+    The CVE-2023-27043 fix (3.11.10, 3.12.6, 3.13) made it return ("", "") for inputs such as
+    'a@x <b@y>' unless strict=False is given; older releases have no `strict` and behave as
+    strict=False does. We ask for that lenient reading everywhere: for sender checks it is the
+    cautious one, since every address it finds must belong to the account."""
+    try:
+        return email.utils.getaddresses(values, strict=False)  # type: ignore[call-arg,unused-ignore]
+    except TypeError:  # Python without the `strict` parameter
+        return email.utils.getaddresses(values)
 
 
 def has_field(fields: list[HeaderField], key: str) -> bool:
