@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import enum
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -17,6 +19,30 @@ class StoreError(Exception):
 
 class MessageGone(StoreError):
     """The message was removed by someone else (another client, an administrator)."""
+
+
+class StoreRefusal(Exception):
+    """The request is refused, not failed: the client gets a NO with this text."""
+
+
+class InvalidName(StoreRefusal):
+    """A folder name, flag or keyword the store will not accept."""
+
+
+class NoSuchFolder(StoreRefusal):
+    """The folder does not exist (RFC 3501: [TRYCREATE] for APPEND and COPY)."""
+
+
+class FolderExists(StoreRefusal):
+    """CREATE or RENAME onto a name that exists."""
+
+
+class FolderNotAllowed(StoreRefusal):
+    """DELETE INBOX, RENAME into itself, and the like."""
+
+
+class KeywordLimit(StoreRefusal):
+    """More keywords than the folder can hold (Dovecot Maildir: 26, letters a..z)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +102,104 @@ class MailStore(Protocol):
     async def delete(self, mailbox: str, keys: list[str]) -> int:
         """Remove messages durably; returns how many were removed (gone ones are not errors)."""
         ...
+
+
+def to_crlf(chunk: bytes, after_cr: bool = False) -> bytes:
+    """Bare LF -> CRLF (Dovecot stores LF by default; IMAP sizes and literals are CRLF).
+    `after_cr`: the previous chunk ended with CR, so a leading LF completes a CRLF."""
+    if b"\n" not in chunk:
+        return chunk
+    out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if after_cr and chunk.startswith(b"\n"):
+        out = out[1:]
+    return out
+
+
+# -- IMAP: folders, per-message state, mutations ----------------------------------------
+
+
+class FlagMode(enum.Enum):
+    """RFC 3501 §6.4.6 STORE: FLAGS (replace), +FLAGS (add), -FLAGS (remove)."""
+
+    SET = "set"
+    ADD = "add"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    """One LIST entry. `selectable` is False for a name that only exists because it has
+    inferiors (Maildir++ has no directory for it: LIST says \\Noselect)."""
+
+    name: str             # decoded, "." as hierarchy delimiter, "INBOX" for the root
+    selectable: bool
+    has_children: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One message as SELECT / FETCH FLAGS UID RFC822.SIZE INTERNALDATE need it; the body
+    is never read to build one."""
+
+    uid: int
+    key: str                    # stable handle for read_message (Maildir: filename base)
+    flags: frozenset[str]       # system flags ("\\Seen") and keywords; never \\Recent
+    internaldate: datetime      # timezone-aware (UTC), whole seconds
+    size: int                   # RFC822.SIZE: octets with CRLF line ends
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSnapshot:
+    """A folder at one moment, in UID order."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: tuple[MessageRecord, ...]
+    # UIDs that no session has claimed as \\Recent yet (STATUS RECENT of an unselected folder)
+    unclaimed: frozenset[int] = field(default_factory=frozenset)
+
+
+@runtime_checkable
+class ImapStore(Protocol):
+    """What an IMAP session asks of storage. Folder names are decoded str ("Entwürfe",
+    "Archive.2026"); refusals raise StoreRefusal subclasses, failures StoreError."""
+
+    # folders (RFC 3501 §6.3)
+    async def list_folders(self, account: str) -> list[FolderInfo]: ...
+
+    async def folder_exists(self, account: str, folder: str) -> bool: ...
+
+    async def create_folder(self, account: str, folder: str) -> str: ...
+
+    async def delete_folder(self, account: str, folder: str) -> None: ...
+
+    async def rename_folder(self, account: str, old: str, new: str) -> None: ...
+
+    async def subscriptions(self, account: str) -> list[str]: ...
+
+    async def subscribe(self, account: str, folder: str) -> None: ...
+
+    async def unsubscribe(self, account: str, folder: str) -> bool: ...
+
+    # messages (RFC 3501 §6.3.1 SELECT, §6.4)
+    async def snapshot(self, account: str, folder: str) -> FolderSnapshot: ...
+
+    async def claim_recent(self, account: str, folder: str) -> set[int]: ...
+
+    async def append(self, account: str, folder: str, data: bytes,
+                     flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
+        ...
+
+    async def store_flags(self, account: str, folder: str, uids: Iterable[int],
+                          mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
+        ...
+
+    async def copy(self, account: str, src: str, uids: Iterable[int],
+                   dst: str) -> dict[int, int]: ...
+
+    async def expunge(self, account: str, folder: str,
+                      uids: Iterable[int] | None = None) -> list[int]: ...
+
+    async def read_message(self, account: str, folder: str, key: str) -> bytes: ...
+
+    def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]: ...

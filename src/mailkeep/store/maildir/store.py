@@ -8,14 +8,24 @@ import errno
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from mailkeep.store.base import DeliveryError, Maildrop, MessageGone, StoreError
+from mailkeep.store.base import (
+    DeliveryError,
+    FlagMode,
+    FolderInfo,
+    FolderSnapshot,
+    Maildrop,
+    MessageGone,
+    StoreError,
+    to_crlf,
+)
+from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions
 from mailkeep.store.maildir import maildrop as ops
-from mailkeep.store.maildir import session_lock
 from mailkeep.store.maildir.layout import (
     account_root,
     delivery_order,
@@ -23,6 +33,7 @@ from mailkeep.store.maildir.layout import (
     unique_name,
 )
 from mailkeep.store.maildir.uidlist import UidlistError
+from mailkeep.store.names import INBOX, folder_name
 
 T = TypeVar("T")
 
@@ -48,6 +59,8 @@ class MaildirStore:
         # saves a folder scan per message; a wrong hint costs one scan, never a wrong answer.
         self._where: dict[str, dict[str, str]] = {}
         self._where_guard = threading.Lock()
+        # (account, folder) -> key -> location, from the last IMAP snapshot (read hints).
+        self._folder_where: dict[tuple[str, str], dict[str, str]] = {}
 
     def root(self, mailbox: str) -> Path:
         return account_root(self.data_dir, mailbox)
@@ -201,6 +214,121 @@ class MaildirStore:
 
     async def delete(self, mailbox: str, keys: list[str]) -> int:
         return await self._run(self._delete_sync, mailbox, keys)
+
+    # -- IMAP (ImapStore): folders, snapshots, flags, copy, expunge --------------------
+    # Blocking work lives in folders.py / mailbox.py / subscriptions.py and runs in the pool.
+
+    async def list_folders(self, account: str) -> list[FolderInfo]:
+        return await self._run(folders.list_folders, self.root(account))
+
+    async def folder_exists(self, account: str, folder: str) -> bool:
+        return await self._run(folders.exists, self.root(account), folder)
+
+    async def create_folder(self, account: str, folder: str) -> str:
+        """CREATE; returns the canonical name created. FolderExists / InvalidName."""
+        return await self._run(folders.create, self.root(account), folder)
+
+    async def delete_folder(self, account: str, folder: str) -> None:
+        await self._run(folders.delete, self.root(account), folder)
+        self._forget_folder(account, folder)
+
+    def _rename_sync(self, account: str, old: str, new: str) -> None:
+        root = self.root(account)
+        if folder_name(old) == INBOX:
+            mailbox.rename_inbox(root, new)
+        else:
+            folders.rename(root, old, new)
+
+    async def rename_folder(self, account: str, old: str, new: str) -> None:
+        """RENAME, inferiors included; RENAME INBOX moves its messages (RFC 3501 §6.3.5)."""
+        await self._run(self._rename_sync, account, old, new)
+        self._forget_folder(account, old)
+
+    async def subscriptions(self, account: str) -> list[str]:
+        return await self._run(subscriptions.read, self.root(account))
+
+    async def subscribe(self, account: str, folder: str) -> None:
+        await self._run(subscriptions.change, self.root(account), folder, True)
+
+    async def unsubscribe(self, account: str, folder: str) -> bool:
+        """Returns False when the name was not subscribed."""
+        return await self._run(subscriptions.change, self.root(account), folder, False)
+
+    def _snapshot_sync(self, account: str, folder: str) -> FolderSnapshot:
+        snap, where = mailbox.snapshot(self.root(account), folder)
+        with self._where_guard:
+            self._folder_where[(account, folder_name(folder))] = where
+        return snap
+
+    async def snapshot(self, account: str, folder: str) -> FolderSnapshot:
+        """UIDVALIDITY, UIDNEXT and every message's UID, flags, date and size; no bodies."""
+        return await self._run(self._snapshot_sync, account, folder)
+
+    async def claim_recent(self, account: str, folder: str) -> set[int]:
+        """Move new/ to cur/; the UIDs that are \\Recent for the caller alone."""
+        return await self._run(mailbox.claim_recent, self.root(account), folder)
+
+    async def append(self, account: str, folder: str, data: bytes,
+                     flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
+        """APPEND, durably; returns the new UID. NoSuchFolder ([TRYCREATE]), KeywordLimit."""
+        return await self._run(mailbox.append, self.root(account), folder, data,
+                               tuple(flags), internaldate)
+
+    async def store_flags(self, account: str, folder: str, uids: Iterable[int],
+                          mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
+        """STORE; the new flags of each UID still present (vanished UIDs are left out)."""
+        return await self._run(mailbox.store_flags, self.root(account), folder,
+                               tuple(uids), mode, tuple(flags))
+
+    async def copy(self, account: str, src: str, uids: Iterable[int],
+                   dst: str) -> dict[int, int]:
+        """COPY; src UID -> dst UID for the messages copied (COPYUID)."""
+        return await self._run(mailbox.copy, self.root(account), src, tuple(uids), dst)
+
+    async def expunge(self, account: str, folder: str,
+                      uids: Iterable[int] | None = None) -> list[int]:
+        """Remove \\Deleted messages (limited to `uids` for UID EXPUNGE); UIDs removed."""
+        limit = None if uids is None else tuple(uids)
+        return await self._run(mailbox.expunge, self.root(account), folder, limit)
+
+    def _folder_hint(self, account: str, folder: str, key: str) -> str | None:
+        with self._where_guard:
+            return self._folder_where.get((account, folder_name(folder)), {}).get(key)
+
+    def _open_message(self, account: str, folder: str, key: str) -> BinaryIO:
+        f, location = mailbox.open_message(self.root(account), folder, key,
+                                           self._folder_hint(account, folder, key))
+        with self._where_guard:
+            known = self._folder_where.get((account, folder_name(folder)))
+            if known is not None:
+                known[key] = location
+        return f
+
+    def _read_message_sync(self, account: str, folder: str, key: str) -> bytes:
+        with self._open_message(account, folder, key) as f:
+            return to_crlf(f.read())
+
+    async def read_message(self, account: str, folder: str, key: str) -> bytes:
+        """The whole message with CRLF line ends (RFC822.SIZE octets; callers cache it).
+        MessageGone."""
+        return await self._run(self._read_message_sync, account, folder, key)
+
+    async def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]:
+        """read_message() in chunks (CRLF line ends), for large literals. MessageGone."""
+        f = await self._run(self._open_message, account, folder, key)
+        after_cr = False
+        try:
+            while chunk := await self._run(f.read, ops.READ_CHUNK):
+                yield to_crlf(chunk, after_cr)
+                after_cr = chunk.endswith(b"\r")
+        finally:
+            f.close()
+
+    def _forget_folder(self, account: str, folder: str) -> None:
+        with self._where_guard:
+            for k in [k for k in self._folder_where
+                      if k[0] == account and (k[1] == folder or k[1].startswith(folder + "."))]:
+                del self._folder_where[k]
 
     def forget(self, mailbox: str) -> None:
         """Drop the location hints of a mailbox (its session ended)."""

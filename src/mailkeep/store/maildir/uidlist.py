@@ -212,10 +212,15 @@ def _lock_is_stale(path: Path, now: float) -> bool:
 
 
 class _Dotlock:
-    """`dovecot-uidlist.lock`: O_CREAT|O_EXCL, "pid:host" inside until it becomes the index."""
+    """`dovecot-uidlist.lock`: O_CREAT|O_EXCL, "pid:host" inside until it becomes the index.
 
-    def __init__(self, root: Path, clock: Callable[[], float]) -> None:
-        self.path = root / LOCK_NAME
+    `target` picks another file guarded the same way (Dovecot's file_dotlock: "NAME.lock"),
+    e.g. dovecot-keywords and subscriptions."""
+
+    def __init__(self, root: Path, clock: Callable[[], float],
+                 target: str = UIDLIST_NAME) -> None:
+        self.path = root / f"{target}.lock"
+        self.target = target
         self.root = root
         self.clock = clock
         self.fd = -1
@@ -232,10 +237,10 @@ class _Dotlock:
                         self.path.unlink()
                     continue
                 if time.monotonic() > deadline:
-                    raise UidlistError(f"{LOCK_NAME} held by another process") from None
+                    raise UidlistError(f"{self.path.name} held by another process") from None
                 time.sleep(LOCK_POLL_SECONDS)
             except OSError as exc:
-                raise UidlistError(f"cannot create {LOCK_NAME}: {exc.strerror}") from None
+                raise UidlistError(f"cannot create {self.path.name}: {exc.strerror}") from None
         os.write(self.fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
         return self
 
@@ -249,7 +254,7 @@ class _Dotlock:
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
-        os.rename(self.path, self.root / UIDLIST_NAME)
+        os.rename(self.path, self.root / self.target)
         dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
@@ -310,3 +315,48 @@ def uid_order(uidlist: Uidlist, files: Iterable[str]) -> list[UidRecord]:
     """The records of the given bases, in UID order (bases without a UID are skipped)."""
     wanted = set(files)
     return [r for r in uidlist.by_uid() if r.base in wanted]
+
+
+Dotlock = _Dotlock
+
+
+def assign(root: Path, ordered: list[str], clock: Callable[[], float] = time.time,
+           fresh_uidvalidity: Callable[[], int] | None = None) -> tuple[Uidlist, dict[str, str]]:
+    """Like sync(), but the bases in `ordered` (files just added by us: APPEND, COPY) get
+    their UIDs in exactly that order, after any other unlisted file (deliveries)."""
+    try:
+        with _Dotlock(root, clock) as lock:
+            current = read(root)
+            if current is None:
+                current = Uidlist.fresh(clock())
+                if fresh_uidvalidity is not None:
+                    current.uidvalidity = fresh_uidvalidity()
+            files = scan(root)
+            mine = [b for b in ordered if b in files and b not in current.records]
+            skip = set(mine)
+            others = {b: loc for b, loc in files.items() if b not in skip}
+            _assign(current, others, drop_missing=False)
+            for base in mine:
+                current.records[base] = UidRecord(current.next_uid, base)
+                current.next_uid += 1
+            for base in [b for b in current.records if b not in files]:
+                del current.records[base]
+            lock.replace(render(current))
+            return current, files
+    except OSError as exc:
+        raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
+
+
+def create(root: Path, uidvalidity: int, clock: Callable[[], float] = time.time) -> Uidlist:
+    """Write an empty index with this UIDVALIDITY unless one exists (new folder)."""
+    try:
+        with _Dotlock(root, clock) as lock:
+            current = read(root)
+            if current is not None:
+                return current
+            current = Uidlist.fresh(clock())
+            current.uidvalidity = uidvalidity
+            lock.replace(render(current))
+            return current
+    except OSError as exc:
+        raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None

@@ -1,23 +1,77 @@
-"""MemoryStore: dictionaries, no durability; behaviour every real store must match."""
+"""MemoryStore: dictionaries, no durability; behaviour every real store must match.
+
+It is the oracle of the stateful tests: POP3's maildrop view and IMAP's folders share one
+INBOX, as they do on disk. Folder and flag rules come from store/names.py, like the Maildir
+store's; Maildir-specific limits are mirrored (26 keywords per folder, allocated for good).
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from mailkeep.store.base import Maildrop, MessageGone, MessageInfo
+from mailkeep.store.base import (
+    FlagMode,
+    FolderExists,
+    FolderInfo,
+    FolderNotAllowed,
+    FolderSnapshot,
+    KeywordLimit,
+    Maildrop,
+    MessageGone,
+    MessageInfo,
+    MessageRecord,
+    NoSuchFolder,
+    to_crlf,
+)
+from mailkeep.store.names import (
+    INBOX,
+    MAX_KEYWORDS,
+    flag_set,
+    folder_name,
+    is_inferior,
+    keywords_of,
+    parent_names,
+)
 
 # Chunk size of read(): small, so streaming consumers are exercised across boundaries.
 READ_CHUNK = 4096
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+
+
+@dataclass
+class _Message:
+    uid: int
+    data: bytes
+    flags: frozenset[str]
+    internaldate: datetime
+    recent: bool = True  # not yet claimed by any session
 
 
 @dataclass
 class _Box:
     uidvalidity: int
     next_uid: int = 1
-    # key -> (uid, data, seen), insertion (= UID) order
-    messages: dict[str, tuple[int, bytes, bool]] = field(default_factory=dict)
+    messages: dict[str, _Message] = field(default_factory=dict)  # key -> message, UID order
+    keywords: set[str] = field(default_factory=set)  # like dovecot-keywords: never shrinks
+
+    def add(self, key: str, msg: _Message) -> int:
+        msg.uid = self.next_uid
+        self.next_uid += 1
+        self.messages[key] = msg
+        return msg.uid
+
+    def allocate(self, names: Iterable[str]) -> None:
+        wanted = set(names) | self.keywords
+        if len(wanted) > MAX_KEYWORDS:
+            raise KeywordLimit(f"too many keywords (a folder holds {MAX_KEYWORDS})")
+        self.keywords = wanted
+
+    def by_uid(self) -> dict[int, str]:
+        return {m.uid: k for k, m in self.messages.items()}
 
 
 class _MemoryLock:
@@ -36,25 +90,43 @@ def crlf_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
+def _now() -> datetime:
+    return datetime.fromtimestamp(int(datetime.now(UTC).timestamp()), UTC)
+
+
 class MemoryStore:
     def __init__(self, uidvalidity: int = 1) -> None:
-        self._boxes: dict[str, _Box] = {}
+        self._accounts: dict[str, dict[str, _Box]] = {}
+        self._subscriptions: dict[str, list[str]] = {}
         self._ids = itertools.count(1)
         self._uidvalidity = uidvalidity
+        self._validities = itertools.count(uidvalidity + 1)
         self._locked: set[str] = set()
 
+    def _folders(self, account: str) -> dict[str, _Box]:
+        return self._accounts.setdefault(account, {INBOX: _Box(self._uidvalidity)})
+
     def _box(self, mailbox: str) -> _Box:
-        return self._boxes.setdefault(mailbox, _Box(self._uidvalidity))
+        return self._folders(mailbox)[INBOX]
+
+    def _open(self, account: str, folder: str) -> _Box:
+        box = self._folders(account).get(folder_name(folder))
+        if box is None:
+            raise NoSuchFolder(f"mailbox {folder} does not exist")
+        return box
+
+    def _key(self) -> str:
+        return f"mem-{next(self._ids)}"
+
+    # -- MailStore (POP3 and delivery) -----------------------------------------------
 
     async def deliver(self, mailbox: str, message: bytes) -> str:
-        name = f"mem-{next(self._ids)}"
-        box = self._box(mailbox)
-        box.messages[name] = (box.next_uid, bytes(message), False)
-        box.next_uid += 1
+        name = self._key()
+        self._box(mailbox).add(name, _Message(0, bytes(message), frozenset(), _now()))
         return name
 
     async def messages(self, mailbox: str) -> list[bytes]:
-        return [data for _, data, _ in self._box(mailbox).messages.values()]
+        return [m.data for m in self._box(mailbox).messages.values()]
 
     async def lock_maildrop(self, mailbox: str) -> _MemoryLock | None:
         if mailbox in self._locked:
@@ -65,14 +137,14 @@ class MemoryStore:
     async def maildrop(self, mailbox: str) -> Maildrop:
         box = self._box(mailbox)
         return Maildrop(box.uidvalidity, tuple(
-            MessageInfo(uid=uid, key=key, size=crlf_size(data), seen=seen)
-            for key, (uid, data, seen) in box.messages.items()))
+            MessageInfo(uid=m.uid, key=key, size=crlf_size(m.data), seen=SEEN in m.flags)
+            for key, m in box.messages.items()))
 
     async def read(self, mailbox: str, key: str) -> AsyncIterator[bytes]:
         found = self._box(mailbox).messages.get(key)
         if found is None:
             raise MessageGone(key)
-        data = found[1]
+        data = found.data
         for start in range(0, len(data), READ_CHUNK):
             yield data[start:start + READ_CHUNK]
 
@@ -80,9 +152,170 @@ class MemoryStore:
         box = self._box(mailbox)
         for key in keys:
             if key in box.messages:
-                uid, data, _ = box.messages[key]
-                box.messages[key] = (uid, data, True)
+                msg = box.messages[key]
+                msg.flags |= {SEEN}
+                msg.recent = False  # Maildir: new/NAME -> cur/NAME:2,S
 
     async def delete(self, mailbox: str, keys: list[str]) -> int:
         box = self._box(mailbox)
         return sum(box.messages.pop(key, None) is not None for key in keys)
+
+    # -- ImapStore: folders ------------------------------------------------------------
+
+    async def list_folders(self, account: str) -> list[FolderInfo]:
+        real = set(self._folders(account)) - {INBOX}
+        implied = {p for name in real for p in parent_names(name)} - real - {INBOX}
+        names = real | implied
+        out = [FolderInfo(INBOX, True, any(is_inferior(n, INBOX) for n in names))]
+        for name in sorted(names):
+            out.append(FolderInfo(name, name in real, any(is_inferior(n, name) for n in names)))
+        return out
+
+    async def folder_exists(self, account: str, folder: str) -> bool:
+        return folder_name(folder) in self._folders(account)
+
+    async def create_folder(self, account: str, folder: str) -> str:
+        name = folder_name(folder, creating=True)
+        folders = self._folders(account)
+        if name in folders:
+            raise FolderExists(f"mailbox {name} exists")
+        folders[name] = _Box(next(self._validities))
+        return name
+
+    async def delete_folder(self, account: str, folder: str) -> None:
+        name = folder_name(folder)
+        if name == INBOX:
+            raise FolderNotAllowed("INBOX cannot be deleted")
+        if self._folders(account).pop(name, None) is None:
+            raise NoSuchFolder(f"mailbox {name} does not exist")
+
+    async def rename_folder(self, account: str, old: str, new: str) -> None:
+        old = folder_name(old)
+        folders = self._folders(account)
+        if old == INBOX:
+            created = await self.create_folder(account, new)
+            inbox, dst = folders[INBOX], folders[created]
+            dst.allocate(k for m in inbox.messages.values() for k in keywords_of(m.flags))
+            for key, msg in list(inbox.messages.items()):
+                dst.add(key, msg)
+            inbox.messages.clear()
+            return
+        new = folder_name(new, creating=True)
+        if new == INBOX:
+            raise FolderExists("INBOX exists")
+        if new == old or is_inferior(new, old):
+            raise FolderNotAllowed("cannot rename a mailbox into itself")
+        moving = sorted(n for n in folders if n != INBOX and (n == old or is_inferior(n, old)))
+        if not moving:
+            raise NoSuchFolder(f"mailbox {old} does not exist")
+        targets = [new + n[len(old):] for n in moving]
+        if any(t in folders for t in targets) or new in folders:
+            raise FolderExists(f"mailbox {new} exists")
+        for target in targets:
+            folder_name(target)
+        for src, dst_name in zip(moving, targets, strict=True):
+            folders[dst_name] = folders.pop(src)
+
+    async def subscriptions(self, account: str) -> list[str]:
+        return list(self._subscriptions.get(account, []))
+
+    async def subscribe(self, account: str, folder: str) -> None:
+        name = folder_name(folder)
+        subs = self._subscriptions.setdefault(account, [])
+        if name not in subs:
+            subs.append(name)
+
+    async def unsubscribe(self, account: str, folder: str) -> bool:
+        name = folder_name(folder)
+        subs = self._subscriptions.setdefault(account, [])
+        if name not in subs:
+            return False
+        subs.remove(name)
+        return True
+
+    # -- ImapStore: messages -----------------------------------------------------------
+
+    async def snapshot(self, account: str, folder: str) -> FolderSnapshot:
+        box = self._open(account, folder)
+        records = tuple(MessageRecord(m.uid, key, m.flags, m.internaldate, crlf_size(m.data))
+                        for key, m in box.messages.items())
+        unclaimed = frozenset(m.uid for m in box.messages.values() if m.recent)
+        return FolderSnapshot(box.uidvalidity, box.next_uid, records, unclaimed)
+
+    async def claim_recent(self, account: str, folder: str) -> set[int]:
+        box = self._open(account, folder)
+        claimed = {m.uid for m in box.messages.values() if m.recent}
+        for m in box.messages.values():
+            m.recent = False
+        return claimed
+
+    async def append(self, account: str, folder: str, data: bytes,
+                     flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
+        wanted = flag_set(flags)
+        box = self._open(account, folder)
+        box.allocate(keywords_of(wanted))
+        when = _now() if internaldate is None else \
+            datetime.fromtimestamp(int(internaldate.timestamp()), UTC)
+        return box.add(self._key(), _Message(0, bytes(data), wanted, when))
+
+    async def store_flags(self, account: str, folder: str, uids: Iterable[int],
+                          mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
+        given = flag_set(flags)
+        box = self._open(account, folder)
+        if mode is not FlagMode.REMOVE:
+            box.allocate(keywords_of(given))
+        by_uid = box.by_uid()
+        result: dict[int, frozenset[str]] = {}
+        for uid in sorted(set(uids)):
+            key = by_uid.get(uid)
+            if key is None:
+                continue
+            msg = box.messages[key]
+            if mode is FlagMode.SET:
+                msg.flags = given
+            elif mode is FlagMode.ADD:
+                msg.flags = msg.flags | given
+            else:
+                msg.flags = msg.flags - given
+            result[uid] = msg.flags
+        return result
+
+    async def copy(self, account: str, src: str, uids: Iterable[int],
+                   dst: str) -> dict[int, int]:
+        source = self._open(account, src)
+        target = self._open(account, dst)
+        by_uid = source.by_uid()
+        wanted = [u for u in sorted(set(uids)) if u in by_uid]
+        target.allocate(k for u in wanted for k in keywords_of(source.messages[by_uid[u]].flags))
+        mapping: dict[int, int] = {}
+        for uid in wanted:
+            msg = source.messages[by_uid[uid]]
+            mapping[uid] = target.add(self._key(), _Message(0, msg.data, msg.flags,
+                                                            msg.internaldate))
+        return mapping
+
+    async def expunge(self, account: str, folder: str,
+                      uids: Iterable[int] | None = None) -> list[int]:
+        box = self._open(account, folder)
+        limit = None if uids is None else set(uids)
+        removed: list[int] = []
+        for key, msg in list(box.messages.items()):
+            if DELETED in msg.flags and (limit is None or msg.uid in limit):
+                del box.messages[key]
+                removed.append(msg.uid)
+        return removed
+
+    def _find(self, account: str, folder: str, key: str) -> bytes:
+        box = self._folders(account).get(folder_name(folder))
+        msg = None if box is None else box.messages.get(key)
+        if msg is None:
+            raise MessageGone(key)
+        return msg.data
+
+    async def read_message(self, account: str, folder: str, key: str) -> bytes:
+        return to_crlf(self._find(account, folder, key))
+
+    async def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]:
+        data = to_crlf(self._find(account, folder, key))
+        for start in range(0, len(data), READ_CHUNK):
+            yield data[start:start + READ_CHUNK]

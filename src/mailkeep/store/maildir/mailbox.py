@@ -1,0 +1,369 @@
+"""IMAP message operations on one Maildir folder (blocking: run them off the event loop).
+
+Messages are named by their filename base (the name before ":2,"), which the
+dovecot-uidlist maps to a UID; the info suffix carries the flags, so every flag change is a
+rename. Renames race with other sessions and with Dovecot: a failed rename (ENOENT) means the
+file moved, so we find it again by its base in new/ and cur/ and retry, or it is gone.
+
+\\Recent (RFC 3501 §2.3.2) is "still in new/": claim_recent() moves new/ files to cur/, and
+exactly one caller's rename succeeds for each file, so exactly one session sees it \\Recent.
+APPEND and COPY therefore put their files in new/ (with the flags already in the name, as
+Dovecot does for flagged files in new/): the copy or appended message is \\Recent for the
+next session that claims it (RFC 3501 §6.4.7: "the \\Recent flag SHOULD be set on the copy").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from mailkeep.store.base import (
+    FlagMode,
+    FolderSnapshot,
+    MessageGone,
+    MessageRecord,
+    NoSuchFolder,
+)
+from mailkeep.store.maildir import flags as mflags
+from mailkeep.store.maildir import folders, uidlist
+from mailkeep.store.maildir.layout import ensure_maildir, unique_name
+from mailkeep.store.maildir.maildrop import crlf_size
+from mailkeep.store.names import INBOX, flag_set, folder_name, keywords_of
+
+_SIZE_FIELDS = re.compile(r",([SW])=(\d+)")
+# Attempts to chase a message that other sessions keep renaming before we give up on it.
+RENAME_ATTEMPTS = 5
+DELETED_LETTER = "T"
+
+
+def open_folder(root: Path, name: str) -> Path:
+    """The Maildir of an existing folder, with its index. NoSuchFolder."""
+    name = folder_name(name)
+    path = folders.folder_path(root, name)
+    if name == INBOX:
+        ensure_maildir(root)
+    elif not path.is_dir():
+        raise NoSuchFolder(f"mailbox {name} does not exist")
+    else:
+        ensure_maildir(path)
+    folders.ensure_index(root, path)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _relocate(path: Path, base: str) -> str | None:
+    return uidlist.scan(path).get(base)
+
+
+def _size(path: Path, location: str) -> int:
+    fields = dict(_SIZE_FIELDS.findall(uidlist.filename_base(location.split("/", 1)[1])))
+    if "W" in fields:
+        return int(fields["W"])
+    return crlf_size(path / location)
+
+
+def _record(path: Path, uid: int, base: str, location: str,
+            keywords: dict[int, str]) -> tuple[MessageRecord, str] | None:
+    for _ in range(RENAME_ATTEMPTS):
+        try:
+            mtime = os.stat(path / location).st_mtime
+            size = _size(path, location)
+        except FileNotFoundError:
+            found = _relocate(path, base)
+            if found is None:
+                return None
+            location = found
+            continue
+        name = location.split("/", 1)[1]
+        flags = mflags.from_info(uidlist.filename_flags(name), keywords)
+        when = datetime.fromtimestamp(int(mtime), UTC)
+        return MessageRecord(uid, base, flags, when, size), location
+    return None
+
+
+def snapshot(root: Path, name: str) -> tuple[FolderSnapshot, dict[str, str]]:
+    """The folder's state, and key -> location ("cur/NAME:2,S") as hints for reading."""
+    path = open_folder(root, name)
+    index, files = uidlist.sync(path)
+    keywords = mflags.read_keywords(path)
+    records: list[MessageRecord] = []
+    where: dict[str, str] = {}
+    unclaimed: set[int] = set()
+    for rec in index.by_uid():
+        location = files.get(rec.base)
+        if location is None:
+            continue
+        found = _record(path, rec.uid, rec.base, location, keywords)
+        if found is None:
+            continue
+        records.append(found[0])
+        where[rec.base] = found[1]
+        if found[1].startswith("new/"):
+            unclaimed.add(rec.uid)
+    snap = FolderSnapshot(index.uidvalidity, index.next_uid, tuple(records),
+                          frozenset(unclaimed))
+    return snap, where
+
+
+def claim_recent(root: Path, name: str) -> set[int]:
+    """Move new/ files to cur/ (keeping their flags); the UIDs whose move was ours."""
+    path = open_folder(root, name)
+    index, files = uidlist.sync(path)
+    claimed: set[int] = set()
+    for base, location in files.items():
+        if not location.startswith("new/"):
+            continue
+        rec = index.records.get(base)
+        if rec is None:
+            continue
+        fname = location.split("/", 1)[1]
+        target = mflags.filename(base, uidlist.filename_flags(fname))
+        try:
+            os.rename(path / location, path / "cur" / target)
+        except FileNotFoundError:
+            continue  # another session claimed it (or it was expunged / re-flagged)
+        claimed.add(rec.uid)
+    return claimed
+
+
+def _uid_map(index: uidlist.Uidlist) -> dict[int, str]:
+    return {rec.uid: rec.base for rec in index.records.values()}
+
+
+def _write_new(path: Path, data: bytes, base: str, letters: str,
+               mtime: float | None) -> None:
+    """tmp/ -> fsync -> (utime) -> rename into new/ with the flags in the name."""
+    tmp = path / "tmp" / base
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        os.rename(tmp, path / "new" / (mflags.filename(base, letters) if letters else base))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def append(root: Path, name: str, data: bytes, flags: Iterable[str],
+           internaldate: datetime | None) -> int:
+    """Store one message durably; its UID (for APPENDUID)."""
+    wanted = flag_set(flags)
+    path = open_folder(root, name)
+    keywords = mflags.allocate(path, keywords_of(wanted))
+    size = len(data)
+    crlf = size + data.count(b"\n") - data.count(b"\r\n")
+    base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
+    mtime = None if internaldate is None else float(int(internaldate.timestamp()))
+    _write_new(path, data, base, mflags.to_info(wanted, keywords), mtime)
+    _fsync_dir(path / "new")
+    index, _ = uidlist.assign(path, [base])
+    return index.records[base].uid
+
+
+def _apply(mode: FlagMode, current: frozenset[str], given: frozenset[str]) -> frozenset[str]:
+    if mode is FlagMode.SET:
+        return given
+    if mode is FlagMode.ADD:
+        return current | given
+    return current - given
+
+
+def store_flags(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
+                flags: Iterable[str]) -> dict[int, frozenset[str]]:
+    """Change flags by renaming; the new flags of every UID still present."""
+    given = flag_set(flags)
+    path = open_folder(root, name)
+    if mode is FlagMode.REMOVE:
+        keywords = mflags.read_keywords(path)
+    else:
+        keywords = mflags.allocate(path, keywords_of(given))
+    index, files = uidlist.sync(path)
+    by_uid = _uid_map(index)
+    result: dict[int, frozenset[str]] = {}
+    for uid in sorted(set(uids)):
+        base = by_uid.get(uid)
+        location = files.get(base) if base is not None else None
+        if base is None or location is None:
+            continue
+        for _ in range(RENAME_ATTEMPTS):
+            sub, fname = location.split("/", 1)
+            letters = uidlist.filename_flags(fname)
+            current = mflags.from_info(letters, keywords)
+            new = _apply(mode, current, given)
+            target = mflags.to_info(new, keywords, keep=letters)
+            if target == letters:
+                result[uid] = new
+                break
+            new_location = f"{sub}/{mflags.filename(base, target)}"
+            try:
+                os.rename(path / location, path / new_location)
+            except FileNotFoundError:
+                found = _relocate(path, base)
+                if found is None:
+                    break
+                location = found
+                continue
+            result[uid] = new
+            break
+    return result
+
+
+def _copy_base(src_base: str) -> str:
+    """A fresh unique base that keeps the source's S= and W= sizes."""
+    sizes = "".join(f",{k}={v}" for k, v in _SIZE_FIELDS.findall(src_base) if k in "SW")
+    return unique_name(0).split(",S=", 1)[0] + sizes
+
+
+def _link_or_copy(src: Path, dst_dir: Path, base: str, target_name: str) -> None:
+    try:
+        os.link(src, dst_dir / "new" / target_name)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise
+    # No hard links here (another filesystem, or a filesystem without them): copy.
+    tmp = dst_dir / "tmp" / base
+    with src.open("rb") as fin, tmp.open("xb") as fout:
+        shutil.copyfileobj(fin, fout)
+        fout.flush()
+        os.fsync(fout.fileno())
+    shutil.copystat(src, tmp)
+    os.rename(tmp, dst_dir / "new" / target_name)
+
+
+def _transfer(src_dir: Path, dst_dir: Path, uids: Iterable[int],
+              move: bool) -> dict[int, int]:
+    """Copy (hard link) messages into dst/new/, or move them keeping new/ or cur/; flags
+    (keyword letters translated to dst's dovecot-keywords) and internal dates are kept."""
+    index, files = uidlist.sync(src_dir)
+    by_uid = _uid_map(index)
+    src_keywords = mflags.read_keywords(src_dir)
+    wanted = [u for u in sorted(set(uids)) if by_uid.get(u) in files]
+    names: set[str] = set()
+    for uid in wanted:
+        fname = files[by_uid[uid]].split("/", 1)[1]
+        names |= keywords_of(mflags.from_info(uidlist.filename_flags(fname), src_keywords))
+    dst_keywords = mflags.allocate(dst_dir, names)
+    done: list[tuple[int, str]] = []
+    for uid in wanted:
+        base = by_uid[uid]
+        location: str | None = files[base]
+        new_base = base if move else _copy_base(base)
+        while location is not None:
+            fname = location.split("/", 1)[1]
+            letters = uidlist.filename_flags(fname)
+            msg_flags = mflags.from_info(letters, src_keywords)
+            new_letters = mflags.to_info(msg_flags, dst_keywords, keep=letters)
+            target = mflags.filename(new_base, new_letters) if new_letters else new_base
+            try:
+                if move:  # RENAME INBOX: a claimed (cur/) message stays claimed
+                    sub = location.split("/", 1)[0]
+                    os.rename(src_dir / location, dst_dir / sub / target)
+                else:
+                    _link_or_copy(src_dir / location, dst_dir, new_base, target)
+            except FileNotFoundError:
+                location = _relocate(src_dir, base)
+                continue
+            done.append((uid, new_base))
+            break
+    _fsync_dir(dst_dir / "new")
+    if move:
+        _fsync_dir(dst_dir / "cur")
+    dst_index, _ = uidlist.assign(dst_dir, [b for _, b in done])
+    if move:
+        uidlist.sync(src_dir)
+    return {uid: dst_index.records[b].uid for uid, b in done if b in dst_index.records}
+
+
+def copy(root: Path, src: str, uids: Iterable[int], dst: str) -> dict[int, int]:
+    """RFC 3501 §6.4.7 COPY: src UID -> new dst UID (for COPYUID), in src UID order."""
+    src_dir = open_folder(root, src)
+    dst_dir = open_folder(root, dst)
+    return _transfer(src_dir, dst_dir, uids, move=False)
+
+
+def rename_inbox(root: Path, new: str) -> None:
+    """RFC 3501 §6.3.5: RENAME INBOX moves every INBOX message into a new folder `new`;
+    INBOX stays, empty, and its inferiors are not renamed."""
+    created = folders.create(root, new)
+    inbox = open_folder(root, INBOX)
+    dst = open_folder(root, created)
+    index, _ = uidlist.sync(inbox)
+    _transfer(inbox, dst, [r.uid for r in index.by_uid()], move=True)
+
+
+def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[int]:
+    """Remove the messages flagged \\Deleted (only those in `uids` when given)."""
+    path = open_folder(root, name)
+    index, files = uidlist.sync(path)
+    limit = None if uids is None else set(uids)
+    removed: list[int] = []
+    touched: set[str] = set()
+    for rec in index.by_uid():
+        if limit is not None and rec.uid not in limit:
+            continue
+        location = files.get(rec.base)
+        for _ in range(RENAME_ATTEMPTS):
+            if location is None:
+                break
+            if DELETED_LETTER not in uidlist.filename_flags(location.split("/", 1)[1]):
+                break
+            try:
+                os.unlink(path / location)
+            except FileNotFoundError:
+                location = _relocate(path, rec.base)
+                continue
+            removed.append(rec.uid)
+            touched.add(location.split("/", 1)[0])
+            break
+    for sub in touched:
+        _fsync_dir(path / sub)
+    if removed:
+        uidlist.sync(path)
+    return removed
+
+
+def open_message(root: Path, name: str, key: str,
+                 hint: str | None = None) -> tuple[BinaryIO, str]:
+    """The message file of `key` opened for reading, and where it was (try `hint`, e.g.
+    from snapshot(), first: a wrong hint costs one folder scan). MessageGone."""
+    path = folders.folder_path(root, folder_name(name))
+    location = hint
+    for _ in range(RENAME_ATTEMPTS):
+        if location is not None:
+            try:
+                return (path / location).open("rb"), location
+            except FileNotFoundError:
+                pass
+        location = _relocate(path, key)
+        if location is None:
+            break
+    raise MessageGone(key)
+
+
+def read_message(root: Path, name: str, key: str, hint: str | None = None) -> bytes:
+    f, _ = open_message(root, name, key, hint)
+    with f:
+        return f.read()
