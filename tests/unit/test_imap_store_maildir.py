@@ -227,7 +227,7 @@ def test_concurrent_uidvalidity_claims_are_unique(tmp_path: Path) -> None:
         for _ in range(25):
             try:
                 v = next_uidvalidity(tmp_path)
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            except BaseException as exc:
                 errors.append(exc)
                 return
             with lock:
