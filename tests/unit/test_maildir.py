@@ -139,7 +139,7 @@ def test_failed_rename_leaves_nothing_in_tmp(
     def broken_rename(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("mailkeep.store.maildir.store.os.rename", broken_rename)
+    monkeypatch.setattr("mailkeep.store.maildir.durable.os.rename", broken_rename)
     with pytest.raises(DeliveryError, match="disk full"):
         store.deliver_sync("alice", MESSAGE)
     root = tmp_path / "mail" / "alice"

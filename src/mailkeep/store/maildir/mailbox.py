@@ -14,7 +14,6 @@ next session that claims it (RFC 3501 §6.4.7: "the \\Recent flag SHOULD be set 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -33,6 +32,7 @@ from mailkeep.store.base import (
 )
 from mailkeep.store.maildir import flags as mflags
 from mailkeep.store.maildir import folders, uidlist
+from mailkeep.store.maildir.durable import fsync_dir, write_message
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
 from mailkeep.store.maildir.maildrop import crlf_size
 from mailkeep.store.names import INBOX, flag_set, folder_name, keywords_of
@@ -56,13 +56,6 @@ def open_folder(root: Path, name: str) -> Path:
     folders.ensure_index(root, path)
     return path
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _relocate(path: Path, base: str) -> str | None:
@@ -144,28 +137,6 @@ def _uid_map(index: uidlist.Uidlist) -> dict[int, str]:
     return {rec.uid: rec.base for rec in index.records.values()}
 
 
-def _write_new(path: Path, data: bytes, base: str, letters: str,
-               mtime: float | None) -> None:
-    """tmp/ -> fsync -> (utime) -> rename into new/ with the flags in the name."""
-    tmp = path / "tmp" / base
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if mtime is not None:
-            os.utime(tmp, (mtime, mtime))
-        os.rename(tmp, path / "new" / (mflags.filename(base, letters) if letters else base))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],
            internaldate: datetime | None) -> int:
     """Store one message durably; its UID (for APPENDUID)."""
@@ -176,8 +147,9 @@ def append(root: Path, name: str, data: bytes, flags: Iterable[str],
     crlf = size + data.count(b"\n") - data.count(b"\r\n")
     base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
     mtime = None if internaldate is None else float(int(internaldate.timestamp()))
-    _write_new(path, data, base, mflags.to_info(wanted, keywords), mtime)
-    _fsync_dir(path / "new")
+    letters = mflags.to_info(wanted, keywords)
+    final = "new/" + (mflags.filename(base, letters) if letters else base)
+    write_message(path, base, final, data, mtime)
     index, _ = uidlist.assign(path, [base])
     return index.records[base].uid
 
@@ -288,9 +260,9 @@ def _transfer(src_dir: Path, dst_dir: Path, uids: Iterable[int],
                 continue
             done.append((uid, new_base))
             break
-    _fsync_dir(dst_dir / "new")
+    fsync_dir(dst_dir / "new")
     if move:
-        _fsync_dir(dst_dir / "cur")
+        fsync_dir(dst_dir / "cur")
     dst_index, _ = uidlist.assign(dst_dir, [b for _, b in done])
     if move:
         uidlist.sync(src_dir)
@@ -339,7 +311,7 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
             touched.add(location.split("/", 1)[0])
             break
     for sub in touched:
-        _fsync_dir(path / sub)
+        fsync_dir(path / sub)
     if removed:
         uidlist.sync(path)
     return removed

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mailkeep.store.base import Maildrop, MessageGone, MessageInfo
 from mailkeep.store.maildir import uidlist
+from mailkeep.store.maildir.durable import fsync_dir
 
 _W_SIZE = re.compile(r",W=(\d+)")
 # Read size for RETR streaming and for sizing foreign files without W=: bounded memory.
@@ -89,13 +90,6 @@ def mark_seen(root: Path, location: str) -> str:
     return target
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def delete(root: Path, locations: list[str]) -> int:
     """Unlink the files, then fsync the folders once: gone for good when this returns."""
@@ -107,5 +101,5 @@ def delete(root: Path, locations: list[str]) -> int:
             removed += 1
             touched.add(location.split("/", 1)[0])
     for sub in touched:
-        _fsync_dir(root / sub)
+        fsync_dir(root / sub)
     return removed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -26,6 +25,7 @@ from mailkeep.store.base import (
 )
 from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions
 from mailkeep.store.maildir import maildrop as ops
+from mailkeep.store.maildir.durable import write_message
 from mailkeep.store.maildir.layout import (
     account_root,
     delivery_order,
@@ -42,13 +42,6 @@ STALE_TMP_SECONDS = 36 * 3600
 # fsync-heavy work runs here, never on the event loop; a few threads keep disks busy.
 IO_WORKERS = 4
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MaildirStore:
@@ -71,24 +64,7 @@ class MaildirStore:
         try:
             ensure_maildir(root)
             name = unique_name(len(message))
-            tmp = root / "tmp" / name
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                try:
-                    view = memoryview(message)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                # rename() is atomic: readers see the whole message in new/ or nothing.
-                os.rename(tmp, root / "new" / name)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
-            # The directory entry must be on disk too, or a power loss can forget the rename.
-            _fsync_dir(root / "new")
+            write_message(root, name, f"new/{name}", message)
         except OSError as exc:
             kind = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
             raise DeliveryError(f"delivery to {mailbox} failed: {kind}") from exc

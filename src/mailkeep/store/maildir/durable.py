@@ -1,0 +1,45 @@
+"""The one way a message reaches a Maildir: tmp/ -> write -> fsync -> rename -> fsync dir.
+
+maildir(5): a file appears in new/ (or cur/) only whole, by rename(), which is atomic; the
+directory is fsynced afterwards so a power loss cannot forget the rename. Used by SMTP
+delivery and IMAP APPEND alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_message(folder: Path, tmp_name: str, final: str, data: bytes,
+                  mtime: float | None = None) -> None:
+    """Write `data` as folder/tmp/tmp_name, then rename it to folder/`final` ("new/NAME...")
+    and fsync that directory. On any failure the temp file is removed and nothing shows."""
+    tmp = folder / "tmp" / tmp_name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))  # IMAP INTERNALDATE lives in the file time
+        target = folder / final
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(target.parent)
