@@ -259,3 +259,15 @@ TestStoreComparison = StoreComparison.TestCase
 def test_delivery_order_uses_the_counter_within_one_microsecond() -> None:
     assert layout.delivery_order("10.M5P1Q9.h") < layout.delivery_order("10.M5P1Q10.h")
     assert layout.delivery_order("10.M5P1Q1.h") < layout.delivery_order("foreign-name")
+
+
+def test_clean_stale_tmp_covers_subfolders(store: MaildirStore, tmp_path: Path) -> None:
+    folder_tmp = tmp_path / "mail" / "alice" / ".Sent" / "tmp"
+    folder_tmp.mkdir(parents=True)
+    old = folder_tmp / "leftover"
+    old.write_bytes(b"partial")
+    os.utime(old, (time.time() - 40 * 3600,) * 2)
+    fresh = folder_tmp / "in-flight"
+    fresh.write_bytes(b"partial")
+    assert store.clean_stale_tmp() == 1
+    assert not old.exists() and fresh.exists()

@@ -318,7 +318,8 @@ class MaildirStore:
         base = self.data_dir / "mail"
         if not base.is_dir():
             return 0
-        for tmp in base.glob("*/tmp"):
+        # INBOX tmp/ and every Maildir++ folder's tmp/ (".Sent/tmp", ".Archive.2026/tmp").
+        for tmp in [*base.glob("*/tmp"), *base.glob("*/.*/tmp")]:
             for entry in tmp.iterdir():
                 with contextlib.suppress(OSError):
                     if entry.stat().st_mtime < cutoff:
