@@ -241,3 +241,16 @@ def test_budget_matches_a_model(ops: list[tuple[bool, str]]) -> None:
             held[addr] -= 1
         assert budget.total == sum(held.values())
         assert budget.count(addr) == held.get(addr, 0)
+
+
+def test_ipv6_failures_count_per_64_and_mapped_ipv4_as_ipv4() -> None:
+    client_key = throttle_mod.client_key
+    assert client_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    cfg = SecurityConfig(auth_failures_before_block=3, auth_block_seconds=60.0)
+    t = AuthThrottle(cfg, clock=lambda: 1000.0)
+    for i in range(3):  # three different addresses of one /64
+        t.failure(f"2001:db8:1:2::{i + 1}")
+    assert t.check("2001:db8:1:2:ffff::9")[0] is Verdict.BLOCKED
+    assert t.check("2001:db8:1:3::1")[0] is Verdict.ALLOW  # the neighbouring /64

@@ -10,6 +10,7 @@ attackers a denial-of-service switch).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +22,25 @@ from mailkeep.config.model import SecurityConfig
 # Memory bound: addresses tracked at once. Beyond it the oldest entries are dropped, which at
 # worst forgets a slow attacker's history (they are still slowed by the per-connection budget).
 MAX_TRACKED_ADDRESSES = 100_000
+
+
+# An IPv6 client usually has a whole /64 to itself (RFC 6177 recommends /48 to /64 per site),
+# so per-address counting would let a guesser rotate through 2**64 addresses. Failures are
+# counted per /64 for IPv6, per address for IPv4 (IPv4-mapped IPv6 counts as IPv4).
+IPV6_PREFIX = 64
+
+
+def client_key(address: str) -> str:
+    """The unit failures are counted by: an IPv4 address, or an IPv6 /64 network."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class Verdict(Enum):
@@ -53,10 +73,10 @@ class AuthThrottle:
         return rec
 
     def check(self, address: str) -> tuple[Verdict, float]:
-        """Ask before verifying a password.
+        """Ask before verifying a password (from `address`, grouped by client_key()).
 
         Returns (ALLOW, seconds to wait first) or (BLOCKED, seconds the block still lasts)."""
-        rec = self._record(address)
+        rec = self._record(client_key(address))
         if rec is None:
             return Verdict.ALLOW, 0.0
         now = self.clock()
@@ -69,6 +89,7 @@ class AuthThrottle:
         return Verdict.ALLOW, delay
 
     def failure(self, address: str) -> None:
+        address = client_key(address)
         rec = self._record(address)
         if rec is None:
             if len(self._records) >= MAX_TRACKED_ADDRESSES:
