@@ -25,6 +25,7 @@ from mailkeep.store import (
     mutf7,
 )
 from mailkeep.store.maildir import MaildirStore
+from mailkeep.store.maildir import flags as mflags
 from mailkeep.store.maildir.folders import next_uidvalidity
 from mailkeep.store.memory import MemoryStore
 from mailkeep.store.names import folder_name
@@ -240,3 +241,12 @@ def test_concurrent_uidvalidity_claims_are_unique(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert len(values) == 200 and len(set(values)) == 200
+
+
+def test_keyword_letters_unknown_to_the_caller_survive_a_flag_change() -> None:
+    """Regression: a session whose keyword table predates another session's allocation
+    dropped that session's keyword letter when it renamed the file."""
+    stale_table = {0: "$K0"}           # we know only letter a
+    kept = mflags.to_info({"$K0", "\\Seen"}, stale_table, keep="ab")
+    assert kept == "Sab"               # b was allocated by someone else: kept
+    assert mflags.to_info({"\\Seen"}, stale_table, keep="ab") == "Sb"  # a is ours to drop
