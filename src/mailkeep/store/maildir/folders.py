@@ -90,36 +90,30 @@ def exists(root: Path, name: str) -> bool:
 
 
 def next_uidvalidity(root: Path, clock: float | None = None) -> int:
-    """Dovecot's mailbox_uidvalidity_next(): max(last + 1, now), claimed by renaming the
-    marker file forward (only one renamer wins), then recorded in the file as hex."""
+    """Dovecot's mailbox_uidvalidity_next(): max(last + 1, now), never handed out twice.
+
+    Read, decide and record happen under `dovecot-uidvalidity.lock` (the same dotlock as the
+    uidlist). Dovecot's lock-free trick of renaming a marker file forward is not safe against
+    rename() silently replacing a marker another claimant just made, so we lock instead and
+    keep one marker, "dovecot-uidvalidity.<hex>", in step for Dovecot's sake."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for _ in range(100):
+    with uidlist.Dotlock(root, time.time, target=UIDVALIDITY_NAME) as lock:
         now = int(time.time() if clock is None else clock)
-        # Only "dovecot-uidvalidity.<8 hex>" is a marker: renaming anything else (a temp file
-        # of a concurrent writer) would steal it from under its owner.
-        markers = [p.name for p in root.glob(UIDVALIDITY_NAME + ".*")
-                   if _MARKER.fullmatch(p.name)]
         last = 0
         with contextlib.suppress(OSError, ValueError):
             last = int((root / UIDVALIDITY_NAME).read_text().strip(), 16)
+        markers = [p for p in root.glob(UIDVALIDITY_NAME + ".*") if _MARKER.fullmatch(p.name)]
         for marker in markers:
-            with contextlib.suppress(ValueError):
-                last = max(last, int(marker.rsplit(".", 1)[1], 16))
+            last = max(last, int(marker.name.rsplit(".", 1)[1], 16))
         value = max(last + 1, now) & 0xFFFFFFFF or 1
         new_marker = root / f"{UIDVALIDITY_NAME}.{value:08x}"
-        try:
-            if markers:
-                os.rename(root / markers[0], new_marker)
-            else:
-                fd = os.open(new_marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-                os.close(fd)
-        except (FileNotFoundError, FileExistsError):
-            continue  # someone else claimed a value first: try again
-        tmp = root / f".{UIDVALIDITY_NAME}.tmp.{uuid.uuid4().hex}"
-        tmp.write_text(f"{value:08x}")
-        os.replace(tmp, root / UIDVALIDITY_NAME)
-        return value
-    raise OSError("cannot claim a UIDVALIDITY")
+        os.close(os.open(new_marker, os.O_WRONLY | os.O_CREAT, 0o444))
+        for marker in markers:
+            if marker != new_marker:
+                with contextlib.suppress(FileNotFoundError):
+                    marker.unlink()
+        lock.replace(f"{value:08x}".encode())
+    return value
 
 
 def ensure_index(root: Path, folder_dir: Path) -> None:
