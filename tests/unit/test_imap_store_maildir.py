@@ -243,10 +243,15 @@ def test_concurrent_uidvalidity_claims_are_unique(tmp_path: Path) -> None:
     assert len(values) == 200 and len(set(values)) == 200
 
 
-def test_keyword_letters_unknown_to_the_caller_survive_a_flag_change() -> None:
-    """Regression: a session whose keyword table predates another session's allocation
-    dropped that session's keyword letter when it renamed the file."""
-    stale_table = {0: "$K0"}           # we know only letter a
-    kept = mflags.to_info({"$K0", "\\Seen"}, stale_table, keep="ab")
-    assert kept == "Sab"               # b was allocated by someone else: kept
-    assert mflags.to_info({"\\Seen"}, stale_table, keep="ab") == "Sb"  # a is ours to drop
+def test_keyword_allocated_concurrently_survives_a_stale_flag_change(
+        store: MaildirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a session whose dovecot-keywords table predated another session's
+    allocation dropped that keyword's letter from the file it renamed."""
+    uid = asyncio.run(store.append(A, "INBOX", MSG, ["K0"]))
+    asyncio.run(store.store_flags(A, "INBOX", [uid], FlagMode.ADD, ["K1"]))  # letter b
+    real_allocate = mflags.allocate
+    monkeypatch.setattr(mflags, "allocate",
+                        lambda root, names: {i: n for i, n in real_allocate(root, names).items()
+                                             if n != "K1"})  # as read before K1 existed
+    flags = asyncio.run(store.store_flags(A, "INBOX", [uid], FlagMode.ADD, ["\\Seen"]))
+    assert flags[uid] == {"K0", "K1", "\\Seen"}

@@ -84,13 +84,10 @@ def from_info(letters: str, keywords: Mapping[int, str]) -> frozenset[str]:
 
 def to_info(flags: Iterable[str], keywords: Mapping[int, str], keep: str = "") -> str:
     """IMAP flags -> ":2," letters in ASCII order. `keep` are the old letters: letters we do
-    not manage (P, unknown ones, keywords absent from `keywords`) survive. Every keyword in
-    `flags` must be in the table (allocate)."""
+    not manage (P, unknown ones) survive. Every keyword must be in the table (allocate)."""
     index = {name: i for i, name in keywords.items()}
-    # A keyword letter missing from our table was allocated by a concurrent session after
-    # we read dovecot-keywords: it is not ours to drop (we cannot even name it).
     letters = {ch for ch in keep if ch not in FLAG_TO_LETTER.values()
-               and not ("a" <= ch <= "z" and ord(ch) - ord("a") in keywords)}
+               and not ("a" <= ch <= "z")}
     for flag in flags:
         if flag in FLAG_TO_LETTER:
             letters.add(FLAG_TO_LETTER[flag])

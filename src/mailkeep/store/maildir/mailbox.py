@@ -182,6 +182,10 @@ def store_flags(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
         for _ in range(RENAME_ATTEMPTS):
             sub, fname = location.split("/", 1)
             letters = uidlist.filename_flags(fname)
+            if any("a" <= ch <= "z" and ord(ch) - ord("a") not in keywords for ch in letters):
+                # A concurrent session allocated a keyword after we read dovecot-keywords and
+                # already put its letter on this file: learn it, or we would drop it.
+                keywords = mflags.read_keywords(path)
             current = mflags.from_info(letters, keywords)
             new = _apply(mode, current, given)
             target = mflags.to_info(new, keywords, keep=letters)
