@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
 # Installs what the tests need: the Python test extras, and swaks (+ Net::SSLeay), curl,
-# openssl, fetchmail and dovecot (for Maildir interop tests) from Debian when missing.
+# openssl, fetchmail, isync (mbsync) and dovecot (for Maildir interop tests) from Debian when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -14,6 +15,7 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # Dovecot, for the Maildir interop tests (doveadm reads and writes our Maildirs). The tests
 # run their own private instance; the system service is stopped if the package started it.
 command -v doveadm >/dev/null 2>&1 || missing+=(dovecot-core dovecot-imapd)

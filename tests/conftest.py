@@ -31,6 +31,17 @@ def daemon(tmp_path: Path, ca: trustme.CA, loop_kind: str) -> Iterator[RunningDa
 
 
 @pytest.fixture
+def imap_daemon(tmp_path: Path, ca: trustme.CA, loop_kind: str) -> Iterator[RunningDaemon]:
+    """The real daemon with the "imaps" (993-style) and "imap" (STARTTLS) listeners too."""
+    config = write_config(tmp_path, ca, imap_listeners=True)
+    running = start_thread_daemon(config, ca, loop_kind)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
 def make_daemon(tmp_path: Path, ca: trustme.CA) -> Iterator[object]:
     """A factory for daemons with custom limits: make_daemon(submission={...}, security={...})."""
     started: list[RunningDaemon] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
 from mailkeep.security import AuthThrottle, ConnectionBudget
-from mailkeep.server import pop3
+from mailkeep.server import imap, pop3
 from mailkeep.server.services import Services
 from mailkeep.server.submission import SubmissionSession
 from mailkeep.store.maildir import MaildirStore
@@ -130,6 +130,8 @@ class Daemon:
         factory: Callable[[], asyncio.Protocol] = submission_factory
         if lst.protocol == "pop3":
             factory = pop3.session_factory(services, lst, context)
+        elif lst.protocol == "imap":
+            factory = imap.session_factory(services, lst, context)
 
         implicit = lst.tls == "implicit"
         return await loop.create_server(

@@ -34,11 +34,12 @@ from mailkeep.tls.certs import (
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
-# submission (587), submissions (465), pop3s (995), pop3 with STLS (110, commented out)
-STANDARD_PORTS = (587, 465, 995, 110)
-UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110)
+# submission (587), submissions (465), pop3s (995), pop3 with STLS (110, commented out),
+# imaps (993), imap with STARTTLS (143, commented out)
+STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
+UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110, 10993, 10143)
 # What a healthy listener says first, by protocol.
-GREETINGS = {"submission": b"220", "pop3": b"+OK"}
+GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK"}
 
 
 class CliError(Exception):
@@ -76,7 +77,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or "data"
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
                   cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
-                  pop3_ports=ports[2:], hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
+                  pop3_ports=ports[2:4], imap_ports=ports[4:6],
+                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
     info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
                                rsa_bits=args.rsa_bits)
     config_path.write_text(text, encoding="utf-8")
@@ -93,7 +95,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {cert_path} ({info.key_type}, SAN {', '.join(info.names)}, "
           f"expires {info.not_after:%Y-%m-%d})")
     print(f"listeners: submission on port {ports[0]} (STARTTLS), submissions on {ports[1]} "
-          f"(TLS), pop3s on {ports[2]} (TLS)")
+          f"(TLS), pop3s on {ports[2]} (TLS), imaps on {ports[4]} (TLS)")
     if password is not None:
         print(f"demo account: login demo@{domains[0]}  password {password}")
         print("  (shown once; change it with `mailkeep user passwd demo`)")
@@ -330,7 +332,7 @@ def cmd_health(args: argparse.Namespace) -> int:
                     greeting = sock.recv(512)
                     if not greeting.startswith(GREETINGS[lst.protocol]):
                         raise OSError(f"unexpected greeting {greeting[:60]!r}")
-                    sock.sendall(b"QUIT\r\n")
+                    sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap" else b"QUIT\r\n")
                 print(f"ok {lst.name} {addr}")
             except OSError as exc:
                 print(f"FAIL {lst.name} {addr}: {exc}")

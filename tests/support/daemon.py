@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import json
 import os
 import poplib
@@ -57,8 +58,10 @@ def toml_value(v: Any) -> str:
 def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | None = None,
                  security: dict[str, Any] | None = None, extra_top: dict[str, Any] | None = None,
                  bind_host: str = "127.0.0.1", pop3_listeners: bool = False,
-                 pop3: dict[str, Any] | None = None) -> Path:
-    """pop3_listeners: also "pop3s" (implicit TLS) and "pop3" (STLS) listeners; pop3: [pop3]."""
+                 pop3: dict[str, Any] | None = None, imap_listeners: bool = False,
+                 imap: dict[str, Any] | None = None) -> Path:
+    """pop3_listeners: also "pop3s" (implicit TLS) and "pop3" (STLS) listeners; pop3: [pop3].
+    imap_listeners: also "imaps" (implicit TLS) and "imap" (STARTTLS); imap: [imap]."""
     certs = root / "certs"
     certs.mkdir(parents=True, exist_ok=True)
     leaf = ca.issue_cert(HOSTNAME, "localhost", "127.0.0.1")
@@ -82,6 +85,15 @@ def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | Non
         lines.insert(lines.index("[security]"), "[pop3]")
         lines[lines.index("[pop3]") + 1:lines.index("[pop3]") + 1] = [
             f"{k} = {toml_value(v)}" for k, v in pop3.items()]
+    if imap is not None:
+        lines.insert(lines.index("[security]"), "[imap]")
+        lines[lines.index("[imap]") + 1:lines.index("[imap]") + 1] = [
+            f"{k} = {toml_value(v)}" for k, v in imap.items()]
+    if imap_listeners:
+        lines += ["[listeners.imaps]", 'protocol = "imap"', 'tls = "implicit"',
+                  f'bind = ["{bind_host}:0"]',
+                  "[listeners.imap]", 'protocol = "imap"', 'tls = "starttls"',
+                  f'bind = ["{bind_host}:0"]']
     if pop3_listeners:
         lines += ["[listeners.pop3s]", 'protocol = "pop3"', 'tls = "implicit"',
                   f'bind = ["{bind_host}:0"]',
@@ -138,6 +150,23 @@ class RunningDaemon:
     def pop3(self, timeout: float = 10) -> poplib.POP3:
         """poplib on the STLS listener, before STLS."""
         return poplib.POP3("127.0.0.1", self.pop3_port, timeout=timeout)
+
+    @property
+    def imaps_port(self) -> int:
+        return self.ports["imaps"]
+
+    @property
+    def imap_port(self) -> int:
+        return self.ports["imap"]
+
+    def imaps(self, timeout: float = 10) -> imaplib.IMAP4_SSL:
+        """imaplib on the implicit-TLS listener; the certificate (SAN 127.0.0.1) is verified."""
+        return imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, timeout=timeout,
+                                 ssl_context=self.client_context())
+
+    def imap(self, timeout: float = 10) -> imaplib.IMAP4:
+        """imaplib on the STARTTLS listener, before STARTTLS."""
+        return imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=timeout)
 
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()

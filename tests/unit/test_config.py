@@ -325,9 +325,10 @@ def test_listener_own_pair_resolved_relative_to_config(tmp_path: Path) -> None:
 RESERVED = [p for p in get_args(Protocol) if p not in IMPLEMENTED_PROTOCOLS]
 
 
-def test_imap_is_still_reserved() -> None:
-    assert "imap" in RESERVED
-    assert "submission" in IMPLEMENTED_PROTOCOLS
+def test_every_protocol_is_implemented() -> None:
+    # issue 4: imap was the last reserved protocol name.
+    assert RESERVED == []
+    assert {"submission", "pop3", "imap"} <= IMPLEMENTED_PROTOCOLS
 
 
 @pytest.mark.parametrize("protocol", RESERVED)

@@ -15,6 +15,7 @@ from mailkeep.config.model import (
     BindAddress,
     Config,
     DirectoryConfig,
+    ImapConfig,
     ListenerConfig,
     Pop3Config,
     Protocol,
@@ -25,9 +26,11 @@ from mailkeep.config.model import (
 )
 
 # Protocols that this version can serve; the others are reserved names in the schema.
-IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "pop3"})
+IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "pop3", "imap"})
 # RFC 2449 §4: clients may send POP3 commands of up to 255 octets including CRLF.
 MIN_POP3_LINE_LENGTH = 255
+# RFC 7162 §4: IMAP servers SHOULD accept command lines of at least 8192 octets.
+MIN_IMAP_LINE_LENGTH = 8192
 # RFC 1123 §2.1 host names: labels of letters, digits and inner hyphens, 253 octets in all.
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
@@ -35,7 +38,7 @@ _LISTENER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
-             "submission", "security", "pop3", "log_level", "shutdown_grace"}
+             "submission", "security", "pop3", "imap", "log_level", "shutdown_grace"}
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key"}
 
@@ -211,6 +214,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if pop3.max_line_length < MIN_POP3_LINE_LENGTH:
         r.problem("pop3.max_line_length", f"must be at least {MIN_POP3_LINE_LENGTH} "
                   f"(RFC 2449 §4), got {pop3.max_line_length}")
+    imap = _positive_record(r, ImapConfig, r.table(raw, "imap"), "imap.")
+    if imap.max_line_length < MIN_IMAP_LINE_LENGTH:
+        r.problem("imap.max_line_length", f"must be at least {MIN_IMAP_LINE_LENGTH} "
+                  f"(RFC 7162 §4), got {imap.max_line_length}")
 
     log_level = r.get(raw, "log_level", str, "", "info") or "info"
     if log_level not in _LOG_LEVELS:
@@ -225,7 +232,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
-        pop3=pop3, log_level=log_level, shutdown_grace=grace,
+        pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace,
     )
 
 

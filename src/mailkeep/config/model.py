@@ -45,6 +45,17 @@ DEFAULT_POP3_MAX_ERRORS = 20
 # RFC 2449 §4 says 255 octets per command; SASL responses are exempt (RFC 5034 §4); Dovecot
 # accepts 2048 (proto.pop3.machine.MAX_LINE_OCTETS has the full provenance).
 DEFAULT_POP3_MAX_LINE_LENGTH = 2048
+# RFC 3501 §5.4: an IMAP autologout timer MUST be at least 30 minutes.
+DEFAULT_IMAP_IDLE_TIMEOUT = 1800.0
+# Dovecot imap CLIENT_MAX_BAD_COMMANDS is 20: BAD replies in a row before "* BYE".
+DEFAULT_IMAP_MAX_ERRORS = 20
+# Dovecot imap_max_line_length is 64 KiB (proto.imap.receiver.MAX_LINE_OCTETS has the
+# provenance): octets of command text, literal data not counted.
+DEFAULT_IMAP_MAX_LINE_LENGTH = 65_536
+# The APPEND literal is the message: the same 25 MiB as submission's max_message_size.
+DEFAULT_IMAP_MAX_LITERAL_SIZE = DEFAULT_MAX_MESSAGE_SIZE
+# Dovecot mail_max_userip_connections is 10 (per user and address); we count per user.
+DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,15 @@ class Pop3Config:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapConfig:
+    idle_timeout: float = DEFAULT_IMAP_IDLE_TIMEOUT
+    max_errors: int = DEFAULT_IMAP_MAX_ERRORS
+    max_line_length: int = DEFAULT_IMAP_MAX_LINE_LENGTH
+    max_literal_size: int = DEFAULT_IMAP_MAX_LITERAL_SIZE
+    max_connections_per_user: int = DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
@@ -121,6 +141,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    imap: ImapConfig = field(default_factory=ImapConfig)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 

@@ -49,6 +49,14 @@ path = "users.toml"
 # max_errors = 20               # failed commands in a row before the session is closed
 # max_line_length = 2048        # octets per command line incl. CRLF (at least 255, RFC 2449)
 
+[imap]
+# idle_timeout = 1800.0         # seconds without input before a session is logged out
+#                               # (RFC 3501 §5.4: at least 30 minutes)
+# max_errors = 20               # BAD commands in a row before the session is closed
+# max_line_length = 65536       # octets of command text (literals not counted; >= 8192)
+# max_literal_size = 26214400   # bytes: the largest APPEND (NO [TOOBIG] beyond it)
+# max_connections_per_user = 10 # simultaneous IMAP sessions of one account
+
 [security]
 # Failed logins are counted per client address (never per account, so nobody can lock a
 # real user out). After auth_failures_before_delay failures, each attempt waits
@@ -64,7 +72,7 @@ path = "users.toml"
 # max_connections = 1000        # all clients together
 # max_connections_per_ip = 20   # one client address
 
-# Listeners: each has a name, a protocol (submission or pop3; imap comes later), a TLS mode
+# Listeners: each has a name, a protocol (submission, imap or pop3), a TLS mode
 # and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may name its
 # own cert and key. AUTH is only ever offered inside TLS.
 
@@ -81,7 +89,7 @@ tls = "implicit"
 bind = [{bind_465}]
 # cert = "certs/submissions.crt"   # optional: this listener's own certificate
 # key = "certs/submissions.key"
-{pop3_listeners}"""
+{pop3_listeners}{imap_listeners}"""
 
 POP3_LISTENERS = """
 # Port 995: POP3 inside TLS from the first byte (RFC 8314 "pop3s"). USER/PASS and
@@ -100,20 +108,41 @@ bind = [{bind_995}]
 # bind = [{bind_110}]
 """
 
+IMAP_LISTENERS = """
+# Port 993: IMAP inside TLS from the first byte (RFC 8314 "imaps"). LOGIN and
+# AUTHENTICATE PLAIN/LOGIN are offered only inside TLS.
+[listeners.imaps]
+protocol = "imap"
+tls = "implicit"
+bind = [{bind_993}]
+
+# Port 143 with STARTTLS (RFC 3501 §6.2.1) is off by default: before STARTTLS the server
+# says LOGINDISABLED and refuses LOGIN and AUTHENTICATE. To serve old clients, uncomment:
+# [listeners.imap]
+# protocol = "imap"
+# tls = "starttls"
+# bind = [{bind_143}]
+"""
+
 
 def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: str,
            ports: tuple[int, int], hosts: tuple[str, ...] = ("0.0.0.0", "[::]"),
            config_name: str = "mailkeep.toml",
-           pop3_ports: tuple[int, ...] | None = None) -> str:
-    """`pop3_ports` (implicit TLS, STLS example): add the POP3 listeners, e.g. (995, 110)."""
+           pop3_ports: tuple[int, ...] | None = None,
+           imap_ports: tuple[int, ...] | None = None) -> str:
+    """`pop3_ports` (implicit TLS, STLS example): add the POP3 listeners, e.g. (995, 110);
+    `imap_ports` likewise for IMAP, e.g. (993, 143)."""
     def binds(port: int) -> str:
         return ", ".join(f'"{h}:{port}"' for h in hosts)
 
     pop3 = ""
     if pop3_ports is not None:
         pop3 = POP3_LISTENERS.format(bind_995=binds(pop3_ports[0]), bind_110=binds(pop3_ports[1]))
+    imap = ""
+    if imap_ports is not None:
+        imap = IMAP_LISTENERS.format(bind_993=binds(imap_ports[0]), bind_143=binds(imap_ports[1]))
     return TEMPLATE.format(
-        pop3_listeners=pop3,
+        pop3_listeners=pop3, imap_listeners=imap,
         hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
         cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
         config_name=config_name,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailkeep.config.model import Config
 from mailkeep.directory.base import UserDirectory
+from mailkeep.proto.imap.mimecache import MimeCache
 from mailkeep.security import AuthThrottle, ConnectionBudget
 from mailkeep.store.base import MailStore
 
@@ -30,3 +32,6 @@ class Services:
     budget: ConnectionBudget
     sessions: set[Any] = field(default_factory=set)
     stopping: bool = False
+    # IMAP: parsed messages shared by all sessions, and open sessions per account.
+    mime_cache: MimeCache = field(default_factory=MimeCache)
+    imap_users: Counter[str] = field(default_factory=Counter)

@@ -186,6 +186,11 @@ class ImapStore(Protocol):
 
     async def claim_recent(self, account: str, folder: str) -> set[int]: ...
 
+    async def uidvalidity(self, account: str, folder: str) -> int:
+        """The folder's UIDVALIDITY alone (RFC 4315 APPENDUID/COPYUID), cheaper than a
+        snapshot: the index header is read, the message files are not listed."""
+        ...
+
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
         ...

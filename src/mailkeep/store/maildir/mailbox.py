@@ -29,6 +29,7 @@ from mailkeep.store.base import (
     MessageGone,
     MessageRecord,
     NoSuchFolder,
+    StoreError,
 )
 from mailkeep.store.maildir import flags as mflags
 from mailkeep.store.maildir import folders, uidlist
@@ -135,6 +136,14 @@ def claim_recent(root: Path, name: str) -> set[int]:
 
 def _uid_map(index: uidlist.Uidlist) -> dict[int, str]:
     return {rec.uid: rec.base for rec in index.records.values()}
+
+
+def uidvalidity(root: Path, name: str) -> int:
+    path = open_folder(root, name)  # gives the folder its index if it has none
+    index = uidlist.read(path)
+    if index is None:
+        raise StoreError(f"{uidlist.UIDLIST_NAME} of {name} vanished")
+    return index.uidvalidity
 
 
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],

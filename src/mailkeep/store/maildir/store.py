@@ -244,6 +244,9 @@ class MaildirStore:
         """Move new/ to cur/; the UIDs that are \\Recent for the caller alone."""
         return await self._run(mailbox.claim_recent, self.root(account), folder)
 
+    async def uidvalidity(self, account: str, folder: str) -> int:
+        return await self._run(mailbox.uidvalidity, self.root(account), folder)
+
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
         """APPEND, durably; returns the new UID. NoSuchFolder ([TRYCREATE]), KeywordLimit."""

@@ -249,6 +249,9 @@ class MemoryStore:
             m.recent = False
         return claimed
 
+    async def uidvalidity(self, account: str, folder: str) -> int:
+        return self._open(account, folder).uidvalidity
+
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
         wanted = flag_set(flags)

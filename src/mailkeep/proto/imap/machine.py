@@ -1,0 +1,389 @@
+"""The IMAP4rev1 server (RFC 3501) as a sans-IO state machine: framing, parsing, the
+per-state command table, TLS and authentication dialogues, and the bad-command budget.
+
+    m = ImapMachine(tls_active=True, starttls_offered=False)
+    write(m.greeting())
+    m.receive_data(bytes_from_socket)          # b"" means end of input
+    while (ev := m.next_event()) is not NEED_DATA:
+        Reply / AuthRequest / StartTls / Execute / Close   (see events.py)
+
+Where the work is split (DESIGN.md: "a protocol machine never reaches into storage; it
+asks, the driver answers"): IMAP has some twenty store-touching commands, each needing
+several store calls (SELECT: snapshot + claim_recent; FETCH: one read per message; every
+command in the selected state: a re-snapshot to report EXISTS/EXPUNGE/FETCH). One request
+event per store call would make this module a hand-written coroutine scheduler. Instead
+the machine does everything that is protocol and no storage: it frames input (receiver),
+parses (grammar), checks the state table (parse, then validate, then execute: habit 2),
+runs CAPABILITY / NOOP / LOGOUT / STARTTLS / LOGIN / AUTHENTICATE / NAMESPACE itself and
+hands every other command to the driver as one `Execute` request. The driver's executor
+(server/imap_commands.py) runs it against the store using the pure helpers here
+(mailboxview.py for the session's sequence numbers, fetch.py for FETCH data, listing.py
+for LIST patterns, render.py for bytes) and answers with `executed()`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from mailkeep.proto import sasl
+from mailkeep.proto.imap import receiver as rx
+from mailkeep.proto.imap.events import (
+    NEED_DATA,
+    PAUSED,
+    AuthRequest,
+    Close,
+    Event,
+    Execute,
+    Reply,
+    StartTls,
+    State,
+)
+from mailkeep.proto.imap.grammar import (
+    COMMAND_NAMES,
+    Authenticate,
+    CommandType,
+    Login,
+    ParseError,
+    parse_command,
+)
+from mailkeep.proto.imap.render import (
+    continuation,
+    continuation_data,
+    tagged,
+    untagged,
+    untagged_status,
+)
+
+IMPLEMENTATION = "mailkeep"
+# Dovecot imap CLIENT_MAX_BAD_COMMANDS: 20 BAD replies in a row end the session.
+MAX_BAD_COMMANDS = 20
+MECHANISMS = ("PLAIN", "LOGIN")
+HIERARCHY_DELIMITER = "."
+
+# RFC 3501 §6.1-6.4: the commands valid in each state (habit 2: checked before dispatch).
+_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
+_AUTHENTICATED = _ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
+                         "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND",
+                         "NAMESPACE"}  # RFC 2342
+COMMANDS_BY_STATE: dict[State, frozenset[str]] = {
+    State.NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
+    State.AUTHENTICATED: _AUTHENTICATED,
+    State.SELECTED: _AUTHENTICATED | {"CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
+                                      "STORE", "COPY", "UNSELECT"},  # RFC 3691 UNSELECT
+    State.LOGOUT: frozenset(),
+}
+SUPPORTED = frozenset().union(*COMMANDS_BY_STATE.values())
+
+# RFC 5530 response codes.
+PRIVACYREQUIRED = "PRIVACYREQUIRED"
+AUTHENTICATIONFAILED = "AUTHENTICATIONFAILED"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class _Sasl:
+    tag: str
+    mechanism: str
+    login: str | None = None  # LOGIN mechanism: the user name, once given
+
+
+def command_word(partial: bytes) -> str:
+    """The command name of a partly received command ("a1 APPEND ..." -> "APPEND")."""
+    words = partial.split(b" ", 2)
+    if len(words) < 2:
+        return ""
+    word = words[1].split(b"\r", 1)[0].split(b"{", 1)[0]
+    return word.decode("ascii", "replace").upper()
+
+
+class ImapMachine:
+    def __init__(self, *, tls_active: bool, starttls_offered: bool,
+                 max_line: int = rx.MAX_LINE_OCTETS, max_literal: int = rx.MAX_LITERAL_OCTETS,
+                 max_errors: int = MAX_BAD_COMMANDS) -> None:
+        self.tls_active = tls_active
+        self.starttls_offered = starttls_offered
+        self.max_errors = max_errors
+        self.receiver = rx.Receiver(max_line=max_line, max_literal=max_literal)
+        self.state = State.NOT_AUTHENTICATED
+        self.account: str | None = None
+        self.errors = 0          # BAD replies in a row
+        self.total_errors = 0
+        self.commands = 0
+        self.closed = False
+        self._events: deque[Event] = deque()
+        self._waiting: type | None = None
+        self._sasl: _Sasl | None = None
+
+    # -- input ----------------------------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        return untagged_status("OK", f"{IMPLEMENTATION} IMAP4rev1 ready.",
+                               "CAPABILITY " + " ".join(self.capabilities()))
+
+    def receive_data(self, data: bytes) -> None:
+        if not self.closed:
+            self.receiver.feed(data)
+
+    @property
+    def pending_input(self) -> int:
+        return self.receiver.pending_input
+
+    def next_event(self) -> Event:
+        while True:
+            if self._events:
+                event = self._events.popleft()
+                if isinstance(event, Close):
+                    self.closed = True
+                    self.state = State.LOGOUT
+                    self._events.clear()
+                return event
+            if self.closed:
+                return NEED_DATA
+            if self._waiting is not None:
+                return PAUSED
+            ev = self.receiver.next_event()
+            if ev is rx.NEED_DATA:
+                return NEED_DATA
+            if isinstance(ev, rx.Command):
+                self._command(ev)
+            elif isinstance(ev, rx.LiteralRequest):
+                self._literal(ev)
+            elif isinstance(ev, rx.Line):
+                self._sasl_step(ev.data)
+            elif isinstance(ev, rx.FramingError):
+                self._framing_error(ev)
+            elif isinstance(ev, rx.EndOfInput):
+                self._events.append(Close("connection closed by client"))
+            else:  # receiver PAUSED: every LiteralRequest is decided at once
+                raise RuntimeError(f"receiver paused unexpectedly: {ev!r}")
+
+    # -- output helpers -------------------------------------------------------------------
+
+    def _reply(self, data: bytes) -> None:
+        self._events.append(Reply(data))
+
+    def _tagged(self, tag: str | None, status: str, text: str,
+                code: str | None = None) -> None:
+        if tag is None:
+            self._reply(untagged_status(status, text, code))
+        else:
+            self._reply(tagged(tag, status, text, code))
+        self._count(status)
+
+    def _count(self, status: str) -> None:
+        if status != "BAD":
+            self.errors = 0
+            return
+        self.errors += 1
+        self.total_errors += 1
+        if self.errors >= self.max_errors:
+            self._reply(untagged_status("BYE", "Too many invalid commands."))
+            self._events.append(Close("too many bad commands"))
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
+                "UIDPLUS"]
+        if self.state is State.NOT_AUTHENTICATED:
+            if not self.tls_active and self.starttls_offered:
+                # RFC 3501 §6.2.1 / §6.2.3: STARTTLS, and LOGINDISABLED before TLS.
+                caps += ["STARTTLS", "LOGINDISABLED"]
+            if self._login_allowed():
+                caps += [f"AUTH={m}" for m in MECHANISMS]
+        return caps
+
+    def _login_allowed(self) -> bool:
+        # RFC 8314 §3 / RFC 3501 §6.2.3: credentials only inside TLS.
+        return self.tls_active
+
+    # -- framing events -------------------------------------------------------------------
+
+    def _framing_error(self, ev: rx.FramingError) -> None:
+        self._sasl = None
+        if ev.fault is rx.FramingFault.LITERAL_TOO_LARGE and not ev.fatal:
+            # RFC 7889 §4: a refusal, not a syntax error.
+            self._tagged(ev.tag, "NO", ev.message, ev.code)
+        else:
+            self._tagged(ev.tag, "BAD", ev.message, ev.code)
+        if ev.fatal:
+            self._events.append(Close("over-large non-synchronizing literal"))
+
+    def _literal(self, ev: rx.LiteralRequest) -> None:
+        """RFC 3501 §7.5: "+" to go ahead, or NO/BAD instead (the client then sends none)."""
+        name = command_word(ev.partial)
+        refusal: tuple[str, str, str | None] | None = None
+        if ev.tag is None:
+            refusal = ("BAD", "Missing or invalid tag.", None)
+        elif name == "UID":
+            refusal = None
+        elif name not in COMMAND_NAMES or name not in SUPPORTED:
+            refusal = ("BAD", "Unknown command.", None)
+        elif name not in COMMANDS_BY_STATE[self.state]:
+            refusal = ("BAD", f"{name} not allowed in the {self.state.value} state.", None)
+        elif name in ("LOGIN", "AUTHENTICATE") and not self._login_allowed():
+            refusal = ("NO", "Login only after STARTTLS.", PRIVACYREQUIRED)
+        if refusal is None:
+            self._reply(continuation("Ready for literal data"))
+            self.receiver.accept_literal()
+            return
+        self.receiver.refuse_literal()
+        self._tagged(ev.tag, *refusal)
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _command(self, ev: rx.Command) -> None:
+        self.commands += 1
+        try:
+            command = parse_command(ev.data)
+        except ParseError as exc:
+            self._tagged(exc.tag, exc.status, exc.message, exc.code)
+            return
+        name = command.name
+        if name not in SUPPORTED:
+            self._tagged(command.tag, "BAD", f"{name} is not supported.")
+            return
+        if name not in COMMANDS_BY_STATE[self.state]:
+            self._tagged(command.tag, "BAD", f"{name} not allowed in the {self.state.value} "
+                                             "state.")
+            return
+        handler = getattr(self, f"_cmd_{name.lower()}", None)
+        if handler is not None:
+            handler(command)
+        elif name == "NOOP" and self.state is not State.SELECTED:
+            self._tagged(command.tag, "OK", "NOOP completed.")
+        else:
+            self._wait(Execute(command))
+
+    def _wait(self, request: AuthRequest | StartTls | Execute) -> None:
+        self._events.append(request)
+        self._waiting = type(request)
+
+    def _cmd_capability(self, command: CommandType) -> None:
+        self._reply(untagged("CAPABILITY " + " ".join(self.capabilities())))
+        self._tagged(command.tag, "OK", "CAPABILITY completed.")
+
+    def _cmd_logout(self, command: CommandType) -> None:
+        # RFC 3501 §6.1.3: BYE, then the tagged OK, then close.
+        self._reply(untagged_status("BYE", f"{IMPLEMENTATION} logging out."))
+        self._tagged(command.tag, "OK", "LOGOUT completed.")
+        self._events.append(Close("logout"))
+
+    def _cmd_namespace(self, command: CommandType) -> None:
+        # RFC 2342: one personal namespace, no prefix, "." as delimiter.
+        self._reply(untagged("NAMESPACE", [["", HIERARCHY_DELIMITER]], None, None))
+        self._tagged(command.tag, "OK", "NAMESPACE completed.")
+
+    def _cmd_starttls(self, command: CommandType) -> None:
+        if self.tls_active or not self.starttls_offered:
+            self._tagged(command.tag, "BAD", "TLS is already active." if self.tls_active
+                         else "STARTTLS is not available here.")
+            return
+        if self.receiver.pending_input:
+            # RFC 3501 §6.2.1 + habit 9: plaintext pipelined behind STARTTLS never runs.
+            self._tagged(command.tag, "BAD", "Commands pipelined behind STARTTLS refused.")
+            self._events.append(Close("plaintext pipelined behind STARTTLS"))
+            return
+        self._wait(StartTls(tagged(command.tag, "OK", "Begin TLS negotiation now.")))
+
+    def _cmd_login(self, command: CommandType) -> None:
+        assert isinstance(command, Login)
+        if not self._login_allowed():
+            # RFC 3501 §6.2.3: LOGINDISABLED; RFC 5530 PRIVACYREQUIRED.
+            self._tagged(command.tag, "NO", "Login only after STARTTLS.", PRIVACYREQUIRED)
+            return
+        self._wait(AuthRequest(command.tag, sasl.Credentials("", command.userid,
+                                                             command.password), "LOGIN"))
+
+    def _cmd_authenticate(self, command: CommandType) -> None:
+        assert isinstance(command, Authenticate)
+        if not self._login_allowed():
+            self._tagged(command.tag, "NO", "Authentication only after STARTTLS.",
+                         PRIVACYREQUIRED)
+            return
+        if command.mechanism not in MECHANISMS:
+            self._tagged(command.tag, "NO", "Unsupported authentication mechanism.")
+            return
+        self._sasl = _Sasl(command.tag, command.mechanism)
+        if command.initial_response is not None:  # RFC 4959 SASL-IR
+            self._sasl_message(command.initial_response)
+            return
+        # RFC 3501 §6.2.2: an empty challenge for PLAIN; LOGIN asks for the user name.
+        self._reply(continuation_data(b"" if command.mechanism == "PLAIN" else b"Username:"))
+        self.receiver.expect_line()
+
+    def _sasl_step(self, line: bytes) -> None:
+        if self._sasl is None:  # a machine bug: no Line without expect_line()
+            raise RuntimeError("SASL line without an AUTHENTICATE in progress")
+        if line == b"*":
+            tag, self._sasl = self._sasl.tag, None
+            self._tagged(tag, "BAD", "AUTHENTICATE cancelled.")  # RFC 3501 §6.2.2
+            return
+        try:
+            raw = sasl.decode_base64(line)
+        except sasl.SaslError:
+            tag, self._sasl = self._sasl.tag, None
+            self._tagged(tag, "BAD", "Invalid base64 in the SASL response.")
+            return
+        self._sasl_message(raw)
+
+    def _sasl_message(self, raw: bytes) -> None:
+        state = self._sasl
+        assert state is not None
+        try:
+            if state.mechanism == "PLAIN":
+                creds = sasl.parse_plain(raw)
+            elif state.login is None:
+                state.login = sasl.parse_login_field(raw, "login")
+                self._reply(continuation_data(b"Password:"))
+                self.receiver.expect_line()
+                return
+            else:
+                creds = sasl.Credentials("", state.login,
+                                         sasl.parse_login_field(raw, "password"))
+        except sasl.SaslError as exc:
+            self._sasl = None
+            self._tagged(state.tag, "BAD", f"Malformed {state.mechanism} response: {exc}.")
+            return
+        self._sasl = None
+        self._wait(AuthRequest(state.tag, creds, state.mechanism))
+
+    # -- answers from the driver ----------------------------------------------------------
+
+    def _resume(self, expected: type) -> None:
+        if self._waiting is not expected:
+            raise RuntimeError(f"no {expected.__name__} outstanding")  # a driver bug
+        self._waiting = None
+
+    def auth_succeeded(self, tag: str, account: str) -> None:
+        self._resume(AuthRequest)
+        self.state = State.AUTHENTICATED
+        self.account = account
+        self._tagged(tag, "OK", "Logged in.", "CAPABILITY " + " ".join(self.capabilities()))
+
+    def auth_failed(self, tag: str, code: str | None, text: str) -> None:
+        """code: AUTHENTICATIONFAILED (bad credentials), UNAVAILABLE (ours / limits)."""
+        self._resume(AuthRequest)
+        self._tagged(tag, "NO", text, code)
+
+    def tls_started(self) -> None:
+        """RFC 3501 §6.2.1: the client must ask for CAPABILITY again; nothing carries over."""
+        self._resume(StartTls)
+        self.tls_active = True
+        self.errors = 0
+
+    def tls_failed(self) -> None:
+        self._resume(StartTls)
+        self._events.append(Close("TLS handshake failed"))
+
+    def executed(self, data: bytes, status: str, state: State | None = None,
+                 close: str | None = None) -> None:
+        """The executor ran the command: `data` is its tagged line (untagged data went out
+        already), `state` the new state if it changed, `close` a reason to end the session
+        (after an untagged BYE in `data`)."""
+        self._resume(Execute)
+        if state is not None:
+            self.state = state
+        self._reply(data)
+        self._count(status)
+        if close is not None:
+            self._events.append(Close(close))

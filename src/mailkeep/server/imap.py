@@ -1,0 +1,289 @@
+"""IMAP driver (RFC 3501): 993 implicit TLS (RFC 8314), 143 + STARTTLS if enabled.
+
+Feeds bytes to proto.imap.ImapMachine and carries out its requests: credentials against
+the directory (off the loop, throttled, per-user session limit), the one STARTTLS path
+(server/starttls.py), and every store command through server/imap_commands.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import cast
+
+from mailkeep.config.model import ListenerConfig
+from mailkeep.directory.base import Account
+from mailkeep.proto.imap.events import (
+    NEED_DATA,
+    AuthRequest,
+    Close,
+    Execute,
+    Reply,
+    StartTls,
+)
+from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, UNAVAILABLE, ImapMachine
+from mailkeep.proto.imap.render import tagged, untagged_status
+from mailkeep.security.throttle import Verdict
+from mailkeep.server import starttls
+from mailkeep.server.imap_commands import ImapExecutor
+from mailkeep.server.services import Services, new_connection_id
+from mailkeep.store.base import ImapStore
+
+log = logging.getLogger("mailkeep.imap")
+
+# Bytes per read from the socket; the receiver bounds lines and literals itself.
+READ_SIZE = 64 * 1024
+SHUTDOWN_REPLY = untagged_status("BYE", "Server shutting down, try again later.")
+# RFC 3501 §5.4: autologout after (at least 30 minutes of) inactivity, with a BYE.
+IDLE_REPLY = untagged_status("BYE", "Autologout; idle for too long.")
+
+
+def _tls_version(writer: asyncio.StreamWriter) -> str | None:
+    obj = writer.get_extra_info("ssl_object")
+    return None if obj is None else (obj.version() or "TLS")
+
+
+class _Finished(Exception):
+    """The session ends now (reason in args[0])."""
+
+
+class ImapSession:
+    """One client connection."""
+
+    def __init__(self, services: Services, listener: ListenerConfig,
+                 tls_context: ssl.SSLContext) -> None:
+        self.services = services
+        self.listener = listener
+        self.front_context = tls_context
+        self.conn_id = new_connection_id()
+        self.peer_ip = "?"
+        self.started = time.monotonic()
+        self.account: Account | None = None
+        self.tls: str | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading = False
+        self.stopping = False
+        self.closed = False
+        self.machine: ImapMachine | None = None
+        self.executor: ImapExecutor | None = None
+        self.bytes_out = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "?"
+        services = self.services
+        refusal = services.budget.acquire(self.peer_ip)
+        if refusal or services.stopping:
+            reason = refusal or "service shutting down"
+            log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id, self.peer_ip,
+                        self.listener.name, reason)
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(untagged_status("BYE", f"{reason}, try again later.",
+                                             UNAVAILABLE))
+                writer.close()
+            return
+        services.sessions.add(self)
+        self.tls = _tls_version(writer)
+        reason = "closed"
+        try:
+            await self._serve(reader, writer)
+        except _Finished as done:
+            reason = str(done.args[0])
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception:
+            # Ours, not the client's: logged with the connection id, generic reply.
+            log.exception("conn=%s internal error", self.conn_id)
+            reason = "internal error"
+            with contextlib.suppress(Exception):
+                writer.write(untagged_status("BYE", "Internal error, try again later.",
+                                             UNAVAILABLE))
+        finally:
+            self._finish(writer, reason)
+
+    def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            writer.close()
+        services = self.services
+        services.sessions.discard(self)
+        services.budget.release(self.peer_ip)
+        if self.account is not None:
+            services.imap_users[self.account.name] -= 1
+            if services.imap_users[self.account.name] <= 0:
+                del services.imap_users[self.account.name]
+        m = self.machine
+        log.info("conn=%s imap close peer=%s listener=%s tls=%s user=%s commands=%d "
+                 "errors=%d bytes=%d reason=%s duration=%.3fs", self.conn_id, self.peer_ip,
+                 self.listener.name, self.tls or "none",
+                 self.account.name if self.account else "-", m.commands if m else 0,
+                 m.total_errors if m else 0, self.bytes_out, reason,
+                 time.monotonic() - self.started)
+
+    def shutdown(self) -> None:
+        """Daemon stopping: BYE and close now if waiting for a command, else after the
+        command in flight."""
+        self.stopping = True
+        if self.reading and self.writer is not None and not self.closed:
+            with contextlib.suppress(Exception):
+                self.writer.write(SHUTDOWN_REPLY)
+                self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.bytes_out += len(data)
+        self.writer.write(data)
+
+    async def _drain(self) -> None:
+        assert self.writer is not None
+        try:
+            async with asyncio.timeout(self.services.config.imap.idle_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise _Finished("idle timeout while sending") from None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cfg = self.services.config.imap
+        machine = self.machine = ImapMachine(
+            tls_active=self.listener.tls == "implicit",
+            starttls_offered=self.listener.tls == "starttls",
+            max_line=cfg.max_line_length, max_literal=cfg.max_literal_size,
+            max_errors=cfg.max_errors)
+        self._write(machine.greeting())
+        while True:
+            event = machine.next_event()
+            if event is NEED_DATA:
+                if self.stopping:
+                    self._write(SHUTDOWN_REPLY)
+                    raise _Finished("shutdown")
+                await self._drain()
+                machine.receive_data(await self._read(reader, cfg.idle_timeout))
+            elif isinstance(event, Reply):
+                self._write(event.data)
+            elif isinstance(event, AuthRequest):
+                await self._authenticate(machine, event)
+            elif isinstance(event, StartTls):
+                await self._starttls(machine, event, reader, writer)
+            elif isinstance(event, Execute):
+                await self._execute(machine, event)
+            elif isinstance(event, Close):
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self._drain()
+                raise _Finished(event.reason)
+            else:  # PAUSED: a request was not answered (a bug in this driver)
+                raise RuntimeError(f"machine paused unexpectedly: {event!r}")
+
+    async def _read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
+        self.reading = True
+        try:
+            async with asyncio.timeout(timeout):
+                return await reader.read(READ_SIZE)
+        except TimeoutError:
+            self._write(IDLE_REPLY)
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._drain()
+            raise _Finished("idle timeout") from None
+        finally:
+            self.reading = False
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _authenticate(self, machine: ImapMachine, request: AuthRequest) -> None:
+        services = self.services
+        creds = request.credentials
+        verdict, wait = services.throttle.check(self.peer_ip)
+        if verdict is Verdict.BLOCKED:
+            log.warning("conn=%s auth refused: %s is blocked for %.0fs more", self.conn_id,
+                        self.peer_ip, wait)
+            machine.auth_failed(request.tag, UNAVAILABLE, "Too many failed logins from your "
+                                                          "address, try again later.")
+            return
+        if wait:
+            await asyncio.sleep(wait)
+        account = await services.directory.authenticate(creds.login, creds.password)
+        authzid = creds.authzid.lower()
+        if account is not None and authzid and authzid not in (creds.login.lower(), account.name) \
+                and not account.owns(authzid):
+            account = None  # RFC 4616 §2: nobody acts for another user
+        if account is None:
+            services.throttle.failure(self.peer_ip)
+            log.warning("conn=%s imap auth failed peer=%s mechanism=%s login=%r", self.conn_id,
+                        self.peer_ip, request.mechanism, creds.login[:64])
+            machine.auth_failed(request.tag, AUTHENTICATIONFAILED, "Authentication failed.")
+            return
+        limit = services.config.imap.max_connections_per_user
+        if services.imap_users[account.name] >= limit:
+            log.warning("conn=%s imap login of %s refused: %d sessions open", self.conn_id,
+                        account.name, limit)
+            machine.auth_failed(request.tag, UNAVAILABLE, "Too many sessions for this user.")
+            return
+        services.imap_users[account.name] += 1
+        self.account = account
+        self.executor = ImapExecutor(cast(ImapStore, services.store), account.name,
+                                     services.mime_cache, self._write, self._drain,
+                                     conn_id=self.conn_id)
+        log.info("conn=%s imap login user=%s peer=%s mechanism=%s", self.conn_id,
+                 account.name, self.peer_ip, request.mechanism)
+        machine.auth_succeeded(request.tag, account.name)
+
+    async def _starttls(self, machine: ImapMachine, request: StartTls,
+                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await starttls.upgrade(reader, writer, self.front_context,
+                                   self.services.config.tls.handshake_timeout, request.reply)
+        except starttls.PipelinedPlaintext:
+            log.warning("conn=%s plaintext pipelined behind STARTTLS: refused, closing",
+                        self.conn_id)
+            if self.tls is None and not writer.transport.is_closing():
+                self._write(untagged_status("BYE", "Commands pipelined behind STARTTLS "
+                                                   "refused."))
+            raise _Finished("plaintext pipelined behind STARTTLS") from None
+        except starttls.HandshakeFailed as exc:
+            log.info("conn=%s TLS handshake failed: %s", self.conn_id, exc)
+            machine.tls_failed()
+            return
+        self.tls = _tls_version(writer)
+        machine.tls_started()
+
+    async def _execute(self, machine: ImapMachine, request: Execute) -> None:
+        if self.executor is None:  # the state table admits no store command before login
+            raise RuntimeError("store command before login")
+        command = request.command
+        try:
+            outcome = await self.executor.run(command)
+        except (ConnectionError, OSError, _Finished):
+            raise
+        except Exception:
+            log.exception("conn=%s %s failed", self.conn_id, command.name)
+            machine.executed(tagged(command.tag, "NO", "Internal error, try again.",
+                                    UNAVAILABLE), "NO")
+            return
+        machine.executed(outcome.tagged, outcome.status, outcome.state, outcome.close)
+
+
+def session_factory(services: Services, listener: ListenerConfig,
+                    context: ssl.SSLContext) -> Callable[[], asyncio.Protocol]:
+    """What loop.create_server() wants: one StreamReaderProtocol per connection."""
+
+    def factory() -> asyncio.Protocol:
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        session = ImapSession(services, listener, context)
+        return asyncio.StreamReaderProtocol(reader, session.run)
+
+    return factory

@@ -1,0 +1,493 @@
+"""The IMAP executor: runs the commands the machine hands over (events.Execute) against the
+store, for one authenticated session.
+
+proto/imap/machine.py explains the split: the machine frames, parses, checks the state
+table and does the dialogues; this module does the store calls, with the pure helpers of
+proto/imap (mailboxview, fetch, listing, search, render) deciding what to say. Untagged
+data goes out through `write` as it is made (a FETCH of 10,000 messages is never held in
+memory whole); the tagged line is returned to the driver for machine.executed().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence, Set
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailkeep.proto.imap import grammar as g
+from mailkeep.proto.imap import listing, mutf7, textsearch
+from mailkeep.proto.imap.events import State
+from mailkeep.proto.imap.fetch import fetch_items, needs_message
+from mailkeep.proto.imap.mailboxview import (
+    RECENT,
+    SEEN,
+    STORABLE_SYSTEM_FLAGS,
+    MailboxView,
+    flag_atoms,
+)
+from mailkeep.proto.imap.mime import MimePart, parse_message
+from mailkeep.proto.imap.mimecache import MimeCache
+from mailkeep.proto.imap.render import (
+    fetch_response,
+    response_code,
+    tagged,
+    untagged,
+    untagged_status,
+)
+from mailkeep.proto.imap.search import matches, needs_headers
+from mailkeep.proto.imap.sequence import SequenceSet, compress
+from mailkeep.proto.imap.values import Atom, Value
+from mailkeep.store.base import (
+    FlagMode,
+    FolderExists,
+    ImapStore,
+    MessageGone,
+    NoSuchFolder,
+    StoreError,
+    StoreRefusal,
+)
+
+log = logging.getLogger("mailkeep.imap")
+
+# Untagged data is handed to the transport in batches of about this many octets, with a
+# drain in between, so a slow reader holds at most this much of a long FETCH in memory.
+FLUSH_OCTETS = 256 * 1024
+# Messages at least this large are parsed in a worker thread, off the event loop.
+PARSE_OFF_LOOP_OCTETS = 256 * 1024
+_STORE_MODES = {g.StoreMode.REPLACE: FlagMode.SET, g.StoreMode.ADD: FlagMode.ADD,
+                g.StoreMode.REMOVE: FlagMode.REMOVE}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    tagged: bytes
+    status: str
+    state: State | None = None
+    close: str | None = None
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip() or "refused"
+
+
+@dataclass(slots=True)
+class _SearchMessage:
+    """search.MessageView over a view entry and (when needed) its parsed message."""
+
+    seq: int
+    uid: int
+    flags: Set[str]
+    internaldate: datetime
+    size: int
+    part: MimePart | None
+
+    def header(self, name: str) -> Sequence[str]:
+        return [] if self.part is None else textsearch.header_values(self.part, name)
+
+    def header_text(self) -> str:
+        return "" if self.part is None else textsearch.header_text(self.part)
+
+    def body_text(self) -> str:
+        return "" if self.part is None else "\n".join(textsearch.body_texts(self.part))
+
+
+class ImapExecutor:
+    def __init__(self, store: ImapStore, account: str, cache: MimeCache,
+                 write: Callable[[bytes], None], flush: Callable[[], Awaitable[None]], *,
+                 conn_id: str = "-") -> None:
+        self.store = store
+        self.account = account
+        self.cache = cache
+        self._write = write
+        self._flush = flush
+        self._pending = 0
+        self.conn_id = conn_id
+        self.view: MailboxView | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def emit(self, data: bytes) -> None:
+        self._write(data)
+        self._pending += len(data)
+        if self._pending >= FLUSH_OCTETS:
+            self._pending = 0
+            await self._flush()
+
+    async def run(self, command: g.CommandType) -> Outcome:
+        tag = command.tag
+        handler: Callable[[g.CommandType], Awaitable[Outcome]] = getattr(
+            self, f"_cmd_{command.name.lower()}")
+        try:
+            outcome = await handler(command)
+        except NoSuchFolder as exc:
+            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy) else "NONEXISTENT"
+            outcome = Outcome(tagged(tag, "NO", _clean(str(exc)), code), "NO")
+        except FolderExists as exc:
+            outcome = Outcome(tagged(tag, "NO", _clean(str(exc)), "ALREADYEXISTS"), "NO")
+        except StoreRefusal as exc:
+            outcome = Outcome(tagged(tag, "NO", _clean(str(exc))), "NO")
+        except StoreError as exc:
+            # Ours, not the client's (habit 5): logged, generic reply.
+            log.error("conn=%s %s failed: %s", self.conn_id, command.name, exc)
+            outcome = Outcome(tagged(tag, "NO", "Temporary server failure, try again.",
+                                     "UNAVAILABLE"), "NO")
+        if self.view is not None and outcome.close is None and outcome.state in (
+                None, State.SELECTED):
+            # RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH without UID.
+            quiet = isinstance(command, g.Fetch | g.Store | g.Search) and not command.uid
+            uid_command = getattr(command, "uid", False) is True
+            closing = await self.sync(allow_expunge=not quiet, with_uid=uid_command)
+            if closing is not None:
+                return Outcome(outcome.tagged, outcome.status, close=closing)
+        if self._pending:
+            self._pending = 0
+            await self._flush()
+        return outcome
+
+    async def sync(self, *, allow_expunge: bool, with_uid: bool = False) -> str | None:
+        """Tell the client what changed in the selected mailbox; a close reason if the
+        mailbox is gone or was recreated (RFC 3501 §2.3.1.1: UIDVALIDITY changed)."""
+        view = self.view
+        assert view is not None
+        try:
+            snap = await self.store.snapshot(self.account, view.folder)
+        except NoSuchFolder:
+            await self.emit(untagged_status("BYE", "The selected mailbox was deleted."))
+            self.view = None
+            return "selected mailbox deleted"
+        if snap.uidvalidity != view.uidvalidity:
+            await self.emit(untagged_status("BYE", "The selected mailbox was recreated."))
+            self.view = None
+            return "UIDVALIDITY changed"
+        claimed: Set[int] = frozenset()
+        if snap.messages and snap.messages[-1].uid > view.largest_uid:
+            claimed = snap.unclaimed if view.readonly else \
+                await self.store.claim_recent(self.account, view.folder)
+        for line in view.update(snap.messages, claimed=claimed, allow_expunge=allow_expunge,
+                                with_uid=with_uid):
+            await self.emit(line)
+        return None
+
+    async def part(self, uid: int) -> MimePart:
+        """The parsed message (cached per folder + UIDVALIDITY + UID). MessageGone."""
+        view = self.view
+        assert view is not None
+        key = (self.account, view.folder, view.uidvalidity, uid)
+        found = self.cache.get(key)
+        if found is not None:
+            return found
+        data = await self.store.read_message(self.account, view.folder,
+                                             view.records[uid].key)
+        if len(data) >= PARSE_OFF_LOOP_OCTETS:
+            parsed = await asyncio.to_thread(parse_message, data)
+        else:
+            parsed = parse_message(data)
+        self.cache.put(key, parsed)
+        return parsed
+
+    def _selected(self) -> MailboxView:
+        assert self.view is not None  # the machine's state table guarantees it
+        return self.view
+
+    # -- authenticated state --------------------------------------------------------------
+
+    async def _cmd_noop(self, command: g.CommandType) -> Outcome:
+        return Outcome(tagged(command.tag, "OK", "NOOP completed."), "OK")
+
+    async def _cmd_check(self, command: g.CommandType) -> Outcome:
+        # RFC 3501 §6.4.1: every change is durable when made; CHECK is a NOOP here.
+        return Outcome(tagged(command.tag, "OK", "CHECK completed."), "OK")
+
+    async def _cmd_select(self, command: g.CommandType) -> Outcome:
+        return await self._open(command, readonly=False)
+
+    async def _cmd_examine(self, command: g.CommandType) -> Outcome:
+        return await self._open(command, readonly=True)
+
+    async def _open(self, command: g.CommandType, *, readonly: bool) -> Outcome:
+        assert isinstance(command, g.Select | g.Examine)
+        # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
+        self.view = None
+        try:
+            if readonly:
+                # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone.
+                snap = await self.store.snapshot(self.account, command.mailbox)
+                recent: Set[int] = snap.unclaimed
+            else:
+                recent = await self.store.claim_recent(self.account, command.mailbox)
+                snap = await self.store.snapshot(self.account, command.mailbox)
+        except NoSuchFolder:
+            return Outcome(tagged(command.tag, "NO", "Mailbox does not exist.",
+                                  "NONEXISTENT"), "NO", State.AUTHENTICATED)
+        view = MailboxView(command.mailbox, readonly=readonly, uidvalidity=snap.uidvalidity,
+                           uidnext=snap.uidnext, records=snap.messages, recent=recent)
+        keywords: list[Value] = [Atom(k) for k in view.keywords()]
+        system: list[Value] = [Atom(f) for f in STORABLE_SYSTEM_FLAGS]
+        await self.emit(untagged("FLAGS", system + keywords))
+        await self.emit(untagged(f"{len(view)} EXISTS"))
+        await self.emit(untagged(f"{len(view.recent)} RECENT"))
+        unseen = view.first_unseen()
+        if unseen is not None:
+            await self.emit(untagged_status("OK", f"Message {unseen} is first unseen.",
+                                            response_code("UNSEEN", unseen)))
+        await self.emit(untagged_status("OK", "UIDs valid.",
+                                        response_code("UIDVALIDITY", snap.uidvalidity)))
+        await self.emit(untagged_status("OK", "Predicted next UID.",
+                                        response_code("UIDNEXT", snap.uidnext)))
+        permanent: list[Value] = [] if readonly else [*system, *keywords, Atom("\\*")]
+        await self.emit(untagged_status("OK", "Flags permitted.",
+                                        response_code("PERMANENTFLAGS", permanent)))
+        self.view = view
+        code = "READ-ONLY" if readonly else "READ-WRITE"
+        return Outcome(tagged(command.tag, "OK", f"{command.name} completed.", code), "OK",
+                       State.SELECTED)
+
+    async def _cmd_create(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Create)
+        # RFC 3501 §6.3.3: a trailing delimiter only says inferiors will follow.
+        name = command.mailbox.rstrip(listing.DELIMITER)
+        if not name:
+            return Outcome(tagged(command.tag, "NO", "Invalid mailbox name."), "NO")
+        if name.upper() == "INBOX":
+            return Outcome(tagged(command.tag, "NO", "INBOX always exists.",
+                                  "ALREADYEXISTS"), "NO")
+        await self.store.create_folder(self.account, name)
+        return Outcome(tagged(command.tag, "OK", "CREATE completed."), "OK")
+
+    async def _cmd_delete(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Delete)
+        await self.store.delete_folder(self.account, command.mailbox)
+        return Outcome(tagged(command.tag, "OK", "DELETE completed."), "OK")
+
+    async def _cmd_rename(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Rename)
+        await self.store.rename_folder(self.account, command.mailbox,
+                                       command.new_name.rstrip(listing.DELIMITER))
+        return Outcome(tagged(command.tag, "OK", "RENAME completed."), "OK")
+
+    async def _cmd_subscribe(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Subscribe)
+        await self.store.subscribe(self.account, command.mailbox)
+        return Outcome(tagged(command.tag, "OK", "SUBSCRIBE completed."), "OK")
+
+    async def _cmd_unsubscribe(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Unsubscribe)
+        if not await self.store.unsubscribe(self.account, command.mailbox):
+            return Outcome(tagged(command.tag, "NO", "Not subscribed to that name."), "NO")
+        return Outcome(tagged(command.tag, "OK", "UNSUBSCRIBE completed."), "OK")
+
+    async def _cmd_list(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.ListMailboxes)
+        if command.pattern == "":
+            # RFC 3501 §6.3.8: the hierarchy delimiter and the root name.
+            await self.emit(untagged("LIST", [Atom("\\Noselect")], listing.DELIMITER, ""))
+            return Outcome(tagged(command.tag, "OK", "LIST completed."), "OK")
+        regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
+                                                                  command.pattern))
+        for folder in await self.store.list_folders(self.account):
+            if not listing.matches(regex, folder.name):
+                continue
+            attributes: list[Value] = [] if folder.selectable else [Atom("\\Noselect")]
+            # RFC 3348 CHILDREN.
+            attributes.append(Atom("\\HasChildren" if folder.has_children
+                                   else "\\HasNoChildren"))
+            await self.emit(untagged("LIST", attributes, listing.DELIMITER,
+                                     mutf7.encode(folder.name)))
+        return Outcome(tagged(command.tag, "OK", "LIST completed."), "OK")
+
+    async def _cmd_lsub(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Lsub)
+        if command.pattern == "":
+            await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER, ""))
+            return Outcome(tagged(command.tag, "OK", "LSUB completed."), "OK")
+        regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
+                                                                  command.pattern))
+        for name in await self.store.subscriptions(self.account):
+            if listing.matches(regex, name):
+                await self.emit(untagged("LSUB", [], listing.DELIMITER, mutf7.encode(name)))
+        return Outcome(tagged(command.tag, "OK", "LSUB completed."), "OK")
+
+    async def _cmd_status(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Status)
+        snap = await self.store.snapshot(self.account, command.mailbox)
+        values = {
+            "MESSAGES": len(snap.messages),
+            "RECENT": len(snap.unclaimed),
+            "UIDNEXT": snap.uidnext,
+            "UIDVALIDITY": snap.uidvalidity,
+            "UNSEEN": sum(1 for m in snap.messages if SEEN not in m.flags),
+        }
+        data: list[Value] = []
+        for item in command.items:
+            data += [Atom(item), values[item]]
+        await self.emit(untagged("STATUS", mutf7.encode(command.mailbox), data))
+        return Outcome(tagged(command.tag, "OK", "STATUS completed."), "OK")
+
+    async def _cmd_append(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Append)
+        if not command.message:
+            return Outcome(tagged(command.tag, "NO", "Cannot store an empty message."), "NO")
+        flags = [f for f in command.flags if f != RECENT]
+        uid = await self.store.append(self.account, command.mailbox, command.message, flags,
+                                      command.internaldate)
+        validity = await self.store.uidvalidity(self.account, command.mailbox)
+        # RFC 4315 §3: APPENDUID lets clients (mbsync) learn the new UID without a search.
+        code = response_code("APPENDUID", validity, uid)
+        return Outcome(tagged(command.tag, "OK", "APPEND completed.", code), "OK")
+
+    # -- selected state -------------------------------------------------------------------
+
+    async def _cmd_close(self, command: g.CommandType) -> Outcome:
+        view = self._selected()
+        self.view = None
+        if not view.readonly:
+            # RFC 3501 §6.4.2: expunge silently (no untagged EXPUNGE).
+            with contextlib.suppress(NoSuchFolder):
+                await self.store.expunge(self.account, view.folder)
+        return Outcome(tagged(command.tag, "OK", "CLOSE completed."), "OK",
+                       State.AUTHENTICATED)
+
+    async def _cmd_unselect(self, command: g.CommandType) -> Outcome:
+        self.view = None  # RFC 3691: like CLOSE without the expunge
+        return Outcome(tagged(command.tag, "OK", "UNSELECT completed."), "OK",
+                       State.AUTHENTICATED)
+
+    async def _cmd_expunge(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Expunge)
+        view = self._selected()
+        if view.readonly:
+            return Outcome(tagged(command.tag, "NO", "Mailbox is read-only."), "NO")
+        uids = None if command.uids is None else command.uids.select_uids(view.uids)
+        removed = await self.store.expunge(self.account, view.folder, uids)
+        for line in view.expunge(removed):
+            await self.emit(line)
+        return Outcome(tagged(command.tag, "OK", "EXPUNGE completed."), "OK")
+
+    def _bad_numbers(self, numbers: SequenceSet, uid: bool) -> bool:
+        """RFC 3501 §9 seq-number: numbers above the mailbox size are invalid ("*" and
+        ranges reaching it are not)."""
+        return not uid and not numbers.uses_star and \
+            numbers.highest_explicit > len(self._selected())
+
+    async def _cmd_search(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Search)
+        view = self._selected()
+        need_message = needs_headers(command.key)
+        count, largest = len(view), view.largest_uid
+        hits: list[int] = []
+        for seq, uid in enumerate(list(view.uids), 1):
+            record = view.records[uid]
+            part = None
+            if need_message:
+                try:
+                    part = await self.part(uid)
+                except MessageGone:
+                    continue
+            message = _SearchMessage(seq, uid, view.flags_of(uid), record.internaldate,
+                                     record.size, part)
+            if matches(command.key, message, messages=count, largest_uid=largest):
+                hits.append(uid if command.uid else seq)
+        await self.emit(untagged("SEARCH", *hits))
+        return Outcome(tagged(command.tag, "OK", "SEARCH completed."), "OK")
+
+    async def _cmd_fetch(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Fetch)
+        view = self._selected()
+        if self._bad_numbers(command.sequence_set, command.uid):
+            return Outcome(tagged(command.tag, "BAD", "No such message sequence number."),
+                           "BAD")
+        items = list(command.items)
+        if command.uid and not any(i.name == "UID" for i in items):
+            items.insert(0, g.FetchItem("UID"))  # RFC 3501 §6.4.8
+        pairs = view.resolve(command.sequence_set, uid=command.uid)
+        changed: set[int] = set()
+        if not view.readonly and any(i.sets_seen for i in items):
+            # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen.
+            unseen = [u for _, u in pairs if SEEN not in view.flags[u] and u not in view.gone]
+            if unseen:
+                result = await self.store.store_flags(self.account, view.folder, unseen,
+                                                      FlagMode.ADD, [SEEN])
+                for u, flags in result.items():
+                    view.set_flags(u, flags)
+                changed = set(result)
+        need_message = needs_message(items)
+        wants_flags = any(i.name == "FLAGS" for i in items)
+        missing = 0
+        for seq, uid in pairs:
+            record = view.records[uid]
+            part = None
+            if need_message:
+                try:
+                    part = await self.part(uid)
+                except MessageGone:
+                    missing += 1
+                    continue
+            values = fetch_items(items, uid=uid, flags=view.flags_of(uid),
+                                 internaldate=record.internaldate, size=record.size,
+                                 part=part)
+            if uid in changed and not wants_flags:
+                values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
+            await self.emit(fetch_response(seq, values))
+        if missing:
+            # RFC 2180 §4.1.3: some of the messages were expunged by another session.
+            return Outcome(tagged(command.tag, "NO", "Some messages were expunged."), "NO")
+        return Outcome(tagged(command.tag, "OK", "FETCH completed."), "OK")
+
+    async def _cmd_store(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Store)
+        view = self._selected()
+        if self._bad_numbers(command.sequence_set, command.uid):
+            return Outcome(tagged(command.tag, "BAD", "No such message sequence number."),
+                           "BAD")
+        if view.readonly:
+            return Outcome(tagged(command.tag, "NO", "Mailbox is read-only."), "NO")
+        pairs = view.resolve(command.sequence_set, uid=command.uid)
+        flags = [f for f in command.flags if f != RECENT]  # \Recent is the server's
+        uids = [u for _, u in pairs if u not in view.gone]
+        result = await self.store.store_flags(self.account, view.folder, uids,
+                                              _STORE_MODES[command.mode], flags)
+        for seq, uid in pairs:
+            if uid not in result:
+                continue
+            view.set_flags(uid, result[uid])
+            if not command.silent:
+                values: list[tuple[str, Value]] = [("FLAGS", flag_atoms(view.flags_of(uid)))]
+                if command.uid:
+                    values.append(("UID", uid))
+                await self.emit(fetch_response(seq, values))
+        return Outcome(tagged(command.tag, "OK", "STORE completed."), "OK")
+
+    async def _cmd_copy(self, command: g.CommandType) -> Outcome:
+        assert isinstance(command, g.Copy)
+        view = self._selected()
+        if self._bad_numbers(command.sequence_set, command.uid):
+            return Outcome(tagged(command.tag, "BAD", "No such message sequence number."),
+                           "BAD")
+        uids = [u for _, u in view.resolve(command.sequence_set, uid=command.uid)
+                if u not in view.gone]
+        if not await self.store.folder_exists(self.account, command.mailbox):
+            raise NoSuchFolder("Mailbox does not exist.")
+        if not uids:
+            return Outcome(tagged(command.tag, "OK", "COPY completed."), "OK")
+        mapping = await self.store.copy(self.account, view.folder, uids, command.mailbox)
+        if not mapping:
+            return Outcome(tagged(command.tag, "OK", "COPY completed."), "OK")
+        validity = await self.store.uidvalidity(self.account, command.mailbox)
+        sources = sorted(mapping)
+        # RFC 4315 §3: COPYUID uidvalidity source-set dest-set, in corresponding order.
+        code = (f"COPYUID {validity} {_uid_list(sources)} "
+                f"{_uid_list([mapping[s] for s in sources])}")
+        return Outcome(tagged(command.tag, "OK", "COPY completed.", code), "OK")
+
+
+def _uid_list(uids: Sequence[int]) -> str:
+    """A uid-set for COPYUID: ranges only where the numbers ascend (the two sets of RFC 4315
+    §3 must correspond element by element)."""
+    if all(a < b for a, b in itertools.pairwise(uids)):
+        return compress(uids)
+    return ",".join(str(u) for u in uids)
