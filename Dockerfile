@@ -20,7 +20,7 @@ RUN python3 -m venv /opt/venv \
 # -- runtime stage ---------------------------------------------------------------------------
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="mailkeep" \
-      org.opencontainers.image.description="Secure mail daemon: SMTP submission on 587/465 and POP3S 995 (IMAPS 993 later) on a Maildir store"
+      org.opencontainers.image.description="Secure mail daemon: SMTP submission on 587/465, POP3S 995 and IMAPS 993 on a Maildir store"
 
 # A fixed, numeric non-root user so bind-mounted volumes can be chowned to it ahead of time.
 ARG MAILKEEP_UID=10587
@@ -45,7 +45,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 VOLUME ["/etc/mailkeep", "/var/lib/mailkeep"]
 
 # 587 submission (STARTTLS), 465 submissions (implicit TLS): served today.
-# 995 POP3S: served. 993 IMAPS: reserved for the IMAP listener (not served yet).
+# 995 POP3S and 993 IMAPS: served (110 and 143 with STARTTLS are off by default).
 EXPOSE 587 465 993 995
 
 USER ${MAILKEEP_UID}:${MAILKEEP_GID}
