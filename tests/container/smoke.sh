@@ -11,7 +11,8 @@
 #   3. AUTH is not offered before STARTTLS on 587;
 #   4. swaks delivers with STARTTLS + AUTH PLAIN on 587 and implicit TLS + AUTH LOGIN on 465,
 #      using the demo password printed once in the container log;
-#   5. both messages are in the data volume (/var/lib/mailkeep/mail/demo/new);
+#   5. both messages are in the data volume (/var/lib/mailkeep/mail/demo/new), and curl reads
+#      them back over POP3S (995) and IMAPS (993);
 #   6. the daemon runs as a non-root uid (podman exec id, and PID 1's status);
 #   7. after a restart the config is kept (no second init) and the health check passes.
 # Exit status is non-zero on the first failure; the container log is printed then.
@@ -26,6 +27,8 @@ TAG=${TAG:-localhost/mailkeep:test}
 NAME=${NAME:-mailkeep}
 SMTP_PORT=${SMTP_PORT:-20587}
 SMTPS_PORT=${SMTPS_PORT:-20465}
+POP3S_PORT=${POP3S_PORT:-20995}
+IMAPS_PORT=${IMAPS_PORT:-20993}
 VOL_CONFIG=$NAME-smoke-config
 VOL_DATA=$NAME-smoke-data
 MARK="smoke-$(date +%s)-$$"
@@ -67,6 +70,7 @@ step "build and start $TAG as $NAME (waits for the ports and the HEALTHCHECK)"
 # podman 4.3 keeps net.ipv4.ip_unprivileged_port_start=1024 inside the container, so the
 # non-root daemon could not bind 587/465 without this sysctl (Docker 20.10+ sets it to 0).
 "$HARNESS" up -t "$TAG" -n "$NAME" -p "$SMTP_PORT:587" -p "$SMTPS_PORT:465" \
+    -p "$POP3S_PORT:995" -p "$IMAPS_PORT:993" \
     --podman-arg "--sysctl=net.ipv4.ip_unprivileged_port_start=0" \
     --podman-arg "--volume=$VOL_CONFIG:/etc/mailkeep" \
     --podman-arg "--volume=$VOL_DATA:/var/lib/mailkeep" \
@@ -122,6 +126,23 @@ if podman exec "$NAME" grep -rlq -- "$MARK must-not-arrive" /var/lib/mailkeep/ma
     fail "a message sent without TLS was delivered"
 fi
 echo "ok: both messages delivered, the plaintext one was not"
+
+step "read back over POP3S (995) and IMAPS (993)"
+# The demo certificate is self-signed for $MAILKEEP_HOSTNAME (localhost): -k, this proves the
+# doors, not the certificate (the test suite verifies certificates).
+out=$(curl -sSk --max-time 30 --user "$LOGIN:$PASSWORD" "pop3s://127.0.0.1:$POP3S_PORT/") \
+    || fail "POP3S LIST on 995"
+printf 'POP3 LIST: %s\n' "$(tr '\r\n' '  ' <<<"$out")"
+[[ $(grep -c . <<<"$out") == 2 ]] || fail "POP3 should list 2 messages"
+curl -sSk --max-time 30 --user "$LOGIN:$PASSWORD" "pop3s://127.0.0.1:$POP3S_PORT/1" \
+    | grep -q "^Subject: $MARK" || fail "POP3 RETR 1 does not return a smoke message"
+out=$(curl -sSk --max-time 30 --user "$LOGIN:$PASSWORD" \
+      "imaps://127.0.0.1:$IMAPS_PORT/INBOX" -X "SEARCH SUBJECT $MARK") || fail "IMAPS SEARCH"
+printf 'IMAP: %s\n' "$(tr -d '\r' <<<"$out")"
+grep -q '^\* SEARCH 1 2' <<<"$out" || fail "IMAP SEARCH should find messages 1 and 2"
+curl -sSk --max-time 30 --user "$LOGIN:$PASSWORD" "imaps://127.0.0.1:$IMAPS_PORT/INBOX;UID=2" \
+    | grep -q "^Subject: $MARK" || fail "IMAP UID FETCH 2 does not return a smoke message"
+echo "ok: both messages readable over POP3S and IMAPS"
 
 step "non-root"
 ID=$(podman exec "$NAME" id)
