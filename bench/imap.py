@@ -166,7 +166,10 @@ async def session_worker(t: Target, user: str, deadline: float, st: Stats, *, se
             if setup:
                 await c.command(setup)
             while time.monotonic() < deadline:
-                st.units += await step(c, n)
+                # Await first, then add: `st.units += await ...` reads st.units before the
+                # await, so concurrent workers overwrote each other's counts.
+                done = await step(c, n)
+                st.units += done
                 st.ok += 1
                 n += 1
             await c.logout()

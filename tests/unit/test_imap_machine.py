@@ -200,6 +200,25 @@ def test_selected_mailbox_deleted_by_another_session_ends_with_bye() -> None:
     assert d_closed(a) == "selected mailbox deleted"
 
 
+def test_batched_reads_skip_messages_gone_in_the_middle_of_a_batch() -> None:
+    store = MemoryStore()
+    for i in range(1, 151):
+        run_sync(store.append("alice", "INBOX", b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i)))
+    a, b = logged_in(store), logged_in(store)
+    b.feed(b"1 STORE 70,140 +FLAGS (\\Deleted)\r\n2 EXPUNGE\r\n")
+    lines(b)
+    a.feed(b"s SEARCH SUBJECT m1\r\n")
+    out = lines(a)
+    wanted = [i for i in range(1, 151) if str(i).startswith("1") and i != 140]
+    assert out == ["* SEARCH " + " ".join(map(str, wanted)), "s OK SEARCH completed."]
+    a.feed(b"f FETCH 1:* BODY.PEEK[TEXT]\r\n")
+    out = lines(a)
+    fetched = [int(line.split()[1]) for line in out if line.startswith("* ")
+               and "FETCH" in line]
+    assert fetched == [i for i in range(1, 151) if i not in (70, 140)]
+    assert out[-1] == "f NO Some messages were expunged."
+
+
 def d_closed(d: FakeImapDriver) -> str | None:
     return d.closed
 

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,6 +59,10 @@ log = logging.getLogger("mailkeep.imap")
 FLUSH_OCTETS = 256 * 1024
 # Messages at least this large are parsed in a worker thread, off the event loop.
 PARSE_OFF_LOOP_OCTETS = 256 * 1024
+# SEARCH and FETCH read the messages they need in batches of at most this many messages and
+# about this many octets: one trip to the store's threads per batch, not per message.
+READ_BATCH_MESSAGES = 64
+READ_BATCH_OCTETS = 2 * 1024 * 1024
 _STORE_MODES = {g.StoreMode.REPLACE: FlagMode.SET, g.StoreMode.ADD: FlagMode.ADD,
                 g.StoreMode.REMOVE: FlagMode.REMOVE}
 
@@ -189,6 +193,46 @@ class ImapExecutor:
             parsed = parse_message(data)
         self.cache.put(key, parsed)
         return parsed
+
+    async def parts(self, uids: Sequence[int]) -> AsyncIterator[MimePart | None]:
+        """part() of each UID in turn (None: expunged by someone else), the uncached ones
+        read in batches (READ_BATCH_*); large messages still go one by one."""
+        view = self._selected()
+        start = 0
+        while start < len(uids):
+            chunk: list[int] = []
+            octets = 0
+            while start < len(uids) and len(chunk) < READ_BATCH_MESSAGES \
+                    and octets < READ_BATCH_OCTETS:
+                chunk.append(uids[start])
+                octets += view.records[uids[start]].size
+                start += 1
+            ready: dict[int, MimePart | None] = {}
+            wanted: list[int] = []
+            for uid in chunk:
+                found = self.cache.get((self.account, view.folder, view.uidvalidity, uid))
+                if found is not None:
+                    ready[uid] = found
+                elif view.records[uid].size < PARSE_OFF_LOOP_OCTETS:
+                    wanted.append(uid)
+            if wanted:
+                data = await self.store.read_messages(
+                    self.account, view.folder, [view.records[u].key for u in wanted])
+                for uid, octets_read in zip(wanted, data, strict=True):
+                    if octets_read is None:
+                        ready[uid] = None
+                        continue
+                    parsed = parse_message(octets_read)
+                    self.cache.put((self.account, view.folder, view.uidvalidity, uid), parsed)
+                    ready[uid] = parsed
+            for uid in chunk:
+                if uid in ready:
+                    yield ready[uid]
+                    continue
+                try:
+                    yield await self.part(uid)
+                except MessageGone:
+                    yield None
 
     def _selected(self) -> MailboxView:
         assert self.view is not None  # the machine's state table guarantees it
@@ -380,13 +424,14 @@ class ImapExecutor:
         need_message = needs_headers(command.key)
         count, largest = len(view), view.largest_uid
         hits: list[int] = []
-        for seq, uid in enumerate(list(view.uids), 1):
+        uids = list(view.uids)
+        parts = self.parts(uids) if need_message else None
+        for seq, uid in enumerate(uids, 1):
             record = view.records[uid]
             part = None
-            if need_message:
-                try:
-                    part = await self.part(uid)
-                except MessageGone:
+            if parts is not None:
+                part = await anext(parts)
+                if part is None:
                     continue
             message = _SearchMessage(seq, uid, view.flags_of(uid), record.internaldate,
                                      record.size, part)
@@ -418,13 +463,13 @@ class ImapExecutor:
         need_message = needs_message(items)
         wants_flags = any(i.name == "FLAGS" for i in items)
         missing = 0
+        parts = self.parts([u for _, u in pairs]) if need_message else None
         for seq, uid in pairs:
             record = view.records[uid]
             part = None
-            if need_message:
-                try:
-                    part = await self.part(uid)
-                except MessageGone:
+            if parts is not None:
+                part = await anext(parts)
+                if part is None:
                     missing += 1
                     continue
             values = fetch_items(items, uid=uid, flags=view.flags_of(uid),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -206,5 +206,12 @@ class ImapStore(Protocol):
                       uids: Iterable[int] | None = None) -> list[int]: ...
 
     async def read_message(self, account: str, folder: str, key: str) -> bytes: ...
+
+    async def read_messages(self, account: str, folder: str,
+                            keys: Sequence[str]) -> list[bytes | None]:
+        """read_message() of several messages in one go (None for a gone one): a SEARCH or
+        FETCH over a folder pays one trip to the store's threads per batch, not per
+        message. Callers keep batches small (a few MiB)."""
+        ...
 
     def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]: ...

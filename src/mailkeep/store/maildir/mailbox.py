@@ -18,7 +18,9 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -70,47 +72,113 @@ def _size(path: Path, location: str) -> int:
     return crlf_size(path / location)
 
 
-def _record(path: Path, uid: int, base: str, location: str,
-            keywords: dict[int, str]) -> tuple[MessageRecord, str] | None:
+# -- snapshots, and what lets the next one skip the work --------------------------------
+#
+# A snapshot reads the index, lists new/ and cur/, and needs each message's INTERNALDATE
+# (the file's mtime) and size. Two things make repeating it cheap:
+#
+# * Facts per filename base: a message's mtime and size never change while its base is the
+#   same (flag changes and new/ -> cur/ are renames, which keep the mtime; the content of a
+#   Maildir file is never rewritten), so they are stat()ed once, not on every command.
+# * A folder signature: the (inode, size, mtime, ctime) of new/, cur/, dovecot-uidlist and
+#   dovecot-keywords. Every change a snapshot can see (a file added, removed or renamed; the
+#   index or keyword table replaced or appended to) changes one of them, so an unchanged
+#   signature means an unchanged snapshot (Dovecot's maildir sync skips the readdir the same
+#   way). Timestamps are coarse (a kernel tick, or a second on some filesystems), so two
+#   changes close together can leave the same mtime: a signature is trusted only when all
+#   its times are at least SETTLE_NS older than the moment it was taken; a folder changed
+#   within the last second is always scanned in full.
+
+SETTLE_NS = 1_000_000_000
+_WATCHED = ("new", "cur", uidlist.UIDLIST_NAME, mflags.KEYWORDS_NAME)
+StatKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+Signature = tuple[StatKey | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCache:
+    """What one snapshot learned, for the next snapshot of the same folder."""
+
+    signature: Signature | None  # None: changed too recently to vouch for the snapshot
+    snapshot: FolderSnapshot
+    where: Mapping[str, str]
+    facts: Mapping[str, tuple[datetime, int]]  # base -> (INTERNALDATE, RFC822.SIZE)
+
+
+def signature(path: Path, now_ns: int | None = None) -> Signature | None:
+    """The folder's change signature, or None when it changed too recently to be trusted."""
+    now = time.time_ns() if now_ns is None else now_ns
+    keys: list[StatKey | None] = []
+    for name in _WATCHED:
+        try:
+            st = os.stat(f"{path}/{name}")
+        except FileNotFoundError:
+            keys.append(None)
+            continue
+        if max(st.st_mtime_ns, st.st_ctime_ns) > now - SETTLE_NS:
+            return None
+        keys.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(keys)
+
+
+def _record_facts(path: Path, base: str, location: str) -> tuple[datetime, int, str]:
+    """INTERNALDATE (the mtime), size and current location of a message file, chasing
+    renames; FileNotFoundError when it is gone."""
     for _ in range(RENAME_ATTEMPTS):
         try:
-            mtime = os.stat(path / location).st_mtime
+            mtime = os.stat(f"{path}/{location}").st_mtime
             size = _size(path, location)
         except FileNotFoundError:
             found = _relocate(path, base)
             if found is None:
-                return None
+                raise
             location = found
             continue
-        name = location.split("/", 1)[1]
-        flags = mflags.from_info(uidlist.filename_flags(name), keywords)
-        when = datetime.fromtimestamp(int(mtime), UTC)
-        return MessageRecord(uid, base, flags, when, size), location
-    return None
+        return datetime.fromtimestamp(int(mtime), UTC), size, location
+    raise FileNotFoundError(location)
 
 
-def snapshot(root: Path, name: str) -> tuple[FolderSnapshot, dict[str, str]]:
-    """The folder's state, and key -> location ("cur/NAME:2,S") as hints for reading."""
+def snapshot(root: Path, name: str, previous: FolderCache | None = None,
+             reuse: bool = True) -> FolderCache:
+    """The folder's state, with key -> location ("cur/NAME:2,S") as hints for reading.
+
+    `previous` (the last result for this folder) is returned as it is when the folder's
+    signature says nothing changed and `reuse` allows it; its facts are reused otherwise."""
     path = open_folder(root, name)
+    sig = signature(path)
+    if previous is not None and reuse and sig is not None and sig == previous.signature:
+        return previous
+    known = previous.facts if previous is not None else {}
     index, files = uidlist.sync(path)
     keywords = mflags.read_keywords(path)
     records: list[MessageRecord] = []
     where: dict[str, str] = {}
+    facts: dict[str, tuple[datetime, int]] = {}
+    flag_sets: dict[str, frozenset[str]] = {}  # ":2," letters -> flags (few distinct ones)
     unclaimed: set[int] = set()
     for rec in index.by_uid():
         location = files.get(rec.base)
         if location is None:
             continue
-        found = _record(path, rec.uid, rec.base, location, keywords)
-        if found is None:
-            continue
-        records.append(found[0])
-        where[rec.base] = found[1]
-        if found[1].startswith("new/"):
+        fact = known.get(rec.base)
+        if fact is None:
+            try:
+                when, size, location = _record_facts(path, rec.base, location)
+            except FileNotFoundError:
+                continue
+            fact = (when, size)
+        facts[rec.base] = fact
+        letters = uidlist.filename_flags(location.split("/", 1)[1])
+        flags = flag_sets.get(letters)
+        if flags is None:
+            flags = flag_sets[letters] = mflags.from_info(letters, keywords)
+        records.append(MessageRecord(rec.uid, rec.base, flags, fact[0], fact[1]))
+        where[rec.base] = location
+        if location.startswith("new/"):
             unclaimed.add(rec.uid)
     snap = FolderSnapshot(index.uidvalidity, index.next_uid, tuple(records),
                           frozenset(unclaimed))
-    return snap, where
+    return FolderCache(sig, snap, where, facts)
 
 
 def claim_recent(root: Path, name: str) -> set[int]:
@@ -140,7 +208,7 @@ def _uid_map(index: uidlist.Uidlist) -> dict[int, str]:
 
 def uidvalidity(root: Path, name: str) -> int:
     path = open_folder(root, name)  # gives the folder its index if it has none
-    index = uidlist.read(path)
+    index = uidlist.read_cached(path)
     if index is None:
         raise StoreError(f"{uidlist.UIDLIST_NAME} of {name} vanished")
     return index.uidvalidity

@@ -7,7 +7,8 @@ import contextlib
 import errno
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from mailkeep.store.base import (
     Maildrop,
     MessageGone,
     StoreError,
+    StoreRefusal,
     to_crlf,
 )
 from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions
@@ -41,6 +43,8 @@ T = TypeVar("T")
 STALE_TMP_SECONDS = 36 * 3600
 # fsync-heavy work runs here, never on the event loop; a few threads keep disks busy.
 IO_WORKERS = 4
+# Folders whose last snapshot is kept for the next one (LRU).
+SNAPSHOT_CACHE_FOLDERS = 1024
 
 
 
@@ -54,6 +58,13 @@ class MaildirStore:
         self._where_guard = threading.Lock()
         # (account, folder) -> key -> location, from the last IMAP snapshot (read hints).
         self._folder_where: dict[tuple[str, str], dict[str, str]] = {}
+        # (account, folder) -> the last snapshot and what it learned (mailbox.FolderCache),
+        # shared by every session of the folder; reused while the folder is unchanged.
+        self._snapshots: OrderedDict[tuple[str, str], tuple[int, mailbox.FolderCache]] = \
+            OrderedDict()
+        # (account, folder) -> a counter bumped by each change made through this store: a
+        # cached snapshot taken before our own change is never reused, whatever the clocks.
+        self._generation: dict[tuple[str, str], int] = {}
 
     def root(self, mailbox: str) -> Path:
         return account_root(self.data_dir, mailbox)
@@ -68,6 +79,8 @@ class MaildirStore:
         except OSError as exc:
             kind = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
             raise DeliveryError(f"delivery to {mailbox} failed: {kind}") from exc
+        finally:
+            self._changed(mailbox, INBOX)
         return name
 
     async def deliver(self, mailbox: str, message: bytes) -> str:
@@ -178,7 +191,10 @@ class MaildirStore:
                 self._remember(mailbox, key, None)
 
     async def mark_seen(self, mailbox: str, keys: list[str]) -> None:
-        await self._run(self._mark_seen_sync, mailbox, keys)
+        try:
+            await self._run(self._mark_seen_sync, mailbox, keys)
+        finally:
+            self._changed(mailbox, INBOX)
 
     def _delete_sync(self, mailbox: str, keys: list[str]) -> int:
         locations: list[str] = []
@@ -189,7 +205,10 @@ class MaildirStore:
         return ops.delete(self.root(mailbox), locations)
 
     async def delete(self, mailbox: str, keys: list[str]) -> int:
-        return await self._run(self._delete_sync, mailbox, keys)
+        try:
+            return await self._run(self._delete_sync, mailbox, keys)
+        finally:
+            self._changed(mailbox, INBOX)
 
     # -- IMAP (ImapStore): folders, snapshots, flags, copy, expunge --------------------
     # Blocking work lives in folders.py / mailbox.py / subscriptions.py and runs in the pool.
@@ -202,10 +221,16 @@ class MaildirStore:
 
     async def create_folder(self, account: str, folder: str) -> str:
         """CREATE; returns the canonical name created. FolderExists / InvalidName."""
-        return await self._run(folders.create, self.root(account), folder)
+        try:
+            return await self._run(folders.create, self.root(account), folder)
+        finally:
+            self._changed(account, None)
 
     async def delete_folder(self, account: str, folder: str) -> None:
-        await self._run(folders.delete, self.root(account), folder)
+        try:
+            await self._run(folders.delete, self.root(account), folder)
+        finally:
+            self._changed(account, None)
         self._forget_folder(account, folder)
 
     def _rename_sync(self, account: str, old: str, new: str) -> None:
@@ -217,7 +242,10 @@ class MaildirStore:
 
     async def rename_folder(self, account: str, old: str, new: str) -> None:
         """RENAME, inferiors included; RENAME INBOX moves its messages (RFC 3501 §6.3.5)."""
-        await self._run(self._rename_sync, account, old, new)
+        try:
+            await self._run(self._rename_sync, account, old, new)
+        finally:
+            self._changed(account, None)
         self._forget_folder(account, old)
 
     async def subscriptions(self, account: str) -> list[str]:
@@ -230,11 +258,39 @@ class MaildirStore:
         """Returns False when the name was not subscribed."""
         return await self._run(subscriptions.change, self.root(account), folder, False)
 
-    def _snapshot_sync(self, account: str, folder: str) -> FolderSnapshot:
-        snap, where = mailbox.snapshot(self.root(account), folder)
+    def _changed(self, account: str, folder: str | None) -> None:
+        """Our own change to a folder (None: to the account's folder tree): no snapshot
+        taken before it may be reused."""
+        try:
+            name = None if folder is None else folder_name(folder)
+        except StoreRefusal:  # not a valid name: nothing was changed under it
+            return
         with self._where_guard:
-            self._folder_where[(account, folder_name(folder))] = where
-        return snap
+            if name is None:
+                for key in {k for k in [*self._snapshots, *self._generation]
+                            if k[0] == account}:
+                    self._snapshots.pop(key, None)
+                    self._generation[key] = self._generation.get(key, 0) + 1
+                return
+            key = (account, name)
+            self._generation[key] = self._generation.get(key, 0) + 1
+
+    def _snapshot_sync(self, account: str, folder: str) -> FolderSnapshot:
+        key = (account, folder_name(folder))
+        with self._where_guard:
+            generation = self._generation.get(key, 0)
+            cached = self._snapshots.get(key)
+        previous = None if cached is None else cached[1]
+        reuse = cached is not None and cached[0] == generation
+        result = mailbox.snapshot(self.root(account), folder, previous, reuse)
+        with self._where_guard:
+            if result is not previous or key not in self._folder_where:
+                self._folder_where[key] = dict(result.where)
+            self._snapshots[key] = (generation, result)
+            self._snapshots.move_to_end(key)
+            while len(self._snapshots) > SNAPSHOT_CACHE_FOLDERS:
+                self._snapshots.popitem(last=False)
+        return result.snapshot
 
     async def snapshot(self, account: str, folder: str) -> FolderSnapshot:
         """UIDVALIDITY, UIDNEXT and every message's UID, flags, date and size; no bodies."""
@@ -242,7 +298,10 @@ class MaildirStore:
 
     async def claim_recent(self, account: str, folder: str) -> set[int]:
         """Move new/ to cur/; the UIDs that are \\Recent for the caller alone."""
-        return await self._run(mailbox.claim_recent, self.root(account), folder)
+        try:
+            return await self._run(mailbox.claim_recent, self.root(account), folder)
+        finally:
+            self._changed(account, folder)
 
     async def uidvalidity(self, account: str, folder: str) -> int:
         return await self._run(mailbox.uidvalidity, self.root(account), folder)
@@ -250,25 +309,37 @@ class MaildirStore:
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
         """APPEND, durably; returns the new UID. NoSuchFolder ([TRYCREATE]), KeywordLimit."""
-        return await self._run(mailbox.append, self.root(account), folder, data,
-                               tuple(flags), internaldate)
+        try:
+            return await self._run(mailbox.append, self.root(account), folder, data,
+                                   tuple(flags), internaldate)
+        finally:
+            self._changed(account, folder)
 
     async def store_flags(self, account: str, folder: str, uids: Iterable[int],
                           mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
         """STORE; the new flags of each UID still present (vanished UIDs are left out)."""
-        return await self._run(mailbox.store_flags, self.root(account), folder,
-                               tuple(uids), mode, tuple(flags))
+        try:
+            return await self._run(mailbox.store_flags, self.root(account), folder,
+                                   tuple(uids), mode, tuple(flags))
+        finally:
+            self._changed(account, folder)
 
     async def copy(self, account: str, src: str, uids: Iterable[int],
                    dst: str) -> dict[int, int]:
         """COPY; src UID -> dst UID for the messages copied (COPYUID)."""
-        return await self._run(mailbox.copy, self.root(account), src, tuple(uids), dst)
+        try:
+            return await self._run(mailbox.copy, self.root(account), src, tuple(uids), dst)
+        finally:
+            self._changed(account, dst)
 
     async def expunge(self, account: str, folder: str,
                       uids: Iterable[int] | None = None) -> list[int]:
         """Remove \\Deleted messages (limited to `uids` for UID EXPUNGE); UIDs removed."""
         limit = None if uids is None else tuple(uids)
-        return await self._run(mailbox.expunge, self.root(account), folder, limit)
+        try:
+            return await self._run(mailbox.expunge, self.root(account), folder, limit)
+        finally:
+            self._changed(account, folder)
 
     def _folder_hint(self, account: str, folder: str, key: str) -> str | None:
         with self._where_guard:
@@ -291,6 +362,21 @@ class MaildirStore:
         """The whole message with CRLF line ends (RFC822.SIZE octets; callers cache it).
         MessageGone."""
         return await self._run(self._read_message_sync, account, folder, key)
+
+    def _read_messages_sync(self, account: str, folder: str,
+                            keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for key in keys:
+            try:
+                out.append(self._read_message_sync(account, folder, key))
+            except MessageGone:
+                out.append(None)
+        return out
+
+    async def read_messages(self, account: str, folder: str,
+                            keys: Sequence[str]) -> list[bytes | None]:
+        """read_message() of several messages in one trip to the pool (None: gone)."""
+        return await self._run(self._read_messages_sync, account, folder, tuple(keys))
 
     async def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]:
         """read_message() in chunks (CRLF line ends), for large literals. MessageGone."""

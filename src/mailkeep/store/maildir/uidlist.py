@@ -25,8 +25,10 @@ import errno
 import os
 import re
 import socket
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +188,51 @@ def read(root: Path) -> Uidlist | None:
     return parse(data)
 
 
+# Parsed indexes kept between lock-free reads: path -> (identity of the file parsed, index).
+# The index is only ever replaced by rename (a new inode) or appended to (Dovecot: a new
+# size and mtime), so an unchanged (inode, size, mtime, ctime) is an unchanged file. Times
+# are coarse, so a parse is kept only when the file was last changed at least SETTLE_NS
+# before it was looked at: a later change cannot then carry the same times.
+SETTLE_NS = 1_000_000_000
+PARSE_CACHE_ENTRIES = 256
+_parsed: OrderedDict[str, tuple[tuple[int, int, int, int], Uidlist]] = OrderedDict()
+_parsed_guard = threading.Lock()
+
+
+def _copy(index: Uidlist) -> Uidlist:
+    return Uidlist(index.uidvalidity, index.next_uid, index.guid, dict(index.records),
+                   index.header_extra)
+
+
+def read_cached(root: Path) -> Uidlist | None:
+    """read(), without parsing the file again when it is the one parsed last time (the
+    result is the caller's to change)."""
+    path = f"{root}/{UIDLIST_NAME}"
+    now = time.time_ns()
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            with _parsed_guard:
+                hit = _parsed.get(path)
+                if hit is not None and hit[0] == identity:
+                    _parsed.move_to_end(path)
+                    return _copy(hit[1])
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
+    index = parse(data)
+    if max(st.st_mtime_ns, st.st_ctime_ns) <= now - SETTLE_NS and len(data) == st.st_size:
+        with _parsed_guard:
+            _parsed[path] = (identity, _copy(index))
+            _parsed.move_to_end(path)
+            while len(_parsed) > PARSE_CACHE_ENTRIES:
+                _parsed.popitem(last=False)
+    return index
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -289,7 +336,7 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
     Blocking (run it off the event loop). Without new or vanished files nothing is written
     and no lock is taken."""
     try:
-        current = read(root)
+        current = read_cached(root)
         files = scan(root)
         if current is not None and all(b in current.records for b in files) \
                 and len(files) == len(current.records):

@@ -8,7 +8,7 @@ store's; Maildir-specific limits are mirrored (26 keywords per folder, allocated
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -317,6 +317,16 @@ class MemoryStore:
 
     async def read_message(self, account: str, folder: str, key: str) -> bytes:
         return to_crlf(self._find(account, folder, key))
+
+    async def read_messages(self, account: str, folder: str,
+                            keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for key in keys:
+            try:
+                out.append(await self.read_message(account, folder, key))
+            except MessageGone:
+                out.append(None)
+        return out
 
     async def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]:
         data = to_crlf(self._find(account, folder, key))
