@@ -182,7 +182,9 @@ def prepare(root: Path, users: list[str], messages: int, size: int) -> Path:
                   cfg.read_text(), flags=re.MULTILINE)
     text = re.sub(r"^\[security\]$", "[security]\nmax_connections_per_ip = 500", text,
                   flags=re.MULTILINE)
-    text += '\n[listeners.pop3s]\nprotocol = "pop3"\ntls = "implicit"\nbind = ["127.0.0.1:0"]\n'
+    if "[listeners.pop3s]" not in text:  # mailkeep init writes it since POP3 landed
+        text += ('\n[listeners.pop3s]\nprotocol = "pop3"\ntls = "implicit"\n'
+                 'bind = ["127.0.0.1:0"]\n')
     cfg.write_text(text)
     from mailkeep.directory.passwords import hash_password  # noqa: PLC0415
 
