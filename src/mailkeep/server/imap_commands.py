@@ -351,9 +351,24 @@ class ImapExecutor:
             return Outcome(tagged(command.tag, "OK", "LSUB completed."), "OK")
         regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
                                                                   command.pattern))
-        for name in await self.store.subscriptions(self.account):
+        subscribed = await self.store.subscriptions(self.account)
+        shown = set(subscribed)
+        for name in subscribed:
             if listing.matches(regex, name):
                 await self.emit(untagged("LSUB", [], listing.DELIMITER, mutf7.encode(name)))
+                continue
+            # RFC 3501 §6.3.9: with "%", a subscribed "foo.bar" under an unsubscribed "foo"
+            # shows as "foo" flagged \Noselect (once), since "foo.bar" itself does not match.
+            parts = name.split(listing.DELIMITER)
+            for i in range(len(parts) - 1, 0, -1):
+                parent = listing.DELIMITER.join(parts[:i])
+                if parent in shown:
+                    break
+                if listing.matches(regex, parent):
+                    shown.add(parent)
+                    await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER,
+                                             mutf7.encode(parent)))
+                    break
         return Outcome(tagged(command.tag, "OK", "LSUB completed."), "OK")
 
     async def _cmd_status(self, command: g.CommandType) -> Outcome:
