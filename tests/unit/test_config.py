@@ -331,13 +331,6 @@ def test_every_protocol_is_implemented() -> None:
     assert {"submission", "pop3", "imap"} <= IMPLEMENTED_PROTOCOLS
 
 
-@pytest.mark.parametrize("protocol", RESERVED)
-def test_reserved_protocols_refused_as_not_available_yet(tmp_path: Path, protocol: str) -> None:
-    problems = problems_of(tmp_path, MINIMAL.replace('"submission"', f'"{protocol}"'))
-    assert keys_of(problems) == ["listeners.sub.protocol"]
-    assert "not available in this version yet" in problems[0]
-
-
 @pytest.mark.parametrize("protocol", sorted(IMPLEMENTED_PROTOCOLS))
 def test_implemented_protocols_accepted(tmp_path: Path, protocol: str) -> None:
     cfg = load_config(write(tmp_path, MINIMAL.replace('"submission"', f'"{protocol}"')))
