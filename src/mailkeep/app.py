@@ -182,6 +182,11 @@ class Daemon:
                 await asyncio.sleep(0.05)
             for session in list(services.sessions):
                 session.abort()
+            # Let the aborted sessions run their own clean-up (locks, logs) before we close.
+            for _ in range(20):
+                if not services.sessions:
+                    break
+                await asyncio.sleep(0.05)
         if self._reload_task is not None:
             self._reload_task.cancel()
         if self.directory is not None:

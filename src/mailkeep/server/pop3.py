@@ -33,7 +33,7 @@ from mailkeep.proto.pop3 import (
 )
 from mailkeep.security.throttle import Verdict
 from mailkeep.server import starttls
-from mailkeep.server.services import Services, new_connection_id
+from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 from mailkeep.store.base import MaildropLock, MessageGone, StoreError
 
 log = logging.getLogger("mailkeep.pop3")
@@ -152,9 +152,11 @@ class Pop3Session:
             with contextlib.suppress(Exception):
                 self.writer.write(SHUTDOWN_REPLY)
                 self.writer.close()
+            # A TLS client that ignores our close_notify would hold the daemon for the grace.
+            asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
-        if self.writer is not None:
+        if self.writer is not None and not self.closed:
             self.writer.transport.abort()
 
     # -- the loop -----------------------------------------------------------------------------

@@ -14,6 +14,10 @@ from mailkeep.proto.imap.mimecache import MimeCache
 from mailkeep.security import AuthThrottle, ConnectionBudget
 from mailkeep.store.base import MailStore
 
+# After the shutdown reply, a TLS client that never answers our close_notify must not hold
+# the daemon for the whole shutdown grace: its connection is aborted after this many seconds.
+SHUTDOWN_ABORT_AFTER = 1.0
+
 _conn_counter = itertools.count(1)
 _RUN = secrets.token_hex(2)
 

@@ -34,7 +34,7 @@ from mailkeep.proto.submission import (
 )
 from mailkeep.security.throttle import Verdict
 from mailkeep.server import starttls
-from mailkeep.server.services import Services, new_connection_id
+from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 from mailkeep.store.base import DeliveryError
 
 log = logging.getLogger("mailkeep.smtp")
@@ -52,9 +52,6 @@ SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
 # counts wire bytes, so it gets room for a dot on every line (worst case ".\r\n" -> "..\r\n",
 # a third more) and the exact limit is enforced on the unstuffed message in handle_DATA.
 WIRE_SIZE_SLACK_NUMERATOR, WIRE_SIZE_SLACK_DENOMINATOR = 4, 3
-# After SHUTDOWN_REPLY, a TLS client that never answers our close_notify must not hold the
-# daemon for the whole shutdown grace: its connection is aborted after this many seconds.
-SHUTDOWN_ABORT_AFTER = 1.0
 _TLS_ACTIVE = object()  # stands in for aiosmtpd's SSLProtocol once we upgraded ourselves
 
 
