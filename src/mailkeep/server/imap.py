@@ -11,12 +11,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from typing import cast
 
 from mailkeep.config.model import ListenerConfig
-from mailkeep.directory.base import Account
 from mailkeep.proto.imap.events import (
     NEED_DATA,
     AuthRequest,
@@ -30,7 +28,8 @@ from mailkeep.proto.imap.render import tagged, untagged_status
 from mailkeep.security.throttle import Verdict
 from mailkeep.server import starttls
 from mailkeep.server.imap_commands import ImapExecutor
-from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
+from mailkeep.server.services import Services
+from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
 from mailkeep.store.base import ImapStore
 
 log = logging.getLogger("mailkeep.imap")
@@ -42,108 +41,38 @@ SHUTDOWN_REPLY = untagged_status("BYE", "Server shutting down, try again later."
 IDLE_REPLY = untagged_status("BYE", "Autologout; idle for too long.")
 
 
-def _tls_version(writer: asyncio.StreamWriter) -> str | None:
-    obj = writer.get_extra_info("ssl_object")
-    return None if obj is None else (obj.version() or "TLS")
-
-
-class _Finished(Exception):
-    """The session ends now (reason in args[0])."""
-
-
-class ImapSession:
+class ImapSession(StreamSession):
     """One client connection."""
+
+    log = log
+    SHUTDOWN_REPLY = SHUTDOWN_REPLY
 
     def __init__(self, services: Services, listener: ListenerConfig,
                  tls_context: ssl.SSLContext) -> None:
-        self.services = services
-        self.listener = listener
-        self.front_context = tls_context
-        self.conn_id = new_connection_id()
-        self.peer_ip = "?"
-        self.started = time.monotonic()
-        self.account: Account | None = None
-        self.tls: str | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.reading = False
-        self.stopping = False
-        self.closed = False
+        super().__init__(services, listener, tls_context)
         self.machine: ImapMachine | None = None
         self.executor: ImapExecutor | None = None
         self.bytes_out = 0
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
-    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if peer else "?"
-        services = self.services
-        refusal = services.budget.acquire(self.peer_ip)
-        if refusal or services.stopping:
-            reason = refusal or "service shutting down"
-            log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id, self.peer_ip,
-                        self.listener.name, reason)
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write(untagged_status("BYE", f"{reason}, try again later.",
-                                             UNAVAILABLE))
-                writer.close()
-            return
-        services.sessions.add(self)
-        self.tls = _tls_version(writer)
-        reason = "closed"
-        try:
-            await self._serve(reader, writer)
-        except _Finished as done:
-            reason = str(done.args[0])
-        except (ConnectionError, OSError, ssl.SSLError) as exc:
-            reason = f"connection lost ({type(exc).__name__})"
-        except asyncio.CancelledError:
-            reason = "cancelled"
-            raise
-        except Exception:
-            # Ours, not the client's: logged with the connection id, generic reply.
-            log.exception("conn=%s internal error", self.conn_id)
-            reason = "internal error"
-            with contextlib.suppress(Exception):
-                writer.write(untagged_status("BYE", "Internal error, try again later.",
-                                             UNAVAILABLE))
-        finally:
-            self._finish(writer, reason)
+    def refusal_reply(self, reason: str) -> bytes:
+        return untagged_status("BYE", f"{reason}, try again later.", UNAVAILABLE)
 
-    def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
-        self.closed = True
-        with contextlib.suppress(Exception):
-            writer.close()
-        services = self.services
-        services.sessions.discard(self)
-        services.budget.release(self.peer_ip)
+    def internal_error_reply(self) -> bytes:
+        return untagged_status("BYE", "Internal error, try again later.", UNAVAILABLE)
+
+    async def _release(self) -> None:
+        users = self.services.imap_users
         if self.account is not None:
-            services.imap_users[self.account.name] -= 1
-            if services.imap_users[self.account.name] <= 0:
-                del services.imap_users[self.account.name]
+            users[self.account.name] -= 1
+            if users[self.account.name] <= 0:
+                del users[self.account.name]
+
+    def close_summary(self) -> str:
         m = self.machine
-        log.info("conn=%s imap close peer=%s listener=%s tls=%s user=%s commands=%d "
-                 "errors=%d bytes=%d reason=%s duration=%.3fs", self.conn_id, self.peer_ip,
-                 self.listener.name, self.tls or "none",
-                 self.account.name if self.account else "-", m.commands if m else 0,
-                 m.total_errors if m else 0, self.bytes_out, reason,
-                 time.monotonic() - self.started)
-
-    def shutdown(self) -> None:
-        """Daemon stopping: BYE and close now if waiting for a command, else after the
-        command in flight."""
-        self.stopping = True
-        if self.reading and self.writer is not None and not self.closed:
-            with contextlib.suppress(Exception):
-                self.writer.write(SHUTDOWN_REPLY)
-                self.writer.close()
-            # A TLS client that ignores our close_notify would hold the daemon for the grace.
-            asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
-
-    def abort(self) -> None:
-        if self.writer is not None and not self.closed:
-            self.writer.transport.abort()
+        return (f"commands={m.commands if m else 0} errors={m.total_errors if m else 0} "
+                f"bytes={self.bytes_out}")
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -158,7 +87,7 @@ class ImapSession:
             async with asyncio.timeout(self.services.config.imap.idle_timeout):
                 await self.writer.drain()
         except TimeoutError:
-            raise _Finished("idle timeout while sending") from None
+            raise SessionFinished("idle timeout while sending") from None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cfg = self.services.config.imap
@@ -173,7 +102,7 @@ class ImapSession:
             if event is NEED_DATA:
                 if self.stopping:
                     self._write(SHUTDOWN_REPLY)
-                    raise _Finished("shutdown")
+                    raise SessionFinished("shutdown")
                 await self._drain()
                 machine.receive_data(await self._read(reader, cfg.idle_timeout))
             elif isinstance(event, Reply):
@@ -187,7 +116,7 @@ class ImapSession:
             elif isinstance(event, Close):
                 with contextlib.suppress(ConnectionError, OSError):
                     await self._drain()
-                raise _Finished(event.reason)
+                raise SessionFinished(event.reason)
             else:  # PAUSED: a request was not answered (a bug in this driver)
                 raise RuntimeError(f"machine paused unexpectedly: {event!r}")
 
@@ -200,7 +129,7 @@ class ImapSession:
             self._write(IDLE_REPLY)
             with contextlib.suppress(ConnectionError, OSError):
                 await self._drain()
-            raise _Finished("idle timeout") from None
+            raise SessionFinished("idle timeout") from None
         finally:
             self.reading = False
 
@@ -255,12 +184,12 @@ class ImapSession:
             if self.tls is None and not writer.transport.is_closing():
                 self._write(untagged_status("BYE", "Commands pipelined behind STARTTLS "
                                                    "refused."))
-            raise _Finished("plaintext pipelined behind STARTTLS") from None
+            raise SessionFinished("plaintext pipelined behind STARTTLS") from None
         except starttls.HandshakeFailed as exc:
             log.info("conn=%s TLS handshake failed: %s", self.conn_id, exc)
             machine.tls_failed()
             return
-        self.tls = _tls_version(writer)
+        self.tls = tls_version(writer)
         machine.tls_started()
 
     async def _execute(self, machine: ImapMachine, request: Execute) -> None:
@@ -269,7 +198,7 @@ class ImapSession:
         command = request.command
         try:
             outcome = await self.executor.run(command)
-        except (ConnectionError, OSError, _Finished):
+        except (ConnectionError, OSError, SessionFinished):
             raise
         except Exception:
             log.exception("conn=%s %s failed", self.conn_id, command.name)

@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Callable
 
 from mailkeep.config.model import ListenerConfig
-from mailkeep.directory.base import Account
 from mailkeep.proto.pop3 import (
     AUTH,
     IN_USE,
@@ -33,7 +31,8 @@ from mailkeep.proto.pop3 import (
 )
 from mailkeep.security.throttle import Verdict
 from mailkeep.server import starttls
-from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
+from mailkeep.server.services import Services
+from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
 from mailkeep.store.base import MaildropLock, MessageGone, StoreError
 
 log = logging.getLogger("mailkeep.pop3")
@@ -54,110 +53,40 @@ def uidl(uid: int, uidvalidity: int) -> str:
     return f"{uid:08X}{uidvalidity:08X}"
 
 
-def _tls_version(writer: asyncio.StreamWriter) -> str | None:
-    obj = writer.get_extra_info("ssl_object")
-    return None if obj is None else (obj.version() or "TLS")
-
-
-class _Finished(Exception):
-    """The session ends now (reason in args[0])."""
-
-
-class Pop3Session:
+class Pop3Session(StreamSession):
     """One client connection."""
+
+    log = log
+    SHUTDOWN_REPLY = SHUTDOWN_REPLY
 
     def __init__(self, services: Services, listener: ListenerConfig,
                  tls_context: ssl.SSLContext) -> None:
-        self.services = services
-        self.listener = listener
-        self.front_context = tls_context
-        self.conn_id = new_connection_id()
-        self.peer_ip = "?"
-        self.started = time.monotonic()
-        self.account: Account | None = None
+        super().__init__(services, listener, tls_context)
         self.lock: MaildropLock | None = None
-        self.tls: str | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.reading = False      # waiting for the client's next command
-        self.stopping = False
-        self.closed = False
         self.machine: Pop3Machine | None = None
         self.counts = {"retr": 0, "top": 0, "deleted": 0, "bytes": 0}
         self._refresher: asyncio.Task[None] | None = None
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
-    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if peer else "?"
-        services = self.services
-        refusal = services.budget.acquire(self.peer_ip)
-        if refusal or services.stopping:
-            reason = refusal or "service shutting down"
-            log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id, self.peer_ip,
-                        self.listener.name, reason)
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write(f"-ERR [SYS/TEMP] {reason}, try again later.\r\n".encode())
-                writer.close()
-            return
-        services.sessions.add(self)
-        self.tls = _tls_version(writer)
-        reason = "closed"
-        try:
-            await self._serve(reader, writer)
-        except _Finished as done:
-            reason = str(done.args[0])
-        except (ConnectionError, OSError, ssl.SSLError) as exc:
-            reason = f"connection lost ({type(exc).__name__})"
-        except asyncio.CancelledError:
-            reason = "cancelled"
-            raise
-        except Exception:
-            # Ours, not the client's: logged with the connection id, generic reply.
-            log.exception("conn=%s internal error", self.conn_id)
-            reason = "internal error"
-            with contextlib.suppress(Exception):
-                writer.write(b"-ERR [SYS/TEMP] Internal error, try again later.\r\n")
-        finally:
-            await self._finish(writer, reason)
+    def refusal_reply(self, reason: str) -> bytes:
+        return f"-ERR [SYS/TEMP] {reason}, try again later.\r\n".encode()
 
-    async def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
-        self.closed = True
+    def internal_error_reply(self) -> bytes:
+        return b"-ERR [SYS/TEMP] Internal error, try again later.\r\n"
+
+    async def _release(self) -> None:
+        # No UPDATE state here: DELE marks are dropped, nothing is removed (RFC 1939 §6).
         if self._refresher is not None:
             self._refresher.cancel()
         if self.lock is not None:
-            try:
-                await self.lock.release()
-            except Exception:
-                log.exception("conn=%s maildrop unlock failed", self.conn_id)
-        with contextlib.suppress(Exception):
-            writer.close()
-        self.services.sessions.discard(self)
-        self.services.budget.release(self.peer_ip)
-        m = self.machine
+            await self.lock.release()
+
+    def close_summary(self) -> str:
         c = self.counts
-        log.info("conn=%s pop3 close peer=%s listener=%s tls=%s user=%s retr=%d top=%d "
-                 "deleted=%d bytes=%d errors=%d reason=%s duration=%.3fs", self.conn_id,
-                 self.peer_ip, self.listener.name, self.tls or "none",
-                 self.account.name if self.account else "-", c["retr"], c["top"], c["deleted"],
-                 c["bytes"], m.total_errors if m else 0, reason, time.monotonic() - self.started)
-
-    def shutdown(self) -> None:
-        """Daemon stopping: close now if waiting for a command, else after the one in flight.
-
-        No UPDATE state: DELE marks are dropped, nothing is removed (RFC 1939 §6)."""
-        self.stopping = True
-        if self.reading and self.writer is not None and not self.closed:
-            with contextlib.suppress(Exception):
-                self.writer.write(SHUTDOWN_REPLY)
-                self.writer.close()
-            # A TLS client that ignores our close_notify would hold the daemon for the grace.
-            asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
-
-    def abort(self) -> None:
-        if self.writer is not None and not self.closed:
-            self.writer.transport.abort()
+        errors = self.machine.total_errors if self.machine else 0
+        return (f"retr={c['retr']} top={c['top']} deleted={c['deleted']} "
+                f"bytes={c['bytes']} errors={errors}")
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -173,7 +102,7 @@ class Pop3Session:
             async with asyncio.timeout(self.services.config.pop3.idle_timeout):
                 await writer.drain()
         except TimeoutError:
-            raise _Finished("idle timeout while sending") from None
+            raise SessionFinished("idle timeout while sending") from None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cfg = self.services.config.pop3
@@ -187,7 +116,7 @@ class Pop3Session:
             if event is NEED_DATA:
                 if self.stopping:
                     self._write(writer, SHUTDOWN_REPLY)
-                    raise _Finished("shutdown")
+                    raise SessionFinished("shutdown")
                 await self._drain(writer)
                 machine.receive_data(await self._read(reader, writer, cfg.idle_timeout))
             elif isinstance(event, Reply):
@@ -203,7 +132,7 @@ class Pop3Session:
             elif isinstance(event, Close):
                 with contextlib.suppress(ConnectionError, OSError):
                     await self._drain(writer)
-                raise _Finished(event.reason)
+                raise SessionFinished(event.reason)
             else:  # PAUSED: a request was not answered (a bug in this driver)
                 raise RuntimeError(f"machine paused unexpectedly: {event!r}")
 
@@ -217,7 +146,7 @@ class Pop3Session:
             self._write(writer, IDLE_REPLY)
             with contextlib.suppress(ConnectionError, OSError):
                 await self._drain(writer)
-            raise _Finished("idle timeout") from None
+            raise SessionFinished("idle timeout") from None
         finally:
             self.reading = False
 
@@ -288,12 +217,12 @@ class Pop3Session:
             if self.tls is None and not writer.transport.is_closing():
                 self._write(writer, b"-ERR [SYS/PERM] Commands pipelined behind STLS "
                                     b"refused.\r\n")
-            raise _Finished("plaintext pipelined behind STLS") from None
+            raise SessionFinished("plaintext pipelined behind STLS") from None
         except starttls.HandshakeFailed as exc:
             log.info("conn=%s TLS handshake failed: %s", self.conn_id, exc)
             machine.tls_failed()
             return
-        self.tls = _tls_version(writer)
+        self.tls = tls_version(writer)
         machine.tls_started()
 
     async def _retrieve(self, machine: Pop3Machine, request: Retrieve,

@@ -1,0 +1,135 @@
+"""The connection lifecycle shared by the stream-based doors (POP3, IMAP).
+
+One place takes the connection budget, registers the session for shutdown, turns escaping
+exceptions into a logged internal error with a generic reply, and releases everything. The
+protocol drivers supply their replies and their own clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+
+from mailkeep.config.model import ListenerConfig
+from mailkeep.directory.base import Account
+from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
+
+
+class SessionFinished(Exception):
+    """The session ends now (reason in args[0])."""
+
+
+def tls_version(writer: asyncio.StreamWriter) -> str | None:
+    obj = writer.get_extra_info("ssl_object")
+    return None if obj is None else (obj.version() or "TLS")
+
+
+class StreamSession:
+    """One client connection of a stream-based door. Subclasses implement _serve()."""
+
+    log = logging.getLogger("mailkeep")
+    SHUTDOWN_REPLY = b""
+
+    def __init__(self, services: Services, listener: ListenerConfig,
+                 tls_context: ssl.SSLContext) -> None:
+        self.services = services
+        self.listener = listener
+        self.front_context = tls_context
+        self.conn_id = new_connection_id()
+        self.peer_ip = "?"
+        self.started = time.monotonic()
+        self.account: Account | None = None
+        self.tls: str | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading = False      # waiting for the client's next command
+        self.stopping = False
+        self.closed = False
+
+    # -- what a door supplies --------------------------------------------------------------
+
+    def refusal_reply(self, reason: str) -> bytes:
+        raise NotImplementedError
+
+    def internal_error_reply(self) -> bytes:
+        raise NotImplementedError
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _release(self) -> None:
+        """The door's own clean-up (locks, per-user counts), before the connection closes."""
+
+    def close_summary(self) -> str:
+        """The door's figures for the one log line per connection."""
+        return ""
+
+    # -- the lifecycle ---------------------------------------------------------------------
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "?"
+        services = self.services
+        refusal = services.budget.acquire(self.peer_ip)
+        if refusal or services.stopping:
+            reason = refusal or "service shutting down"
+            self.log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id,
+                             self.peer_ip, self.listener.name, reason)
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write(self.refusal_reply(reason))
+                writer.close()
+            return
+        services.sessions.add(self)
+        self.tls = tls_version(writer)
+        reason = "closed"
+        try:
+            await self._serve(reader, writer)
+        except SessionFinished as done:
+            reason = str(done.args[0])
+        except (ConnectionError, OSError, ssl.SSLError) as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception:
+            # Ours, not the client's: logged with the connection id, generic reply.
+            self.log.exception("conn=%s internal error", self.conn_id)
+            reason = "internal error"
+            with contextlib.suppress(Exception):
+                writer.write(self.internal_error_reply())
+        finally:
+            await self._finish(writer, reason)
+
+    async def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        self.closed = True
+        try:
+            await self._release()
+        except Exception:
+            self.log.exception("conn=%s clean-up failed", self.conn_id)
+        with contextlib.suppress(Exception):
+            writer.close()
+        self.services.sessions.discard(self)
+        self.services.budget.release(self.peer_ip)
+        self.log.info("conn=%s %s close peer=%s listener=%s tls=%s user=%s %s reason=%s "
+                      "duration=%.3fs", self.conn_id, self.listener.protocol, self.peer_ip,
+                      self.listener.name,
+                      self.tls or "none", self.account.name if self.account else "-",
+                      self.close_summary(), reason, time.monotonic() - self.started)
+
+    def shutdown(self) -> None:
+        """Daemon stopping: say goodbye and close now if waiting for a command, else after
+        the command in flight (the door checks `stopping`)."""
+        self.stopping = True
+        if self.reading and self.writer is not None and not self.closed:
+            with contextlib.suppress(Exception):
+                self.writer.write(self.SHUTDOWN_REPLY)
+                self.writer.close()
+            # A TLS client that ignores our close_notify would hold the daemon for the grace.
+            asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
+
+    def abort(self) -> None:
+        if self.writer is not None and not self.closed:
+            self.writer.transport.abort()
