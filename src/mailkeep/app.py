@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
-from mailkeep.security import AuthThrottle, ConnectionBudget
-from mailkeep.server import imap, pop3
+from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
+from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
+from mailkeep.server import imap, pop3, submission
+from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
 from mailkeep.server.services import Services
-from mailkeep.server.submission import SubmissionSession
 from mailkeep.store.maildir import MaildirStore
 from mailkeep.tls.certs import CertificateProblem
 from mailkeep.tls.context import TlsContexts
@@ -50,7 +53,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.tls = TlsContexts(config.hostname)
-        self.servers: list[asyncio.Server] = []
+        self.listeners: list[Listener] = []
         self.bound: dict[str, list[str]] = {}
         self.services: Services | None = None
         self.store: MaildirStore | None = None
@@ -93,53 +96,59 @@ class Daemon:
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
             log.info("removed %d stale files from Maildir tmp/ folders", removed)
+        open_files = raise_open_files_limit()
+        security = config.security
+        capacity = connection_capacity(security.max_connections, open_files,
+                                       security.descriptor_reserve)
+        if capacity < security.max_connections:
+            log.warning("security.max_connections lowered from %d to %d: the open-files "
+                        "limit is %d and %d descriptors are kept for mail storage "
+                        "(raise `ulimit -n` or lower security.max_connections)",
+                        security.max_connections, capacity, open_files,
+                        security.descriptor_reserve)
         self.services = Services(
             config=config, directory=self.directory, store=self.store,
-            throttle=AuthThrottle(config.security), budget=ConnectionBudget(config.security),
+            throttle=AuthThrottle(security), budget=ConnectionBudget(security, capacity),
+            imap_sessions=SessionCounter(config.imap.max_connections_per_user,
+                                         config.imap.max_connections_per_user_ip),
+            input_budget=InputBudget(security.max_buffered_input),
         )
         problems: list[str] = []
         for lst in config.listeners:
             for i, addr in enumerate(lst.bind):
                 try:
-                    server = await self._listen(lst, addr, contexts[lst.name])
+                    sock = bind_socket(addr)
                 except OSError as exc:
                     problems.append(f"listeners.{lst.name}.bind[{i}]: {addr}: "
                                     f"{_bind_hint(exc, addr)}")
                     continue
-                self.servers.append(server)
-                for sock in server.sockets:
-                    host, port = sock.getsockname()[:2]
-                    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    self.bound.setdefault(lst.name, []).append(shown)
-                    log.info("listening: %s %s (%s TLS) on %s", lst.name, lst.protocol, lst.tls,
-                             shown)
+                listener = self._listener(lst, sock, contexts[lst.name])
+                self.listeners.append(listener)
+                self.bound.setdefault(lst.name, []).append(listener.address)
+                log.info("listening: %s %s (%s TLS) on %s", lst.name, lst.protocol, lst.tls,
+                         listener.address)
         if problems:
             await self.close_servers()
             raise StartupError(problems)
+        for listener in self.listeners:
+            listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
 
-    async def _listen(self, lst: ListenerConfig, addr: BindAddress,
-                      context: ssl.SSLContext) -> asyncio.Server:
-        loop = asyncio.get_running_loop()
+    def _listener(self, lst: ListenerConfig, sock: socket.socket,
+                  context: ssl.SSLContext) -> Listener:
         services = self.services
         assert services is not None
-
-        def submission_factory() -> asyncio.Protocol:
-            return SubmissionSession(services, lst, context)
-
-        factory: Callable[[], asyncio.Protocol] = submission_factory
+        factory: ProtocolFactory
+        refusal: Callable[[str], bytes]
         if lst.protocol == "pop3":
-            factory = pop3.session_factory(services, lst, context)
+            factory, refusal = pop3.session_factory(services, lst, context), pop3.refusal_line
         elif lst.protocol == "imap":
-            factory = imap.session_factory(services, lst, context)
-
-        implicit = lst.tls == "implicit"
-        return await loop.create_server(
-            factory, host=addr.host, port=addr.port, reuse_address=True,
-            ssl=context if implicit else None,
-            ssl_handshake_timeout=self.config.tls.handshake_timeout if implicit else None,
-            backlog=511,
-        )
+            factory, refusal = imap.session_factory(services, lst, context), imap.refusal_line
+        else:
+            factory = submission.session_factory(services, lst, context)
+            refusal = functools.partial(submission.refusal_line, self.config.hostname)
+        return Listener(services, lst, sock, context=context, factory=factory,
+                        refusal_line=refusal)
 
     async def _reload_loop(self) -> None:
         while True:
@@ -155,11 +164,9 @@ class Daemon:
         self._stop.set()
 
     async def close_servers(self) -> None:
-        for server in self.servers:
-            server.close()
-        for server in self.servers:
-            await server.wait_closed()
-        self.servers = []
+        listeners, self.listeners = self.listeners, []
+        for listener in listeners:
+            await listener.close()
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
@@ -169,8 +176,9 @@ class Daemon:
         """Stop accepting, let transactions in flight finish (up to shutdown_grace), close."""
         log.info("shutting down")
         services = self.services
-        for server in self.servers:
-            server.close()
+        if services is not None:
+            services.stopping = True
+        await self.close_servers()
         if services is not None:
             services.stopping = True
             for session in list(services.sessions):
@@ -193,7 +201,6 @@ class Daemon:
             await self.directory.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)  # waits for deliveries in flight
-        self.servers = []
         log.info("stopped")
 
 

@@ -199,7 +199,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     for name, val in (("handshake_timeout", handshake), ("reload_interval", reload_iv)):
         if val is not None and val <= 0:
             r.problem(f"tls.{name}", f"must be greater than 0, got {val}")
-    tls = TlsConfig(cert or Path(), key or Path(), handshake or 30.0, reload_iv or 30.0)
+    tls = TlsConfig(cert or Path(), key or Path(), handshake or tls_defaults.handshake_timeout,
+                    reload_iv or tls_defaults.reload_interval)
 
     dir_raw = r.table(raw, "directory")
     backend = r.get(dir_raw, "backend", str, "directory.", "file") or "file"
@@ -215,6 +216,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         r.problem("pop3.max_line_length", f"must be at least {MIN_POP3_LINE_LENGTH} "
                   f"(RFC 2449 §4), got {pop3.max_line_length}")
     imap = _positive_record(r, ImapConfig, r.table(raw, "imap"), "imap.")
+    if imap.unauthenticated_max_literal_size > imap.max_literal_size:
+        r.problem("imap.unauthenticated_max_literal_size", "must not exceed "
+                  f"imap.max_literal_size ({imap.max_literal_size})")
     if imap.max_line_length < MIN_IMAP_LINE_LENGTH:
         r.problem("imap.max_line_length", f"must be at least {MIN_IMAP_LINE_LENGTH} "
                   f"(RFC 7162 §4), got {imap.max_line_length}")

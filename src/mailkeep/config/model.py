@@ -21,9 +21,11 @@ DEFAULT_MAX_RECIPIENTS = 100
 DEFAULT_MAX_ERRORS = 20
 # RFC 5321 §4.5.3.1.6: 1000 octets per text line including CRLF (998 + CRLF).
 DEFAULT_MAX_LINE_LENGTH = 1000
-# A stalled handshake must not hold a connection slot: Postfix uses 60 s (smtpd_starttls_timeout
-# is 300 s but bounded by the idle timeout); 30 s is ample on any real link.
-DEFAULT_TLS_HANDSHAKE_TIMEOUT = 30.0
+# A stalled handshake must not hold a connection slot. A TLS handshake is two round trips:
+# even a 1 s round trip (a bad mobile link) completes in about 4 s. Postfix under stress
+# shortens its timeouts to 10 s (smtpd_timeout = ${stress?{10}:{300}}); so do we, always,
+# for clients that have not even finished TLS.
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 # How often certificate files are checked for a renewal (SIGHUP reloads at once).
 DEFAULT_TLS_RELOAD_INTERVAL = 30.0
 # Dovecot's auth_failure_delay is 2 s; we start slowing down after a few honest typos.
@@ -36,6 +38,19 @@ DEFAULT_AUTH_FAILURE_WINDOW = 900.0
 # Dovecot mail_max_userip_connections is 10 per user+IP; per IP overall we allow more.
 DEFAULT_MAX_CONNECTIONS_PER_IP = 20
 DEFAULT_MAX_CONNECTIONS = 1000
+# Before a client has logged in it gets a short idle timeout on every door (Dovecot's login
+# processes drop clients that have not logged in within a minute or so of silence; Postfix
+# under stress uses 10 s): a silent unauthenticated connection must not hold a slot for the
+# 5 to 30 minutes the RFCs ask for once a session is authenticated.
+DEFAULT_LOGIN_TIMEOUT = 60.0
+# Input held in memory across all sessions (IMAP literals, SMTP DATA being received): past it,
+# new uploads are refused with a temporary error instead of growing the process. Enough for
+# ten 25 MiB uploads at once.
+DEFAULT_MAX_BUFFERED_INPUT = 256 * 1024 * 1024
+# File descriptors kept free for the store, logs and the directory: connections are refused
+# at accept time before they could use these up (outside testing saw 'Too many open files'
+# break delivery for everyone once ~1,100 pending connections held a 1,024 limit).
+DEFAULT_DESCRIPTOR_RESERVE = 128
 DEFAULT_SHUTDOWN_GRACE = 10.0
 # RFC 1939 §3: a POP3 autologout timer MUST be at least 10 minutes (Dovecot: 10 minutes).
 DEFAULT_POP3_IDLE_TIMEOUT = 600.0
@@ -54,8 +69,15 @@ DEFAULT_IMAP_MAX_ERRORS = 20
 DEFAULT_IMAP_MAX_LINE_LENGTH = 65_536
 # The APPEND literal is the message: the same 25 MiB as submission's max_message_size.
 DEFAULT_IMAP_MAX_LITERAL_SIZE = DEFAULT_MAX_MESSAGE_SIZE
-# Dovecot mail_max_userip_connections is 10 (per user and address); we count per user.
-DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER = 10
+# Dovecot mail_max_userip_connections is 10 per user and client address: two Thunderbird
+# installs (five connections each) on two machines must both work.
+DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER_IP = 10
+# A backstop per account over all addresses (a leaked password used from a botnet).
+DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER = 50
+# RFC 7888 §5 (LITERAL-): 4096 octets is the non-synchronizing literal limit that clients
+# must respect; before login nothing larger is needed (a LOGIN password literal), so nothing
+# larger is accepted: an unauthenticated client cannot make the server hold megabytes.
+DEFAULT_IMAP_UNAUTHENTICATED_MAX_LITERAL_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,8 @@ class ImapConfig:
     max_line_length: int = DEFAULT_IMAP_MAX_LINE_LENGTH
     max_literal_size: int = DEFAULT_IMAP_MAX_LITERAL_SIZE
     max_connections_per_user: int = DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER
+    max_connections_per_user_ip: int = DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER_IP
+    unauthenticated_max_literal_size: int = DEFAULT_IMAP_UNAUTHENTICATED_MAX_LITERAL_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +151,9 @@ class SecurityConfig:
     auth_failures_before_block: int = DEFAULT_AUTH_FAILURES_BEFORE_BLOCK
     auth_block_seconds: float = DEFAULT_AUTH_BLOCK_SECONDS
     auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    max_buffered_input: int = DEFAULT_MAX_BUFFERED_INPUT
+    descriptor_reserve: int = DEFAULT_DESCRIPTOR_RESERVE
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ data_dir = "{data_dir}"
 # or at once on SIGHUP); a broken new file is refused and the old certificate keeps serving.
 cert = "{cert}"
 key = "{key}"
-# handshake_timeout = 30.0   # seconds a client may take to finish the TLS handshake
+# handshake_timeout = 10.0   # seconds a client may take to finish the TLS handshake
 # reload_interval = 30.0     # seconds between checks of the certificate files
 
 [directory]
@@ -55,7 +55,11 @@ path = "users.toml"
 # max_errors = 20               # BAD commands in a row before the session is closed
 # max_line_length = 65536       # octets of command text (literals not counted; >= 8192)
 # max_literal_size = 26214400   # bytes: the largest APPEND (NO [TOOBIG] beyond it)
-# max_connections_per_user = 10 # simultaneous IMAP sessions of one account
+# max_connections_per_user_ip = 10  # IMAP sessions of one account from one client address
+#                                    # (Dovecot mail_max_userip_connections)
+# max_connections_per_user = 50      # IMAP sessions of one account from all addresses
+# unauthenticated_max_literal_size = 4096  # bytes: largest literal before login (RFC 7888
+#                                          # LITERAL- limit); larger ones are refused
 
 [security]
 # Failed logins are counted per client address (never per account, so nobody can lock a
@@ -69,8 +73,16 @@ path = "users.toml"
 # auth_failures_before_block = 10
 # auth_block_seconds = 900.0
 # auth_failure_window = 900.0
-# max_connections = 1000        # all clients together
-# max_connections_per_ip = 20   # one client address
+# max_connections = 1000        # all clients together, counted at accept (before TLS);
+#                               # capped by the open-files limit minus descriptor_reserve.
+#                               # When full, idle clients that have not logged in are
+#                               # closed first to make room.
+# max_connections_per_ip = 20   # one client address (IPv6: one /64), counted at accept
+# login_timeout = 60.0          # seconds a client that has not logged in may stay silent
+#                               # (after login each door's idle_timeout applies)
+# max_buffered_input = 268435456  # bytes of uploads (IMAP literals, SMTP DATA) held in
+#                               # memory by all sessions together; more is refused (4xx/NO)
+# descriptor_reserve = 128      # open files kept free for mail storage and logs
 
 # Listeners: each has a name, a protocol (submission, imap or pop3), a TLS mode
 # and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may name its

@@ -15,6 +15,15 @@ class DirectoryError(Exception):
     """The directory cannot be used (bad file, bad options): an administrator's fix."""
 
 
+class DirectoryUnavailable(Exception):
+    """The backend cannot answer right now (down, too slow): a temporary failure for the
+    client (454 4.7.0, NO [UNAVAILABLE], -ERR [SYS/TEMP]), never "wrong password"."""
+
+
+# The doors a login is for (app passwords may be limited to some of them).
+SERVICES = ("imap", "pop3", "submission", "smtp", "relay")
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """One mail account. `name` is its login and the folder name of its Maildir."""
@@ -34,14 +43,17 @@ class Account:
 class UserDirectory(Protocol):
     """What every backend offers. Methods are async: backends do their I/O off the loop."""
 
-    async def authenticate(self, login: str, password: str) -> Account | None:
+    async def authenticate(self, login: str, password: str, service: str) -> Account | None:
         """The account for a login (name or any address) and password, or None.
 
-        Unknown logins cost the same time as wrong passwords."""
+        `service` is the door (one of SERVICES). Unknown logins cost the same time as wrong
+        passwords. Raises DirectoryUnavailable when the backend cannot answer now."""
         ...
 
     async def lookup(self, address: str) -> Account | None:
-        """The account that receives mail for an address, or None."""
+        """The account that receives mail for an address, or None.
+
+        Raises DirectoryUnavailable when the backend cannot answer now."""
         ...
 
     async def close(self) -> None: ...

@@ -203,7 +203,7 @@ class FileDirectory:
         ok = verify_password(password, rec.password_hash if rec else None)
         return rec.account if ok and rec else None
 
-    async def authenticate(self, login: str, password: str) -> Account | None:
+    async def authenticate(self, login: str, password: str, service: str = "") -> Account | None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._authenticate, login, password)
 

@@ -1,33 +1,44 @@
-"""Connection budgets: total and per client address."""
+"""Connection budgets: total and per client address, counted at accept time (before TLS).
+
+Addresses are grouped like the auth throttle groups them (an IPv6 client counts per /64).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from mailkeep.config.model import SecurityConfig
+from mailkeep.security.throttle import client_key
+
+TOO_MANY = "too many connections"
+TOO_MANY_FROM_YOU = "too many connections from your address"
 
 
 class ConnectionBudget:
-    def __init__(self, config: SecurityConfig) -> None:
+    def __init__(self, config: SecurityConfig, capacity: int | None = None) -> None:
         self.config = config
+        # The effective total: config.max_connections, lowered to fit the open-files limit.
+        self.capacity = config.max_connections if capacity is None else capacity
         self._per_ip: Counter[str] = Counter()
         self.total = 0
 
     def acquire(self, address: str) -> str | None:
         """Take a slot; return None, or the reason the connection must be refused."""
-        if self.total >= self.config.max_connections:
-            return "too many connections"
-        if self._per_ip[address] >= self.config.max_connections_per_ip:
-            return "too many connections from your address"
-        self._per_ip[address] += 1
+        key = client_key(address)
+        if self._per_ip[key] >= self.config.max_connections_per_ip:
+            return TOO_MANY_FROM_YOU
+        if self.total >= self.capacity:
+            return TOO_MANY
+        self._per_ip[key] += 1
         self.total += 1
         return None
 
     def release(self, address: str) -> None:
-        self._per_ip[address] -= 1
-        if self._per_ip[address] <= 0:
-            del self._per_ip[address]
+        key = client_key(address)
+        self._per_ip[key] -= 1
+        if self._per_ip[key] <= 0:
+            del self._per_ip[key]
         self.total -= 1
 
     def count(self, address: str) -> int:
-        return self._per_ip[address]
+        return self._per_ip[client_key(address)]

@@ -25,9 +25,9 @@ from mailkeep.proto.imap.events import (
 )
 from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, UNAVAILABLE, ImapMachine
 from mailkeep.proto.imap.render import tagged, untagged_status
-from mailkeep.security.throttle import Verdict
-from mailkeep.server import starttls
+from mailkeep.server import auth, starttls
 from mailkeep.server.imap_commands import ImapExecutor
+from mailkeep.server.listener import Slot
 from mailkeep.server.services import Services
 from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
 from mailkeep.store.base import ImapStore
@@ -48,26 +48,29 @@ class ImapSession(StreamSession):
     SHUTDOWN_REPLY = SHUTDOWN_REPLY
 
     def __init__(self, services: Services, listener: ListenerConfig,
-                 tls_context: ssl.SSLContext) -> None:
-        super().__init__(services, listener, tls_context)
+                 tls_context: ssl.SSLContext, slot: Slot) -> None:
+        super().__init__(services, listener, tls_context, slot)
         self.machine: ImapMachine | None = None
         self.executor: ImapExecutor | None = None
         self.bytes_out = 0
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
-    def refusal_reply(self, reason: str) -> bytes:
+    @staticmethod
+    def refusal_reply_text(reason: str) -> bytes:
         return untagged_status("BYE", f"{reason}, try again later.", UNAVAILABLE)
+
+    def refusal_reply(self, reason: str) -> bytes:
+        return self.refusal_reply_text(reason)
 
     def internal_error_reply(self) -> bytes:
         return untagged_status("BYE", "Internal error, try again later.", UNAVAILABLE)
 
     async def _release(self) -> None:
-        users = self.services.imap_users
+        if self.machine is not None:
+            self.machine.release()
         if self.account is not None:
-            users[self.account.name] -= 1
-            if users[self.account.name] <= 0:
-                del users[self.account.name]
+            self.services.imap_sessions.release(self.account.name, self.peer_ip)
 
     def close_summary(self) -> str:
         m = self.machine
@@ -84,7 +87,8 @@ class ImapSession(StreamSession):
     async def _drain(self) -> None:
         assert self.writer is not None
         try:
-            async with asyncio.timeout(self.services.config.imap.idle_timeout):
+            timeout = self.idle_timeout(self.services.config.imap.idle_timeout)
+            async with asyncio.timeout(timeout):
                 await self.writer.drain()
         except TimeoutError:
             raise SessionFinished("idle timeout while sending") from None
@@ -95,7 +99,8 @@ class ImapSession(StreamSession):
             tls_active=self.listener.tls == "implicit",
             starttls_offered=self.listener.tls == "starttls",
             max_line=cfg.max_line_length, max_literal=cfg.max_literal_size,
-            max_errors=cfg.max_errors)
+            unauthenticated_max_literal=cfg.unauthenticated_max_literal_size,
+            max_errors=cfg.max_errors, budget=self.services.input_budget)
         self._write(machine.greeting())
         while True:
             event = machine.next_event()
@@ -104,7 +109,8 @@ class ImapSession(StreamSession):
                     self._write(SHUTDOWN_REPLY)
                     raise SessionFinished("shutdown")
                 await self._drain()
-                machine.receive_data(await self._read(reader, cfg.idle_timeout))
+                timeout = self.idle_timeout(cfg.idle_timeout)
+                machine.receive_data(await self._read(reader, timeout))
             elif isinstance(event, Reply):
                 self._write(event.data)
             elif isinstance(event, AuthRequest):
@@ -124,7 +130,9 @@ class ImapSession(StreamSession):
         self.reading = True
         try:
             async with asyncio.timeout(timeout):
-                return await reader.read(READ_SIZE)
+                data = await reader.read(READ_SIZE)
+            self.input_arrived()
+            return data
         except TimeoutError:
             self._write(IDLE_REPLY)
             with contextlib.suppress(ConnectionError, OSError):
@@ -137,40 +145,32 @@ class ImapSession(StreamSession):
 
     async def _authenticate(self, machine: ImapMachine, request: AuthRequest) -> None:
         services = self.services
-        creds = request.credentials
-        verdict, wait = services.throttle.check(self.peer_ip)
-        if verdict is Verdict.BLOCKED:
-            log.warning("conn=%s auth refused: %s is blocked for %.0fs more", self.conn_id,
-                        self.peer_ip, wait)
+        outcome = await auth.login(services, peer_ip=self.peer_ip, creds=request.credentials,
+                                   service="imap", mechanism=request.mechanism,
+                                   conn_id=self.conn_id)
+        if outcome.failure is auth.Failure.BLOCKED:
             machine.auth_failed(request.tag, UNAVAILABLE, "Too many failed logins from your "
                                                           "address, try again later.")
             return
-        if wait:
-            await asyncio.sleep(wait)
-        account = await services.directory.authenticate(creds.login, creds.password)
-        authzid = creds.authzid.lower()
-        if account is not None and authzid and authzid not in (creds.login.lower(), account.name) \
-                and not account.owns(authzid):
-            account = None  # RFC 4616 §2: nobody acts for another user
+        if outcome.failure is auth.Failure.UNAVAILABLE:
+            machine.auth_failed(request.tag, UNAVAILABLE, "Authentication temporarily "
+                                                          "unavailable, try again later.")
+            return
+        account = outcome.account
         if account is None:
-            services.throttle.failure(self.peer_ip)
-            log.warning("conn=%s imap auth failed peer=%s mechanism=%s login=%r", self.conn_id,
-                        self.peer_ip, request.mechanism, creds.login[:64])
             machine.auth_failed(request.tag, AUTHENTICATIONFAILED, "Authentication failed.")
             return
-        limit = services.config.imap.max_connections_per_user
-        if services.imap_users[account.name] >= limit:
-            log.warning("conn=%s imap login of %s refused: %d sessions open", self.conn_id,
-                        account.name, limit)
-            machine.auth_failed(request.tag, UNAVAILABLE, "Too many sessions for this user.")
+        refusal = services.imap_sessions.acquire(account.name, self.peer_ip)
+        if refusal is not None:
+            log.warning("conn=%s imap login of %s refused: %s", self.conn_id, account.name,
+                        refusal)
+            # RFC 5530 §3: [LIMIT] -- the operation ran into a server limit.
+            machine.auth_failed(request.tag, "LIMIT", refusal[0].upper() + refusal[1:] + ".")
             return
-        services.imap_users[account.name] += 1
         self.account = account
         self.executor = ImapExecutor(cast(ImapStore, services.store), account.name,
                                      services.mime_cache, self._write, self._drain,
                                      conn_id=self.conn_id)
-        log.info("conn=%s imap login user=%s peer=%s mechanism=%s", self.conn_id,
-                 account.name, self.peer_ip, request.mechanism)
         machine.auth_succeeded(request.tag, account.name)
 
     async def _starttls(self, machine: ImapMachine, request: StartTls,
@@ -208,13 +208,18 @@ class ImapSession(StreamSession):
         machine.executed(outcome.tagged, outcome.status, outcome.state, outcome.close)
 
 
-def session_factory(services: Services, listener: ListenerConfig,
-                    context: ssl.SSLContext) -> Callable[[], asyncio.Protocol]:
-    """What loop.create_server() wants: one StreamReaderProtocol per connection."""
+def refusal_line(reason: str) -> bytes:
+    """What a client refused at accept time is told (plaintext doors only)."""
+    return ImapSession.refusal_reply_text(reason)
 
-    def factory() -> asyncio.Protocol:
+
+def session_factory(services: Services, listener: ListenerConfig,
+                    context: ssl.SSLContext) -> Callable[[Slot], asyncio.Protocol]:
+    """One StreamReaderProtocol per accepted connection (server/listener.py)."""
+
+    def factory(slot: Slot) -> asyncio.Protocol:
         reader = asyncio.StreamReader(limit=READ_SIZE)
-        session = ImapSession(services, listener, context)
+        session = ImapSession(services, listener, context, slot)
         return asyncio.StreamReaderProtocol(reader, session.run)
 
     return factory

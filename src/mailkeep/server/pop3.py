@@ -29,8 +29,8 @@ from mailkeep.proto.pop3 import (
     StartTls,
     Update,
 )
-from mailkeep.security.throttle import Verdict
-from mailkeep.server import starttls
+from mailkeep.server import auth, starttls
+from mailkeep.server.listener import Slot
 from mailkeep.server.services import Services
 from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
 from mailkeep.store.base import MaildropLock, MessageGone, StoreError
@@ -60,8 +60,8 @@ class Pop3Session(StreamSession):
     SHUTDOWN_REPLY = SHUTDOWN_REPLY
 
     def __init__(self, services: Services, listener: ListenerConfig,
-                 tls_context: ssl.SSLContext) -> None:
-        super().__init__(services, listener, tls_context)
+                 tls_context: ssl.SSLContext, slot: Slot) -> None:
+        super().__init__(services, listener, tls_context, slot)
         self.lock: MaildropLock | None = None
         self.machine: Pop3Machine | None = None
         self.counts = {"retr": 0, "top": 0, "deleted": 0, "bytes": 0}
@@ -69,8 +69,12 @@ class Pop3Session(StreamSession):
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
-    def refusal_reply(self, reason: str) -> bytes:
+    @staticmethod
+    def refusal_reply_text(reason: str) -> bytes:
         return f"-ERR [SYS/TEMP] {reason}, try again later.\r\n".encode()
+
+    def refusal_reply(self, reason: str) -> bytes:
+        return self.refusal_reply_text(reason)
 
     def internal_error_reply(self) -> bytes:
         return b"-ERR [SYS/TEMP] Internal error, try again later.\r\n"
@@ -99,7 +103,8 @@ class Pop3Session(StreamSession):
         # asyncio.timeout, not wait_for: no extra task, and no trip through the event loop when
         # the buffer is below its high-water mark (STLS relies on that: see _starttls).
         try:
-            async with asyncio.timeout(self.services.config.pop3.idle_timeout):
+            timeout = self.idle_timeout(self.services.config.pop3.idle_timeout)
+            async with asyncio.timeout(timeout):
                 await writer.drain()
         except TimeoutError:
             raise SessionFinished("idle timeout while sending") from None
@@ -118,7 +123,8 @@ class Pop3Session(StreamSession):
                     self._write(writer, SHUTDOWN_REPLY)
                     raise SessionFinished("shutdown")
                 await self._drain(writer)
-                machine.receive_data(await self._read(reader, writer, cfg.idle_timeout))
+                timeout = self.idle_timeout(cfg.idle_timeout)
+                machine.receive_data(await self._read(reader, writer, timeout))
             elif isinstance(event, Reply):
                 self._write(writer, event.data)
             elif isinstance(event, AuthRequest):
@@ -141,7 +147,9 @@ class Pop3Session(StreamSession):
         self.reading = True
         try:
             async with asyncio.timeout(timeout):
-                return await reader.read(READ_SIZE)
+                data = await reader.read(READ_SIZE)
+            self.input_arrived()
+            return data
         except TimeoutError:
             self._write(writer, IDLE_REPLY)
             with contextlib.suppress(ConnectionError, OSError):
@@ -154,25 +162,19 @@ class Pop3Session(StreamSession):
 
     async def _authenticate(self, machine: Pop3Machine, request: AuthRequest) -> None:
         services = self.services
-        creds = request.credentials
-        verdict, wait = services.throttle.check(self.peer_ip)
-        if verdict is Verdict.BLOCKED:
-            log.warning("conn=%s auth refused: %s is blocked for %.0fs more", self.conn_id,
-                        self.peer_ip, wait)
+        outcome = await auth.login(services, peer_ip=self.peer_ip, creds=request.credentials,
+                                   service="pop3", mechanism=request.mechanism,
+                                   conn_id=self.conn_id)
+        if outcome.failure is auth.Failure.BLOCKED:
             machine.auth_failed(SYS_TEMP, "Too many failed logins from your address, "
                                           "try again later.")
             return
-        if wait:
-            await asyncio.sleep(wait)
-        account = await services.directory.authenticate(creds.login, creds.password)
-        authzid = creds.authzid.lower()
-        if account is not None and authzid and authzid not in (creds.login.lower(), account.name) \
-                and not account.owns(authzid):
-            account = None  # RFC 4616 §2: nobody acts for another user
+        if outcome.failure is auth.Failure.UNAVAILABLE:
+            machine.auth_failed(SYS_TEMP, "Authentication temporarily unavailable, "
+                                          "try again later.")
+            return
+        account = outcome.account
         if account is None:
-            services.throttle.failure(self.peer_ip)
-            log.warning("conn=%s pop3 auth failed peer=%s mechanism=%s login=%r", self.conn_id,
-                        self.peer_ip, request.mechanism, creds.login[:64])
             # RFC 3206 §4: [AUTH] says the credentials were wrong.
             machine.auth_failed(AUTH, "Authentication failed.")
             return
@@ -284,13 +286,18 @@ class Pop3Session(StreamSession):
         machine.update_done(failed)
 
 
-def session_factory(services: Services, listener: ListenerConfig,
-                    context: ssl.SSLContext) -> Callable[[], asyncio.Protocol]:
-    """What loop.create_server() wants: one StreamReaderProtocol per connection."""
+def refusal_line(reason: str) -> bytes:
+    """What a client refused at accept time is told (plaintext doors only)."""
+    return Pop3Session.refusal_reply_text(reason)
 
-    def factory() -> asyncio.Protocol:
+
+def session_factory(services: Services, listener: ListenerConfig,
+                    context: ssl.SSLContext) -> Callable[[Slot], asyncio.Protocol]:
+    """One StreamReaderProtocol per accepted connection (server/listener.py)."""
+
+    def factory(slot: Slot) -> asyncio.Protocol:
         reader = asyncio.StreamReader(limit=READ_SIZE)
-        session = Pop3Session(services, listener, context)
+        session = Pop3Session(services, listener, context, slot)
         return asyncio.StreamReaderProtocol(reader, session.run)
 
     return factory

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mailkeep.config.model import Config
 from mailkeep.directory.base import UserDirectory
 from mailkeep.proto.imap.mimecache import MimeCache
-from mailkeep.security import AuthThrottle, ConnectionBudget
+from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.store.base import MailStore
 
 # After the shutdown reply, a TLS client that never answers our close_notify must not hold
@@ -27,6 +26,25 @@ def new_connection_id() -> str:
     return f"{_RUN}{next(_conn_counter):06x}"
 
 
+class Session(Protocol):
+    """What every door's session offers the daemon (shutdown and load shedding)."""
+
+    def shutdown(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def sheddable(self) -> bool:
+        """Not logged in and waiting for the client: may be closed to make room."""
+        ...
+
+    def shed(self) -> None:
+        """Close now with a short goodbye (the connection cap is reached)."""
+        ...
+
+    @property
+    def last_input(self) -> float: ...
+
+
 @dataclass
 class Services:
     config: Config
@@ -34,8 +52,22 @@ class Services:
     store: MailStore
     throttle: AuthThrottle
     budget: ConnectionBudget
+    imap_sessions: SessionCounter
+    input_budget: InputBudget
     sessions: set[Any] = field(default_factory=set)
     stopping: bool = False
-    # IMAP: parsed messages shared by all sessions, and open sessions per account.
+    # IMAP: parsed messages shared by all sessions.
     mime_cache: MimeCache = field(default_factory=MimeCache)
-    imap_users: Counter[str] = field(default_factory=Counter)
+
+    def shed_one(self) -> bool:
+        """The connection cap is reached: close the unauthenticated session that has been
+        silent longest, if there is one, so a new client can come in. True if one went."""
+        victim: Session | None = None
+        for session in self.sessions:
+            if session.sheddable() and (victim is None
+                                        or session.last_input < victim.last_input):
+                victim = session
+        if victim is None:
+            return False
+        victim.shed()
+        return True

@@ -1,8 +1,9 @@
 """The connection lifecycle shared by the stream-based doors (POP3, IMAP).
 
-One place takes the connection budget, registers the session for shutdown, turns escaping
-exceptions into a logged internal error with a generic reply, and releases everything. The
-protocol drivers supply their replies and their own clean-up.
+One place registers the session for shutdown and load shedding, turns escaping exceptions
+into a logged internal error with a generic reply, and releases everything (its connection
+slot was taken at accept by server/listener.py). The protocol drivers supply their replies
+and their own clean-up.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import time
 
 from mailkeep.config.model import ListenerConfig
 from mailkeep.directory.base import Account
+from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
+
+# After the last reply on a TLS connection, wait this long for the client's close_notify,
+# then drop the TCP connection (asyncio would wait 30 s; Dovecot closes in milliseconds).
+TLS_CLOSE_LINGER = 0.25
 
 
 class SessionFinished(Exception):
@@ -34,13 +40,15 @@ class StreamSession:
     SHUTDOWN_REPLY = b""
 
     def __init__(self, services: Services, listener: ListenerConfig,
-                 tls_context: ssl.SSLContext) -> None:
+                 tls_context: ssl.SSLContext, slot: Slot) -> None:
         self.services = services
         self.listener = listener
         self.front_context = tls_context
+        self.slot = slot
         self.conn_id = new_connection_id()
-        self.peer_ip = "?"
+        self.peer_ip = slot.address
         self.started = time.monotonic()
+        self._last_input = self.started
         self.account: Account | None = None
         self.tls: str | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -52,6 +60,9 @@ class StreamSession:
 
     def refusal_reply(self, reason: str) -> bytes:
         raise NotImplementedError
+
+    def shed_reply(self) -> bytes:
+        return self.refusal_reply("too many connections")
 
     def internal_error_reply(self) -> bytes:
         raise NotImplementedError
@@ -66,21 +77,44 @@ class StreamSession:
         """The door's figures for the one log line per connection."""
         return ""
 
+    # -- the session as the daemon sees it (shutdown, load shedding) ------------------------
+
+    @property
+    def last_input(self) -> float:
+        return self._last_input
+
+    def input_arrived(self) -> None:
+        self._last_input = time.monotonic()
+
+    def sheddable(self) -> bool:
+        return self.account is None and self.reading and not self.closed
+
+    def shed(self) -> None:
+        self.slot.release()  # at once: the new connection takes this place
+        self.log.info("conn=%s shed: not logged in and idle while the connection cap is "
+                      "reached", self.conn_id)
+        if self.writer is not None and not self.closed:
+            with contextlib.suppress(Exception):
+                self.writer.write(self.shed_reply())
+                self.writer.close()
+            asyncio.get_running_loop().call_later(TLS_CLOSE_LINGER, self.abort)
+
+    def idle_timeout(self, authenticated: float) -> float:
+        """The door's idle timeout once logged in; the short login timeout before."""
+        if self.account is None:
+            return min(authenticated, self.services.config.security.login_timeout)
+        return authenticated
+
     # -- the lifecycle ---------------------------------------------------------------------
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if peer else "?"
         services = self.services
-        refusal = services.budget.acquire(self.peer_ip)
-        if refusal or services.stopping:
-            reason = refusal or "service shutting down"
-            self.log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id,
-                             self.peer_ip, self.listener.name, reason)
+        if services.stopping or self.slot.released:
             with contextlib.suppress(OSError, RuntimeError):
-                writer.write(self.refusal_reply(reason))
+                writer.write(self.refusal_reply("service shutting down"))
                 writer.close()
+            self.slot.release()
             return
         services.sessions.add(self)
         self.tls = tls_version(writer)
@@ -111,8 +145,11 @@ class StreamSession:
             self.log.exception("conn=%s clean-up failed", self.conn_id)
         with contextlib.suppress(Exception):
             writer.close()
+        if self.tls is not None:
+            # Do not wait 30 s for a close_notify the client may never send.
+            asyncio.get_running_loop().call_later(TLS_CLOSE_LINGER, self.abort)
         self.services.sessions.discard(self)
-        self.services.budget.release(self.peer_ip)
+        self.slot.release()
         self.log.info("conn=%s %s close peer=%s listener=%s tls=%s user=%s %s reason=%s "
                       "duration=%.3fs", self.conn_id, self.listener.protocol, self.peer_ip,
                       self.listener.name,
@@ -131,5 +168,6 @@ class StreamSession:
             asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
-        if self.writer is not None and not self.closed:
+        """Drop the connection now (aborting an already closed transport is harmless)."""
+        if self.writer is not None:
             self.writer.transport.abort()

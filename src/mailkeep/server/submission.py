@@ -14,9 +14,10 @@ import datetime as dt
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
 from mailkeep.config.model import ListenerConfig
 from mailkeep.directory.base import Account
@@ -32,9 +33,10 @@ from mailkeep.proto.submission import (
     complete_message,
     received_field,
 )
-from mailkeep.security.throttle import Verdict
-from mailkeep.server import starttls
+from mailkeep.server import auth, smtp_data, starttls
+from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
+from mailkeep.server.stream import TLS_CLOSE_LINGER
 from mailkeep.store.base import DeliveryError
 
 log = logging.getLogger("mailkeep.smtp")
@@ -48,10 +50,6 @@ IDENT = "ESMTP mailkeep"
 COMMAND_SIZE_LIMIT = 512
 MAIL_COMMAND_SIZE_LIMIT = 512 + 26 + 10
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
-# RFC 1870 §3: SIZE counts the message, not the transparency dots added on the wire. aiosmtpd
-# counts wire bytes, so it gets room for a dot on every line (worst case ".\r\n" -> "..\r\n",
-# a third more) and the exact limit is enforced on the unstuffed message in handle_DATA.
-WIRE_SIZE_SLACK_NUMERATOR, WIRE_SIZE_SLACK_DENOMINATOR = 4, 3
 _TLS_ACTIVE = object()  # stands in for aiosmtpd's SSLProtocol once we upgraded ourselves
 
 
@@ -72,10 +70,11 @@ class SubmissionSession(SMTP):
     """One client connection."""
 
     def __init__(self, services: Services, listener: ListenerConfig,
-                 tls_context: ssl.SSLContext) -> None:
+                 tls_context: ssl.SSLContext, slot: Slot) -> None:
         cfg = services.config.submission
         self.services = services
         self.listener = listener
+        self.slot = slot
         self.implicit_tls = listener.tls == "implicit"
         self.conn_id = new_connection_id()
         self.front_context = tls_context
@@ -88,15 +87,16 @@ class SubmissionSession(SMTP):
         self.max_line_length = cfg.max_line_length
         super().__init__(
             SubmissionHandler(self),
-            data_size_limit=(cfg.max_message_size * WIRE_SIZE_SLACK_NUMERATOR
-                             // WIRE_SIZE_SLACK_DENOMINATOR + 2),
+            # DATA is read by our own smtp_DATA (server/smtp_data.py), with exact limits.
+            data_size_limit=cfg.max_message_size,
             enable_SMTPUTF8=True,          # RFC 6531
             decode_data=False,             # 8BITMIME: keep the bytes as sent
             hostname=services.config.hostname,
             ident=IDENT,
             tls_context=None if self.implicit_tls else tls_context,
             require_starttls=not self.implicit_tls,  # RFC 3207 §4: 530 before STARTTLS
-            timeout=cfg.idle_timeout,
+            # Before AUTH the short login timeout; authenticated_session() lengthens it.
+            timeout=min(cfg.idle_timeout, services.config.security.login_timeout),
             auth_required=True,            # RFC 6409 §4.3: submission requires authentication
             auth_require_tls=True,
             loop=asyncio.get_running_loop(),
@@ -105,11 +105,12 @@ class SubmissionSession(SMTP):
             # RFC 8314 §3.3: on 465 the whole connection is TLS, so AUTH is offered at once
             # (aiosmtpd only recognises TLS it negotiated itself through STARTTLS).
             self._auth_require_tls = False
-        self.peer_ip = "?"
+        self.peer_ip = slot.address
         self.refused = False
         self.errors = 0
         self.messages = 0
         self.started = time.monotonic()
+        self._last_input = self.started
         self.raw_replies = False
         self.closing = False
         self.tls: TlsInfo | None = None
@@ -121,17 +122,11 @@ class SubmissionSession(SMTP):
         if self.transport is not None:  # never: our STARTTLS does not re-enter here
             super().connection_made(transport)
             return
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if peer else "?"
-        refusal = self.services.budget.acquire(self.peer_ip)
-        if refusal or self.services.stopping:
+        if self.services.stopping or self.slot.released:
             self.refused = True
-            reason = refusal or "service shutting down"
-            log.warning("conn=%s refused peer=%s listener=%s: %s", self.conn_id, self.peer_ip,
-                        self.listener.name, reason)
+            self.slot.release()
             # RFC 5321 §3.1: a server may answer 421 instead of the greeting and close.
-            code = "421 4.7.0" if refusal else "421 4.3.2"
-            line = f"{code} {self.hostname} {reason}, try again later\r\n"
+            line = f"421 4.3.2 {self.hostname} service shutting down, try again later\r\n"
             cast(asyncio.WriteTransport, transport).write(line.encode())
             transport.close()
             return
@@ -143,11 +138,55 @@ class SubmissionSession(SMTP):
         if self.tls is not None and self.session is not None:
             self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
 
+    def eof_received(self) -> bool | None:
+        # The client closed its side: close ours at once. (aiosmtpd keeps a plaintext
+        # connection half-open, and when the client left before the greeting nothing ever
+        # closed it: it sat in CLOSE-WAIT, holding its slot, until the idle timeout.)
+        super().eof_received()
+        return False
+
+    def authenticated_session(self) -> None:
+        """AUTH succeeded: from now on the RFC 5321 idle timeout applies, not the short
+        login timeout."""
+        self._timeout_duration = self.services.config.submission.idle_timeout
+        self._reset_timeout()
+
+    # -- the session as the daemon sees it (shutdown, load shedding) ------------------------
+
+    @property
+    def last_input(self) -> float:
+        return self._last_input
+
+    def sheddable(self) -> bool:
+        return self.account is None and self.transport is not None \
+            and not self.transport.is_closing()
+
+    def shed(self) -> None:
+        self.slot.release()  # at once: the new connection takes this place
+        log.info("conn=%s shed: not logged in while the connection cap is reached",
+                 self.conn_id)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.closing = True
+        with contextlib.suppress(AttributeError, OSError, RuntimeError):
+            cast(asyncio.WriteTransport, transport).write(
+                f"421 4.7.0 {self.hostname} too many connections, try again later\r\n"
+                .encode())
+        transport.close()
+        self._linger_then_abort()
+
+    def _linger_then_abort(self) -> None:
+        """After our last words on TLS, do not wait 30 s for the client's close_notify."""
+        if self.tls is not None:
+            asyncio.get_running_loop().call_later(TLS_CLOSE_LINGER, self.abort)
+
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
         # The idle timeout runs from the last bytes received, not from the last command
         # (Postfix smtpd_timeout does the same): a large DATA upload on a slow link is not idle.
+        self._last_input = time.monotonic()
         self._reset_timeout()
         super().data_received(data)
 
@@ -155,7 +194,7 @@ class SubmissionSession(SMTP):
         if self.refused:
             return
         self.services.sessions.discard(self)
-        self.services.budget.release(self.peer_ip)
+        self.slot.release()
         log.info("conn=%s close peer=%s listener=%s tls=%s user=%s messages=%d errors=%d "
                  "duration=%.3fs", self.conn_id, self.peer_ip, self.listener.name,
                  self.tls.version if self.tls else "none",
@@ -176,7 +215,7 @@ class SubmissionSession(SMTP):
         asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)
 
     def abort(self) -> None:
-        if self.transport is not None and self in self.services.sessions:
+        if self.transport is not None:
             cast(asyncio.WriteTransport, self.transport).abort()
 
     def in_transaction(self) -> bool:
@@ -214,6 +253,12 @@ class SubmissionSession(SMTP):
         await super().push(reply)
         if self.transport is not None:
             self.transport.close()
+            self._linger_then_abort()
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        await super().smtp_QUIT(arg)
+        if self.transport is not None and self.transport.is_closing():
+            self._linger_then_abort()
 
     # -- commands --------------------------------------------------------------------------
 
@@ -261,6 +306,45 @@ class SubmissionSession(SMTP):
         self._set_rset_state()  # type: ignore[no-untyped-call]
         log.info("conn=%s starttls %s %s", self.conn_id, self.tls.version if self.tls else "?",
                  self.tls.cipher if self.tls else "?")
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """RFC 5321 §4.1.1.4, read by smtp_data.receive(): exact SIZE, the daemon-wide input
+        budget, and the reply only after the final dot. The rest is aiosmtpd's order of
+        checks."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        budget = self.services.input_budget
+        result = await smtp_data.receive(self._reader, max_size=self.max_message_size,
+                                         max_line=self.max_line_length, budget=budget)
+        try:
+            if result.outcome is smtp_data.DataOutcome.TRUNCATED:
+                return  # the client went away; nothing to answer
+            if result.outcome is smtp_data.DataOutcome.TOO_BIG:
+                await self.push("552 5.3.4 Message too big for this server")
+            elif result.outcome is smtp_data.DataOutcome.LINE_TOO_LONG:
+                await self.push(self._line_too_long())
+            elif result.outcome is smtp_data.DataOutcome.BUSY:
+                log.warning("conn=%s DATA refused: %d octets of uploads held by all sessions",
+                            self.conn_id, budget.held)
+                # RFC 3463 X.3.1: the mail system is full (here: its memory for uploads).
+                await self.push("452 4.3.1 Insufficient system resources, try again later")
+            else:
+                envelope.content = envelope.original_content = result.content
+                status = await self._call_handler_hook("DATA")
+                await self.push("250 OK" if status is MISSING else status)
+        finally:
+            result.release(budget)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
 
     # -- AUTH (RFC 4954), verified off the loop ---------------------------------------------
 
@@ -341,29 +425,24 @@ class SubmissionSession(SMTP):
         return await self._verify(login, password, "")
 
     async def _verify(self, login: str, password: str, authzid: str) -> AuthResult:
-        throttle = self.services.throttle
-        verdict, wait = throttle.check(self.peer_ip)
-        if verdict is Verdict.BLOCKED:
-            log.warning("conn=%s auth refused: %s is blocked for %.0fs more", self.conn_id,
-                        self.peer_ip, wait)
+        outcome = await auth.login(self.services, peer_ip=self.peer_ip,
+                                   creds=sasl.Credentials(authzid, login, password),
+                                   service="submission", mechanism="AUTH",
+                                   conn_id=self.conn_id)
+        if outcome.failure is auth.Failure.BLOCKED:
             await self.push("454 4.7.0 Too many failed logins from your address, "
                             "try again later")
             return AuthResult(success=False, handled=True)
-        if wait:
-            await asyncio.sleep(wait)
-        account = await self.services.directory.authenticate(login, password)
-        if account is not None and authzid and authzid.lower() != login.lower() \
-                and not account.owns(authzid) and authzid.lower() != account.name:
-            account = None  # RFC 4616 §2: we do not let one user act for another
-        if account is None:
-            throttle.failure(self.peer_ip)
-            log.warning("conn=%s auth failed peer=%s login=%r", self.conn_id, self.peer_ip,
-                        login[:64])
+        if outcome.failure is auth.Failure.UNAVAILABLE:
+            # RFC 4954 §6: 454 4.7.0 Temporary authentication failure.
+            await self.push("454 4.7.0 Temporary authentication failure, try again later")
+            return AuthResult(success=False, handled=True)
+        if outcome.account is None:
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
-        self.account = account
-        log.info("conn=%s auth ok user=%s", self.conn_id, account.name)
-        return AuthResult(success=True, auth_data=account,
+        self.account = outcome.account
+        self.authenticated_session()
+        return AuthResult(success=True, auth_data=outcome.account,
                           message="235 2.7.0 Authentication successful")
 
 
@@ -467,3 +546,16 @@ class SubmissionHandler:
         # Our fault, not the client's: log it with the connection id, answer generically.
         log.error("conn=%s internal error", self.s.conn_id, exc_info=error)
         return "451 4.3.0 Internal error, try again later"
+
+
+def refusal_line(hostname: str, reason: str) -> bytes:
+    """What a client refused at accept time is told (RFC 5321 §3.1: 421 instead of 220)."""
+    return f"421 4.7.0 {hostname} {reason}, try again later\r\n".encode()
+
+
+def session_factory(services: Services, listener: ListenerConfig,
+                    context: ssl.SSLContext) -> Callable[[Slot], asyncio.Protocol]:
+    def factory(slot: Slot) -> asyncio.Protocol:
+        return SubmissionSession(services, listener, context, slot)
+
+    return factory

@@ -58,6 +58,10 @@ from mailkeep.proto.imap.render import (
 IMPLEMENTATION = "mailkeep"
 # Dovecot imap CLIENT_MAX_BAD_COMMANDS: 20 BAD replies in a row end the session.
 MAX_BAD_COMMANDS = 20
+# RFC 7888 §5 (LITERAL-): 4096 octets is the largest non-synchronizing literal a client may
+# send a LITERAL- server; before login nothing larger is needed (config.model has the
+# configurable default with the same value).
+UNAUTHENTICATED_MAX_LITERAL_OCTETS = 4096
 MECHANISMS = ("PLAIN", "LOGIN")
 HIERARCHY_DELIMITER = "."
 
@@ -98,13 +102,29 @@ def command_word(partial: bytes) -> str:
 
 
 class ImapMachine:
+    """`max_literal`: the largest literal once logged in (APPEND; other commands get
+    `max_line`); `unauthenticated_max_literal`: the largest before login; `budget`: memory
+    shared by all sessions for literals being held (reserved before "+", released when the
+    command is done)."""
+
     def __init__(self, *, tls_active: bool, starttls_offered: bool,
                  max_line: int = rx.MAX_LINE_OCTETS, max_literal: int = rx.MAX_LITERAL_OCTETS,
-                 max_errors: int = MAX_BAD_COMMANDS) -> None:
+                 unauthenticated_max_literal: int = UNAUTHENTICATED_MAX_LITERAL_OCTETS,
+                 max_errors: int = MAX_BAD_COMMANDS,
+                 budget: rx.LiteralBudget | None = None) -> None:
         self.tls_active = tls_active
         self.starttls_offered = starttls_offered
         self.max_errors = max_errors
-        self.receiver = rx.Receiver(max_line=max_line, max_literal=max_literal)
+        self.max_line = max_line
+        self.max_literal = max_literal
+        self.unauthenticated_max_literal = min(unauthenticated_max_literal, max_literal)
+        self.budget = budget
+        # Before login even the drain cap is small: a larger non-synchronizing literal
+        # closes the connection instead of being read (RFC 7888 §4 lets us refuse it).
+        self.receiver = rx.Receiver(max_line=max_line,
+                                    max_literal=self.unauthenticated_max_literal,
+                                    literal_limit=self._literal_limit, budget=budget)
+        self._held = 0  # literal octets of the command being run (reserved in `budget`)
         self.state = State.NOT_AUTHENTICATED
         self.account: str | None = None
         self.errors = 0          # BAD replies in a row
@@ -182,7 +202,10 @@ class ImapMachine:
             self._events.append(Close("too many bad commands"))
 
     def capabilities(self) -> list[str]:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
+        # RFC 7888: LITERAL- before login (non-synchronizing literals of at most 4096
+        # octets, which is all we accept then), LITERAL+ once logged in.
+        literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
+        caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
                 "UIDPLUS"]
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
@@ -200,7 +223,7 @@ class ImapMachine:
 
     def _framing_error(self, ev: rx.FramingError) -> None:
         self._sasl = None
-        if ev.fault is rx.FramingFault.LITERAL_TOO_LARGE and not ev.fatal:
+        if ev.refusal and not ev.fatal:
             # RFC 7889 §4: a refusal, not a syntax error.
             self._tagged(ev.tag, "NO", ev.message, ev.code)
         else:
@@ -231,7 +254,31 @@ class ImapMachine:
 
     # -- commands -------------------------------------------------------------------------
 
+    def _literal_limit(self, partial: bytes) -> int:
+        """The largest literal the command being received may carry."""
+        if self.state is State.NOT_AUTHENTICATED:
+            return self.unauthenticated_max_literal
+        if command_word(partial) == "APPEND":
+            return self.max_literal  # the message itself
+        # Any other command's literals are strings (SEARCH text, mailbox names): no larger
+        # than a command line may be.
+        return self.max_line
+
+    def _release_held(self) -> None:
+        if self._held and self.budget is not None:
+            self.budget.release(self._held)
+        self._held = 0
+
     def _command(self, ev: rx.Command) -> None:
+        self._release_held()
+        self._held = ev.held
+        try:
+            self._run_command(ev)
+        finally:
+            if self._waiting is None:
+                self._release_held()
+
+    def _run_command(self, ev: rx.Command) -> None:
         self.commands += 1
         try:
             command = parse_command(ev.data)
@@ -353,11 +400,18 @@ class ImapMachine:
         if self._waiting is not expected:
             raise RuntimeError(f"no {expected.__name__} outstanding")  # a driver bug
         self._waiting = None
+        self._release_held()
+
+    def release(self) -> None:
+        """The session is over: give back what the command in flight held."""
+        self._release_held()
+        self.receiver.close()
 
     def auth_succeeded(self, tag: str, account: str) -> None:
         self._resume(AuthRequest)
         self.state = State.AUTHENTICATED
         self.account = account
+        self.receiver.max_literal = self.max_literal
         self._tagged(tag, "OK", "Logged in.", "CAPABILITY " + " ".join(self.capabilities()))
 
     def auth_failed(self, tag: str, code: str | None, text: str) -> None:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from mailkeep.proto.imap.lexer import TAG_CHARS
 
@@ -54,14 +56,26 @@ class FramingFault(Enum):
     LITERAL_TOO_LARGE = "Literal too large"
     TOO_MANY_LITERALS = "Too many literals in one command"
     LITERAL_PLUS_UNSUPPORTED = "Non-synchronizing literals are not supported"
+    SERVER_BUSY = "Server busy: too much client data held, try again later"
+
+
+class LiteralBudget(Protocol):
+    """Memory shared by all sessions for literals being held (security.InputBudget)."""
+
+    def reserve(self, octets: int) -> bool: ...
+
+    def release(self, octets: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One complete command: tag as far as the framer could read it, and all its bytes."""
+    """One complete command: tag as far as the framer could read it, and all its bytes.
+    `held`: literal octets reserved in the LiteralBudget for it; whoever runs the command
+    releases them when it is done."""
 
     tag: str | None
     data: bytes
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +111,14 @@ class FramingError:
 
     @property
     def code(self) -> str | None:
+        if self.fault is FramingFault.SERVER_BUSY:
+            return "UNAVAILABLE"  # RFC 5530 §3: temporary, try again later
         return "TOOBIG" if self.fault is FramingFault.LITERAL_TOO_LARGE else None
+
+    @property
+    def refusal(self) -> bool:
+        """A refusal (NO), not a syntax error (BAD): the command was fine, the size not."""
+        return self.fault in (FramingFault.LITERAL_TOO_LARGE, FramingFault.SERVER_BUSY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +163,27 @@ def tag_of(line: bytes) -> str | None:
 
 
 class Receiver:
+    """`max_literal` bounds any literal (a larger non-synchronizing one is fatal: it cannot
+    be drained in bounded time); `literal_limit(partial command)` is the limit for the
+    command at hand (e.g. APPEND may take the message size, LOGIN only a few octets), a
+    larger literal being refused and drained without being held; `budget` is the memory
+    shared with other sessions, reserved before a literal is read."""
+
     def __init__(self, *, max_line: int = MAX_LINE_OCTETS,
                  max_literal: int = MAX_LITERAL_OCTETS,
                  max_literals: int = MAX_LITERALS_PER_COMMAND,
-                 literal_plus: bool = True) -> None:
+                 literal_plus: bool = True,
+                 literal_limit: Callable[[bytes], int] | None = None,
+                 budget: LiteralBudget | None = None) -> None:
         if max_line < 2 * MAX_TAG_OCTETS:
             raise ValueError(f"max_line must be at least {2 * MAX_TAG_OCTETS}")
         self.max_line = max_line
         self.max_literal = max_literal
         self.max_literals = max_literals
         self.literal_plus = literal_plus  # RFC 7888: only when LITERAL+ is advertised
+        self.literal_limit = literal_limit
+        self.budget = budget
+        self._reserved = 0
         self._buf = bytearray()
         self._scanned = 0
         self._events: deque[Event] = deque()
@@ -161,6 +193,10 @@ class Receiver:
         self._reset()
 
     def _reset(self) -> None:
+        # A command dropped before it was delivered gives its reservation back.
+        if self._reserved and self.budget is not None:
+            self.budget.release(self._reserved)
+        self._reserved = 0
         self._parts: list[bytes] = []
         self._tag: str | None = None
         self._first_line = True
@@ -183,6 +219,14 @@ class Receiver:
     def pending_input(self) -> int:
         """Octets received and not yet framed (STARTTLS must find none: habit 9)."""
         return len(self._buf)
+
+    def close(self) -> None:
+        """The connection is gone: give back any reservation of a half-received command."""
+        if self._reserved and self.budget is not None:
+            self.budget.release(self._reserved)
+        self._reserved = 0
+        self._mode = _Mode.CLOSED
+        self._buf.clear()
 
     def accept_literal(self) -> None:
         """The machine sent "+ ...": read the announced literal."""
@@ -297,7 +341,8 @@ class Receiver:
         if match is None:
             if self._failure is None:
                 self._parts.append(content)
-                self._events.append(Command(self._tag, b"".join(self._parts)))
+                held, self._reserved = self._reserved, 0  # the command's runner releases it
+                self._events.append(Command(self._tag, b"".join(self._parts), held))
             self._finish()
             return
         digits, plus = match.group(1), bool(match.group(2))
@@ -306,13 +351,21 @@ class Receiver:
             self._parts.append(content + b"\r\n")
             self._literals += 1
             self._literal_octets += size
+            limit = self.max_literal
+            if self.literal_limit is not None:
+                limit = min(limit, self.literal_limit(b"".join(self._parts)))
             fault = None
             if plus and not self.literal_plus:
                 fault = FramingFault.LITERAL_PLUS_UNSUPPORTED
             elif self._literals > self.max_literals:
                 fault = FramingFault.TOO_MANY_LITERALS
-            elif size > self.max_literal or self._literal_octets > self.max_literal:
+            elif size > limit or self._literal_octets > limit:
                 fault = FramingFault.LITERAL_TOO_LARGE
+            elif self.budget is not None:
+                if self.budget.reserve(size):
+                    self._reserved += size
+                else:
+                    fault = FramingFault.SERVER_BUSY
             if fault is not None:
                 self._failure = FramingError(self._tag, fault)
         if not plus:

@@ -1,0 +1,214 @@
+"""Accepting connections: every connection is counted at accept, before any TLS work.
+
+asyncio's create_server(ssl=...) hands a connection to the protocol only after the TLS
+handshake, so connections that never finish a handshake were invisible to the budget: 4,000
+of them from one address held 4,000 descriptors (outside testing). Here each listening
+socket has its own accept loop: the peer is counted (per address and in total) the moment
+the socket is accepted, refused at once when over budget (or room is made by shedding an
+idle unauthenticated session), and only then is TLS started, with a short handshake timeout,
+by connect_accepted_socket(). A connection that fails its handshake gives its slot back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mailkeep.config.model import BindAddress, ListenerConfig
+from mailkeep.security.budget import TOO_MANY
+from mailkeep.server.services import Services
+
+log = logging.getLogger("mailkeep")
+
+# listen(2) backlog: connections the kernel queues while we are busy (Postfix uses 100,
+# nginx 511; SOMAXCONN caps it).
+BACKLOG = 511
+# accept() failing for lack of descriptors or memory: wait this long before trying again
+# rather than spin (asyncio's own server does the same for one second).
+ACCEPT_RETRY_SECONDS = 0.1
+# Refusals are logged at most once per this many seconds per reason and address, with a
+# count of the ones not logged (a flood must not flood the log as well).
+REFUSAL_LOG_INTERVAL = 10.0
+_RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                            errno.ECONNABORTED, errno.EPROTO, errno.EAGAIN}
+
+
+class Slot:
+    """One connection's place in the connection budget, given back exactly once."""
+
+    __slots__ = ("_services", "address", "released")
+
+    def __init__(self, services: Services, address: str) -> None:
+        self._services = services
+        self.address = address
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._services.budget.release(self.address)
+
+
+ProtocolFactory = Callable[[Slot], asyncio.BaseProtocol]
+
+
+@dataclass
+class _RefusalLog:
+    last: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+
+    def note(self, listener: str, address: str, reason: str) -> None:
+        key = (address, reason)
+        now = time.monotonic()
+        when, suppressed = self.last.get(key, (0.0, 0))
+        if now - when < REFUSAL_LOG_INTERVAL:
+            self.last[key] = (when, suppressed + 1)
+            return
+        if len(self.last) > 10_000:  # bounded: forget everything old
+            self.last = {k: v for k, v in self.last.items()
+                         if now - v[0] < REFUSAL_LOG_INTERVAL}
+        self.last[key] = (now, 0)
+        more = f" (and {suppressed} more since the last report)" if suppressed else ""
+        log.warning("refused peer=%s listener=%s: %s%s", address, listener, reason, more)
+
+
+_refusals = _RefusalLog()
+
+
+def admit(services: Services, address: str) -> Slot | str:
+    """A slot for a new connection from `address`, or the reason it is refused. When the
+    total cap is what refuses it, the longest-silent unauthenticated session is shed."""
+    if services.stopping:
+        return "service shutting down"
+    refusal = services.budget.acquire(address)
+    if refusal == TOO_MANY and services.shed_one():
+        refusal = services.budget.acquire(address)
+    if refusal is not None:
+        return refusal
+    return Slot(services, address)
+
+
+def bind_socket(addr: BindAddress, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket for host:port (IPv6 sockets are IPv6-only, so "[::]:587" and
+    "0.0.0.0:587" can both be bound). OSError when it cannot be bound."""
+    infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener:
+    """The accept loop of one listening socket of one configured listener."""
+
+    def __init__(self, services: Services, config: ListenerConfig, sock: socket.socket, *,
+                 context: ssl.SSLContext, factory: ProtocolFactory,
+                 refusal_line: Callable[[str], bytes]) -> None:
+        self.services = services
+        self.config = config
+        self.sock = sock
+        self.context = context
+        self.factory = factory
+        self.refusal_line = refusal_line
+        self.implicit_tls = config.tls == "implicit"
+        self._task: asyncio.Task[None] | None = None
+        self._starting: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if exc.errno in _RETRYABLE_ACCEPT_ERRORS:
+                    _refusals.note(self.config.name, "-", f"accept failed: {exc.strerror}")
+                    await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                raise
+            self._accepted(conn, peer)
+
+    def _accepted(self, conn: socket.socket, peer: tuple[str, int] | str) -> None:
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        admitted = admit(self.services, address)
+        if isinstance(admitted, str):
+            _refusals.note(self.config.name, address, admitted)
+            self._refuse(conn, admitted)
+            return
+        task = asyncio.get_running_loop().create_task(self._connect(conn, admitted))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    def _refuse(self, conn: socket.socket, reason: str) -> None:
+        """Over budget: no TLS work at all. A plaintext door says why in one line (best
+        effort, never waiting); an implicit-TLS door can only close."""
+        with contextlib.suppress(OSError):
+            if not self.implicit_tls:
+                conn.setblocking(False)
+                conn.send(self.refusal_line(reason))
+        conn.close()
+
+    async def _connect(self, conn: socket.socket, slot: Slot) -> None:
+        loop = asyncio.get_running_loop()
+        tls = self.context if self.implicit_tls else None
+        try:
+            await loop.connect_accepted_socket(
+                lambda: self.factory(slot), conn, ssl=tls,
+                ssl_handshake_timeout=self.services.config.tls.handshake_timeout
+                if tls else None)
+        except asyncio.CancelledError:
+            slot.release()
+            conn.close()
+            raise
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            # The handshake failed or timed out: the session never started.
+            slot.release()
+            conn.close()
+            log.debug("peer=%s listener=%s TLS handshake failed: %s", slot.address,
+                      self.config.name, exc)
+        except Exception:
+            slot.release()
+            conn.close()
+            log.exception("peer=%s listener=%s: connection setup failed", slot.address,
+                          self.config.name)
+
+    def stop_accepting(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.sock.close()
+
+    async def close(self) -> None:
+        """Stop accepting and abandon handshakes still in progress."""
+        task = self._task
+        self.stop_accepting()
+        for pending in list(self._starting):
+            pending.cancel()
+        waiting = [t for t in (task, *self._starting) if t is not None]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
