@@ -11,13 +11,13 @@ import smtplib
 import socket
 import ssl
 import struct
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.support.daemon import HOSTNAME, USERS, RunningDaemon
 from tests.support.rawsmtp import RawSMTP, Reply, close_all, plain_blob, ready_session
+from tests.support.wait import eventually
 
 MakeDaemon = Callable[..., RunningDaemon]
 ALICE_PW = USERS["alice"][0]
@@ -29,16 +29,6 @@ def _close_clients(make_daemon: MakeDaemon) -> Iterator[None]:
     """Torn down before make_daemon's daemons stop: no client left open delays a stop."""
     yield
     close_all()
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll until predicate() holds or the deadline passes (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def message_of(size: int, first_body_line: bytes = b"") -> bytes:

@@ -59,7 +59,7 @@ def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | Non
                  security: dict[str, Any] | None = None, extra_top: dict[str, Any] | None = None,
                  bind_host: str = "127.0.0.1", pop3_listeners: bool = False,
                  pop3: dict[str, Any] | None = None, imap_listeners: bool = False,
-                 imap: dict[str, Any] | None = None) -> Path:
+                 imap: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> Path:
     """pop3_listeners: also "pop3s" (implicit TLS) and "pop3" (STLS) listeners; pop3: [pop3].
     imap_listeners: also "imaps" (implicit TLS) and "imap" (STARTTLS); imap: [imap]."""
     certs = root / "certs"
@@ -72,6 +72,7 @@ def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | Non
         lines.append(f"{k} = {toml_value(v)}")
     lines += ["[tls]", 'cert = "certs/mailkeep.crt"', 'key = "certs/mailkeep.key"',
               "reload_interval = 0.2",
+              *[f"{k} = {toml_value(v)}" for k, v in (tls or {}).items()],
               "[directory]", 'backend = "file"', 'path = "users.toml"']
     lines.append("[submission]")
     lines += [f"{k} = {toml_value(v)}" for k, v in (submission or {}).items()]
@@ -246,15 +247,17 @@ def start_thread_daemon(config_path: Path, ca: trustme.CA,
 
 
 def start_process_daemon(config_path: Path, ca: trustme.CA, *args: str,
-                         timeout: float = 30) -> RunningDaemon:
-    """`mailkeep serve` as a real process; ports come from its --ready-file."""
+                         timeout: float = 30,
+                         preexec_fn: Callable[[], None] | None = None) -> RunningDaemon:
+    """`mailkeep serve` as a real process; ports come from its --ready-file.
+    `preexec_fn` runs in the child before exec (e.g. to lower its open-files limit)."""
     ready = config_path.parent / "ready.json"
     ready.unlink(missing_ok=True)
     log = open(config_path.parent / "daemon.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailkeep", "serve", "--config", str(config_path),
          "--ready-file", str(ready), *args],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
     )
     deadline = time.monotonic() + timeout
     while not ready.exists():

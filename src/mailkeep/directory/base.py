@@ -8,6 +8,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from mailkeep.proto.address import canonical
+
 ENTRY_POINT_GROUP = "mailkeep.directories"
 
 
@@ -33,7 +35,7 @@ class Account:
     send_as_others: bool = False
 
     def owns(self, address: str) -> bool:
-        return address.lower() in self.addresses
+        return canonical(address) in self.addresses
 
     def __repr__(self) -> str:  # never any secret in here, but keep reprs short
         return f"Account({self.name!r})"

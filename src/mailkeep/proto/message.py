@@ -109,6 +109,28 @@ def longest_line_exceeds(data: bytes, limit: int) -> bool:
     return re.search(rb"^[^\r\n]{%d}" % (limit - 1), data, re.MULTILINE) is not None
 
 
+def remove_fields(data: bytes, key: str) -> bytes:
+    """The message without any header field named `key` (case-insensitive), folded
+    continuation lines included; everything else byte for byte as it was."""
+    header, rest = split_message(data)
+    if not header:
+        return data
+    kept: list[bytes] = []
+    dropping = False
+    wanted = key.lower().encode()
+    for line in header.split(CRLF)[:-1]:  # the header ends with CRLF: last piece is b""
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        name = line.partition(b":")[0].rstrip(b" \t").lower()
+        dropping = name == wanted and b":" in line
+        if not dropping:
+            kept.append(line)
+    out = CRLF.join(kept)
+    return (out + CRLF if out else b"") + rest
+
+
 def splice_headers(data: bytes, prepend: list[bytes], append: list[bytes]) -> bytes:
     """Put trace fields before the header section and missing fields at its end."""
     header, rest = split_message(data)

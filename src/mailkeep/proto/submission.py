@@ -8,10 +8,12 @@ import uuid
 from dataclasses import dataclass
 from enum import Enum
 
+from mailkeep.proto.address import canonical
 from mailkeep.proto.message import (
     addresses_of,
     has_field,
     parse_header_fields,
+    remove_fields,
     splice_headers,
     split_message,
 )
@@ -40,13 +42,17 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
 
+def _owns(owned: tuple[str, ...], address: str) -> bool:
+    return canonical(address) in owned
+
+
 def classify_recipient(address: str, local_domains: tuple[str, ...]) -> RecipientKind:
     return RecipientKind.LOCAL if domain_of(address) in local_domains else RecipientKind.REMOTE
 
 
 def check_envelope_sender(owned: tuple[str, ...], mail_from: str) -> Refusal | None:
     """RFC 6409 §6.1: the MSA checks that the submitter may use this sender address."""
-    if mail_from.lower() not in owned:
+    if not _owns(owned, mail_from):
         return Refusal(f"553 5.7.1 Sender address <{mail_from}> is not yours to use; "
                        "use one of your account's addresses")
     return None
@@ -72,7 +78,7 @@ def check_header_senders(owned: tuple[str, ...], send_as_others: bool,
         found = addresses_of(fields, key)
         if found is None:
             return Refusal(f"550 5.6.0 Cannot parse the {key.title()} header field")
-        stranger = next((a for a in found if a not in owned), None)
+        stranger = next((a for a in found if not _owns(owned, a)), None)
         if stranger is not None:
             return Refusal(f"553 5.7.1 {key.title()} header address <{stranger}> is not yours "
                            "to use")
@@ -109,7 +115,11 @@ def received_field(*, helo: str, peer_ip: str, hostname: str, queue_id: str,
 
 def complete_message(message: bytes, *, received: bytes, hostname: str, mail_from: str,
                      now: dt.datetime) -> bytes:
-    """RFC 6409 §8.2-8.3: add Date and Message-ID when missing; From from the envelope."""
+    """RFC 6409 §8.2-8.3: add Date and Message-ID when missing; From from the envelope.
+
+    RFC 5321 §4.4: Return-Path is added by the final delivery, from the envelope; one sent
+    by the client would be a forged trace field, so it is removed."""
+    message = remove_fields(message, "return-path")
     header, _ = split_message(message)
     fields = parse_header_fields(header)
     append: list[bytes] = []

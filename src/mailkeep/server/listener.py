@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from mailkeep.config.model import BindAddress, ListenerConfig
 from mailkeep.security.budget import TOO_MANY
@@ -41,22 +42,67 @@ _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENO
 
 
 class Slot:
-    """One connection's place in the connection budget, given back exactly once."""
+    """One connection's place in the connection budget, given back exactly once, and its
+    socket (for hang_up)."""
 
-    __slots__ = ("_services", "address", "released")
+    __slots__ = ("_services", "address", "released", "sock")
 
-    def __init__(self, services: Services, address: str) -> None:
+    def __init__(self, services: Services, address: str,
+                 sock: socket.socket | None = None) -> None:
         self._services = services
         self.address = address
         self.released = False
+        self.sock = sock
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self._services.budget.release(self.address)
 
+    def hang_up(self, transport: asyncio.BaseTransport | None) -> None:
+        """Close the connection now, whatever state its TLS layer is in.
+
+        transport.abort() alone is not enough: on Python 3.11 a second close() of an
+        asyncio TLS transport (aiosmtpd closes it twice after QUIT) detaches it from its TLS
+        layer, after which abort() does nothing and the TCP connection stays open until the
+        peer leaves. Shutting the socket down sends the FIN regardless; the event loop then
+        sees the connection end and cleans up."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+        if transport is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                cast(asyncio.WriteTransport, transport).abort()
+
 
 ProtocolFactory = Callable[[Slot], asyncio.BaseProtocol]
+
+
+class PendingHandshake:
+    """A connection still in its TLS handshake, as the daemon's session registry sees it:
+    it has not logged in and is waiting for the client, so it may be shed (the socket is
+    shut down, which makes the handshake fail and the slot come back)."""
+
+    __slots__ = ("conn", "last_input", "slot")
+
+    def __init__(self, conn: socket.socket, slot: Slot) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.last_input = time.monotonic()
+
+    def sheddable(self) -> bool:
+        return True
+
+    def shed(self) -> None:
+        self.slot.release()
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+
+    def shutdown(self) -> None:
+        self.shed()
+
+    def abort(self) -> None:
+        self.shed()
 
 
 @dataclass
@@ -81,7 +127,7 @@ class _RefusalLog:
 _refusals = _RefusalLog()
 
 
-def admit(services: Services, address: str) -> Slot | str:
+def admit(services: Services, address: str, sock: socket.socket | None = None) -> Slot | str:
     """A slot for a new connection from `address`, or the reason it is refused. When the
     total cap is what refuses it, the longest-silent unauthenticated session is shed."""
     if services.stopping:
@@ -91,7 +137,7 @@ def admit(services: Services, address: str) -> Slot | str:
         refusal = services.budget.acquire(address)
     if refusal is not None:
         return refusal
-    return Slot(services, address)
+    return Slot(services, address, sock)
 
 
 def bind_socket(addr: BindAddress, reuse_port: bool = False) -> socket.socket:
@@ -155,7 +201,7 @@ class Listener:
 
     def _accepted(self, conn: socket.socket, peer: tuple[str, int] | str) -> None:
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        admitted = admit(self.services, address)
+        admitted = admit(self.services, address, conn)
         if isinstance(admitted, str):
             _refusals.note(self.config.name, address, admitted)
             self._refuse(conn, admitted)
@@ -176,6 +222,9 @@ class Listener:
     async def _connect(self, conn: socket.socket, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         tls = self.context if self.implicit_tls else None
+        pending = PendingHandshake(conn, slot) if tls else None
+        if pending is not None:
+            self.services.sessions.add(pending)
         try:
             await loop.connect_accepted_socket(
                 lambda: self.factory(slot), conn, ssl=tls,
@@ -196,6 +245,9 @@ class Listener:
             conn.close()
             log.exception("peer=%s listener=%s: connection setup failed", slot.address,
                           self.config.name)
+        finally:
+            if pending is not None:
+                self.services.sessions.discard(pending)
 
     def stop_accepting(self) -> None:
         if self._task is not None:
@@ -212,3 +264,4 @@ class Listener:
         waiting = [t for t in (task, *self._starting) if t is not None]
         if waiting:
             await asyncio.gather(*waiting, return_exceptions=True)
+

@@ -170,4 +170,4 @@ class StreamSession:
     def abort(self) -> None:
         """Drop the connection now (aborting an already closed transport is harmless)."""
         if self.writer is not None:
-            self.writer.transport.abort()
+            self.slot.hang_up(self.writer.transport)

@@ -22,7 +22,9 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 from mailkeep.config.model import ListenerConfig
 from mailkeep.directory.base import Account
 from mailkeep.proto import sasl
+from mailkeep.proto.address import canonical
 from mailkeep.proto.message import has_bare_cr_or_lf, longest_line_exceeds
+from mailkeep.proto.printable import printable
 from mailkeep.proto.smtp_reply import enhance, reply_code
 from mailkeep.proto.submission import (
     RecipientKind,
@@ -216,7 +218,7 @@ class SubmissionSession(SMTP):
 
     def abort(self) -> None:
         if self.transport is not None:
-            cast(asyncio.WriteTransport, self.transport).abort()
+            self.slot.hang_up(self.transport)
 
     def in_transaction(self) -> bool:
         return self.envelope is not None and self.envelope.mail_from is not None
@@ -231,8 +233,9 @@ class SubmissionSession(SMTP):
             text = enhance(text)
         code = reply_code(text)
         # Replies may quote the client's own bytes (kept as surrogate escapes): escape them
-        # rather than fail to encode, which would turn a refusal into an internal error.
-        await super().push(text.encode("utf-8", "backslashreplace"))
+        # rather than fail to encode, which would turn a refusal into an internal error;
+        # control characters (ESC, BEL, BS...) are never echoed raw to a terminal either.
+        await super().push(printable(text).encode("utf-8", "backslashreplace"))
         if code >= 400 and not self.closing:
             self.errors += 1
             if self.errors >= self.services.config.submission.max_errors:
@@ -261,6 +264,15 @@ class SubmissionSession(SMTP):
             self._linger_then_abort()
 
     # -- commands --------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, made total: the stdlib parser under it raises
+        IndexError or AttributeError on some junk ("x@", "a@["), which became a 451
+        internal error with a traceback. Junk is a syntax error (501), not our fault."""
+        try:
+            return super()._getaddr(arg)
+        except Exception:
+            return None, None
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034 §3: the EHLO reply itself carries no enhanced codes.
@@ -330,21 +342,24 @@ class SubmissionSession(SMTP):
             if result.outcome is smtp_data.DataOutcome.TRUNCATED:
                 return  # the client went away; nothing to answer
             if result.outcome is smtp_data.DataOutcome.TOO_BIG:
-                await self.push("552 5.3.4 Message too big for this server")
+                reply = "552 5.3.4 Message too big for this server"
             elif result.outcome is smtp_data.DataOutcome.LINE_TOO_LONG:
-                await self.push(self._line_too_long())
+                reply = self._line_too_long()
             elif result.outcome is smtp_data.DataOutcome.BUSY:
                 log.warning("conn=%s DATA refused: %d octets of uploads held by all sessions",
                             self.conn_id, budget.held)
                 # RFC 3463 X.3.1: the mail system is full (here: its memory for uploads).
-                await self.push("452 4.3.1 Insufficient system resources, try again later")
+                reply = "452 4.3.1 Insufficient system resources, try again later"
             else:
                 envelope.content = envelope.original_content = result.content
                 status = await self._call_handler_hook("DATA")
-                await self.push("250 OK" if status is MISSING else status)
+                reply = "250 OK" if status is MISSING else status
         finally:
             result.release(budget)
+            # The transaction is over before its reply goes out (a stopping daemon closes
+            # the session right after it).
             self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(reply)
 
     # -- AUTH (RFC 4954), verified off the loop ---------------------------------------------
 
@@ -495,7 +510,7 @@ class SubmissionHandler:
         if classify_recipient(address, cfg.domains) is RecipientKind.REMOTE:
             return (f"550 5.7.1 <{address}>: relay not configured: this server delivers only "
                     f"to {', '.join(cfg.domains)}")
-        if await self.s.services.directory.lookup(address) is None:
+        if await self.s.services.directory.lookup(canonical(address)) is None:
             return f"550 5.1.1 <{address}>: no such user here"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -515,7 +530,7 @@ class SubmissionHandler:
         refusal = check_header_senders(account.addresses, account.send_as_others, data)
         if refusal:
             log.warning("conn=%s header sender refused for %s: %s", s.conn_id, account.name,
-                        refusal.reply)
+                        printable(refusal.reply))
             return refusal.reply
         queue_id = f"{s.conn_id}{s.messages:03x}"
         now = dt.datetime.now(dt.UTC).astimezone()
@@ -527,7 +542,7 @@ class SubmissionHandler:
                                    mail_from=envelope.mail_from, now=now)
         owners: list[str] = []
         for rcpt in envelope.rcpt_tos:
-            owner = await s.services.directory.lookup(rcpt)
+            owner = await s.services.directory.lookup(canonical(rcpt))
             if owner is not None and owner.name not in owners:
                 owners.append(owner.name)
         try:
