@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
 # Installs what the tests need: the Python test extras, and swaks (+ Net::SSLeay), curl,
-# openssl, fetchmail, isync (mbsync) and dovecot (for Maildir interop tests) from Debian when
-# missing.
+# openssl, fetchmail, isync (mbsync) and dovecot with its POP3 server (for Maildir interop
+# tests) from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -16,13 +16,15 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
-# Dovecot, for the Maildir interop tests (doveadm reads and writes our Maildirs). The tests
-# run their own private instance; the system service is stopped if the package started it.
+# Dovecot, for the Maildir interop tests (doveadm reads and writes our Maildirs; its POP3
+# server's UIDLs are compared with ours). The tests run their own private instance; the
+# system service is stopped if the package started it.
 command -v doveadm >/dev/null 2>&1 || missing+=(dovecot-core dovecot-imapd)
+[ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test tools: ${missing[*]}" >&2
     apt_install "${missing[@]}" ca-certificates
-    if [[ " ${missing[*]} " == *" dovecot-core "* ]]; then
+    if [[ " ${missing[*]} " == *" dovecot-"* ]]; then
         { as_root systemctl disable --now dovecot || as_root service dovecot stop; } >/dev/null 2>&1 || true
     fi
 fi

@@ -25,6 +25,7 @@ from mailkeep.directory.file import (
     write_users_file,
 )
 from mailkeep.directory.passwords import hash_password
+from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
 from mailkeep.tls.certs import (
     CertificateProblem,
     check_serving,
@@ -73,7 +74,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         ports = STANDARD_PORTS if os.geteuid() == 0 else UNPRIVILEGED_PORTS
     else:
         ports = STANDARD_PORTS if args.ports == "standard" else UNPRIVILEGED_PORTS
-    target.mkdir(parents=True, exist_ok=True)
+    # Ours alone whatever the umask (umask 000 would make it world-writable): whoever can
+    # write here can replace the users file.
+    make_private_dirs(target)
     data_dir = args.data_dir or "data"
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
                   cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
@@ -81,7 +84,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                   hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
     info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
                                rsa_bits=args.rsa_bits)
-    config_path.write_text(text, encoding="utf-8")
+    write_file(config_path, text.encode("utf-8"), PRIVATE_FILE)
     records: dict[str, UserRecord] = {}
     password = None
     if not args.no_demo_user:

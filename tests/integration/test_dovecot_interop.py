@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import grp
 import os
+import poplib
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -28,13 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import trustme
 
 from mailkeep.store import FlagMode
 from mailkeep.store.maildir import MaildirStore
+from tests.support.daemon import start_thread_daemon, write_config
 
 DOVECOT = shutil.which("dovecot") or (
     "/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
 DOVEADM = shutil.which("doveadm")
+DOVECOT_POP3 = "/usr/lib/dovecot/pop3"
 
 pytestmark = pytest.mark.skipif(
     DOVECOT is None or DOVEADM is None,
@@ -50,6 +55,7 @@ class Dovecot:
     data: Path
     proc: subprocess.Popen[bytes]
     owner: tuple[int, int] | None  # (uid, gid) to chown the mail tree to, when root
+    pop3_port: int | None = None
 
     @property
     def maildir(self) -> Path:
@@ -99,7 +105,8 @@ class Dovecot:
                  int(r["size.virtual"]), int(r["date.received.unixtime"])) for r in rows]
 
 
-def _config(home: Path, data: Path, owner: tuple[int, int] | None) -> str:
+def _config(home: Path, data: Path, owner: tuple[int, int] | None,
+            pop3_port: int | None = None) -> str:
     if owner is None:
         uid, gid = os.getuid(), os.getgid()
         me = pwd.getpwuid(uid).pw_name
@@ -107,11 +114,28 @@ def _config(home: Path, data: Path, owner: tuple[int, int] | None) -> str:
     else:
         uid, gid = owner
         users = ""
+    protocols = ""
+    if pop3_port is not None:
+        # A plaintext POP3 listener on loopback (any password: passdb nopassword), with
+        # Dovecot's default pop3_uidl_format %08Xu%08Xv.
+        protocols = "pop3"
+        users += f"""ssl = no
+disable_plaintext_auth = no
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
     return f"""
 base_dir = {home}/run
 state_dir = {home}/state
 log_path = {home}/dovecot.log
-protocols =
+protocols = {protocols}
 listen = 127.0.0.1
 {users}first_valid_uid = 1
 first_valid_gid = 1
@@ -133,8 +157,13 @@ namespace inbox {{
 """
 
 
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_dovecot(pop3_port: int | None = None) -> Iterator[Dovecot]:
     # Short path: Dovecot's unix sockets live under base_dir (sun_path is 108 octets).
     home = Path(tempfile.mkdtemp(prefix="mkdv"))
     owner: tuple[int, int] | None = None
@@ -144,18 +173,19 @@ def dovecot() -> Iterator[Dovecot]:
     data = home / "data"
     (data / "mail").mkdir(parents=True)
     config = home / "dovecot.conf"
-    config.write_text(_config(home, data, owner))
+    config.write_text(_config(home, data, owner, pop3_port))
     proc = subprocess.Popen([DOVECOT or "dovecot", "-F", "-c", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 15
-    while not (home / "run" / "auth-userdb").exists():
+    while not (home / "run" / "auth-userdb").exists() or (
+            pop3_port is not None and not _listening(pop3_port)):
         if proc.poll() is not None or time.monotonic() > deadline:
             err = proc.stderr.read().decode() if proc.stderr else ""
             log = (home / "dovecot.log").read_text() if (home / "dovecot.log").exists() else ""
             proc.kill()
             pytest.fail(f"dovecot did not start: {err} {log}")
         time.sleep(0.05)
-    running = Dovecot(home, config, data, proc, owner)
+    running = Dovecot(home, config, data, proc, owner, pop3_port)
     if owner is not None:
         os.chown(data / "mail", *owner)
     try:
@@ -168,6 +198,28 @@ def dovecot() -> Iterator[Dovecot]:
             proc.kill()
             proc.wait()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """Dovecot with no listeners: doveadm only."""
+    yield from _start_dovecot()
+
+
+@pytest.fixture
+def dovecot_pop3() -> Iterator[Dovecot]:
+    """Dovecot with a POP3 listener on loopback (needs dovecot-pop3d)."""
+    if not os.path.exists(DOVECOT_POP3):
+        pytest.skip("Dovecot's POP3 server is not installed (apt-get install dovecot-pop3d)")
+    yield from _start_dovecot(pop3_port=_free_port())
 
 
 def dovecot_version() -> str:
@@ -282,3 +334,48 @@ def test_dovecot_reads_what_we_wrote(dovecot: Dovecot) -> None:
         assert "Subject: draft" in body
     finally:
         store.close()
+
+
+def test_pop3_uidl_is_byte_identical_to_dovecots(dovecot_pop3: Dovecot,
+                                                ca: trustme.CA) -> None:
+    """A POP3 client that leaves mail on the server and moves from Dovecot to mailkeep must
+    see the same unique-ids, or it downloads everything again (issue 7, item 18): the same
+    Maildir, Dovecot's UIDL and ours, compared byte for byte on the wire."""
+    dv = dovecot_pop3
+    assert dv.pop3_port is not None
+    store = MaildirStore(dv.data)
+    try:
+        for i in range(11):  # UIDs 10 and 11 are "0000000a", "0000000b"
+            asyncio.run(store.deliver(USER, f"Subject: {i}\r\n\r\nbody {i}\r\n".encode()))
+        asyncio.run(store.snapshot(USER, "INBOX"))  # we assign the UIDs of these
+    finally:
+        store.close()
+    dv.adm("save", "-u", USER, stdin=b"Subject: saved by dovecot\r\n\r\nx\r\n")
+
+    theirs = poplib.POP3("127.0.0.1", dv.pop3_port, timeout=30)
+    try:
+        theirs.user(USER)
+        theirs.pass_("any")
+        dovecot_list = theirs.uidl()[1]
+        dovecot_one = theirs.uidl(11)
+    finally:
+        theirs.quit()
+    assert len(dovecot_list) == 12
+
+    config = write_config(dv.home, ca, pop3_listeners=True)  # data_dir: dv.home / "data"
+    ours_daemon = start_thread_daemon(config, ca)
+    try:
+        ours = ours_daemon.pop3s(timeout=30)
+        try:
+            ours.user(USER)
+            ours.pass_("alice-secret-pw")
+            mailkeep_list = ours.uidl()[1]
+            mailkeep_one = ours.uidl(11)
+        finally:
+            ours.quit()
+    finally:
+        ours_daemon.stop()
+    print("dovecot", dovecot_one, "mailkeep", mailkeep_one)
+    assert mailkeep_list == dovecot_list
+    assert mailkeep_one.split()[1:] == dovecot_one.split()[1:]
+    assert dovecot_one.split()[2][:8] == b"0000000b"  # lowercase hex, as Dovecot sends it

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from mailkeep.store.base import MessageGone
-from mailkeep.store.maildir import MaildirStore, session_lock, uidlist
+from mailkeep.store.maildir import MaildirStore, dotlock, session_lock, uidlist
 from mailkeep.store.memory import MemoryStore
 
 DOVECOT_V3 = b"""3 V1700000000 N5 G0123456789abcdef0123456789abcdef
@@ -98,17 +99,22 @@ def test_sync_without_changes_writes_nothing(tmp_path: Path) -> None:
 def test_live_lock_is_waited_for_then_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                ) -> None:
     make_maildir(tmp_path, ["1.M1P1Q0.h"])
-    (tmp_path / "dovecot-uidlist.lock").write_text(f"{os.getpid()}:{os.uname().nodename}\n")
-    monkeypatch.setattr(uidlist, "LOCK_WAIT_SECONDS", 0.2)
-    with pytest.raises(uidlist.UidlistError, match="held"):
-        uidlist.sync(tmp_path)
+    other = subprocess.Popen(["sleep", "60"])  # a live process of this host holds the lock
+    try:
+        (tmp_path / "dovecot-uidlist.lock").write_text(f"{other.pid}:{os.uname().nodename}\n")
+        monkeypatch.setattr(dotlock, "LOCK_WAIT_SECONDS", 0.2)
+        with pytest.raises(uidlist.UidlistError, match="held"):
+            uidlist.sync(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_stale_lock_is_broken(tmp_path: Path) -> None:
     make_maildir(tmp_path, ["1.M1P1Q0.h"])
     lock = tmp_path / "dovecot-uidlist.lock"
     lock.write_text("garbage")
-    old = time.time() - uidlist.LOCK_STALE_SECONDS - 5
+    old = time.time() - dotlock.LOCK_STALE_SECONDS - 5
     os.utime(lock, (old, old))
     u, _ = uidlist.sync(tmp_path)
     assert u.records and not lock.exists()

@@ -48,9 +48,11 @@ IDLE_REPLY = b"-ERR Disconnected for inactivity.\r\n"
 
 
 def uidl(uid: int, uidvalidity: int) -> str:
-    """Dovecot's default pop3_uidl_format %08Xu%08Xv: a client moving between Dovecot and
-    mailkeep, or between POP3 and IMAP, sees the same unique-ids (RFC 1939 §7 UIDL)."""
-    return f"{uid:08X}{uidvalidity:08X}"
+    """Dovecot's default pop3_uidl_format %08Xu%08Xv, byte for byte as Dovecot sends it: a
+    client moving between Dovecot and mailkeep, or between POP3 and IMAP, sees the same
+    unique-ids (RFC 1939 §7 UIDL) and downloads nothing twice. Dovecot's %X modifier writes
+    lowercase hex ("000000016b0f6384"), whatever the capital X suggests."""
+    return f"{uid:08x}{uidvalidity:08x}"
 
 
 class Pop3Session(StreamSession):

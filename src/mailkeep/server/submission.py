@@ -39,7 +39,7 @@ from mailkeep.server import auth, smtp_data, starttls
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 from mailkeep.server.stream import TLS_CLOSE_LINGER
-from mailkeep.store.base import DeliveryError
+from mailkeep.store.base import DeliveryError, DiskFull
 
 log = logging.getLogger("mailkeep.smtp")
 
@@ -548,6 +548,10 @@ class SubmissionHandler:
         try:
             for owner_name in owners:
                 await s.services.store.deliver(owner_name, message)
+        except DiskFull as exc:
+            log.error("conn=%s id=%s delivery failed: %s", s.conn_id, queue_id, exc)
+            # RFC 5321 §4.2.3 452; RFC 3463 §3.4 X.3.1 "Mail system full": try later.
+            return "452 4.3.1 Insufficient system storage"
         except DeliveryError as exc:
             log.error("conn=%s id=%s delivery failed: %s", s.conn_id, queue_id, exc)
             return "451 4.3.0 Local delivery failed, try again later"

@@ -2,6 +2,7 @@
 
 from mailkeep.store.base import (
     DeliveryError,
+    DiskFull,
     FlagMode,
     FolderExists,
     FolderInfo,
@@ -18,10 +19,11 @@ from mailkeep.store.base import (
     MessageRecord,
     NoSuchFolder,
     StoreError,
+    StoreFull,
     StoreRefusal,
 )
 
-__all__ = ["DeliveryError", "FlagMode", "FolderExists", "FolderInfo", "FolderNotAllowed",
-           "FolderSnapshot", "ImapStore", "InvalidName", "KeywordLimit", "MailStore",
-           "Maildrop", "MaildropLock", "MessageGone", "MessageInfo", "MessageRecord",
-           "NoSuchFolder", "StoreError", "StoreRefusal"]
+__all__ = ["DeliveryError", "DiskFull", "FlagMode", "FolderExists", "FolderInfo",
+           "FolderNotAllowed", "FolderSnapshot", "ImapStore", "InvalidName", "KeywordLimit",
+           "MailStore", "Maildrop", "MaildropLock", "MessageGone", "MessageInfo",
+           "MessageRecord", "NoSuchFolder", "StoreError", "StoreFull", "StoreRefusal"]

@@ -13,8 +13,25 @@ class DeliveryError(Exception):
     """Delivery failed on our side (disk full, permissions): a temporary 4xx for the client."""
 
 
+class DiskFull(DeliveryError):
+    """Delivery failed for lack of space (ENOSPC, or EDQUOT on the filesystem): SMTP
+    `452 4.3.1 Insufficient system storage` (RFC 5321 §4.2.3 452; RFC 3463 §3.4 X.3.1
+    "Mail system full"), so the client keeps the message and tries again later."""
+
+
 class StoreError(Exception):
     """Reading or changing a mailbox failed on our side: a temporary error for the client."""
+
+
+class StoreFull(StoreError):
+    """A change could not be stored for lack of space (ENOSPC / EDQUOT); nothing of it shows.
+    Reading, and removing messages to make room, still work.
+
+    IMAP answers NO [UNAVAILABLE] (RFC 5530 §3: "temporary failure because a subsystem is
+    down"): the disk is full for the whole server, not this user over a quota, which is what
+    [OVERQUOTA] ("the user would be over quota after the operation") tells a client; the same
+    line SMTP draws between 4.3.1 "mail system full" and 4.2.2 "mailbox full". (Dovecot
+    answers [OVERQUOTA] on ENOSPC.)"""
 
 
 class MessageGone(StoreError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mailkeep.fsmodes import PRIVATE_FILE, PUBLIC_FILE, make_private_dirs, write_file
 
 KeyType = Literal["ecdsa", "rsa"]
 # 825 days is the longest lifetime clients accepted for server certificates (CA/B Forum, 2018);
@@ -84,18 +85,18 @@ def generate_selfsigned(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
+    # Directories we create are 0700 whatever the umask (an existing one is left alone).
+    make_private_dirs(cert_path.parent)
+    make_private_dirs(key_path.parent)
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # The key is created 0600 from the start: never world-readable, not even for a moment.
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: force it
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # The key is created 0600 from the start: never world-readable, not even for a moment;
+    # an existing file keeps its mode through O_CREAT, so it is forced (fchmod).
+    write_file(key_path, key_bytes, PRIVATE_FILE)
+    # The certificate is public, but nobody else may replace it (umask 000: 0666).
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_FILE)
     return inspect_certificate(cert_path)
 
 

@@ -2,7 +2,7 @@
 
 maildir(5): a file appears in new/ (or cur/) only whole, by rename(), which is atomic; the
 directory is fsynced afterwards so a power loss cannot forget the rename. Used by SMTP
-delivery and IMAP APPEND alike.
+delivery and IMAP APPEND alike (APPEND renames under the index lock: mailbox.append).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+
+from mailkeep.fsmodes import PRIVATE_FILE, create_file
 
 
 def fsync_dir(path: Path) -> None:
@@ -20,12 +22,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_message(folder: Path, tmp_name: str, final: str, data: bytes,
-                  mtime: float | None = None) -> None:
-    """Write `data` as folder/tmp/tmp_name, then rename it to folder/`final` ("new/NAME...")
-    and fsync that directory. On any failure the temp file is removed and nothing shows."""
+def write_tmp(folder: Path, tmp_name: str, data: bytes, mtime: float | None = None) -> Path:
+    """Write `data` durably as folder/tmp/tmp_name (mode 0600); its path. On any failure
+    (ENOSPC included) the file is removed again."""
     tmp = folder / "tmp" / tmp_name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = create_file(tmp, os.O_WRONLY | os.O_EXCL, PRIVATE_FILE)
     try:
         try:
             view = memoryview(data)
@@ -36,7 +37,20 @@ def write_message(folder: Path, tmp_name: str, final: str, data: bytes,
             os.close(fd)
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))  # IMAP INTERNALDATE lives in the file time
-        target = folder / final
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def write_message(folder: Path, tmp_name: str, final: str, data: bytes,
+                  mtime: float | None = None) -> None:
+    """Write `data` as folder/tmp/tmp_name, then rename it to folder/`final` ("new/NAME...")
+    and fsync that directory. On any failure the temp file is removed and nothing shows."""
+    tmp = write_tmp(folder, tmp_name, data, mtime)
+    target = folder / final
+    try:
         os.rename(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -15,12 +15,11 @@ the lock file, fsync, rename (Dovecot's maildir-keywords.c uses the same dotlock
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mailkeep.store.base import KeywordLimit
-from mailkeep.store.maildir import uidlist
+from mailkeep.store.maildir.dotlock import Dotlock
 from mailkeep.store.names import MAX_KEYWORDS
 
 KEYWORDS_NAME = "dovecot-keywords"
@@ -57,7 +56,7 @@ def allocate(root: Path, names: Iterable[str]) -> dict[int, str]:
     current = read_keywords(root)
     if wanted <= set(current.values()):
         return current
-    with uidlist.Dotlock(root, time.time, target=KEYWORDS_NAME) as lock:
+    with Dotlock(root, KEYWORDS_NAME) as lock:
         current = read_keywords(root)
         missing = sorted(wanted - set(current.values()))
         free = [i for i in range(MAX_KEYWORDS) if i not in current]

@@ -28,9 +28,11 @@ import time
 import uuid
 from pathlib import Path
 
+from mailkeep.fsmodes import PRIVATE_DIR, create_file, make_private_dirs
 from mailkeep.store import mutf7
 from mailkeep.store.base import FolderExists, FolderInfo, FolderNotAllowed, NoSuchFolder
 from mailkeep.store.maildir import uidlist
+from mailkeep.store.maildir.dotlock import Dotlock, NoSpace
 from mailkeep.store.maildir.layout import ensure_maildir
 from mailkeep.store.names import INBOX, folder_name, is_inferior, parent_names
 
@@ -96,8 +98,8 @@ def next_uidvalidity(root: Path, clock: float | None = None) -> int:
     uidlist). Dovecot's lock-free trick of renaming a marker file forward is not safe against
     rename() silently replacing a marker another claimant just made, so we lock instead and
     keep one marker, "dovecot-uidvalidity.<hex>", in step for Dovecot's sake."""
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with uidlist.Dotlock(root, time.time, target=UIDVALIDITY_NAME) as lock:
+    make_private_dirs(root)
+    with Dotlock(root, UIDVALIDITY_NAME) as lock:
         now = int(time.time() if clock is None else clock)
         last = 0
         with contextlib.suppress(OSError, ValueError):
@@ -107,7 +109,7 @@ def next_uidvalidity(root: Path, clock: float | None = None) -> int:
             last = max(last, int(marker.name.rsplit(".", 1)[1], 16))
         value = max(last + 1, now) & 0xFFFFFFFF or 1
         new_marker = root / f"{UIDVALIDITY_NAME}.{value:08x}"
-        os.close(os.open(new_marker, os.O_WRONLY | os.O_CREAT, 0o444))
+        os.close(create_file(new_marker, os.O_WRONLY))
         for marker in markers:
             if marker != new_marker:
                 with contextlib.suppress(FileNotFoundError):
@@ -117,9 +119,18 @@ def next_uidvalidity(root: Path, clock: float | None = None) -> int:
 
 
 def ensure_index(root: Path, folder_dir: Path) -> None:
-    """Give a folder (or INBOX) its dovecot-uidlist if it has none yet."""
-    if not (folder_dir / uidlist.UIDLIST_NAME).exists():
-        uidlist.create(folder_dir, next_uidvalidity(root))
+    """Give a folder (or INBOX) its dovecot-uidlist if it has none yet.
+
+    On a full disk the folder stays without one (uidlist.sync() shows it empty, with a
+    placeholder UIDVALIDITY that the index written later keeps)."""
+    if (folder_dir / uidlist.UIDLIST_NAME).exists():
+        return
+    try:
+        shown = uidlist.pending_placeholder(folder_dir)
+        value = shown.uidvalidity if shown is not None else next_uidvalidity(root)
+        uidlist.create(folder_dir, value)
+    except NoSpace:
+        return
 
 
 def create(root: Path, name: str) -> str:
@@ -129,11 +140,12 @@ def create(root: Path, name: str) -> str:
     path = folder_path(root, name)
     ensure_maildir(root)
     try:
-        os.mkdir(path, 0o700)
+        os.mkdir(path, PRIVATE_DIR)
     except FileExistsError:
         raise FolderExists(f"mailbox {name} exists") from None
+    os.chmod(path, PRIVATE_DIR)
     ensure_maildir(path)
-    (path / MAILDIRFOLDER).touch(mode=0o600)
+    os.close(create_file(path / MAILDIRFOLDER, os.O_WRONLY))
     ensure_index(root, path)
     return name
 

@@ -13,6 +13,8 @@ import socket
 import time
 from pathlib import Path
 
+from mailkeep.fsmodes import make_private_dirs
+
 SUBDIRS = ("tmp", "new", "cur")
 _counter = itertools.count()
 
@@ -43,8 +45,9 @@ def unique_name(size: int) -> str:
 
 
 def ensure_maildir(root: Path) -> None:
+    """tmp/ new/ cur/ (and any missing parent) with mode 0700, whatever the umask."""
     for sub in SUBDIRS:
-        (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(root / sub)
 
 
 # "sec.M<usec>P<pid>Q<n>.host" (ours and Dovecot's); other writers use "sec.<pid>_<n>.host".

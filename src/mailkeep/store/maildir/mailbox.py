@@ -14,28 +14,30 @@ next session that claims it (RFC 3501 §6.4.7: "the \\Recent flag SHOULD be set 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from mailkeep.fsmodes import create_file
 from mailkeep.store.base import (
     FlagMode,
     FolderSnapshot,
     MessageGone,
     MessageRecord,
     NoSuchFolder,
-    StoreError,
 )
 from mailkeep.store.maildir import flags as mflags
 from mailkeep.store.maildir import folders, uidlist
-from mailkeep.store.maildir.durable import fsync_dir, write_message
+from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, no_space
+from mailkeep.store.maildir.durable import fsync_dir, write_tmp
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
 from mailkeep.store.maildir.maildrop import crlf_size
 from mailkeep.store.names import INBOX, flag_set, folder_name, keywords_of
@@ -178,6 +180,10 @@ def snapshot(root: Path, name: str, previous: FolderCache | None = None,
             unclaimed.add(rec.uid)
     snap = FolderSnapshot(index.uidvalidity, index.next_uid, tuple(records),
                           frozenset(unclaimed))
+    if len(where) < len(files):
+        # Files without a UID (the index could not be written: disk full): the next
+        # snapshot must look again, though nothing it watches may change when space returns.
+        sig = None
     return FolderCache(sig, snap, where, facts)
 
 
@@ -198,6 +204,10 @@ def claim_recent(root: Path, name: str) -> set[int]:
             os.rename(path / location, path / "cur" / target)
         except FileNotFoundError:
             continue  # another session claimed it (or it was expunged / re-flagged)
+        except OSError as exc:
+            if no_space(exc):  # cur/ cannot grow (disk full): it stays new/, unclaimed
+                break
+            raise
         claimed.add(rec.uid)
     return claimed
 
@@ -210,13 +220,31 @@ def uidvalidity(root: Path, name: str) -> int:
     path = open_folder(root, name)  # gives the folder its index if it has none
     index = uidlist.read_cached(path)
     if index is None:
-        raise StoreError(f"{uidlist.UIDLIST_NAME} of {name} vanished")
+        # No index and no space to write one: the UIDVALIDITY snapshots show meanwhile.
+        return uidlist.placeholder(path).uidvalidity
     return index.uidvalidity
+
+
+def _withdraw(path: Path, bases: Sequence[str]) -> None:
+    """Take messages we moved into new/ out again (their UIDs could not be written)."""
+    found = uidlist.scan(path)
+    for base in bases:
+        location = found.get(base)
+        if location is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path / location)
+    with contextlib.suppress(OSError):
+        fsync_dir(path / "new")
+        fsync_dir(path / "cur")
 
 
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],
            internaldate: datetime | None) -> int:
-    """Store one message durably; its UID (for APPENDUID)."""
+    """Store one message durably; its UID (for APPENDUID).
+
+    The message is written to tmp/ first and renamed into new/ under the index lock, in the
+    same step that writes its UID: when the lock cannot be taken or the index cannot be
+    written (disk full), the message never shows and the client's NO is the whole truth."""
     wanted = flag_set(flags)
     path = open_folder(root, name)
     keywords = mflags.allocate(path, keywords_of(wanted))
@@ -225,9 +253,23 @@ def append(root: Path, name: str, data: bytes, flags: Iterable[str],
     base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
     mtime = None if internaldate is None else float(int(internaldate.timestamp()))
     letters = mflags.to_info(wanted, keywords)
-    final = "new/" + (mflags.filename(base, letters) if letters else base)
-    write_message(path, base, final, data, mtime)
-    index, _ = uidlist.assign(path, [base])
+    final = path / "new" / (mflags.filename(base, letters) if letters else base)
+    tmp = write_tmp(path, base, data, mtime)
+
+    def move_in() -> list[str]:
+        os.rename(tmp, final)
+        try:
+            fsync_dir(final.parent)
+        except BaseException:
+            _withdraw(path, [base])
+            raise
+        return [base]
+
+    try:
+        index = uidlist.publish(path, move_in, lambda bases: _withdraw(path, bases))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return index.records[base].uid
 
 
@@ -289,27 +331,37 @@ def _copy_base(src_base: str) -> str:
     return unique_name(0).split(",S=", 1)[0] + sizes
 
 
-def _link_or_copy(src: Path, dst_dir: Path, base: str, target_name: str) -> None:
+def _stage(src: Path, dst_dir: Path, base: str) -> Path:
+    """A copy of `src` as dst_dir/tmp/base: a hard link, or a real copy where there are no
+    hard links (another filesystem). FileNotFoundError when `src` moved."""
+    tmp = dst_dir / "tmp" / base
     try:
-        os.link(src, dst_dir / "new" / target_name)
-        return
+        os.link(src, tmp)
+        return tmp
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise
-    # No hard links here (another filesystem, or a filesystem without them): copy.
-    tmp = dst_dir / "tmp" / base
-    with src.open("rb") as fin, tmp.open("xb") as fout:
-        shutil.copyfileobj(fin, fout)
-        fout.flush()
-        os.fsync(fout.fileno())
-    shutil.copystat(src, tmp)
-    os.rename(tmp, dst_dir / "new" / target_name)
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise
+    try:
+        fd = create_file(tmp, os.O_WRONLY | os.O_EXCL)
+        with src.open("rb") as fin, os.fdopen(fd, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
 
 
-def _transfer(src_dir: Path, dst_dir: Path, uids: Iterable[int],
-              move: bool) -> dict[int, int]:
-    """Copy (hard link) messages into dst/new/, or move them keeping new/ or cur/; flags
-    (keyword letters translated to dst's dovecot-keywords) and internal dates are kept."""
+def _copy_in(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> dict[int, int]:
+    """Copy messages into dst/new/ (flags, keyword letters translated to dst's
+    dovecot-keywords, and internal dates kept): staged in dst/tmp/ first, then renamed into
+    new/ under dst's index lock together with their new UIDs (uidlist.publish), so a COPY
+    that fails leaves no copy behind."""
     index, files = uidlist.sync(src_dir)
     by_uid = _uid_map(index)
     src_keywords = mflags.read_keywords(src_dir)
@@ -319,42 +371,87 @@ def _transfer(src_dir: Path, dst_dir: Path, uids: Iterable[int],
         fname = files[by_uid[uid]].split("/", 1)[1]
         names |= keywords_of(mflags.from_info(uidlist.filename_flags(fname), src_keywords))
     dst_keywords = mflags.allocate(dst_dir, names)
-    done: list[tuple[int, str]] = []
+    staged: list[tuple[int, str, Path, str]] = []  # uid, new base, tmp file, name in new/
+    try:
+        for uid in wanted:
+            base = by_uid[uid]
+            location: str | None = files[base]
+            new_base = _copy_base(base)
+            while location is not None:
+                letters = uidlist.filename_flags(location.split("/", 1)[1])
+                msg_flags = mflags.from_info(letters, src_keywords)
+                new_letters = mflags.to_info(msg_flags, dst_keywords, keep=letters)
+                target = mflags.filename(new_base, new_letters) if new_letters else new_base
+                try:
+                    tmp = _stage(src_dir / location, dst_dir, new_base)
+                except FileNotFoundError:
+                    location = _relocate(src_dir, base)
+                    continue
+                staged.append((uid, new_base, tmp, target))
+                break
+
+        def move_in() -> list[str]:
+            moved: list[str] = []
+            try:
+                for _, new_base, tmp, target in staged:
+                    os.rename(tmp, dst_dir / "new" / target)
+                    moved.append(new_base)
+                fsync_dir(dst_dir / "new")
+            except BaseException:
+                _withdraw(dst_dir, moved)
+                raise
+            return moved
+
+        dst_index = uidlist.publish(dst_dir, move_in, lambda bases: _withdraw(dst_dir, bases))
+    finally:
+        for _, _, tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return {uid: dst_index.records[b].uid for uid, b, _, _ in staged
+            if b in dst_index.records}
+
+
+def _move_in(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> None:
+    """Move messages keeping new/ or cur/ (RENAME INBOX: a claimed message stays claimed),
+    flags and internal dates; then give them UIDs in dst."""
+    index, files = uidlist.sync(src_dir)
+    by_uid = _uid_map(index)
+    src_keywords = mflags.read_keywords(src_dir)
+    wanted = [u for u in sorted(set(uids)) if by_uid.get(u) in files]
+    names: set[str] = set()
+    for uid in wanted:
+        fname = files[by_uid[uid]].split("/", 1)[1]
+        names |= keywords_of(mflags.from_info(uidlist.filename_flags(fname), src_keywords))
+    dst_keywords = mflags.allocate(dst_dir, names)
+    done: list[str] = []
     for uid in wanted:
         base = by_uid[uid]
         location: str | None = files[base]
-        new_base = base if move else _copy_base(base)
         while location is not None:
-            fname = location.split("/", 1)[1]
+            sub, fname = location.split("/", 1)
             letters = uidlist.filename_flags(fname)
             msg_flags = mflags.from_info(letters, src_keywords)
             new_letters = mflags.to_info(msg_flags, dst_keywords, keep=letters)
-            target = mflags.filename(new_base, new_letters) if new_letters else new_base
+            target = mflags.filename(base, new_letters) if new_letters else base
             try:
-                if move:  # RENAME INBOX: a claimed (cur/) message stays claimed
-                    sub = location.split("/", 1)[0]
-                    os.rename(src_dir / location, dst_dir / sub / target)
-                else:
-                    _link_or_copy(src_dir / location, dst_dir, new_base, target)
+                os.rename(src_dir / location, dst_dir / sub / target)
             except FileNotFoundError:
                 location = _relocate(src_dir, base)
                 continue
-            done.append((uid, new_base))
+            done.append(base)
             break
     fsync_dir(dst_dir / "new")
-    if move:
-        fsync_dir(dst_dir / "cur")
-    dst_index, _ = uidlist.assign(dst_dir, [b for _, b in done])
-    if move:
-        uidlist.sync(src_dir)
-    return {uid: dst_index.records[b].uid for uid, b in done if b in dst_index.records}
+    fsync_dir(dst_dir / "cur")
+    # Moved files without a UID (disk full) are not lost: they get one once space returns.
+    uidlist.assign(dst_dir, done)
+    uidlist.sync(src_dir)
 
 
 def copy(root: Path, src: str, uids: Iterable[int], dst: str) -> dict[int, int]:
     """RFC 3501 §6.4.7 COPY: src UID -> new dst UID (for COPYUID), in src UID order."""
     src_dir = open_folder(root, src)
     dst_dir = open_folder(root, dst)
-    return _transfer(src_dir, dst_dir, uids, move=False)
+    return _copy_in(src_dir, dst_dir, uids)
 
 
 def rename_inbox(root: Path, new: str) -> None:
@@ -364,7 +461,7 @@ def rename_inbox(root: Path, new: str) -> None:
     inbox = open_folder(root, INBOX)
     dst = open_folder(root, created)
     index, _ = uidlist.sync(inbox)
-    _transfer(inbox, dst, [r.uid for r in index.by_uid()], move=True)
+    _move_in(inbox, dst, [r.uid for r in index.by_uid()])
 
 
 def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[int]:

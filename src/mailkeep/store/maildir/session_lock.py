@@ -4,58 +4,61 @@ Two layers: a process-wide registry (this process's sessions see each other at o
 the dotlock file `dovecot-pop3-session.lock` in the Maildir, the file Dovecot's
 pop3_lock_session uses, so a Dovecot pop3 process and mailkeep exclude each other too.
 
-A crashed holder never blocks forever: the file names its "pid:host"; a dead pid on this
-host is stale at once, anything else once the file has not been touched for
-SESSION_LOCK_STALE_SECONDS (the holder touches it every SESSION_LOCK_REFRESH_SECONDS).
+A crashed holder never blocks for long (dotlock.lock_is_stale): the file names its
+"pid:host"; a dead pid on this host, or our own pid when no session of ours holds the lock
+(a daemon that crashed as PID 1 in a container, restarted as PID 1), is stale at once; an
+empty file once it is EMPTY_LOCK_STALE_SECONDS old; anything else once the file has not been
+touched for SESSION_LOCK_STALE_SECONDS (the holder touches it every
+SESSION_LOCK_REFRESH_SECONDS).
+
+On a full disk the pid cannot be written: the file is removed again and the session holds
+the lock in the registry alone (see _unfiled).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import socket
 import threading
 import time
 from pathlib import Path
+
+from mailkeep.fsmodes import PRIVATE_FILE, create_file, make_private_dirs
+from mailkeep.store.maildir.dotlock import break_lock, lock_is_stale, no_space, owner_line
+
+log = logging.getLogger(__name__)
 
 SESSION_LOCK_NAME = "dovecot-pop3-session.lock"
 # Dovecot pop3 client.c POP3_SESSION_DOTLOCK_STALE_TIMEOUT_SECS: 60*5.
 SESSION_LOCK_STALE_SECONDS = 300.0
 # Well inside the stale timeout, so a live session's lock never looks stale.
 SESSION_LOCK_REFRESH_SECONDS = 60.0
+# Attempts to create the file when stale locks keep getting in the way.
+CREATE_ATTEMPTS = 3
 
-_held: set[Path] = set()
+# Maildirs whose lock a session of this process holds -> whether the lock file is ours.
+_held: dict[Path, bool] = {}
 _held_guard = threading.Lock()
 
 
-def _owner_dead(path: Path) -> bool:
-    """True when the lock names a process on this host that no longer runs (or is us)."""
+def _stale(path: Path) -> tuple[bool, os.stat_result | None]:
     try:
-        text = path.read_bytes()[:300].decode()
-    except (OSError, UnicodeDecodeError):
-        return False
-    pid_text, _, host = text.strip().partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        # Ours, yet not in the registry: left by an earlier daemon in this same process.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _stale(path: Path) -> bool:
-    try:
-        age = time.time() - path.stat().st_mtime
+        st = path.stat()
     except FileNotFoundError:
-        return True
-    return age > SESSION_LOCK_STALE_SECONDS or _owner_dead(path)
+        return True, None
+    # We hold the registry entry for this Maildir: no session of ours holds the file.
+    return lock_is_stale(path, held_here=False, stale_seconds=SESSION_LOCK_STALE_SECONDS,
+                         now=time.time()), st
+
+
+def _unfiled(root: Path) -> bool:
+    # DEVIATION (RFC 1939 §4, the exclusive-access lock): without space for the lock file
+    # only this process's sessions are kept out, not a Dovecot POP3 session. Refusing every
+    # POP3 login until space returns would keep users from deleting mail to make room.
+    log.warning("%s: no space for %s, holding the lock in this process only", root,
+                SESSION_LOCK_NAME)
+    return True
 
 
 def acquire(root: Path) -> bool:
@@ -64,36 +67,53 @@ def acquire(root: Path) -> bool:
     with _held_guard:
         if key in _held:
             return False
-        _held.add(key)
+        _held[key] = False
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(root)
         path = root / SESSION_LOCK_NAME
-        for _ in range(3):
+        for _ in range(CREATE_ATTEMPTS):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = create_file(path, os.O_WRONLY | os.O_EXCL, PRIVATE_FILE)
             except FileExistsError:
-                if not _stale(path):
+                stale, judged = _stale(path)
+                if not stale:
                     break
+                break_lock(path, judged)
+                continue
+            except OSError as exc:
+                if not no_space(exc):
+                    raise
+                return _unfiled(root)
+            try:
+                try:
+                    os.write(fd, owner_line())
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                # Never leave an empty lock behind: it would lock the user out for minutes.
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-                continue
-            try:
-                os.write(fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
-            finally:
-                os.close(fd)
+                if not no_space(exc):
+                    raise
+                return _unfiled(root)
+            with _held_guard:
+                _held[key] = True
             return True
     except BaseException:
         with _held_guard:
-            _held.discard(key)
+            _held.pop(key, None)
         raise
     with _held_guard:
-        _held.discard(key)
+        _held.pop(key, None)
     return False
 
 
 def refresh(root: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.utime(root / SESSION_LOCK_NAME)
+    with _held_guard:
+        filed = _held.get(root.resolve(), False)
+    if filed:
+        with contextlib.suppress(OSError):
+            os.utime(root / SESSION_LOCK_NAME)
 
 
 def release(root: Path) -> None:
@@ -101,6 +121,7 @@ def release(root: Path) -> None:
     with _held_guard:
         if key not in _held:
             return
-        _held.discard(key)
-        with contextlib.suppress(FileNotFoundError):
-            (root / SESSION_LOCK_NAME).unlink()
+        filed = _held.pop(key)
+        if filed:
+            with contextlib.suppress(FileNotFoundError):
+                (root / SESSION_LOCK_NAME).unlink()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import threading
 import time
 from collections import OrderedDict
@@ -16,17 +15,20 @@ from typing import BinaryIO, TypeVar
 
 from mailkeep.store.base import (
     DeliveryError,
+    DiskFull,
     FlagMode,
     FolderInfo,
     FolderSnapshot,
     Maildrop,
     MessageGone,
     StoreError,
+    StoreFull,
     StoreRefusal,
     to_crlf,
 )
 from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions
 from mailkeep.store.maildir import maildrop as ops
+from mailkeep.store.maildir.dotlock import LockError, NoSpace, no_space
 from mailkeep.store.maildir.durable import write_message
 from mailkeep.store.maildir.layout import (
     account_root,
@@ -34,7 +36,6 @@ from mailkeep.store.maildir.layout import (
     ensure_maildir,
     unique_name,
 )
-from mailkeep.store.maildir.uidlist import UidlistError
 from mailkeep.store.names import INBOX, folder_name
 
 T = TypeVar("T")
@@ -77,8 +78,10 @@ class MaildirStore:
             name = unique_name(len(message))
             write_message(root, name, f"new/{name}", message)
         except OSError as exc:
-            kind = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise DeliveryError(f"delivery to {mailbox} failed: {kind}") from exc
+            if no_space(exc):
+                raise DiskFull(f"delivery to {mailbox} failed: disk full ({exc.strerror})") \
+                    from exc
+            raise DeliveryError(f"delivery to {mailbox} failed: {exc.strerror}") from exc
         finally:
             self._changed(mailbox, INBOX)
         return name
@@ -108,9 +111,13 @@ class MaildirStore:
             return await loop.run_in_executor(self._pool, func, *args)
         except (MessageGone, StoreError):
             raise
-        except UidlistError as exc:
+        except NoSpace as exc:
+            raise StoreFull(str(exc)) from exc
+        except LockError as exc:
             raise StoreError(str(exc)) from exc
         except OSError as exc:
+            if no_space(exc):
+                raise StoreFull(f"no space: {exc.strerror}") from exc
             raise StoreError(f"{exc.strerror or exc}") from exc
 
     async def lock_maildrop(self, mailbox: str) -> _SessionLock | None:

@@ -15,11 +15,11 @@ Version 1 (no header, "." delimiter) is read too. Rewritten under `subscriptions
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+from mailkeep.fsmodes import make_private_dirs
 from mailkeep.store import mutf7
-from mailkeep.store.maildir import uidlist
+from mailkeep.store.maildir.dotlock import Dotlock
 from mailkeep.store.names import DELIMITER, folder_name
 
 SUBSCRIPTIONS_NAME = "subscriptions"
@@ -58,8 +58,8 @@ def _render(names: list[str]) -> bytes:
 def change(root: Path, name: str, subscribe: bool) -> bool:
     """Subscribe or unsubscribe one name. Returns whether the set changed."""
     name = folder_name(name)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with uidlist.Dotlock(root, time.time, target=SUBSCRIPTIONS_NAME) as lock:
+    make_private_dirs(root)
+    with Dotlock(root, SUBSCRIPTIONS_NAME) as lock:
         names = read(root)
         if subscribe == (name in names):
             return False

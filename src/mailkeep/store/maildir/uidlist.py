@@ -12,7 +12,7 @@ Format (Dovecot wiki "MailboxFormat/Maildir", section "dovecot-uidlist"):
 The filename base is the file's name up to the maildir info separator (":2,FLAGS"), so a
 message keeps its UID when it moves from new/ to cur/ or its flags change.
 
-Writers hold the dotlock `dovecot-uidlist.lock` (created O_CREAT|O_EXCL); like Dovecot's
+Writers hold the dotlock `dovecot-uidlist.lock` (dotlock.py); like Dovecot's
 file_dotlock_replace() we write the new index into the lock file itself, fsync it and rename
 it over `dovecot-uidlist`: readers see the old index or the new one, never half of one, and
 readers need no lock at all.
@@ -20,37 +20,29 @@ readers need no lock at all.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
-import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace
 from mailkeep.store.maildir.layout import delivery_order
 
 UIDLIST_NAME = "dovecot-uidlist"
 LOCK_NAME = "dovecot-uidlist.lock"
-# Dovecot maildir-uidlist.c MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT: 60*2 seconds. A lock older
-# than this was left by a crash (a live writer holds it for milliseconds).
-LOCK_STALE_SECONDS = 120.0
-# How long a writer waits for another writer before giving up (a temporary error for the
-# client). Dovecot waits up to mail_max_lock_timeout / 2 minutes; sessions must not hang so long.
-LOCK_WAIT_SECONDS = 10.0
-LOCK_POLL_SECONDS = 0.01
 # maildir(5) info separator; Dovecot compares names up to the first ':'.
 INFO_SEPARATOR = ":"
 _HEADER_KEY = re.compile(r"^([A-Za-z])(.*)$")
 
 
-class UidlistError(Exception):
-    """The index cannot be read or written (corrupt file, lock timeout, I/O error): ours."""
+# The index cannot be read or written (corrupt file, lock timeout, I/O error): ours.
+UidlistError = LockError
 
 
 def filename_base(name: str) -> str:
@@ -233,89 +225,6 @@ def read_cached(root: Path) -> Uidlist | None:
     return index
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _lock_is_stale(path: Path, now: float) -> bool:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    if now - st.st_mtime > LOCK_STALE_SECONDS:
-        return True
-    # Our own "pid:host" mark: a dead process on this host cannot be writing any more.
-    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
-        pid_text, _, host = path.read_bytes()[:300].decode().strip().partition(":")
-        if host == socket.gethostname() and pid_text.isdigit():
-            return not _pid_alive(int(pid_text))
-    return False
-
-
-class _Dotlock:
-    """`dovecot-uidlist.lock`: O_CREAT|O_EXCL, "pid:host" inside until it becomes the index.
-
-    `target` picks another file guarded the same way (Dovecot's file_dotlock: "NAME.lock"),
-    e.g. dovecot-keywords and subscriptions."""
-
-    def __init__(self, root: Path, clock: Callable[[], float],
-                 target: str = UIDLIST_NAME) -> None:
-        self.path = root / f"{target}.lock"
-        self.target = target
-        self.root = root
-        self.clock = clock
-        self.fd = -1
-
-    def __enter__(self) -> _Dotlock:
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while True:
-            try:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-                break
-            except FileExistsError:
-                if _lock_is_stale(self.path, self.clock()):
-                    with contextlib.suppress(FileNotFoundError):
-                        self.path.unlink()
-                    continue
-                if time.monotonic() > deadline:
-                    raise UidlistError(f"{self.path.name} held by another process") from None
-                time.sleep(LOCK_POLL_SECONDS)
-            except OSError as exc:
-                raise UidlistError(f"cannot create {self.path.name}: {exc.strerror}") from None
-        os.write(self.fd, f"{os.getpid()}:{socket.gethostname()}\n".encode())
-        return self
-
-    def replace(self, data: bytes) -> None:
-        """Make `data` the new index: into the lock file, fsync, rename over the index."""
-        os.ftruncate(self.fd, 0)
-        view = memoryview(data)
-        offset = 0
-        while offset < len(view):
-            offset += os.pwrite(self.fd, view[offset:], offset)
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        os.rename(self.path, self.root / self.target)
-        dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-
-
 def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool:
     """Give unlisted files the next UIDs in delivery order; forget vanished ones. Changed?"""
     changed = False
@@ -330,28 +239,73 @@ def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool
     return changed
 
 
+# Indexes handed out for a folder whose index could not be written for lack of space (a new
+# folder on a full disk): path -> index, so every look gives the same UIDVALIDITY, and the
+# index written once space returns keeps it.
+_placeholders: dict[str, Uidlist] = {}
+_placeholders_guard = threading.Lock()
+
+
+def placeholder(root: Path, clock: Callable[[], float] = time.time) -> Uidlist:
+    """The empty index shown for a folder that has none and cannot get one (disk full)."""
+    with _placeholders_guard:
+        found = _placeholders.get(str(root))
+        if found is None:
+            found = _placeholders[str(root)] = Uidlist.fresh(clock())
+        return _copy(found)
+
+
+def pending_placeholder(root: Path) -> Uidlist | None:
+    with _placeholders_guard:
+        found = _placeholders.get(str(root))
+    return None if found is None else _copy(found)
+
+
+def _first_index(root: Path, clock: Callable[[], float]) -> Uidlist:
+    """The index to write for a folder that has none: the placeholder clients already saw,
+    or a fresh one."""
+    found = pending_placeholder(root)
+    return found if found is not None else Uidlist.fresh(clock())
+
+
+def _replace(lock: Dotlock, root: Path, index: Uidlist) -> None:
+    lock.replace(render(index))
+    if _placeholders:
+        with _placeholders_guard:
+            _placeholders.pop(str(root), None)
+
+
 def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, dict[str, str]]:
     """The index brought up to date with the files, and base -> current relative path.
 
     Blocking (run it off the event loop). Without new or vanished files nothing is written
-    and no lock is taken."""
+    and no lock is taken.
+
+    When the index cannot be written for lack of space, the index as it is comes back: files
+    without a UID are left out (callers skip them) until space returns, and UIDs of removed
+    files stay listed (callers skip those too). A UID is handed out only once it is on disk:
+    RFC 3501 §2.3.1.1, a UID once seen must name that message for good, and one we could not
+    write might be given to another message after a crash."""
     try:
         current = read_cached(root)
         files = scan(root)
         if current is not None and all(b in current.records for b in files) \
                 and len(files) == len(current.records):
             return current, files
-        with _Dotlock(root, clock) as lock:
-            current = read(root) or Uidlist.fresh(clock())
-            files = scan(root)
-            missing = [b for b in current.records if b not in files]
-            if missing:
-                # A rename seen half-way by readdir can hide a file for a moment: look twice
-                # before forgetting a UID (a forgotten UID is never handed out again).
+        try:
+            with Dotlock(root, UIDLIST_NAME) as lock:
+                current = read(root) or _first_index(root, clock)
                 files = scan(root)
-            if _assign(current, files, drop_missing=True):
-                lock.replace(render(current))
-            return current, files
+                missing = [b for b in current.records if b not in files]
+                if missing:
+                    # A rename seen half-way by readdir can hide a file for a moment: look
+                    # twice before forgetting a UID (a forgotten UID is never handed out again).
+                    files = scan(root)
+                if _assign(current, files, drop_missing=True):
+                    _replace(lock, root, current)
+                return current, files
+        except NoSpace:
+            return read(root) or placeholder(root, clock), scan(root)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise UidlistError(f"maildir {root} vanished") from None
@@ -364,46 +318,71 @@ def uid_order(uidlist: Uidlist, files: Iterable[str]) -> list[UidRecord]:
     return [r for r in uidlist.by_uid() if r.base in wanted]
 
 
-Dotlock = _Dotlock
+def _assign_ordered(current: Uidlist, files: dict[str, str], ordered: Sequence[str]) -> None:
+    """Unlisted files get UIDs: the bases in `ordered` in exactly that order, after any
+    other unlisted file (deliveries); records of vanished files are dropped."""
+    mine = [b for b in ordered if b in files and b not in current.records]
+    skip = set(mine)
+    others = {b: loc for b, loc in files.items() if b not in skip}
+    _assign(current, others, drop_missing=False)
+    for base in mine:
+        current.records[base] = UidRecord(current.next_uid, base)
+        current.next_uid += 1
+    for base in [b for b in current.records if b not in files]:
+        del current.records[base]
 
 
-def assign(root: Path, ordered: list[str], clock: Callable[[], float] = time.time,
-           fresh_uidvalidity: Callable[[], int] | None = None) -> tuple[Uidlist, dict[str, str]]:
-    """Like sync(), but the bases in `ordered` (files just added by us: APPEND, COPY) get
-    their UIDs in exactly that order, after any other unlisted file (deliveries)."""
+def assign(root: Path, ordered: list[str], clock: Callable[[], float] = time.time
+           ) -> tuple[Uidlist, dict[str, str]]:
+    """Like sync(), but the bases in `ordered` (files already moved in by us: RENAME INBOX)
+    get their UIDs in exactly that order, after any other unlisted file. NoSpace."""
     try:
-        with _Dotlock(root, clock) as lock:
-            current = read(root)
-            if current is None:
-                current = Uidlist.fresh(clock())
-                if fresh_uidvalidity is not None:
-                    current.uidvalidity = fresh_uidvalidity()
+        with Dotlock(root, UIDLIST_NAME) as lock:
+            current = read(root) or _first_index(root, clock)
             files = scan(root)
-            mine = [b for b in ordered if b in files and b not in current.records]
-            skip = set(mine)
-            others = {b: loc for b, loc in files.items() if b not in skip}
-            _assign(current, others, drop_missing=False)
-            for base in mine:
-                current.records[base] = UidRecord(current.next_uid, base)
-                current.next_uid += 1
-            for base in [b for b in current.records if b not in files]:
-                del current.records[base]
-            lock.replace(render(current))
+            _assign_ordered(current, files, ordered)
+            _replace(lock, root, current)
             return current, files
     except OSError as exc:
         raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
 
 
-def create(root: Path, uidvalidity: int, clock: Callable[[], float] = time.time) -> Uidlist:
-    """Write an empty index with this UIDVALIDITY unless one exists (new folder)."""
+def publish(root: Path, move_in: Callable[[], Sequence[str]],
+            withdraw: Callable[[Sequence[str]], None],
+            clock: Callable[[], float] = time.time) -> Uidlist:
+    """Make new messages visible and give them UIDs in one step (APPEND, COPY).
+
+    Under the index lock, `move_in` renames the messages from tmp/ into new/ and returns their
+    bases in UID order. If their UIDs cannot be written (disk full, I/O error), `withdraw`
+    takes them out again before the lock is released: a client told NO never finds the
+    message later, so its retry cannot duplicate it (issue 7, item 6). If the lock cannot be
+    taken, nothing was moved in. Raises NoSpace / UidlistError."""
     try:
-        with _Dotlock(root, clock) as lock:
+        with Dotlock(root, UIDLIST_NAME) as lock:
+            current = read(root) or _first_index(root, clock)
+            bases = move_in()
+            try:
+                files = scan(root)
+                _assign_ordered(current, files, bases)
+                _replace(lock, root, current)
+            except BaseException:
+                withdraw(bases)
+                raise
+            return current
+    except OSError as exc:
+        raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
+
+
+def create(root: Path, uidvalidity: int, clock: Callable[[], float] = time.time) -> Uidlist:
+    """Write an empty index with this UIDVALIDITY unless one exists (new folder). NoSpace."""
+    try:
+        with Dotlock(root, UIDLIST_NAME) as lock:
             current = read(root)
             if current is not None:
                 return current
             current = Uidlist.fresh(clock())
             current.uidvalidity = uidvalidity
-            lock.replace(render(current))
+            _replace(lock, root, current)
             return current
     except OSError as exc:
         raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
