@@ -401,7 +401,7 @@ def test_huge_header_section_is_cut_at_a_line_end() -> None:
     assert "headers are attached" in human(parse(dsn))
 
 
-# -- internationalised addresses (RFC 6533) degrade gracefully -------------------------------------
+# -- internationalised addresses (RFC 6533) degrade gracefully ------------------------------------
 
 def test_utf8_addresses() -> None:
     sender = "jos\u00e9@example.com"

@@ -127,7 +127,7 @@ def test_utf8_addr_xtext_round_trip(address: str) -> None:
     assert utf8_addr_decode(encoded) == address
 
 
-# -- MAIL: RET and ENVID ---------------------------------------------------------------------------
+# -- MAIL: RET and ENVID --------------------------------------------------------------------------
 
 def test_mail_without_dsn_parameters() -> None:
     assert parse_mail_params([]) == MailDsnParams(None, None)
