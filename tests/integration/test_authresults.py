@@ -3,8 +3,10 @@ SPF, DKIM (signed by relay/dkim.py), ARC, DMARC, the reject switch, and time-out
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
+import threading
 from collections.abc import Iterator
 
 import dkim
@@ -303,6 +305,22 @@ async def test_dns_timeouts_inside_the_limit_read_temperror(server: DnsZoneServe
     assert v.spf_helo is not None and v.spf_helo.result == "pass"  # mx.example.com answered
     assert [d.result for d in v.dkim] == ["temperror"]
     assert v.dmarc.result == "temperror"
+
+
+async def test_waiting_for_a_worker_counts_against_the_limit(
+        resolver: dns.resolver.Resolver) -> None:
+    # Every worker busy (here: the only one, held until we let go): the check cannot start,
+    # the caller still gets its answer when its time is up, and the queued check is dropped.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    try:
+        pool.submit(release.wait, 10)
+        v = await authenticate_async(MESSAGE, Peer(CLIENT, "mx.example.com", "a@example.com"),
+                                     OURS, resolver, timeout=0.1, executor=pool)
+        assert v.timed_out and v.dmarc.result == "temperror"
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
 
 
 async def test_async_matches_sync(resolver: dns.resolver.Resolver,

@@ -25,6 +25,9 @@ decision, and it is off unless the operator turns it on.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import ipaddress
 import logging
 import re
@@ -79,6 +82,9 @@ VERIFY_TIMEOUT = 30.0
 # RFC 6376 §6.1: "Verifiers MAY limit the number of signatures they tries to verify"; a
 # message with hundreds of signatures would otherwise cost hundreds of DNS queries.
 MAX_DKIM_SIGNATURES = 5
+# Messages checked at once. The work is mostly waiting on DNS; past this, checks queue (and
+# the queueing counts against VERIFY_TIMEOUT).
+AUTH_WORKERS = 8
 # RFC 8301 §3.2: verifiers MUST NOT consider signatures with RSA keys under 1024 bits valid.
 MIN_RSA_KEY_BITS = 1024
 
@@ -209,20 +215,43 @@ def authenticate(message: bytes, peer: Peer, authserv_id: str,
                        arc_result)
 
 
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _auth_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor  # noqa: PLW0603 -- one pool per process, made on first use
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=AUTH_WORKERS, thread_name_prefix="mailkeep-auth")
+        return _executor
+
+
 async def authenticate_async(message: bytes, peer: Peer, authserv_id: str,
                              resolver: dns.resolver.Resolver | None = None, *,
-                             arc: bool = True, timeout: float = VERIFY_TIMEOUT) -> AuthVerdict:
+                             arc: bool = True, timeout: float = VERIFY_TIMEOUT,
+                             executor: concurrent.futures.Executor | None = None,
+                             ) -> AuthVerdict:
     """`authenticate` in a worker thread, for at most `timeout` seconds.
+
+    The threads are a pool of their own (`AUTH_WORKERS`), not the event loop's default
+    executor: checks that wait on a slow DNS must not hold up the Maildir writes that use
+    asyncio.to_thread. Time spent queueing for a worker counts against `timeout`, and a check
+    that never started is dropped.
 
     Never raises for the message's sake: past the time limit the checks not yet finished
     read `temperror`; an unexpected error in a library is logged and reads `temperror` too."""
     authserv_id = _check_authserv_id(authserv_id)
     progress = _Progress()
+    loop = asyncio.get_running_loop()
+    # Like asyncio.to_thread: the worker runs in a copy of our context (spf_resolver sets a
+    # context variable there, and only there).
+    call = functools.partial(contextvars.copy_context().run, authenticate, message, peer,
+                             authserv_id, resolver, arc=arc, _progress=progress)
     try:
         return await asyncio.wait_for(
-            asyncio.to_thread(authenticate, message, peer, authserv_id, resolver, arc=arc,
-                              _progress=progress),
-            timeout)
+            loop.run_in_executor(executor or _auth_executor(), call), timeout)
     except TimeoutError:
         log.warning("authentication checks for a message from %s took over %g s; "
                     "unfinished results are temperror", peer.ip, timeout)
