@@ -252,7 +252,7 @@ def test_success_report_when_asked(action: Action) -> None:
     assert parts(msg)[2].get_content_type() == "text/rfc822-headers"
 
 
-# -- NOTIFY (RFC 3461 §4.1, §6.2) ---------------------------------------------------------------
+# -- NOTIFY (RFC 3461 §4.1) ---------------------------------------------------------------
 
 F, D, S = NotifyOn.FAILURE, NotifyOn.DELAY, NotifyOn.SUCCESS
 

@@ -283,7 +283,7 @@ def _parse_orcpt(option: str, value: str) -> OriginalRecipient:
 
 
 def orcpt_for(address: str) -> OriginalRecipient:
-    """The ORCPT a relay may add for a recipient that came without one (RFC 3461 §5.2.1(c))."""
+    """The ORCPT a relay may add for a recipient that came without one (RFC 3461 §5.2.1)."""
     if address.isascii():
         return OriginalRecipient("rfc822", address)
     return OriginalRecipient("utf-8", address)

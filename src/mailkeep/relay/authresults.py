@@ -79,7 +79,7 @@ SPF_LOOKUP_TIME = 20.0
 # The whole verification: SPF's 20 s plus a few DKIM key and DMARC queries. The SMTP client
 # waits up to 10 minutes for the reply to the end of DATA (RFC 5321 §4.5.3.2.6).
 VERIFY_TIMEOUT = 30.0
-# RFC 6376 §6.1: "Verifiers MAY limit the number of signatures they tries to verify"; a
+# RFC 6376 §6.1 lets verifiers limit how many signatures they try to verify; a
 # message with hundreds of signatures would otherwise cost hundreds of DNS queries.
 MAX_DKIM_SIGNATURES = 5
 # Messages checked at once. The work is mostly waiting on DNS; past this, checks queue (and

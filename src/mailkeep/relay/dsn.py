@@ -10,7 +10,7 @@ been delayed past the warning time, or (on request) been delivered. It returns e
 - never about a delivery report (multipart/report; report-type=delivery-status), whatever its
   envelope says: a report about a report is how bounce loops start;
 - never to our own MAILER-DAEMON address;
-- only for the recipients whose NOTIFY asks for this kind of report (RFC 3461 §4.1, §6.2).
+- only for the recipients whose NOTIFY asks for this kind of report (RFC 3461 §4.1).
 
 Every DSN is `multipart/report; report-type=delivery-status` with three parts: human-readable
 text, `message/delivery-status`, and the returned message -- whole (`message/rfc822`) when the
@@ -72,7 +72,7 @@ class Action(Enum):
 # RFC 3464 §2.3.4: the status class must agree with the action.
 _STATUS_CLASS = {Action.FAILED: "5", Action.DELAYED: "4", Action.DELIVERED: "2",
                  Action.RELAYED: "2", Action.EXPANDED: "2"}
-# RFC 3461 §6.2: which NOTIFY condition asks for which action's report.
+# RFC 3461 §4.1: which NOTIFY condition asks for which action's report.
 _CONDITION = {Action.FAILED: NotifyOn.FAILURE, Action.DELAYED: NotifyOn.DELAY,
               Action.DELIVERED: NotifyOn.SUCCESS, Action.RELAYED: NotifyOn.SUCCESS,
               Action.EXPANDED: NotifyOn.SUCCESS}
@@ -192,7 +192,7 @@ def suppression_reason(envelope_sender: str, content: bytes,
 
 
 def wants_report(report: RecipientReport) -> bool:
-    """RFC 3461 §6.2: does this recipient's NOTIFY ask for a report of this action?"""
+    """RFC 3461 §4.1: does this recipient's NOTIFY ask for a report of this action?"""
     return _CONDITION[report.action] in effective_notify(report.notify)
 
 
@@ -336,7 +336,7 @@ def _delivery_status(reporting_mta: str, original: OriginalMessage,
                      reports: Sequence[RecipientReport]) -> bytes:
     per_message: list[str] = []
     if original.params.envid is not None:
-        # RFC 3464 §2.2.1, RFC 3461 §6.3: the ENVID the sender gave, decoded from xtext.
+        # RFC 3464 §2.2.1: the ENVID the sender gave (we show it decoded from xtext).
         per_message.append(_fold("Original-Envelope-Id", _ascii(original.params.envid)))
     per_message.append(f"Reporting-MTA: dns; {_ascii(reporting_mta)}")
     per_message.append(f"Arrival-Date: {_date(original.arrival)}")
