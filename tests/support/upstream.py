@@ -9,12 +9,12 @@ it serves tests on any loop (asyncio or uvloop) and sync tests alike:
         assert up.messages[0].tls
 
 Server-wide settings say what the server offers (STARTTLS or implicit TLS with a trustme
-certificate, AUTH with given credentials, DSN, SMTPUTF8, 8BITMIME, SIZE). Per-connection
-`Behaviour`s say how it misbehaves: connection N gets behaviours[N] (the last one repeats), so
-"first connection tempfails, second accepts" checks that a client moved on to the next MX even
-when every MX name resolves to 127.0.0.1. Misbehaviours: a non-220 greeting; a reply of choice
-to EHLO, STARTTLS, MAIL, a given RCPT or the end of DATA; dropping the connection or stalling
-(never answering) at a stage.
+certificate, AUTH with given credentials, some mechanisms left out, DSN, SMTPUTF8, 8BITMIME,
+SIZE). Per-connection `Behaviour`s say how it misbehaves: connection N gets behaviours[N]
+(the last one repeats), so "first connection tempfails, second accepts" checks that a client
+moved on to the next MX even when every MX name resolves to 127.0.0.1. Misbehaviours: a
+non-220 greeting; a reply of choice to EHLO, STARTTLS, MAIL, a given RCPT or the end of DATA;
+dropping the connection or stalling (never answering) at a stage.
 
 Everything received is recorded with whether TLS was on at the time (`wire`), so tests can
 assert from the server's side that nothing went out in plaintext.
@@ -78,6 +78,7 @@ class Upstream:
     def __init__(self, *behaviours: Behaviour, starttls: ssl.SSLContext | None = None,
                  implicit_tls: ssl.SSLContext | None = None,
                  auth: tuple[str, str] | None = None, auth_in_plaintext: bool = False,
+                 auth_exclude: tuple[str, ...] = (),
                  dsn: bool = False, smtputf8: bool = True, eightbitmime: bool = True,
                  size: int | None = None, hostname: str = "upstream.test") -> None:
         self.behaviours = list(behaviours) or [Behaviour()]
@@ -85,6 +86,7 @@ class Upstream:
         self.implicit_tls = implicit_tls
         self.auth = auth
         self.auth_in_plaintext = auth_in_plaintext
+        self.auth_exclude = auth_exclude
         self.dsn = dsn
         self.smtputf8 = smtputf8
         self.eightbitmime = eightbitmime
@@ -186,12 +188,13 @@ class Upstream:
 
     def authenticate(self, server: _FakeSMTP, mechanism: str, data: Any) -> AuthResult:
         if not isinstance(data, LoginPassword):
-            return AuthResult(success=False)
+            return AuthResult(success=False, handled=False)
         login = data.login.decode("utf-8", "replace")
         self.auth_attempts.append((mechanism, login, server.tls_on))
         ok = self.auth is not None and (login, data.password.decode("utf-8", "replace")) \
             == self.auth
-        return AuthResult(success=ok, auth_data=login if ok else None)
+        # handled=False: aiosmtpd sends the 535 itself.
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
 
 class _Handler:
@@ -262,6 +265,7 @@ class _FakeSMTP(SMTP):
             authenticator=self._authenticator, auth_required=upstream.auth is not None,
             # aiosmtpd does not count implicit TLS as TLS for AUTH; the whole session is TLS.
             auth_require_tls=not (upstream.auth_in_plaintext or implicit),
+            auth_exclude_mechanism=list(upstream.auth_exclude),
             enable_SMTPUTF8=upstream.smtputf8, decode_data=False,
             loop=asyncio.get_running_loop())
 
