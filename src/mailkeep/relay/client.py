@@ -200,7 +200,9 @@ class OutboundClient:
 
     async def _context(self, destination: Destination, policy: TlsPolicy) -> ssl.SSLContext:
         route = destination.route
-        ca_file = route.ca_file if isinstance(route, SmarthostRoute) else self.config.ca_file
+        ca_file = self.config.ca_file
+        if isinstance(route, SmarthostRoute) and route.ca_file is not None:
+            ca_file = route.ca_file  # a route's own CA (a provider's private CA) wins
         return await self.contexts.get(verify=policy == "verify", ca_file=ca_file)
 
 
@@ -419,6 +421,8 @@ class _Session:
             if exc.code == SERVICE_CLOSING:
                 return _NextHost(reply, self.where)
             return self._all(reply)
+        except ValueError as exc:  # aiosmtplib's check: cannot go on a command line
+            return self._all(Reply.local(553, "5.1.7", f"sender address: {exc}"), remote=False)
 
         results: dict[str, RecipientResult] = {}
         accepted: list[Recipient] = []
@@ -432,6 +436,10 @@ class _Session:
                 if exc.code == SERVICE_CLOSING:
                     return _NextHost(reply, self.where)
                 results[rcpt.address] = failure(rcpt.address, reply, self.where)
+                continue
+            except ValueError as exc:
+                results[rcpt.address] = PermanentFailure(
+                    rcpt.address, Reply.local(553, "5.1.3", f"recipient address: {exc}"), None)
                 continue
             accepted.append(rcpt)
         if not accepted:

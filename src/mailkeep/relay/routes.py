@@ -144,7 +144,8 @@ class DeliveryConfig:
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     data_timeout: float = DEFAULT_DATA_TIMEOUT
     helo_name: str = "localhost"
-    # CA bundle for `verify` to MX hosts and for MTA-STS policy fetches; None: system store.
+    # CA bundle for `verify` (MX hosts, and smarthosts without their own ca_file) and for
+    # MTA-STS policy fetches; None: the system store.
     ca_file: Path | None = None
     mta_sts: bool = True
     ipv6: bool = True
@@ -170,6 +171,8 @@ class DeliveryConfig:
 
 
 T = TypeVar("T")
+_KIND_NAMES: dict[type, str] = {float: "a number of seconds", int: "a whole number",
+                                str: "a string", bool: "true or false"}
 
 
 class _Problems:
@@ -191,7 +194,8 @@ class _Problems:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            self.add(prefix + key, f"expected a {kind.__name__}, got {value!r}")
+            self.add(prefix + key, f"expected {_KIND_NAMES.get(kind, kind.__name__)}, "
+                     f"got {value!r}")
             return default
         return value
 
