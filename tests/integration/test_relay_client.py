@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+import uvloop
 
 from mailkeep.relay.client import MAX_ATTEMPTS, OutboundClient
 from mailkeep.relay.envelope import Recipient
@@ -513,3 +514,43 @@ async def test_recipients_of_one_domain_share_a_transaction(tmp_path: Path, dns:
                          ["a@partner.test", "b@PARTNER.test", "c@plain.test"])
     assert all(isinstance(r, Delivered) for r in results)
     assert sorted(len(m.rcpt_tos) for m in up.messages) == [1, 2]
+
+
+# -- the same client under uvloop -------------------------------------------------------------
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_tls_fallback_timeouts_and_implicit_tls_on_both_loops(
+        tmp_path: Path, ca: trustme.CA, ca_file: Path, dns: DnsStub, ups: Upstreams, *,
+        loop_kind: str) -> None:
+    """One pass over the socket-level paths (sock_connect, STARTTLS, implicit TLS over a
+    connected socket, timeouts) on the loop the daemon may run on."""
+    good = ups(Behaviour(greeting="421 4.3.2 busy"), Behaviour(),
+               starttls=server_context(ca, *MX_NAMES))
+    wrong = ups(starttls=server_context(ca, "someone-else.test"))
+    stalled = ups(Behaviour(stall="MAIL"))
+    implicit = ups(implicit_tls=server_context(ca, "127.0.0.1"))
+    verify = {"tls_policy": {"partner.test": "verify"}, "ca_file": str(ca_file)}
+
+    async def scenario() -> list[object]:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            smart = {"routes": {"up": {"type": "smarthost", "host": "127.0.0.1",
+                                       "port": implicit.port, "tls": "implicit"}},
+                     "default_route": "up", "ca_file": str(ca_file)}
+            return [
+                only(await send(client_for(tmp_path, dns, good, **verify), ["a@partner.test"])),
+                only(await send(client_for(tmp_path, dns, wrong, **verify), ["b@partner.test"])),
+                only(await send(client_for(tmp_path, dns, stalled, command_timeout=0.3),
+                                ["c@partner.test"])),
+                only(await send(client_for(tmp_path, dns, implicit, **smart),
+                                ["d@partner.test"])),
+            ]
+
+    factory = uvloop.new_event_loop if loop_kind == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        delivered, refused, timed_out, smarthost = runner.run(scenario())
+    assert isinstance(delivered, Delivered) and delivered.remote_host.startswith("mx2.")
+    assert delivered.tls is not None and delivered.tls.endswith("(verified)")
+    assert isinstance(refused, TemporaryFailure) and refused.reply.status == "4.7.5"
+    assert wrong.messages == []
+    assert isinstance(timed_out, TemporaryFailure) and stalled.messages == []
+    assert isinstance(smarthost, Delivered) and implicit.messages[0].tls

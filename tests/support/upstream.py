@@ -104,6 +104,7 @@ class Upstream:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._sessions: list[_FakeSMTP] = []
 
     # -- what tests read ----------------------------------------------------------------------
 
@@ -170,6 +171,8 @@ class Upstream:
         assert self._loop is not None
         if self._server is not None:
             self._server.close()
+        for fake in self._sessions:
+            fake.drop()
         for task in asyncio.all_tasks(self._loop):
             task.cancel()
         self._loop.call_later(0.05, self._loop.stop)
@@ -182,7 +185,9 @@ class Upstream:
     def _factory(self) -> SMTP:
         number = self.connections
         self.connections += 1
-        return _FakeSMTP(self, number)
+        fake = _FakeSMTP(self, number)
+        self._sessions.append(fake)
+        return fake
 
     # -- aiosmtpd hooks -----------------------------------------------------------------------
 

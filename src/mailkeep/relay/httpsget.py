@@ -44,7 +44,9 @@ async def https_get(address: str, port: int, host: str, path: str, *, context: s
                 await writer.drain()
                 return await _read_response(reader, max_body)
             finally:
-                writer.close()
+                # The response is read (or given up on): no TLS close_notify exchange, which
+                # would outlive the timeout on a stalled or hostile server.
+                writer.transport.abort()
     except TimeoutError:
         raise FetchError(f"no complete answer within {timeout:g} s") from None
     except ssl.SSLError as exc:
