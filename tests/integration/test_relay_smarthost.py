@@ -210,6 +210,15 @@ async def test_smarthost_tempfail_is_temporary(env: Env) -> None:
     assert isinstance(result, TemporaryFailure) and result.reply.code == 421
 
 
+async def test_unreadable_ca_file_at_delivery_is_temporary(env: Env) -> None:
+    up = env.ups(starttls=server_context(env.ca, "127.0.0.1"))
+    client = env.client(up, ca_file=str(env.ca_file))
+    env.ca_file.write_text("not a certificate")
+    result, = await send(client, ["bob@partner.test"])
+    assert isinstance(result, TemporaryFailure) and result.reply.status == "4.3.5"
+    assert up.connections == 0
+
+
 def test_credentials_never_in_repr(env: Env) -> None:
     c = read_credentials(env.creds)
     assert c == Credentials(USER, PASSWORD)

@@ -24,6 +24,7 @@ class Canned:
     status: int = 200
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/plain"})
     chunked: bool = False
+    length: bool = True  # False: no Content-Length, the body ends at EOF
 
 
 class HttpsStub:
@@ -41,10 +42,11 @@ class HttpsStub:
         self._ready = threading.Event()
 
     def respond(self, path: str, body: bytes | str, *, status: int = 200,
-                headers: dict[str, str] | None = None, chunked: bool = False) -> None:
+                headers: dict[str, str] | None = None, chunked: bool = False,
+                length: bool = True) -> None:
         data = body.encode() if isinstance(body, str) else body
         self.routes[path] = Canned(data, status, headers if headers is not None
-                                   else {"Content-Type": "text/plain"}, chunked)
+                                   else {"Content-Type": "text/plain"}, chunked, length)
 
     def start(self) -> HttpsStub:
         self._thread = threading.Thread(target=self._run, name="httpsstub", daemon=True)
@@ -105,7 +107,8 @@ class HttpsStub:
                 parts = [canned.body[:half], canned.body[half:]]
                 body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
             else:
-                out.append(f"Content-Length: {len(canned.body)}")
+                if canned.length:
+                    out.append(f"Content-Length: {len(canned.body)}")
                 body = canned.body
             writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body)
             await writer.drain()

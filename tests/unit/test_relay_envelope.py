@@ -98,6 +98,13 @@ def test_reply_parsing(code: int, text: str, enhanced: str | None, rest: str) ->
     assert (reply.code, reply.enhanced, reply.text, reply.remote) == (code, enhanced, rest, True)
 
 
+@given(st.integers(200, 599), st.text())
+def test_any_reply_text_parses(code: int, text: str) -> None:
+    reply = Reply.from_smtp(code, text)
+    assert reply.code == code and reply.status[0] == str(code)[0]
+    assert "\n" not in reply.text
+
+
 def test_reply_status_and_str() -> None:
     assert Reply.from_smtp(451, "later").status == "4.0.0"
     assert str(Reply.from_smtp(550, "5.1.1 no")) == "550 5.1.1 no"

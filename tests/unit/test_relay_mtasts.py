@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailkeep.relay.dns import Resolver
 from mailkeep.relay.mtasts import (
@@ -76,6 +78,21 @@ def test_parse_policy_leniency() -> None:
     mode, _, age = parse_policy(POLICY + "extension_key: ignored\n")
     assert mode == "enforce" and age == 604800
     assert parse_policy(POLICY.replace("604800", "99999999999"[:10]))[2] == MAX_MAX_AGE
+
+
+@given(st.text(max_size=300))
+def test_any_policy_text_parses_or_is_refused(text: str) -> None:
+    try:
+        mode, _mx, max_age = parse_policy(text)
+    except PolicyError:
+        return
+    assert mode in ("enforce", "testing", "none") and 0 <= max_age <= MAX_MAX_AGE
+
+
+@given(st.lists(st.text(max_size=60), max_size=4))
+def test_any_txt_records_give_an_id_or_none(records: list[str]) -> None:
+    record_id = parse_txt(records)
+    assert record_id is None or (record_id.isalnum() and len(record_id) <= 32)
 
 
 @pytest.mark.parametrize(("pattern", "host", "ok"), [
@@ -198,10 +215,16 @@ async def test_policy_size_limit(world: World) -> None:
     assert await world.sts.policy("partner.test") is not None
 
 
-async def test_chunked_policy_is_read(world: World) -> None:
-    world.publish("one", chunked=True)
+@pytest.mark.parametrize("framing", [{"chunked": True}, {"length": False}])
+async def test_other_body_framings_are_read(world: World, framing: dict[str, bool]) -> None:
+    world.publish("one", **framing)
     policy = await world.sts.policy("partner.test")
     assert policy is not None and policy.max_age == 604800
+
+
+async def test_size_limit_holds_without_content_length(world: World) -> None:
+    world.publish("one", POLICY + "x: " + "y" * MAX_POLICY_SIZE + "\n", length=False)
+    assert await world.sts.policy("partner.test") is None
 
 
 async def test_wrong_certificate_is_refused(world: World, ca: trustme.CA) -> None:

@@ -84,7 +84,12 @@ _LOST = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, Connect
 
 def _lost(target: Target, stage: str, exc: BaseException) -> Reply:
     # RFC 3463 X.4.2 "Bad connection".
-    kind = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
+    if isinstance(exc, TimeoutError):
+        kind = "timed out"
+    elif isinstance(exc, (ConnectionError, aiosmtplib.SMTPServerDisconnected)):
+        kind = "connection lost"
+    else:
+        kind = "failed"
     return Reply.local(451, "4.4.2", f"{target}: {kind} {stage}: {exc}")
 
 
@@ -175,26 +180,32 @@ class OutboundClient:
                        message: OutboundMessage, pending: list[Recipient], *,
                        plaintext: bool) -> _Outcome:
         try:
+            ctx = await self._context(destination, policy)
+        except (ssl.SSLError, OSError) as exc:
+            # RFC 3463 X.3.5 "System incorrectly configured": our CA file, not their fault.
+            reply = Reply.local(451, "4.3.5", f"cannot load the CA certificates: {exc}")
+            return _Done({r.address: TemporaryFailure(r.address, reply, None) for r in pending})
+        try:
             sock = await self._connect(target)
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             # RFC 3463 X.4.1 "No answer from host".
             return _NextHost(Reply.local(451, "4.4.1", f"{target}: cannot connect: {reason}"),
                              None)
-        ctx = None
-        if target.implicit_tls:
-            ctx = await self._context(destination, policy)
         smtp = aiosmtplib.SMTP(hostname=target.host, sock=sock, use_tls=target.implicit_tls,
                                start_tls=False, tls_context=ctx,
                                timeout=self.config.command_timeout,
                                local_hostname=self.config.helo_name)
         session = _Session(self, smtp, target, destination=destination, policy=policy,
-                           message=message, pending=pending)
+                           context=ctx, message=message, pending=pending)
         try:
             return await session.run(plaintext=plaintext)
-        except (*_LOST, OSError) as exc:  # ssl.SSLError is an OSError
+        except (*_LOST, OSError, aiosmtplib.SMTPException) as exc:  # SSLError is an OSError
             session.broken = True
             return _NextHost(_lost(target, session.stage, exc), str(target))
+        except asyncio.CancelledError:
+            session.broken = True  # shutting down: no QUIT courtesy
+            raise
         finally:
             await session.close()
 
@@ -210,9 +221,10 @@ class _Session:
     """One connection to one target, from greeting to QUIT."""
 
     def __init__(self, client: OutboundClient, smtp: aiosmtplib.SMTP, target: Target, *,
-                 destination: Destination, policy: TlsPolicy, message: OutboundMessage,
-                 pending: list[Recipient]) -> None:
+                 destination: Destination, policy: TlsPolicy, context: ssl.SSLContext,
+                 message: OutboundMessage, pending: list[Recipient]) -> None:
         self.client = client
+        self.context = context
         self.config = client.config
         self.smtp = smtp
         self.target = target
@@ -318,10 +330,9 @@ class _Session:
             return _NextHost(Reply.local(451, "4.7.10", f"{self.where} does not offer "
                                          f"STARTTLS; policy {self.policy!r} requires TLS"),
                              self.where)
-        ctx = await self.client._context(self.destination, self.policy)
         self.stage = "during STARTTLS"
         try:
-            await smtp.starttls(server_hostname=self.target.host, tls_context=ctx)
+            await smtp.starttls(server_hostname=self.target.host, tls_context=self.context)
         except aiosmtplib.SMTPResponseException as exc:
             reply = Reply.from_smtp(exc.code, exc.message)
             if self.policy == "may" and smtp.is_connected:
