@@ -217,6 +217,8 @@ class DnsStub:
             query = dns.message.from_wire(wire)
         except Exception:  # garbage: no answer, like a real server under attack
             return None
+        if not query.question:
+            return None
         question = query.question[0]
         name = _key(question.name.to_text())
         rtype = dns.rdatatype.to_text(question.rdtype)
