@@ -36,10 +36,11 @@ def canonical_local_part(local: str) -> str:
 
 
 def canonical(address: str) -> str:
-    """The spelling policy compares: unneeded quotes removed, lower case, no trailing dot
-    on the domain (mailbox names are compared case-insensitively here, as Dovecot and
-    Postfix do for local users)."""
+    """The spelling policy compares: unneeded quotes removed, lower case (mailbox names are
+    compared case-insensitively here, as Dovecot and Postfix do for local users). A
+    trailing dot on the domain is kept: RFC 5321 §4.1.2 has no such syntax, so
+    "alice@example.test." is not alice's address."""
     local, domain = split_address(address.strip())
     if not domain:
         return canonical_local_part(local).lower()
-    return f"{canonical_local_part(local)}@{domain.rstrip('.')}".lower()
+    return f"{canonical_local_part(local)}@{domain}".lower()
