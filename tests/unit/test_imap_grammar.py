@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import search as s
 from mailkeep.proto.imap.grammar import BodySection, FetchItem, ParseError, parse_command
+from mailkeep.proto.imap.mutf7 import InvalidMailboxName
 from mailkeep.proto.imap.receiver import NEED_DATA, Command, LiteralRequest, Receiver
 from mailkeep.proto.imap.sequence import SequenceSet
 
@@ -59,7 +60,7 @@ RFC3501_SECTION6 = [
     (b"A202 EXPUNGE", g.Expunge("A202")),
     (b'A282 SEARCH FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"',
      g.Search("A282", None, s.And((s.Flag("\\Flagged"), s.Date("SINCE", dt.date(1994, 2, 1)),
-                                   s.Not(s.Header("From", "Smith")))))),
+                                   s.Not(s.Envelope("From", "Smith")))))),
     (b'A283 SEARCH TEXT "string not in mailbox"',
      g.Search("A283", None, s.Text("string not in mailbox"))),
     (b"A284 SEARCH CHARSET UTF-8 TEXT {6}\r\n\xe5\x8f\xb0\xe5\x8c\x97",
@@ -132,10 +133,18 @@ def test_mailbox_names() -> None:
     assert parse_command(b'a SELECT "InBoX"') == g.Select("a", "INBOX")
     assert parse_command(b"a SELECT INBOX.Sub") == g.Select("a", "INBOX.Sub")
     assert parse_command(b'a RENAME "a b" {3}\r\nc d') == g.Rename("a", "a b", "c d")
+    # Well-formed IMAP but not modified UTF-7 (8-bit names included, quoted as mbsync sends
+    # them or in a literal): parsed, marked, and refused with NO by the executor (issue 7.12).
+    for raw in (b"a SELECT &U,BTFw", b"a SELECT {2}\r\n\xc3\xa9", b'a SELECT "Entw\xc3\xbcrfe"',
+                b'a SELECT "\xff"'):
+        cmd = parse_command(raw)
+        assert isinstance(cmd, g.Select) and isinstance(cmd.mailbox, InvalidMailboxName)
+    cmd = parse_command(b'a LIST "" "Entw\xc3\xbcrfe*"')
+    assert isinstance(cmd, g.ListMailboxes) and isinstance(cmd.pattern, InvalidMailboxName)
     with pytest.raises(ParseError):
-        parse_command(b"a SELECT &U,BTFw")
+        parse_command(b"a SELECT Entw\xc3\xbcrfe")  # 8-bit is no atom: still a syntax error
     with pytest.raises(ParseError):
-        parse_command(b"a SELECT {2}\r\n\xc3\xa9")  # 8-bit names are not modified UTF-7
+        parse_command(b'a LOGIN "J\xc3\xbcrgen" pw')  # other quoted strings stay 7-bit
 
 
 def test_list_wildcards_and_reference() -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mailkeep.proto.imap import search as s
+from mailkeep.proto.imap import searchprogram as sp
 from mailkeep.proto.imap.lexer import Cursor, ParseError
 from mailkeep.proto.imap.sequence import SequenceSet
 
@@ -24,6 +25,7 @@ class View:
     size: int = 1000
     headers: dict[str, list[str]] = field(default_factory=dict)
     body: str = ""
+    addrs: dict[str, list[str]] = field(default_factory=dict)
     body_reads: int = 0
 
     def header(self, name: str) -> Sequence[str]:
@@ -31,6 +33,9 @@ class View:
             if key.lower() == name.lower():
                 return values
         return []
+
+    def addresses(self, name: str) -> Sequence[str]:
+        return self.addrs.get(name.lower(), [])
 
     def header_text(self) -> str:
         return "\r\n".join(f"{k}: {v}" for k, vs in self.headers.items() for v in vs)
@@ -64,7 +69,7 @@ MAILBOX = [M1, M2, M3]
 
 def hits(text: str) -> list[int]:
     k = key(text)
-    return [m.seq for m in MAILBOX if s.matches(k, m, messages=3, largest_uid=35)]
+    return [m.seq for m in MAILBOX if sp.matches(k, m, messages=3, largest_uid=35)]
 
 
 @pytest.mark.parametrize(("criteria", "expected"), [
@@ -122,10 +127,10 @@ def test_errors(bad: str) -> None:
 
 
 def test_needs_body_and_lazy_bodies() -> None:
-    assert not s.needs_headers(key("SEEN UID 1:* LARGER 3 SINCE 1-Jan-2020"))
-    assert s.needs_headers(key("SENTON 1-Jan-2020")) and not s.needs_body(key("FROM x"))
-    assert s.needs_body(key("OR SEEN TEXT x")) and s.needs_body(key("NOT BODY x"))
+    assert not sp.needs_headers(key("SEEN UID 1:* LARGER 3 SINCE 1-Jan-2020"))
+    assert sp.needs_headers(key("SENTON 1-Jan-2020")) and not sp.needs_body(key("FROM x"))
+    assert sp.needs_body(key("OR SEEN TEXT x")) and sp.needs_body(key("NOT BODY x"))
     view = View(1, 1, frozenset(), body="x")
     # Cheap keys run first in a conjunction: a failing flag test never reads the body.
-    assert not s.matches(key("BODY x SEEN"), view, messages=1, largest_uid=1)
+    assert not sp.matches(key("BODY x SEEN"), view, messages=1, largest_uid=1)
     assert view.body_reads == 0

@@ -15,23 +15,17 @@ import contextlib
 import itertools
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence, Set
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass
-from datetime import datetime
 
 from mailkeep.proto.imap import grammar as g
-from mailkeep.proto.imap import listing, mutf7, textsearch
+from mailkeep.proto.imap import listing, mutf7
 from mailkeep.proto.imap.events import State
 from mailkeep.proto.imap.fetch import fetch_items, needs_message
-from mailkeep.proto.imap.mailboxview import (
-    RECENT,
-    SEEN,
-    STORABLE_SYSTEM_FLAGS,
-    MailboxView,
-    flag_atoms,
-)
+from mailkeep.proto.imap.mailboxview import RECENT, SEEN, MailboxView, flag_atoms
 from mailkeep.proto.imap.mime import MimePart, parse_message
 from mailkeep.proto.imap.mimecache import MimeCache
+from mailkeep.proto.imap.mutf7 import InvalidMailboxName
 from mailkeep.proto.imap.render import (
     fetch_response,
     response_code,
@@ -39,9 +33,11 @@ from mailkeep.proto.imap.render import (
     untagged,
     untagged_status,
 )
-from mailkeep.proto.imap.search import matches, needs_headers
 from mailkeep.proto.imap.sequence import SequenceSet, compress
 from mailkeep.proto.imap.values import Atom, Value
+from mailkeep.server import imap_search
+from mailkeep.server.slices import Slices, TooExpensive
+from mailkeep.server.stream import SessionFinished
 from mailkeep.store.base import (
     FlagMode,
     FolderExists,
@@ -63,6 +59,13 @@ PARSE_OFF_LOOP_OCTETS = 256 * 1024
 # about this many octets: one trip to the store's threads per batch, not per message.
 READ_BATCH_MESSAGES = 64
 READ_BATCH_OCTETS = 2 * 1024 * 1024
+# Our choice: the message data (BODY[...], RFC822, ...) in one message's FETCH response may
+# total at most this many times the message's size plus FETCH_SLACK_OCTETS. BODY[] with
+# BODY[HEADER] and BODY[TEXT] is about twice; "BODY[]<0> BODY[]<1> BODY[]<2> ..." (some
+# 2,000 partials fit a 64 KB command line) would otherwise build one response of 2,000
+# copies in memory. Past it: NO [LIMIT] (RFC 5530 §3) for the rest of the FETCH.
+MAX_FETCH_COPIES = 4
+FETCH_SLACK_OCTETS = 1024 * 1024
 _STORE_MODES = {g.StoreMode.REPLACE: FlagMode.SET, g.StoreMode.ADD: FlagMode.ADD,
                 g.StoreMode.REMOVE: FlagMode.REMOVE}
 
@@ -79,25 +82,13 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip() or "refused"
 
 
-@dataclass(slots=True)
-class _SearchMessage:
-    """search.MessageView over a view entry and (when needed) its parsed message."""
+# The fields of the command dataclasses that hold mailbox names (grammar.mailbox).
+_MAILBOX_FIELDS = ("mailbox", "new_name", "reference", "pattern")
 
-    seq: int
-    uid: int
-    flags: Set[str]
-    internaldate: datetime
-    size: int
-    part: MimePart | None
 
-    def header(self, name: str) -> Sequence[str]:
-        return [] if self.part is None else textsearch.header_values(self.part, name)
-
-    def header_text(self) -> str:
-        return "" if self.part is None else textsearch.header_text(self.part)
-
-    def body_text(self) -> str:
-        return "" if self.part is None else "\n".join(textsearch.body_texts(self.part))
+def _invalid_name(command: g.CommandType) -> bool:
+    return any(isinstance(getattr(command, f, None), InvalidMailboxName)
+               for f in _MAILBOX_FIELDS)
 
 
 class ImapExecutor:
@@ -123,23 +114,24 @@ class ImapExecutor:
             await self._flush()
 
     async def run(self, command: g.CommandType) -> Outcome:
-        tag = command.tag
-        handler: Callable[[g.CommandType], Awaitable[Outcome]] = getattr(
-            self, f"_cmd_{command.name.lower()}")
+        selecting = isinstance(command, g.Select | g.Examine)
         try:
-            outcome = await handler(command)
-        except NoSuchFolder as exc:
-            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy) else "NONEXISTENT"
-            outcome = Outcome(tagged(tag, "NO", _clean(str(exc)), code), "NO")
-        except FolderExists as exc:
-            outcome = Outcome(tagged(tag, "NO", _clean(str(exc)), "ALREADYEXISTS"), "NO")
-        except StoreRefusal as exc:
-            outcome = Outcome(tagged(tag, "NO", _clean(str(exc))), "NO")
-        except StoreError as exc:
-            # Ours, not the client's (habit 5): logged, generic reply.
-            log.error("conn=%s %s failed: %s", self.conn_id, command.name, exc)
-            outcome = Outcome(tagged(tag, "NO", "Temporary server failure, try again.",
+            outcome = await self._dispatch(command)
+        except (ConnectionError, OSError, SessionFinished):
+            raise
+        except Exception:
+            if not selecting:
+                raise  # the driver logs it and answers NO [UNAVAILABLE]
+            # Ours, but the state must still be mended (below), so it is answered here.
+            log.exception("conn=%s %s failed", self.conn_id, command.name)
+            outcome = Outcome(tagged(command.tag, "NO", "Internal error, try again.",
                                      "UNAVAILABLE"), "NO")
+        if selecting and outcome.state is None:
+            # RFC 3501 §6.3.1: a SELECT or EXAMINE that fails, for whatever reason, leaves
+            # no mailbox selected (_open dropped the view before trying).
+            self.view = None
+            outcome = Outcome(outcome.tagged, outcome.status, State.AUTHENTICATED,
+                              outcome.close)
         if self.view is not None and outcome.close is None and outcome.state in (
                 None, State.SELECTED):
             # RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH without UID.
@@ -152,6 +144,34 @@ class ImapExecutor:
             self._pending = 0
             await self._flush()
         return outcome
+
+    async def _dispatch(self, command: g.CommandType) -> Outcome:
+        """The command's handler, with store errors turned into answers."""
+        tag = command.tag
+        if _invalid_name(command):
+            if isinstance(command, g.ListMailboxes | g.Lsub):
+                # RFC 3501 §6.3.8: LIST answers with the names that match; none can match
+                # a pattern that is not modified UTF-7.
+                return Outcome(tagged(tag, "OK", f"{command.name} completed."), "OK")
+            # RFC 5530 §3 CANNOT: no mailbox can ever have this name.
+            return Outcome(tagged(tag, "NO", "Mailbox name is not valid modified UTF-7.",
+                                  "CANNOT"), "NO")
+        handler: Callable[[g.CommandType], Awaitable[Outcome]] = getattr(
+            self, f"_cmd_{command.name.lower()}")
+        try:
+            return await handler(command)
+        except NoSuchFolder as exc:
+            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy) else "NONEXISTENT"
+            return Outcome(tagged(tag, "NO", _clean(str(exc)), code), "NO")
+        except FolderExists as exc:
+            return Outcome(tagged(tag, "NO", _clean(str(exc)), "ALREADYEXISTS"), "NO")
+        except StoreRefusal as exc:
+            return Outcome(tagged(tag, "NO", _clean(str(exc))), "NO")
+        except StoreError as exc:
+            # Ours, not the client's (habit 5): logged, generic reply.
+            log.error("conn=%s %s failed: %s", self.conn_id, command.name, exc)
+            return Outcome(tagged(tag, "NO", "Temporary server failure, try again.",
+                                  "UNAVAILABLE"), "NO")
 
     async def sync(self, *, allow_expunge: bool, with_uid: bool = False) -> str | None:
         """Tell the client what changed in the selected mailbox; a close reason if the
@@ -194,7 +214,7 @@ class ImapExecutor:
         self.cache.put(key, parsed)
         return parsed
 
-    async def parts(self, uids: Sequence[int]) -> AsyncIterator[MimePart | None]:
+    async def parts(self, uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
         """part() of each UID in turn (None: expunged by someone else), the uncached ones
         read in batches (READ_BATCH_*); large messages still go one by one."""
         view = self._selected()
@@ -270,9 +290,7 @@ class ImapExecutor:
                                   "NONEXISTENT"), "NO", State.AUTHENTICATED)
         view = MailboxView(command.mailbox, readonly=readonly, uidvalidity=snap.uidvalidity,
                            uidnext=snap.uidnext, records=snap.messages, recent=recent)
-        keywords: list[Value] = [Atom(k) for k in view.keywords()]
-        system: list[Value] = [Atom(f) for f in STORABLE_SYSTEM_FLAGS]
-        await self.emit(untagged("FLAGS", system + keywords))
+        await self.emit(view.flags_response())
         await self.emit(untagged(f"{len(view)} EXISTS"))
         await self.emit(untagged(f"{len(view.recent)} RECENT"))
         unseen = view.first_unseen()
@@ -283,9 +301,7 @@ class ImapExecutor:
                                         response_code("UIDVALIDITY", snap.uidvalidity)))
         await self.emit(untagged_status("OK", "Predicted next UID.",
                                         response_code("UIDNEXT", snap.uidnext)))
-        permanent: list[Value] = [] if readonly else [*system, *keywords, Atom("\\*")]
-        await self.emit(untagged_status("OK", "Flags permitted.",
-                                        response_code("PERMANENTFLAGS", permanent)))
+        await self.emit(view.permanentflags_response())
         self.view = view
         code = "READ-ONLY" if readonly else "READ-WRITE"
         return Outcome(tagged(command.tag, "OK", f"{command.name} completed.", code), "OK",
@@ -435,23 +451,14 @@ class ImapExecutor:
 
     async def _cmd_search(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Search)
-        view = self._selected()
-        need_message = needs_headers(command.key)
-        count, largest = len(view), view.largest_uid
-        hits: list[int] = []
-        uids = list(view.uids)
-        parts = self.parts(uids) if need_message else None
-        for seq, uid in enumerate(uids, 1):
-            record = view.records[uid]
-            part = None
-            if parts is not None:
-                part = await anext(parts)
-                if part is None:
-                    continue
-            message = _SearchMessage(seq, uid, view.flags_of(uid), record.internaldate,
-                                     record.size, part)
-            if matches(command.key, message, messages=count, largest_uid=largest):
-                hits.append(uid if command.uid else seq)
+        try:
+            hits = await imap_search.search(self._selected(), command.key, uid=command.uid,
+                                            parts=self.parts)
+        except TooExpensive as exc:
+            log.info("conn=%s SEARCH stopped after %s", self.conn_id, exc)
+            # RFC 5530 §3 LIMIT; nothing else changed, the session goes on.
+            return Outcome(tagged(command.tag, "NO", "SEARCH too expensive, narrow it down.",
+                                  "LIMIT"), "NO")
         await self.emit(untagged("SEARCH", *hits))
         return Outcome(tagged(command.tag, "OK", "SEARCH completed."), "OK")
 
@@ -475,10 +482,16 @@ class ImapExecutor:
                 for u, flags in result.items():
                     view.set_flags(u, flags)
                 changed = set(result)
+        unique: dict[str, g.FetchItem] = {}
+        for item in items:  # one value per response name, the first asked (fetch_items)
+            unique.setdefault(item.response_name(), item)
+        items = list(unique.values())
         need_message = needs_message(items)
         wants_flags = any(i.name == "FLAGS" for i in items)
         missing = 0
         parts = self.parts([u for _, u in pairs]) if need_message else None
+        clock = Slices()
+        clock.start()
         for seq, uid in pairs:
             record = view.records[uid]
             part = None
@@ -487,12 +500,28 @@ class ImapExecutor:
                 if part is None:
                     missing += 1
                     continue
-            values = fetch_items(items, uid=uid, flags=view.flags_of(uid),
-                                 internaldate=record.internaldate, size=record.size,
-                                 part=part)
+            values: list[tuple[str, Value]] = []
+            octets, limit = 0, MAX_FETCH_COPIES * record.size + FETCH_SLACK_OCTETS
+            for item in items:
+                values += fetch_items([item], uid=uid, flags=view.flags_of(uid),
+                                      internaldate=record.internaldate, size=record.size,
+                                      part=part)
+                if isinstance(values[-1][1], bytes):
+                    octets += len(values[-1][1])
+                    if octets > limit:
+                        break
+            if octets > limit:
+                log.info("conn=%s FETCH of UID %d refused: %d items, over %d octets",
+                         self.conn_id, uid, len(items), limit)
+                if parts is not None:
+                    await parts.aclose()
+                return Outcome(tagged(command.tag, "NO", "FETCH response too large, ask for "
+                                      "fewer or smaller sections.", "LIMIT"), "NO")
             if uid in changed and not wants_flags:
                 values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
             await self.emit(fetch_response(seq, values))
+            if clock.due():  # FETCH 1:* of a big mailbox: let other sessions in
+                await clock.pause()
         if missing:
             # RFC 2180 §4.1.3: some of the messages were expunged by another session.
             return Outcome(tagged(command.tag, "NO", "Some messages were expunged."), "NO")
@@ -511,6 +540,12 @@ class ImapExecutor:
         uids = [u for _, u in pairs if u not in view.gone]
         result = await self.store.store_flags(self.account, view.folder, uids,
                                               _STORE_MODES[command.mode], flags)
+        # RFC 3501 §7.2.6: a keyword new to the mailbox is announced (FLAGS, PERMANENTFLAGS)
+        # before any FETCH shows it, .SILENT or not.
+        for line in view.announce(result.values()):
+            await self.emit(line)
+        clock = Slices()
+        clock.start()
         for seq, uid in pairs:
             if uid not in result:
                 continue
@@ -520,6 +555,8 @@ class ImapExecutor:
                 if command.uid:
                     values.append(("UID", uid))
                 await self.emit(fetch_response(seq, values))
+                if clock.due():
+                    await clock.pause()
         return Outcome(tagged(command.tag, "OK", "STORE completed."), "OK")
 
     async def _cmd_copy(self, command: g.CommandType) -> Outcome:

@@ -323,20 +323,22 @@ CommandType: TypeAlias = (
 
 def mailbox(cur: Cursor) -> str:
     """RFC 3501 §9 mailbox = "INBOX" / astring, decoded from modified UTF-7."""
-    return _mutf7(cur, cur.astring_bytes())
+    return _mutf7(cur.astring_bytes(eight_bit=True))
 
 
-def _mutf7(cur: Cursor, raw: bytes) -> str:
+def _mutf7(raw: bytes) -> str:
     try:
         name = mutf7.decode(raw.decode("ascii"))
     except (UnicodeDecodeError, mutf7.Mutf7Error):
-        raise cur.error("mailbox name is not valid modified UTF-7") from None
+        # Well-formed IMAP, but no mailbox can have this name: the executor answers NO
+        # (and a SELECT deselects), not BAD. See mutf7.InvalidMailboxName.
+        return mutf7.InvalidMailboxName(raw.decode("utf-8", "replace"))
     return "INBOX" if name.upper() == "INBOX" else name  # RFC 3501 §5.1
 
 
 def list_mailbox(cur: Cursor) -> str:
     """RFC 3501 §9 list-mailbox = 1*list-char / string."""
-    return _mutf7(cur, cur.astring_bytes(LIST_CHARS))
+    return _mutf7(cur.astring_bytes(LIST_CHARS, eight_bit=True))
 
 
 def sequence_set(cur: Cursor) -> SequenceSet:

@@ -118,7 +118,9 @@ class Cursor:
             raise self.error(f"{what} must not be zero")
         return n
 
-    def quoted(self) -> bytes:
+    def quoted(self, *, eight_bit: bool = False) -> bytes:
+        """`eight_bit`: let octets 0x80-0xFF through (mailbox names, so that raw UTF-8 from
+        clients such as mbsync is refused with NO rather than BAD; see grammar.mailbox)."""
         self.expect(b'"', "a quoted string")
         out = bytearray()
         data, n = self.data, len(self.data)
@@ -134,7 +136,7 @@ class Cursor:
                     raise self.error('only \\" and \\\\ may be escaped in a quoted string')
                 out.append(data[self.pos])
                 self.pos += 1
-            elif c in QUOTED_CHARS:
+            elif c in QUOTED_CHARS or (eight_bit and c >= 0x80):
                 out.append(c)
             else:
                 # RFC 3501 §4.3: 8-bit and CR/LF/NUL travel only in literals.
@@ -158,19 +160,20 @@ class Cursor:
         if self.peek() == ord("+"):
             self.pos += 1
 
-    def string(self) -> bytes:
+    def string(self, *, eight_bit: bool = False) -> bytes:
         """RFC 3501 §9 string = quoted / literal."""
         c = self.peek()
         if c == ord('"'):
-            return self.quoted()
+            return self.quoted(eight_bit=eight_bit)
         if c == ord("{"):
             return self.literal()
         raise self.error("expected a string")
 
-    def astring_bytes(self, chars: frozenset[int] = ASTRING_CHARS) -> bytes:
+    def astring_bytes(self, chars: frozenset[int] = ASTRING_CHARS, *,
+                      eight_bit: bool = False) -> bytes:
         """RFC 3501 §9 astring = 1*ASTRING-CHAR / string."""
         if self.peek() in (ord('"'), ord("{")):
-            return self.string()
+            return self.string(eight_bit=eight_bit)
         raw = self.take(chars)
         if not raw:
             raise self.error("expected an atom or a string")

@@ -10,6 +10,12 @@ untagged EXPUNGE or EXISTS). The store moves on underneath (other sessions, deli
     * 4 FETCH (FLAGS (...))   for flags changed by someone else
     * 12 EXISTS / * 2 RECENT  for new messages
 
+Keywords: the client learns the mailbox's keywords from FLAGS and PERMANENTFLAGS at SELECT.
+A keyword that appears later (this session's STORE, an APPEND or COPY into the mailbox,
+another session) is announced with a new FLAGS and OK [PERMANENTFLAGS] before any FETCH
+shows it (RFC 3501 §7.2.6: FLAGS "MUST be recorded by the client" and tells it which flags
+exist; a FETCH naming one it was never told of confuses strict clients).
+
 Pure data: the records come from the store via the driver, duck-typed by `Record`.
 """
 
@@ -20,7 +26,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from mailkeep.proto.imap.render import fetch_response, untagged
+from mailkeep.proto.imap.render import fetch_response, response_code, untagged, untagged_status
 from mailkeep.proto.imap.sequence import SequenceSet
 from mailkeep.proto.imap.values import Atom, Value
 
@@ -64,6 +70,8 @@ class MailboxView:
         self.flags: dict[int, frozenset[str]] = {r.uid: r.flags for r in records}
         self.recent: set[int] = set(recent) & set(self.uids)
         self.gone: set[int] = set()  # removed in the store; EXPUNGE not yet sent
+        # The keywords the client has been told of (FLAGS, PERMANENTFLAGS); only grows.
+        self.announced: set[str] = set(self.keywords())
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -83,6 +91,30 @@ class MailboxView:
     def keywords(self) -> list[str]:
         return sorted({f for flags in self.flags.values() for f in flags
                        if not f.startswith("\\")})
+
+    def flags_response(self) -> bytes:
+        """* FLAGS (...): the system flags and every keyword announced (RFC 3501 §7.2.6)."""
+        system: list[Value] = [Atom(f) for f in STORABLE_SYSTEM_FLAGS]
+        return untagged("FLAGS", system + [Atom(k) for k in sorted(self.announced)])
+
+    def permanentflags_response(self) -> bytes:
+        """* OK [PERMANENTFLAGS (...)]: what STORE may set; none when read-only, and "\\*"
+        (new keywords may be created) otherwise (RFC 3501 §7.1)."""
+        permanent: list[Value] = [] if self.readonly else [
+            *(Atom(f) for f in STORABLE_SYSTEM_FLAGS),
+            *(Atom(k) for k in sorted(self.announced)), Atom("\\*")]
+        return untagged_status("OK", "Flags permitted.",
+                               response_code("PERMANENTFLAGS", permanent))
+
+    def announce(self, flag_sets: Iterable[Iterable[str]]) -> list[bytes]:
+        """FLAGS and OK [PERMANENTFLAGS] if these flags hold keywords the client was not told
+        of (send them before any FETCH that shows them); [] otherwise."""
+        new = {f for flags in flag_sets for f in flags
+               if not f.startswith("\\") and f not in self.announced}
+        if not new:
+            return []
+        self.announced |= new
+        return [self.flags_response(), self.permanentflags_response()]
 
     def first_unseen(self) -> int | None:
         for seq, uid in enumerate(self.uids, 1):
@@ -134,17 +166,23 @@ class MailboxView:
         self.gone |= {u for u in self.uids if u not in current}
         if allow_expunge and self.gone:
             out += self.expunge(set(self.gone))
+        fetches: list[bytes] = []
+        changed: list[frozenset[str]] = []
         for seq, u in enumerate(self.uids, 1):
             rec = current.get(u)
             if rec is not None and rec.flags != self.flags[u]:
+                changed.append(rec.flags)
                 self.flags[u] = rec.flags
                 self.records[u] = rec
                 items: list[tuple[str, Value]] = [("FLAGS", flag_atoms(self.flags_of(u)))]
                 if with_uid:
                     items.append(("UID", u))
-                out.append(fetch_response(seq, items))
+                fetches.append(fetch_response(seq, items))
         largest = self.largest_uid
         new = [r for r in records if r.uid > largest]
+        # Keywords first seen in changed flags or new messages: FLAGS before the FETCHes.
+        out += self.announce([*changed, *(r.flags for r in new)])
+        out += fetches
         if new:
             claimed_set = set(claimed)
             for r in new:

@@ -14,7 +14,18 @@ import binascii
 
 
 class Mutf7Error(ValueError):
-    """The name is not valid modified UTF-7: the client's syntax error."""
+    """The name is not valid modified UTF-7."""
+
+
+class InvalidMailboxName(str):
+    """A mailbox name that is well-formed IMAP (an astring) but not valid modified UTF-7
+    (RFC 3501 §5.1.3), raw 8-bit UTF-8 included (as mbsync sends "Entwürfe"; UTF8=ACCEPT,
+    RFC 6855, is not offered). The grammar passes it on instead of answering BAD so that the
+    executor refuses the command with NO, as for any name no mailbox can have (and a SELECT
+    deselects, RFC 3501 §6.3.1); LIST and LSUB list nothing for it. The text is the octets
+    read as UTF-8, for messages only: it never reaches the store."""
+
+    __slots__ = ()
 
 
 def _direct(ch: str) -> bool:

@@ -1,20 +1,16 @@
-"""SEARCH criteria (RFC 3501 §6.4.4): the key tree, its parser, and a pure evaluator.
+"""SEARCH criteria (RFC 3501 §6.4.4): the key tree and its parser.
 
     charset, key = parse_search(cursor)           # grammar.py calls this for SEARCH
-    hits = [m.seq for m in views if matches(key, m, messages=n, largest_uid=u)]
 
-The evaluator needs only a MessageView: flags, sizes and dates come from the index; header
-and body text are asked for lazily, and needs_headers()/needs_body() tell the server in
-advance whether a search must open message files at all.
+searchprogram.py evaluates the tree. The parser bounds what one SEARCH may ask: at most
+MAX_SEARCH_KEYS keys (more: NO [LIMIT]) nested at most MAX_SEARCH_DEPTH deep (deeper: BAD).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
-from collections.abc import Sequence, Set
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, TypeAlias
 
 from mailkeep.proto.imap.lexer import ATOM_CHARS, Cursor, ParseError
 from mailkeep.proto.imap.sequence import SEQUENCE_CHARS, SequenceError, SequenceSet
@@ -25,6 +21,12 @@ CHARSETS = ("UTF-8", "US-ASCII")
 # Our choice: NOT/OR/parentheses nest at most this deep, which bounds recursion (a real
 # client nests a handful of levels; Thunderbird's quick filter uses about four).
 MAX_SEARCH_DEPTH = 64
+# Our choice: at most this many search keys (every search-key of the RFC 3501 §9 grammar,
+# NOT, OR and parenthesized lists included) in one SEARCH. Real clients send a handful to a
+# few dozen (Thunderbird's quick filter about ten; a generated "OR FROM a OR FROM b ..." over
+# a few hundred senders stays below this); the 64 KB command line alone would admit about
+# 16,000. Over the limit: NO [LIMIT] (RFC 5530 §3), the session goes on.
+MAX_SEARCH_KEYS = 1000
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 SEEN, ANSWERED, FLAGGED = "\\Seen", "\\Answered", "\\Flagged"
@@ -48,7 +50,16 @@ class Flag:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """BCC, CC, FROM, SUBJECT, TO and HEADER: `value` in the named header field."""
+    """SUBJECT and HEADER: `value` in the named header field."""
+
+    field: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """BCC, CC, FROM, TO: `value` in the envelope's address field (RFC 3501 §6.4.4), that is
+    in the decoded header text or in one of its addresses (display name, mailbox@host)."""
 
     field: str
     value: str
@@ -110,7 +121,7 @@ class And:
 
 
 SearchKey: TypeAlias = (
-    "All | Flag | Header | Body | Text | Date | Size | Uid | Seq | Not | Or | And")
+    "All | Flag | Header | Envelope | Body | Text | Date | Size | Uid | Seq | Not | Or | And")
 
 _FLAG_KEYS = {"ANSWERED": (ANSWERED, True), "DELETED": (DELETED, True),
               "DRAFT": (DRAFT, True), "FLAGGED": (FLAGGED, True), "RECENT": (RECENT, True),
@@ -118,7 +129,7 @@ _FLAG_KEYS = {"ANSWERED": (ANSWERED, True), "DELETED": (DELETED, True),
               "UNDELETED": (DELETED, False), "UNDRAFT": (DRAFT, False),
               "UNFLAGGED": (FLAGGED, False), "UNSEEN": (SEEN, False),
               "OLD": (RECENT, False)}
-_HEADER_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
+_ENVELOPE_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "TO": "To"}
 _DATE_KEYS: dict[str, tuple[Literal["BEFORE", "ON", "SINCE"], bool]] = {
     "BEFORE": ("BEFORE", False), "ON": ("ON", False), "SINCE": ("SINCE", False),
     "SENTBEFORE": ("BEFORE", True), "SENTON": ("ON", True), "SENTSINCE": ("SINCE", True)}
@@ -158,11 +169,27 @@ def parse_search(cur: Cursor) -> tuple[str | None, SearchKey]:
         cur.sp()
     else:
         cur.pos = start
-    keys = [_key(cur, 0)]
+    count = _KeyCount(cur)
+    keys = [_key(cur, 0, count)]
     while not cur.at_end():
         cur.sp()
-        keys.append(_key(cur, 0))
+        keys.append(_key(cur, 0, count))
     return charset, keys[0] if len(keys) == 1 else And(tuple(keys))
+
+
+class _KeyCount:
+    __slots__ = ("cur", "n")
+
+    def __init__(self, cur: Cursor) -> None:
+        self.cur = cur
+        self.n = 0
+
+    def add(self) -> None:
+        self.n += 1
+        if self.n > MAX_SEARCH_KEYS:
+            # RFC 5530 §3 LIMIT: an implementation limit, not a syntax error.
+            raise ParseError(self.cur.tag, f"SEARCH has more than {MAX_SEARCH_KEYS} keys",
+                             status="NO", code="LIMIT")
 
 
 def _text(cur: Cursor) -> str:
@@ -171,16 +198,17 @@ def _text(cur: Cursor) -> str:
     return cur.astring("search string")
 
 
-def _key(cur: Cursor, depth: int) -> SearchKey:
+def _key(cur: Cursor, depth: int, count: _KeyCount) -> SearchKey:
     if depth > MAX_SEARCH_DEPTH:
         raise cur.error("search keys nested too deeply")
+    count.add()
     c = cur.peek()
     if c == ord("("):
         cur.pos += 1
-        keys = [_key(cur, depth + 1)]
+        keys = [_key(cur, depth + 1, count)]
         while cur.peek() != ord(")"):
             cur.sp()
-            keys.append(_key(cur, depth + 1))
+            keys.append(_key(cur, depth + 1, count))
         cur.pos += 1
         return keys[0] if len(keys) == 1 else And(tuple(keys))
     if c == ord("*") or ord("0") <= c <= ord("9"):
@@ -196,8 +224,10 @@ def _key(cur: Cursor, depth: int) -> SearchKey:
     cur.sp()
     if name in ("KEYWORD", "UNKEYWORD"):
         return Flag(cur.atom("a keyword"), name == "KEYWORD")
-    if name in _HEADER_KEYS:
-        return Header(_HEADER_KEYS[name], _text(cur))
+    if name in _ENVELOPE_KEYS:
+        return Envelope(_ENVELOPE_KEYS[name], _text(cur))
+    if name == "SUBJECT":
+        return Header("Subject", _text(cur))
     if name == "HEADER":
         field = cur.astring("header field name")
         cur.sp()
@@ -214,11 +244,11 @@ def _key(cur: Cursor, depth: int) -> SearchKey:
     if name == "UID":
         return Uid(_sequence_set(cur))
     if name == "NOT":
-        return Not(_key(cur, depth + 1))
+        return Not(_key(cur, depth + 1, count))
     if name == "OR":
-        left = _key(cur, depth + 1)
+        left = _key(cur, depth + 1, count)
         cur.sp()
-        return Or(left, _key(cur, depth + 1))
+        return Or(left, _key(cur, depth + 1, count))
     raise cur.error(f"unknown search key {name[:40]}")
 
 
@@ -228,115 +258,3 @@ def _sequence_set(cur: Cursor) -> SequenceSet:
         return SequenceSet.parse(raw.decode("ascii"))
     except SequenceError as exc:
         raise cur.error(str(exc)) from None
-
-
-# -- evaluation -------------------------------------------------------------------------
-
-class MessageView(Protocol):
-    """What SEARCH needs of one message. Plain attributes satisfy the properties."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def uid(self) -> int: ...
-    @property
-    def flags(self) -> Set[str]: ...           # system flags, keywords, and \Recent
-    @property
-    def internaldate(self) -> dt.datetime: ...
-    @property
-    def size(self) -> int: ...                 # RFC822.SIZE
-
-    def header(self, name: str) -> Sequence[str]:
-        """Decoded values (RFC 2047 undone, unfolded) of every field called `name`
-        (case-insensitive); empty if there is none."""
-        ...
-
-    def header_text(self) -> str:
-        """The whole header section as text."""
-        ...
-
-    def body_text(self) -> str:
-        """The body as text (transfer encodings undone where possible)."""
-        ...
-
-
-def _contains(haystack: str, needle: str) -> bool:
-    # RFC 3501 §6.4.4: "case-insensitive" substring matches.
-    return needle.casefold() in haystack.casefold()
-
-
-def _compare(relation: str, day: dt.date, wanted: dt.date) -> bool:
-    # RFC 3501 §6.4.4: dates compare by day, "disregarding time and timezone".
-    if relation == "BEFORE":
-        return day < wanted
-    if relation == "ON":
-        return day == wanted
-    return day >= wanted
-
-
-def sent_date(message: MessageView) -> dt.date:
-    """The Date: header's day in its own zone; INTERNALDATE if it is missing or broken
-    (as RFC 5256 §2.2 does for SORT)."""
-    for value in message.header("Date"):
-        try:
-            return email.utils.parsedate_to_datetime(value).date()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            continue
-    return message.internaldate.date()
-
-
-def _cost(key: SearchKey) -> int:
-    if isinstance(key, Body | Text):
-        return 2
-    if isinstance(key, Header) or (isinstance(key, Date) and key.sent):
-        return 1
-    if isinstance(key, Not):
-        return _cost(key.key)
-    if isinstance(key, Or):
-        return max(_cost(key.left), _cost(key.right))
-    if isinstance(key, And):
-        return max((_cost(k) for k in key.keys), default=0)
-    return 0
-
-
-def needs_headers(key: SearchKey) -> bool:
-    return _cost(key) >= 1
-
-
-def needs_body(key: SearchKey) -> bool:
-    return _cost(key) >= 2
-
-
-def matches(key: SearchKey, message: MessageView, *, messages: int, largest_uid: int) -> bool:
-    """Whether `message` satisfies `key`. `messages` is the mailbox size ("*" in sequence
-    sets), `largest_uid` the largest UID in use ("*" in UID sets, RFC 3501 §6.4.8)."""
-    if isinstance(key, All):
-        return True
-    if isinstance(key, Flag):
-        wanted = key.flag.casefold()
-        return any(f.casefold() == wanted for f in message.flags) == key.present
-    if isinstance(key, Size):
-        return message.size > key.octets if key.larger else message.size < key.octets
-    if isinstance(key, Uid):
-        return key.uids.contains(message.uid, largest_uid)
-    if isinstance(key, Seq):
-        return key.numbers.contains(message.seq, messages)
-    if isinstance(key, Date):
-        day = sent_date(message) if key.sent else message.internaldate.date()
-        return _compare(key.relation, day, key.date)
-    if isinstance(key, Header):
-        values = message.header(key.field)
-        # RFC 3501 §6.4.4: HEADER with "" matches every message that has the field.
-        return any(_contains(v, key.value) for v in values)
-    if isinstance(key, Body):
-        return _contains(message.body_text(), key.value)
-    if isinstance(key, Text):
-        return (_contains(message.header_text(), key.value)
-                or _contains(message.body_text(), key.value))
-    if isinstance(key, Not):
-        return not matches(key.key, message, messages=messages, largest_uid=largest_uid)
-    if isinstance(key, Or):
-        return (matches(key.left, message, messages=messages, largest_uid=largest_uid)
-                or matches(key.right, message, messages=messages, largest_uid=largest_uid))
-    return all(matches(k, message, messages=messages, largest_uid=largest_uid)
-               for k in sorted(key.keys, key=_cost))
