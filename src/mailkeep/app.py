@@ -18,9 +18,14 @@ from pathlib import Path
 
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.relay.authdns import make_resolver
+from mailkeep.relay.dkim import DkimError, DkimKey
+from mailkeep.relay.runner import DeliveryRunner
+from mailkeep.relay.spool import Spool
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
-from mailkeep.server import imap, pop3, submission
+from mailkeep.security.rate import RateLimiter
+from mailkeep.server import imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
@@ -58,6 +63,7 @@ class Daemon:
         self.services: Services | None = None
         self.store: MaildirStore | None = None
         self.directory: UserDirectory | None = None
+        self.runner: DeliveryRunner | None = None
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
 
@@ -112,7 +118,10 @@ class Daemon:
             imap_sessions=SessionCounter(config.imap.max_connections_per_user,
                                          config.imap.max_connections_per_user_ip),
             input_budget=InputBudget(security.max_buffered_input),
+            rate_limiters={lst.name: RateLimiter(lst.rate.count, lst.rate.seconds)
+                           for lst in config.listeners if lst.rate is not None},
         )
+        await self._start_relay(self.services)
         problems: list[str] = []
         for lst in config.listeners:
             for i, addr in enumerate(lst.bind):
@@ -134,6 +143,40 @@ class Daemon:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
 
+    async def _start_relay(self, services: Services) -> None:
+        """The spool and its delivery runner, DKIM keys, the inbound checks' resolver."""
+        config = self.config
+        problems: list[str] = []
+        for domain, setting in config.dkim.items():
+            try:
+                services.dkim_keys[domain] = await asyncio.to_thread(
+                    DkimKey.load, setting.key, domain, setting.selector)
+            except (OSError, DkimError) as exc:
+                problems.append(f'dkim.domains."{domain}".key: {setting.key}: {exc}')
+        if problems:
+            raise StartupError(problems)
+        servers = config.delivery.dns_servers
+        if servers and any(lst.protocol == "smtp" for lst in config.listeners):
+            port = servers[0].port
+            services.auth_resolver = make_resolver([s.host for s in servers], port=port)
+        for lst in config.listeners:
+            if lst.tls == "none":
+                log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
+                            "legacy devices on %s", lst.name,
+                            ", ".join(str(n) for n in lst.clients))
+        spool = Spool(config.data_dir / "spool")
+        self.runner = services.runner = DeliveryRunner(config, spool, self.store_or_fail(),
+                                                       services.directory)
+        try:
+            await self.runner.start()
+        except OSError as exc:
+            raise StartupError([f"data_dir: the spool in {spool.root} cannot be used: "
+                                f"{exc.strerror or exc}"]) from None
+
+    def store_or_fail(self) -> MaildirStore:
+        assert self.store is not None
+        return self.store
+
     def _listener(self, lst: ListenerConfig, sock: socket.socket,
                   context: ssl.SSLContext) -> Listener:
         services = self.services
@@ -145,8 +188,8 @@ class Daemon:
         elif lst.protocol == "imap":
             factory, refusal = imap.session_factory(services, lst, context), imap.refusal_line
         else:
-            factory = submission.session_factory(services, lst, context)
-            refusal = functools.partial(submission.refusal_line, self.config.hostname)
+            factory = smtp.session_factory(services, lst, context)
+            refusal = functools.partial(smtp.refusal_line, self.config.hostname)
         return Listener(services, lst, sock, context=context, factory=factory,
                         refusal_line=refusal)
 
@@ -197,6 +240,9 @@ class Daemon:
                 await asyncio.sleep(0.05)
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self.runner is not None:
+            # Local deliveries finish in milliseconds; remote ones are retried next start.
+            await self.runner.stop(grace=min(self.config.shutdown_grace, 5.0))
         if self.directory is not None:
             await self.directory.close()
         if self.store is not None:

@@ -525,7 +525,7 @@ def test_search_after_expunge_uses_new_numbers(imapd: RunningDaemon) -> None:
 def test_fetch_every_item_of_a_submitted_multipart(imapd: RunningDaemon) -> None:
     submit(imapd, MULTIPART)
     [on_disk] = stored(imapd)
-    assert on_disk.startswith(b"Received: ")
+    assert on_disk.startswith(b"Return-Path: <")  # RFC 5321 §4.4, then our Received
     assert on_disk.endswith(MULTIPART)
     header, _, text = on_disk.partition(b"\r\n\r\n")
     header += b"\r\n\r\n"
@@ -579,13 +579,13 @@ def test_fetch_every_item_of_a_submitted_multipart(imapd: RunningDaemon) -> None
     assert body[0][0][:8] == bs[0][0][:8]
 
     f = c.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)] "
-             "BODY.PEEK[HEADER.FIELDS.NOT (RECEIVED)] BODY.PEEK[1.2] BODY.PEEK[1.1] "
+             "BODY.PEEK[HEADER.FIELDS.NOT (RECEIVED RETURN-PATH)] BODY.PEEK[1.2] BODY.PEEK[1.1] "
              "BODY.PEEK[2] BODY.PEEK[1.2.MIME] BODY.PEEK[TEXT]<0.10> BODY.PEEK[1] "
              "BODY.PEEK[HEADER])").fetches()[1]
     assert f["BODY[HEADER.FIELDS (FROM SUBJECT)]"] == (
         b"From: Alice Smith <alice@example.test>\r\n"
         b"Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= multipart\r\n\r\n")
-    assert f["BODY[HEADER.FIELDS.NOT (RECEIVED)]"] == MULTIPART.split(b"\r\n\r\n")[0] + (
+    assert f["BODY[HEADER.FIELDS.NOT (RECEIVED RETURN-PATH)]"] == MULTIPART.split(b"\r\n\r\n")[0] + (
         b"\r\n\r\n")
     assert f["BODY[1.1]"] == PLAIN_BODY
     assert f["BODY[1.2]"] == HTML_BODY

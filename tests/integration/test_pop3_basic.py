@@ -40,7 +40,8 @@ def test_submitted_message_is_retrieved_byte_for_byte(pop3d: RunningDaemon) -> N
     resp, lines, _octets = p.retr(1)
     assert resp == f"+OK {len(on_disk)} octets".encode()
     assert b"\r\n".join(lines) + b"\r\n" == on_disk
-    assert lines[0].startswith(b"Received: from ")
+    assert lines[0] == b"Return-Path: <alice@example.test>"  # RFC 5321 §4.4
+    assert lines[1].startswith(b"Received: from ")
     assert b"Subject: byte for byte" in lines
     p.quit()
 

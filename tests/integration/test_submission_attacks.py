@@ -303,22 +303,31 @@ def test_header_sender_spoofing_refused(daemon: RunningDaemon) -> None:
 
 # -- 5. open relay tricks --------------------------------------------------------------------
 
-RELAY_TRICKS = [
-    ("<user@elsewhere.test>", 550, "5.7.1"),
-    ("<@example.test:user@elsewhere.test>", 550, "5.7.1"),           # source route
-    ("<@example.test,@mx.example.test:user@elsewhere.test>", 550, "5.7.1"),
-    ("<user@[192.0.2.1]>", 550, "5.7.1"),                            # address literal
-    ("<bob@sub.example.test>", 550, "5.7.1"),
-    ("<bob@example.test.elsewhere.test>", 550, "5.7.1"),
-    ('<"bob@example.test">', 550, "5.7.1"),
+# Addresses that look local but name another domain, and local-domain tricks. A logged-in
+# submission user may send to other domains (the queue relays it), so what matters here is
+# that no trick turns into a *different* destination than it names: remote-looking ones are
+# remote, local-looking ones are local parts (no such user), malformed ones are refused.
+# tests/integration/test_relay_battery.py runs the same tricks against the connectors that
+# may not relay (the inbound MX, application connectors), where every one must be refused.
+LOCAL_TRICKS = [
     ("<user%elsewhere.test@example.test>", 550, "5.1.1"),            # percent hack
     ('<"user@elsewhere.test"@example.test>', 550, "5.1.1"),          # quoted local part
     ("<elsewhere.test!user@example.test>", 550, "5.1.1"),            # bang path
     ('<"bob%elsewhere.test"@example.test>', 550, "5.1.1"),
     ("<user@elsewhere.test@example.test>", 553, "5.1.3"),            # two @
     ("<bob@example.test.>", 553, "5.1.3"),                           # trailing dot
+    ('<"bob@example.test">', 553, "5.1.3"),                          # no domain at all
+    ("<user@[192.0.2.1]>", 550, "5.1.3"),                            # address literal
     ("<bob@example.test>,<user@elsewhere.test>", 501, "5.5.4"),      # two in one
     ("bob@example.test user@elsewhere.test", 501, "5.5.4"),
+    ("<bob@exa\x00mple.test>", 501, "5.5.2"),                        # NUL
+]
+REMOTE_LOOKING = [
+    "<user@elsewhere.test>",
+    "<@example.test:user@elsewhere.test>",                           # source route
+    "<@example.test,@mx.example.test:user@elsewhere.test>",
+    "<bob@sub.example.test>",
+    "<bob@example.test.elsewhere.test>",
 ]
 
 
@@ -326,11 +335,16 @@ def test_open_relay_tricks_refused(daemon: RunningDaemon) -> None:
     c = ready_session(daemon.submission_port, daemon.client_context(), user="alice")
     assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
     failures = []
-    for rcpt, code, enhanced in RELAY_TRICKS:
+    for rcpt, code, enhanced in LOCAL_TRICKS:
         r = c.cmd(f"RCPT TO:{rcpt}")
         if (r.code, r.enhanced) != (code, enhanced):
             failures.append((rcpt, str(r)))
     assert failures == []
+    # Remote-looking ones are remote (accepted for a logged-in user, then not sent: RSET).
+    for rcpt in REMOTE_LOOKING:
+        assert c.cmd(f"RCPT TO:{rcpt}").code == 250, rcpt
+    assert c.cmd("RSET").code == 250
+    assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
     # A local domain in upper case is still local, and only its owner receives the message.
     r = c.cmd("RCPT TO:<bob@EXAMPLE.TEST>")
     assert r.code == 250, r
@@ -341,6 +355,8 @@ def test_open_relay_tricks_refused(daemon: RunningDaemon) -> None:
     assert len(daemon.maildir_files("bob")) == 1
     mail_root = daemon.data_dir / "mail"
     assert sorted(p.name for p in mail_root.iterdir()) == ["bob"]
+    spool = daemon.data_dir / "spool" / "queue"
+    assert not any(spool.iterdir())  # nothing left queued for anyone else
 
 
 def test_unauthenticated_rcpt_refused_on_both_ports(daemon: RunningDaemon) -> None:

@@ -46,7 +46,8 @@ def test_delivery_lands_byte_for_byte(daemon: RunningDaemon) -> None:
     files = daemon.maildir_files("bob")
     assert len(files) == 1
     stored = files[0].read_bytes()
-    assert stored.startswith(b"Received: from ")
+    # RFC 5321 §4.4: the final delivery puts the Return-Path first, then our trace field.
+    assert stored.startswith(b"Return-Path: <alice@example.test>\r\nReceived: from ")
     trace, _, rest = stored.partition(b"\r\nFrom: Alice")
     assert b"with ESMTPSA id" in trace
     assert b"(using TLSv1.3 with cipher" in trace
@@ -117,14 +118,18 @@ def test_unknown_local_user_refused(daemon: RunningDaemon) -> None:
     s.quit()
 
 
-def test_remote_recipient_refused_relay_not_configured(daemon: RunningDaemon) -> None:
+def test_remote_recipient_accepted_for_relay_after_login(daemon: RunningDaemon) -> None:
+    """Submission relays for logged-in users (the queue sends it on); not before login."""
     s = daemon.smtp()
+    s.ehlo()
+    code, _ = s.mail("alice@example.test")
+    assert code == 530
     s.login("alice", "alice-secret-pw")
     s.ehlo()
     s.mail("alice@example.test")
-    code, text = s.rcpt("someone@elsewhere.test")
-    assert code == 550
-    assert b"5.7.1" in text and b"relay not configured" in text
+    code, _ = s.rcpt("someone@elsewhere.test")
+    assert code == 250
+    s.rset()
     s.quit()
 
 

@@ -21,6 +21,7 @@ from mailkeep.config.model import (
     SubmissionConfig,
 )
 from mailkeep.config.template import render
+from mailkeep.relay.routes import _DELIVERY_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -333,12 +334,16 @@ def test_every_protocol_is_implemented() -> None:
 
 @pytest.mark.parametrize("protocol", sorted(IMPLEMENTED_PROTOCOLS))
 def test_implemented_protocols_accepted(tmp_path: Path, protocol: str) -> None:
-    cfg = load_config(write(tmp_path, MINIMAL.replace('"submission"', f'"{protocol}"')))
+    text = MINIMAL.replace('"submission"', f'"{protocol}"')
+    if protocol == "relay":  # an application connector must say who and which senders
+        text = text.replace('protocol = "relay"', 'protocol = "relay"\nclients = '
+                            '["192.0.2.0/24"]\nsenders = ["@example.test"]')
+    cfg = load_config(write(tmp_path, text))
     assert cfg.listeners[0].protocol == protocol
 
 
 def test_unknown_protocol_and_tls_mode(tmp_path: Path) -> None:
-    text = MINIMAL.replace('"submission"', '"smtp"').replace('"starttls"', '"maybe"')
+    text = MINIMAL.replace('"submission"', '"gopher"').replace('"starttls"', '"maybe"')
     problems = problems_of(tmp_path, text)
     assert keys_of(problems) == ["listeners.sub.protocol", "listeners.sub.tls"]
     assert "not available" not in problems[0]
@@ -448,12 +453,18 @@ def test_template_documents_every_known_key() -> None:
     """Every key of every limits table ([submission], [security], ...) is in the template."""
     text = render(hostname="h.example.test", domains=["example.test"], data_dir="d",
                   cert="c", key="k", ports=(587, 465))
-    tables = [f for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING]
+    tables = [f for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING
+              and f.name not in ("delivery", "queue", "dkim")]  # [delivery]: checked below
     assert {"submission", "security"} <= {f.name for f in tables}
     for table in tables:
         assert re.search(rf"^\[{table.name}\]$", text, re.MULTILINE), table.name
         for name in dataclasses.fields(table.default_factory()):  # type: ignore[misc]
             assert re.search(rf"^# {name.name} = ", text, re.MULTILINE), (table.name, name.name)
+    # [delivery] (routes and the queue): every key, as "# key = " or as a sub-table.
+    assert re.search(r"^\[delivery\]$", text, re.MULTILINE)
+    for key in sorted(_DELIVERY_KEYS):
+        assert re.search(rf"^# ({key} = |\[delivery\.{key}[.\]])", text, re.MULTILINE), key
+    assert re.search(r"^# \[dkim\.domains\.", text, re.MULTILINE)
 
 
 # -- validation gaps (bugs) -----------------------------------------------------------------------

@@ -6,27 +6,33 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
 
 from mailkeep.config.model import (
+    AuthMode,
     BindAddress,
     Config,
     DirectoryConfig,
+    DkimDomain,
     ImapConfig,
     ListenerConfig,
     Pop3Config,
     Protocol,
+    Rate,
     SecurityConfig,
     SubmissionConfig,
     TlsConfig,
     TlsMode,
 )
+from mailkeep.relay.queue_config import parse_queue
+from mailkeep.relay.routes import parse_delivery
 
 # Protocols that this version can serve; the others are reserved names in the schema.
-IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "pop3", "imap"})
+IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "smtp", "relay", "pop3",
+                                                   "imap"})
 # RFC 2449 §4: clients may send POP3 commands of up to 255 octets including CRLF.
 MIN_POP3_LINE_LENGTH = 255
 # RFC 7162 §4: IMAP servers SHOULD accept command lines of at least 8192 octets.
@@ -38,9 +44,21 @@ _LISTENER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
-             "submission", "security", "pop3", "imap", "log_level", "shutdown_grace"}
+             "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
+             "delivery", "dkim"}
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key"}
+# Connector policy keys, and the SMTP listener kinds each is meaningful for.
+_CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
+    "clients": ("relay",), "auth": ("relay",), "senders": ("relay",),
+    "may_relay": ("relay",), "rate": ("relay", "smtp"),
+    "max_message_size": ("relay", "smtp", "submission"),
+    "reject_dmarc_failures": ("smtp",),
+}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour|day)\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0,
+               "h": 3600.0, "hour": 3600.0, "day": 86400.0}
+_SENDER_PATTERN = re.compile(r"^([^@\s<>\"]{1,64})?@[a-z0-9.-]{1,253}$")
 
 
 class ConfigError(Exception):
@@ -231,12 +249,25 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         r.problem("shutdown_grace", f"must be 0 or more seconds, got {grace}")
         grace = 10.0
 
+    delivery_raw = r.table(raw, "delivery")
+    delivery, delivery_problems = parse_delivery(delivery_raw, path.parent, hostname=hostname)
+    r.problems.extend(delivery_problems)
+    queue, queue_problems = parse_queue(delivery_raw, routes=delivery.routes,
+                                        local_domains=tuple(domains))
+    r.problems.extend(queue_problems)
+    if queue.fallback_routes:
+        # Unknown local parts of these domains are routed like remote mail of the domain.
+        delivery = replace(delivery, domains=MappingProxyType(
+            {**delivery.domains, **queue.fallback_routes}))
+    dkim = _parse_dkim(r, r.table(raw, "dkim"), path.parent, domains)
+
     if r.problems:
         raise ConfigError(path, r.problems)
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
-        pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace,
+        pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
+        queue=queue, dkim=MappingProxyType(dkim),
     )
 
 
@@ -253,16 +284,25 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
         if not isinstance(table, dict):
             r.problem(f"listeners.{name}", "expected a table")
             continue
-        r.unknown(table, _LISTENER_KEYS, prefix)
+        r.unknown(table, _LISTENER_KEYS | set(_CONNECTOR_KEYS), prefix)
         protocol = r.get(table, "protocol", str, prefix)
         if protocol is not None and protocol not in get_args(Protocol):
-            r.problem(prefix + "protocol", f"{protocol!r} is not one of submission, imap, pop3")
+            r.problem(prefix + "protocol", f"{protocol!r} is not one of "
+                      + ", ".join(get_args(Protocol)))
+            protocol = None
         elif protocol is not None and protocol not in IMPLEMENTED_PROTOCOLS:
             r.problem(prefix + "protocol",
                       f"{protocol!r} is not available in this version yet; remove this listener")
         mode = r.get(table, "tls", str, prefix)
         if mode is not None and mode not in get_args(TlsMode):
-            r.problem(prefix + "tls", f"{mode!r} is not one of starttls, implicit")
+            r.problem(prefix + "tls", f"{mode!r} is not one of starttls, implicit, none")
+            mode = None
+        if mode == "none" and protocol not in (None, "relay"):
+            r.problem(prefix + "tls", 'tls = "none" is only for protocol = "relay" (legacy '
+                      "devices that cannot do TLS); this listener needs starttls or implicit")
+        if protocol == "smtp" and mode == "implicit":
+            r.problem(prefix + "tls", 'an inbound MX (protocol = "smtp") is reached on port 25 '
+                      'with STARTTLS (RFC 3207): use tls = "starttls"')
         binds: list[BindAddress] = []
         raw_bind = table.get("bind")
         if not isinstance(raw_bind, list) or not raw_bind:
@@ -288,9 +328,124 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
                       "a listener's own certificate needs both cert and key")
         own_cert = r.path(table, "cert", prefix) if has_cert else None
         own_key = r.path(table, "key", prefix) if has_key else None
-        result.append(ListenerConfig(
+        listener = ListenerConfig(
             name=name, protocol=cast(Protocol, protocol or "submission"),
             tls=cast(TlsMode, mode or "implicit"), bind=tuple(binds),
             cert=own_cert or tls.cert, key=own_key or tls.key,
-        ))
+        )
+        result.append(_parse_connector(r, listener, table, prefix))
     return tuple(result)
+
+
+def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any],
+                     prefix: str) -> ListenerConfig:
+    """The policy keys of an SMTP connector (see ListenerConfig)."""
+    protocol = listener.protocol
+    for key, kinds in _CONNECTOR_KEYS.items():
+        if key in table and protocol not in kinds:
+            r.problem(prefix + key, f"only for protocol = {' or '.join(map(repr, kinds))}")
+    if protocol == "submission":
+        return replace(listener, auth="required", may_relay=True,
+                       max_message_size=_size(r, table, prefix))
+    if protocol == "smtp":
+        return replace(listener, auth="none", may_relay=False, rate=_rate(r, table, prefix),
+                       max_message_size=_size(r, table, prefix),
+                       reject_dmarc_failures=bool(r.get(table, "reject_dmarc_failures", bool,
+                                                        prefix, False)))
+    if protocol != "relay":
+        return listener
+    clients: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    raw_clients = table.get("clients")
+    if not isinstance(raw_clients, list) or not raw_clients:
+        r.problem(prefix + "clients", 'required: the networks allowed to use this connector, '
+                  'e.g. ["192.0.2.0/24", "2001:db8::/64"]')
+    else:
+        for i, value in enumerate(raw_clients):
+            try:
+                clients.append(ipaddress.ip_network(str(value), strict=False))
+            except ValueError:
+                r.problem(f"{prefix}clients[{i}]", f"{value!r} is not an IP network "
+                          '(e.g. "192.0.2.0/24" or "192.0.2.7")')
+    auth = r.get(table, "auth", str, prefix, "none") or "none"
+    if auth not in get_args(AuthMode):
+        r.problem(prefix + "auth", f"{auth!r} is not one of none, optional, required")
+        auth = "none"
+    if auth == "required" and listener.tls == "none":
+        r.problem(prefix + "auth", 'auth = "required" with tls = "none" would need passwords '
+                  'in plaintext: use tls = "starttls" or "implicit" (AUTH is only offered '
+                  "inside TLS)")
+    senders: list[str] = []
+    raw_senders = table.get("senders", [])
+    if not isinstance(raw_senders, list):
+        r.problem(prefix + "senders", 'expected a list, e.g. ["@example.test", '
+                  '"billing@example.test"]')
+        raw_senders = []
+    for i, value in enumerate(raw_senders):
+        text = str(value).strip().lower()
+        if not _SENDER_PATTERN.match(text):
+            r.problem(f"{prefix}senders[{i}]", f"{value!r} is not an address or @domain")
+            continue
+        senders.append(text)
+    may_relay = bool(r.get(table, "may_relay", bool, prefix, False))
+    if may_relay and auth != "required" and any(n.prefixlen == 0 for n in clients):
+        # The legacy server's fault, in one line of config: refuse to start.
+        r.problem(prefix + "may_relay", "an open relay: anyone on the internet (clients "
+                  'include 0.0.0.0/0 or ::/0) could send anywhere without a password; '
+                  'narrow clients to your networks, or set auth = "required"')
+    if not senders and auth != "required":
+        r.problem(prefix + "senders", "required when auth is not \"required\": the envelope "
+                  'senders this connector accepts, e.g. ["@example.test"]')
+    return replace(listener, clients=tuple(clients), auth=cast(AuthMode, auth),
+                   senders=tuple(senders), may_relay=may_relay, rate=_rate(r, table, prefix),
+                   max_message_size=_size(r, table, prefix))
+
+
+def _rate(r: _Reader, table: dict[str, Any], prefix: str) -> Rate | None:
+    raw = table.get("rate")
+    if raw is None:
+        return None
+    m = _RATE.match(str(raw)) if isinstance(raw, str) else None
+    if m is None or int(m.group(1)) < 1:
+        r.problem(prefix + "rate", f'{raw!r} is not a rate like "60/min" (units: s, min, h, day)')
+        return None
+    return Rate(int(m.group(1)), _RATE_UNITS[m.group(2)])
+
+
+def _size(r: _Reader, table: dict[str, Any], prefix: str) -> int | None:
+    value = r.get(table, "max_message_size", int, prefix, 0)
+    if value is None or value == 0:
+        return None
+    if value < 1024:
+        r.problem(prefix + "max_message_size", f"must be at least 1024 bytes, got {value}")
+        return None
+    return value
+
+
+def _parse_dkim(r: _Reader, raw: dict[str, Any], base: Path,
+                domains: list[str]) -> dict[str, DkimDomain]:
+    """[dkim.domains."example.test"] selector = "mk1", key = "dkim/example.test.key"."""
+    r.unknown(raw, {"domains"}, "dkim.")
+    out: dict[str, DkimDomain] = {}
+    for domain, table in r.table(raw, "domains", "dkim.").items():
+        prefix = f'dkim.domains."{domain}".'
+        normal = domain.lower().rstrip(".")
+        if normal not in domains:
+            r.problem(prefix[:-1], f"not one of the local domains ({', '.join(domains)})")
+            continue
+        if not isinstance(table, dict):
+            r.problem(prefix[:-1], 'expected a table: selector = "...", key = "..."')
+            continue
+        r.unknown(table, {"selector", "key"}, prefix)
+        selector = r.get(table, "selector", str, prefix)
+        key = r.path(table, "key", prefix)
+        if selector is not None and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})",
+                                                     selector):
+            r.problem(prefix + "selector", f"{selector!r} is not a DNS label")
+            continue
+        if key is not None and not key.is_file():
+            r.problem(prefix + "key", f"{key} does not exist: create it with "
+                      f"`mailkeep dkim keygen {normal} --config ...`")
+            continue
+        if selector is not None and key is not None:
+            out[normal] = DkimDomain(selector, key)
+    return out

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-Protocol = Literal["submission", "imap", "pop3"]
-TlsMode = Literal["starttls", "implicit"]
+from mailkeep.relay.queue_config import QueueConfig
+from mailkeep.relay.routes import DeliveryConfig
+
+Protocol = Literal["submission", "smtp", "relay", "imap", "pop3"]
+TlsMode = Literal["starttls", "implicit", "none"]
+AuthMode = Literal["none", "optional", "required"]
+SMTP_PROTOCOLS = ("submission", "smtp", "relay")
 
 # RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -105,13 +112,43 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `count` messages per `seconds` from one client address."""
+
+    count: int
+    seconds: float
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "day"}.get(self.seconds)
+        return f"{self.count}/{unit}" if unit else f"{self.count}/{self.seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
+    """One listener. The SMTP kinds are connectors, each with its own policy:
+    submission (587/465: AUTH required, may relay, sender must be the account's), smtp
+    (inbound MX on 25: anonymous, local recipients only) and relay (an application
+    connector: `clients` networks only, `auth` none/optional/required, `senders`,
+    `may_relay`, `rate`, `max_message_size`)."""
+
     name: str
     protocol: Protocol
     tls: TlsMode
     bind: tuple[BindAddress, ...]
     cert: Path
     key: Path
+    clients: tuple[IPv4Network | IPv6Network, ...] = ()
+    auth: AuthMode = "required"
+    senders: tuple[str, ...] = ()
+    may_relay: bool = False
+    rate: Rate | None = None
+    max_message_size: int | None = None
+    # smtp (inbound): refuse mail that fails DMARC under a p=reject policy (RFC 7489 §6.6.2).
+    reject_dmarc_failures: bool = False
+
+    @property
+    def is_smtp(self) -> bool:
+        return self.protocol in SMTP_PROTOCOLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +194,13 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimDomain:
+    selector: str
+    key: Path
+    algorithm: str = "rsa"   # rsa | ed25519 (read from the key file)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     hostname: str
@@ -171,6 +215,10 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    # Local domain -> its DKIM signing key (outbound mail From that domain is signed).
+    dkim: Mapping[str, DkimDomain] = field(default_factory=lambda: MappingProxyType({}))
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains

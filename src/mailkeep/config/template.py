@@ -84,9 +84,59 @@ path = "users.toml"
 #                               # memory by all sessions together; more is refused (4xx/NO)
 # descriptor_reserve = 128      # open files kept free for mail storage and logs
 
-# Listeners: each has a name, a protocol (submission, imap or pop3), a TLS mode
-# and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may name its
-# own cert and key. AUTH is only ever offered inside TLS.
+[delivery]
+# Every accepted message is first written to the spool (DATA_DIR/spool/) and acknowledged;
+# a delivery runner then delivers it: to local Maildirs at once, to other domains by a
+# route, retrying temporary failures and bouncing (RFC 3464 DSN) permanent ones.
+# default_route = "mx"          # "mx" (each domain's MX hosts) or a route name below
+# retry_schedule = [60, 300, 900, 1800, 3600, 7200, 14400]  # seconds between attempts;
+#                               # after the last, that interval repeats
+# max_lifetime = 432000.0       # seconds before giving up and bouncing (5 days)
+# delay_warning = 14400.0       # seconds before one "still trying" notice (0: never)
+# concurrency = 20              # remote deliveries in flight at once
+# helo_name = "{hostname}"  # the name we give in EHLO (default: hostname)
+# port = 25                     # the port of MX hosts
+# dns_servers = ["192.0.2.53"]  # default: the system resolver (/etc/resolv.conf)
+# dns_timeout = 10.0            # seconds per DNS lookup
+# connect_timeout = 30.0        # RFC 5321 §4.5.3.2 timeouts, seconds
+# command_timeout = 300.0
+# data_timeout = 600.0
+# ca_file = "ca.pem"            # CAs for verify (default: the system store)
+# mta_sts = true                # honour RFC 8461 MTA-STS policies of MX domains
+# ipv6 = true                   # also deliver over IPv6
+#
+# A smarthost: relay mail for some (or all) domains through a provider.
+# [delivery.routes.upstream]
+# type = "smarthost"
+# host = "smtp.provider.example"
+# port = 587
+# tls = "starttls"              # starttls | implicit | none
+# credentials_file = "upstream.secret"   # two lines: user, password (mode 0600)
+# verify = true                 # check the smarthost's certificate (default)
+#
+# Which domains take which route (others take default_route):
+# [delivery.domains]
+# "partner.example" = "upstream"
+#
+# The least TLS a domain's mail may travel with (never downgraded silently):
+# [delivery.tls_policy]
+# "bank.example" = "verify"     # may | encrypt | verify
+#
+# Split delivery while migrating: local parts without an account here go to the old
+# server instead of being refused.
+# [delivery.local_domains."{first_domain}"]
+# fallback_route = "legacy"
+
+# DKIM signing of mail from local domains (create a key with `mailkeep dkim keygen`):
+# [dkim.domains."{first_domain}"]
+# selector = "mk1"
+# key = "dkim/{first_domain}.key"
+
+# Listeners: each has a name, a protocol (submission, smtp, relay, imap or pop3), a TLS
+# mode and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may
+# name its own cert and key. AUTH is only ever offered inside TLS. The SMTP kinds are
+# connectors with their own policy: submission (people: AUTH, any destination, own
+# addresses only), smtp (the internet's mail for local domains) and relay (applications).
 
 # Port 587: plaintext greeting, STARTTLS required before AUTH and MAIL (RFC 6409, RFC 3207).
 [listeners.submission]
@@ -101,6 +151,32 @@ tls = "implicit"
 bind = [{bind_465}]
 # cert = "certs/submissions.crt"   # optional: this listener's own certificate
 # key = "certs/submissions.key"
+# max_message_size = 26214400      # optional: this listener's own SIZE limit
+
+# Port 25: inbound mail from the internet for the local domains (an MX). Anonymous;
+# STARTTLS offered; recipients in other domains are refused (554 5.7.1 relay access
+# denied); an Authentication-Results header records SPF, DKIM and DMARC. Uncomment to
+# receive mail directly (publish an MX record pointing at hostname):
+# [listeners.inbound]
+# protocol = "smtp"
+# tls = "starttls"
+# bind = ["0.0.0.0:25", "[::]:25"]
+# rate = "120/min"                 # optional: messages per minute from one address
+# reject_dmarc_failures = false    # true: refuse mail failing DMARC under p=reject
+
+# An application connector, for devices and scripts that used to relay through the old
+# server: only `clients` may connect (others get 554 5.7.1 at once), only `senders` may
+# be used, and only with may_relay may it send outside the local domains.
+# [listeners.apps]
+# protocol = "relay"
+# tls = "none"                     # none (legacy devices; a warning at start) | starttls
+# bind = ["0.0.0.0:2525"]
+# clients = ["192.0.2.0/24"]       # required
+# auth = "none"                    # none | optional | required (AUTH only inside TLS)
+# senders = ["@{first_domain}"]    # addresses or @domain; required unless auth = "required"
+# may_relay = true
+# rate = "60/min"                  # messages per minute from one client address
+# max_message_size = 10485760
 {pop3_listeners}{imap_listeners}"""
 
 POP3_LISTENERS = """
@@ -157,5 +233,6 @@ def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: 
         pop3_listeners=pop3, imap_listeners=imap,
         hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
         cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
+        first_domain=domains[0] if domains else "example.test",
         config_name=config_name,
     )

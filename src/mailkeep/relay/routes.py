@@ -51,6 +51,8 @@ _DELIVERY_KEYS = {
     "default_route", "routes", "domains", "tls_policy", "dns_servers", "dns_timeout", "port",
     "connect_timeout", "command_timeout", "data_timeout", "helo_name", "ca_file", "mta_sts",
     "ipv6",
+    # The queue's own keys (relay/queue_config.py parses them).
+    "retry_schedule", "max_lifetime", "delay_warning", "concurrency", "local_domains",
 }
 _SMARTHOST_KEYS = {"type", "host", "port", "tls", "credentials_file", "verify", "ca_file"}
 

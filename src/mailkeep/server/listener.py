@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from mailkeep.config.model import BindAddress, ListenerConfig
+from mailkeep.proto.connector import client_allowed
 from mailkeep.security.budget import TOO_MANY
 from mailkeep.server.services import Services
 
@@ -201,6 +202,18 @@ class Listener:
 
     def _accepted(self, conn: socket.socket, peer: tuple[str, int] | str) -> None:
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        clients = self.config.clients
+        if clients and not client_allowed(address, clients):
+            # An application connector serves its `clients` networks only: anyone else is
+            # refused before any TLS or SMTP work (Exchange receive connectors do the same).
+            _refusals.note(self.config.name, address, "not in this connector's clients")
+            with contextlib.suppress(OSError):
+                if not self.implicit_tls:
+                    conn.setblocking(False)
+                    conn.send(f"554 5.7.1 {self.services.config.hostname} {address} may not "
+                              "use this service\r\n".encode())
+            conn.close()
+            return
         admitted = admit(self.services, address, conn)
         if isinstance(admitted, str):
             _refusals.note(self.config.name, address, admitted)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import itertools
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mailkeep.config.model import Config
 from mailkeep.directory.base import UserDirectory
 from mailkeep.proto.imap.mimecache import MimeCache
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
+from mailkeep.security.rate import RateLimiter
+
+if TYPE_CHECKING:
+    import dns.resolver
+
+    from mailkeep.relay.dkim import DkimKey
+    from mailkeep.relay.runner import DeliveryRunner
 from mailkeep.store.base import MailStore
 
 # After the shutdown reply, a TLS client that never answers our close_notify must not hold
@@ -56,6 +63,13 @@ class Services:
     input_budget: InputBudget
     sessions: set[Any] = field(default_factory=set)
     stopping: bool = False
+    # The delivery runner every accepted message is handed to (None only in unit tests).
+    runner: DeliveryRunner | None = None
+    # Local domain -> DKIM key for outbound signing; the resolver of the inbound checks.
+    dkim_keys: dict[str, DkimKey] = field(default_factory=dict)
+    auth_resolver: dns.resolver.Resolver | None = None
+    # Listener name -> its message rate limiter (connectors with `rate`).
+    rate_limiters: dict[str, RateLimiter] = field(default_factory=dict)
     # IMAP: parsed messages shared by all sessions.
     mime_cache: MimeCache = field(default_factory=MimeCache)
 

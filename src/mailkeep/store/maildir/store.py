@@ -26,7 +26,7 @@ from mailkeep.store.base import (
     StoreRefusal,
     to_crlf,
 )
-from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions
+from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions, uidlist
 from mailkeep.store.maildir import maildrop as ops
 from mailkeep.store.maildir.dotlock import LockError, NoSpace, no_space
 from mailkeep.store.maildir.durable import write_message
@@ -89,6 +89,35 @@ class MaildirStore:
     async def deliver(self, mailbox: str, message: bytes) -> str:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.deliver_sync, mailbox, message)
+
+    def deliver_once_sync(self, mailbox: str, message: bytes, base: str,
+                          check: bool) -> bool:
+        """Deliver under a name fixed by the caller (the spool: entry id + recipient), so a
+        repeated delivery after a crash can be recognised. With `check`, a message of that
+        name already in new/ or cur/ means it was delivered: nothing is written and False
+        is returned. DiskFull / DeliveryError."""
+        root = self.root(mailbox)
+        try:
+            ensure_maildir(root)
+            if check and base in uidlist.scan(root):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                (root / "tmp" / base).unlink()  # left by an attempt that crashed
+            write_message(root, base, f"new/{base}", message)
+        except OSError as exc:
+            if no_space(exc):
+                raise DiskFull(f"delivery to {mailbox} failed: disk full ({exc.strerror})") \
+                    from exc
+            raise DeliveryError(f"delivery to {mailbox} failed: {exc.strerror}") from exc
+        finally:
+            self._changed(mailbox, INBOX)
+        return True
+
+    async def deliver_once(self, mailbox: str, message: bytes, base: str,
+                           check: bool = False) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.deliver_once_sync, mailbox,
+                                          message, base, check)
 
     def _list(self, mailbox: str) -> list[bytes]:
         root = self.root(mailbox)

@@ -1,7 +1,10 @@
-"""SMTP submission (RFC 6409) on aiosmtpd: 587 + STARTTLS (RFC 3207), 465 implicit TLS (RFC 8314).
+"""The SMTP server of every connector, on aiosmtpd: submission (587 + STARTTLS per RFC
+3207, 465 implicit TLS per RFC 8314), the inbound MX (25) and application relays.
 
-aiosmtpd parses the commands; this driver adds what a submission server must be: AUTH only
-inside TLS and verified off the loop, sender checks, local delivery, limits and logging.
+aiosmtpd runs the command loop; this driver adds what a mail server must be: AUTH only inside
+TLS and verified off the loop, our own MAIL/RCPT/DATA (null sender, DSN parameters, exact
+SIZE, the input budget), the connector's policy (server/smtp_transaction.py), the spool,
+limits and logging.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import asyncio
 import base64
 import collections
 import contextlib
-import datetime as dt
 import logging
 import ssl
 import time
@@ -21,25 +23,16 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
 from mailkeep.config.model import ListenerConfig
 from mailkeep.directory.base import Account
-from mailkeep.proto import sasl
-from mailkeep.proto.address import canonical
-from mailkeep.proto.message import has_bare_cr_or_lf, longest_line_exceeds
+from mailkeep.proto import sasl, smtp_path
 from mailkeep.proto.printable import printable
 from mailkeep.proto.smtp_reply import enhance, reply_code
 from mailkeep.proto.submission import (
-    RecipientKind,
     TlsInfo,
-    check_envelope_sender,
-    check_header_senders,
-    classify_recipient,
-    complete_message,
-    received_field,
 )
-from mailkeep.server import auth, smtp_data, starttls
+from mailkeep.server import auth, smtp_data, smtp_transaction, starttls
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 from mailkeep.server.stream import TLS_CLOSE_LINGER
-from mailkeep.store.base import DeliveryError, DiskFull
 
 log = logging.getLogger("mailkeep.smtp")
 
@@ -68,8 +61,8 @@ def _tls_info(transport: asyncio.BaseTransport | None) -> TlsInfo | None:
     return TlsInfo(version, cipher[0], int(cipher[2]))
 
 
-class SubmissionSession(SMTP):
-    """One client connection."""
+class SmtpSession(SMTP):
+    """One client connection to one SMTP connector (listener)."""
 
     def __init__(self, services: Services, listener: ListenerConfig,
                  tls_context: ssl.SSLContext, slot: Slot) -> None:
@@ -85,21 +78,29 @@ class SubmissionSession(SMTP):
         # +1: RFC 5321 §4.5.2 transparency dot on top of 1000 octets per line. The exact limit
         # is checked on the unstuffed message in handle_DATA.
         self.line_length_limit = cfg.max_line_length + 1
-        self.max_message_size = cfg.max_message_size
+        self.max_message_size = listener.max_message_size or cfg.max_message_size
         self.max_line_length = cfg.max_line_length
+        self.starttls_offered = listener.tls == "starttls"
+        # RFC 6409 §4.3: submission requires AUTH; a relay connector when it says so.
+        self.auth_required = listener.auth == "required"
+        self.rate_limiter = services.rate_limiters.get(listener.name)
+        self.txn: smtp_transaction.Transaction | None = None
         super().__init__(
-            SubmissionHandler(self),
+            SmtpHandler(self),
             # DATA is read by our own smtp_DATA (server/smtp_data.py), with exact limits.
-            data_size_limit=cfg.max_message_size,
+            data_size_limit=self.max_message_size,
             enable_SMTPUTF8=True,          # RFC 6531
             decode_data=False,             # 8BITMIME: keep the bytes as sent
             hostname=services.config.hostname,
             ident=IDENT,
-            tls_context=None if self.implicit_tls else tls_context,
-            require_starttls=not self.implicit_tls,  # RFC 3207 §4: 530 before STARTTLS
+            tls_context=tls_context if self.starttls_offered else None,
+            # RFC 3207 §4: 530 before STARTTLS, where the connector demands TLS; the inbound
+            # MX only offers it (RFC 3207 §4: a publicly referenced server must not require).
+            require_starttls=self.starttls_offered and listener.protocol != "smtp",
             # Before AUTH the short login timeout; authenticated_session() lengthens it.
-            timeout=min(cfg.idle_timeout, services.config.security.login_timeout),
-            auth_required=True,            # RFC 6409 §4.3: submission requires authentication
+            timeout=min(cfg.idle_timeout, services.config.security.login_timeout)
+            if listener.auth != "none" else cfg.idle_timeout,
+            auth_required=self.auth_required,
             auth_require_tls=True,
             loop=asyncio.get_running_loop(),
         )
@@ -221,7 +222,22 @@ class SubmissionSession(SMTP):
             self.slot.hang_up(self.transport)
 
     def in_transaction(self) -> bool:
-        return self.envelope is not None and self.envelope.mail_from is not None
+        return self.txn is not None
+
+    def _set_rset_state(self) -> None:
+        """RSET, EHLO, STARTTLS and the end of DATA end the transaction (RFC 5321 §4.1.1)."""
+        self.txn = None
+        super()._set_rset_state()  # type: ignore[no-untyped-call]
+
+    @property
+    def helo_name(self) -> str:
+        return (self.session.host_name if self.session is not None else None) or "unknown"
+
+    @property
+    def may_relay(self) -> bool:
+        """May this session send to other domains? Submission (logged in, as required);
+        a relay connector with may_relay; never the inbound MX."""
+        return self.listener.may_relay
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -284,6 +300,49 @@ class SubmissionSession(SMTP):
             self.raw_replies = False
             self.command_size_limits["MAIL"] = MAIL_COMMAND_SIZE_LIMIT
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.listener.auth == "none":
+            # An anonymous connector (the inbound MX, an open application relay): no AUTH.
+            await self.push("502 5.5.1 AUTH is not available on this port")
+            return
+        await super().smtp_AUTH(arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """RFC 5321 §4.1.1.2. Our own: aiosmtpd refuses the null sender <> (which every
+        bounce uses), rejects RET/ENVID, and upper-cases parameter values (ENVID is
+        case-sensitive xtext)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        if self.txn is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        try:
+            path = smtp_path.parse_mail_argument(arg or "", utf8=True)
+            if "SMTPUTF8" not in path.params:
+                path = smtp_path.parse_mail_argument(arg or "", utf8=False)
+        except smtp_path.PathError as exc:
+            await self.push(exc.reply)
+            return
+        self.txn, reply = smtp_transaction.mail(self, path)
+        await self.push(reply)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        """RFC 5321 §4.1.1.3, with RFC 3461 NOTIFY and ORCPT kept per recipient."""
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        txn = self.txn
+        if txn is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        try:
+            path = smtp_path.parse_rcpt_argument(arg or "", utf8=txn.smtputf8)
+        except smtp_path.PathError as exc:
+            await self.push(exc.reply)
+            return
+        await self.push(await smtp_transaction.rcpt(self, txn, path))
+
     async def smtp_STARTTLS(self, arg: str) -> None:
         if arg:
             await self.push("501 5.5.4 Syntax: STARTTLS")
@@ -315,21 +374,22 @@ class SubmissionSession(SMTP):
         self.session.host_name = None
         self.session.extended_smtp = False
         self.session.ssl = {"ssl_object": self.transport.get_extra_info("ssl_object")}
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self._set_rset_state()
         log.info("conn=%s starttls %s %s", self.conn_id, self.tls.version if self.tls else "?",
                  self.tls.cipher if self.tls else "?")
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """RFC 5321 §4.1.1.4, read by smtp_data.receive(): exact SIZE, the daemon-wide input
-        budget, and the reply only after the final dot. The rest is aiosmtpd's order of
-        checks."""
+        budget, and the reply only after the final dot."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        envelope = self.envelope
-        assert envelope is not None
-        if not envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+        txn = self.txn
+        if txn is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not txn.recipients:
+            await self.push("554 5.5.1 Error: no valid recipients")
             return
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
@@ -351,14 +411,12 @@ class SubmissionSession(SMTP):
                 # RFC 3463 X.3.1: the mail system is full (here: its memory for uploads).
                 reply = "452 4.3.1 Insufficient system resources, try again later"
             else:
-                envelope.content = envelope.original_content = result.content
-                status = await self._call_handler_hook("DATA")
-                reply = "250 OK" if status is MISSING else status
+                reply = await smtp_transaction.data(self, txn, result.content)
         finally:
             result.release(budget)
             # The transaction is over before its reply goes out (a stopping daemon closes
             # the session right after it).
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            self._set_rset_state()
         await self.push(reply)
 
     # -- AUTH (RFC 4954), verified off the loop ---------------------------------------------
@@ -461,105 +519,24 @@ class SubmissionSession(SMTP):
                           message="235 2.7.0 Authentication successful")
 
 
-def _size_parameter(mail_options: list[str]) -> int | None:
-    for option in mail_options:
-        key, _, value = option.partition("=")
-        if key.upper() == "SIZE" and value.isdigit():
-            return int(value)
-    return None
+class SmtpHandler:
+    """aiosmtpd's EHLO hook: the extensions this connector offers."""
 
-
-class SubmissionHandler:
-    """aiosmtpd handler hooks: policy decisions (proto.submission) and delivery."""
-
-    def __init__(self, session: SubmissionSession) -> None:
+    def __init__(self, session: SmtpSession) -> None:
         self.s = session
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        # RFC 1870: advertise the real limit, not aiosmtpd's wire allowance (see above).
+        listener = self.s.listener
+        # RFC 1870: advertise the real limit, not aiosmtpd's wire allowance.
         responses = [f"250-SIZE {self.s.max_message_size}" if r.startswith("250-SIZE ") else r
                      for r in responses]
-        # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES; aiosmtpd honours both.
-        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        if listener.auth == "none":
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
+        # RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 3461 DSN.
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
         return [*responses[:-1], *extra, responses[-1]]
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
-        account = self.s.account
-        assert account is not None  # aiosmtpd answers 530 before we are asked
-        declared = _size_parameter(mail_options)
-        if declared is not None and declared > self.s.max_message_size:
-            # RFC 1870 §6.3: refuse at MAIL when the declared size is over the limit.
-            return "552 5.3.4 Message size exceeds fixed maximum message size"
-        refusal = check_envelope_sender(account.addresses, address)
-        if refusal:
-            log.warning("conn=%s spoofed envelope sender %r by %s", self.s.conn_id, address,
-                        account.name)
-            return refusal.reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 Sender OK"
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        cfg = self.s.services.config
-        if len(envelope.rcpt_tos) >= cfg.submission.max_recipients:
-            return f"452 4.5.3 Too many recipients (at most {cfg.submission.max_recipients})"
-        if classify_recipient(address, cfg.domains) is RecipientKind.REMOTE:
-            return (f"550 5.7.1 <{address}>: relay not configured: this server delivers only "
-                    f"to {', '.join(cfg.domains)}")
-        if await self.s.services.directory.lookup(canonical(address)) is None:
-            return f"550 5.1.1 <{address}>: no such user here"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Recipient OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        s = self.s
-        account = s.account
-        assert account is not None and envelope.mail_from is not None
-        data = envelope.original_content or b""
-        if has_bare_cr_or_lf(data):
-            return "550 5.6.0 Message refused: bare CR or LF in message (RFC 5321 §2.3.8)"
-        if len(data) > s.max_message_size:
-            return "552 5.3.4 Message too big for this server"
-        if longest_line_exceeds(data, s.max_line_length):
-            return s._line_too_long()
-        refusal = check_header_senders(account.addresses, account.send_as_others, data)
-        if refusal:
-            log.warning("conn=%s header sender refused for %s: %s", s.conn_id, account.name,
-                        printable(refusal.reply))
-            return refusal.reply
-        queue_id = f"{s.conn_id}{s.messages:03x}"
-        now = dt.datetime.now(dt.UTC).astimezone()
-        received = received_field(
-            helo=session.host_name or "unknown", peer_ip=s.peer_ip,
-            hostname=s.services.config.hostname, queue_id=queue_id, tls=s.tls,
-            authenticated=True, recipients=list(envelope.rcpt_tos), now=now)
-        message = complete_message(data, received=received, hostname=s.services.config.hostname,
-                                   mail_from=envelope.mail_from, now=now)
-        owners: list[str] = []
-        for rcpt in envelope.rcpt_tos:
-            owner = await s.services.directory.lookup(canonical(rcpt))
-            if owner is not None and owner.name not in owners:
-                owners.append(owner.name)
-        try:
-            for owner_name in owners:
-                await s.services.store.deliver(owner_name, message)
-        except DiskFull as exc:
-            log.error("conn=%s id=%s delivery failed: %s", s.conn_id, queue_id, exc)
-            # RFC 5321 §4.2.3 452; RFC 3463 §3.4 X.3.1 "Mail system full": try later.
-            return "452 4.3.1 Insufficient system storage"
-        except DeliveryError as exc:
-            log.error("conn=%s id=%s delivery failed: %s", s.conn_id, queue_id, exc)
-            return "451 4.3.0 Local delivery failed, try again later"
-        s.messages += 1
-        s.errors = 0  # like Postfix: errors are forgiven once mail is delivered
-        log.info("conn=%s id=%s from=<%s> rcpts=%d size=%d delivered=%s", s.conn_id, queue_id,
-                 envelope.mail_from, len(envelope.rcpt_tos), len(message), ",".join(owners))
-        return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         # Our fault, not the client's: log it with the connection id, answer generically.
@@ -575,6 +552,6 @@ def refusal_line(hostname: str, reason: str) -> bytes:
 def session_factory(services: Services, listener: ListenerConfig,
                     context: ssl.SSLContext) -> Callable[[Slot], asyncio.Protocol]:
     def factory(slot: Slot) -> asyncio.Protocol:
-        return SubmissionSession(services, listener, context, slot)
+        return SmtpSession(services, listener, context, slot)
 
     return factory

@@ -1,0 +1,527 @@
+"""The delivery runner: takes spooled messages to their recipients, and keeps at it.
+
+Postfix's model: accepting a message means it is durably queued (relay/spool.py); delivery
+is a separate agent that can be stopped and restarted at any point. Here:
+
+* enqueue() writes the entry and starts its first attempt at once: local recipients are in
+  their INBOX milliseconds after the client's 250;
+* local recipients get one copy per account, named after the entry and recipient
+  (SpoolEntry.local_name), so a delivery repeated after a crash is recognised, not doubled;
+* remote recipients are grouped per destination by relay/client.py; each outcome is logged
+  (fsynced) before it counts, so a restart resumes where the log ends;
+* temporary failures are retried on `[delivery] retry_schedule` until `max_lifetime`, with
+  one delay notice after `delay_warning`; permanent failures and expiry bounce (RFC 3464 DSN
+  to the sender, from <>, never to <>);
+* start() loads the queue left by the last run (kill -9 included) and resumes it.
+
+The clock is injectable (tests move time instead of sleeping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailkeep.config.model import Config
+from mailkeep.directory.base import DirectoryUnavailable, UserDirectory
+from mailkeep.proto.address import canonical
+from mailkeep.proto.printable import printable
+from mailkeep.relay import reports
+from mailkeep.relay.client import OutboundClient
+from mailkeep.relay.dsn import Action, Dsn
+from mailkeep.relay.envelope import OutboundMessage, Recipient
+from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
+from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError, SpoolRecipient, new_id
+from mailkeep.store.base import DeliveryError, DiskFull
+from mailkeep.store.maildir import MaildirStore
+
+log = logging.getLogger("mailkeep.queue")
+
+# How often the control folder (`mailkeep queue ...` requests) is looked at.
+CONTROL_INTERVAL = 1.0
+# How often the queue's size and oldest entry are logged while it is not empty.
+QUEUE_REPORT_INTERVAL = 300.0
+# An entry whose file cannot be read is retried this much later (an administrator may fix
+# it; it is never deleted on our own).
+BROKEN_ENTRY_RETRY = 3600.0
+
+
+def local_name(entry: SpoolEntry, index: int, size: int) -> str:
+    """The Maildir file name of local copy `index` of an entry: fixed by the entry, so a
+    repeated delivery finds the first. Dovecot's S=/W= size fields as usual; the time part
+    keeps delivery order (layout.delivery_order reads "sec.M<usec>")."""
+    sec = int(entry.arrival)
+    usec = int((entry.arrival - sec) * 1_000_000)
+    return f"{sec}.M{usec}K{entry.id}R{index}.mailkeep,S={size},W={size}"
+
+
+def return_path(mail_from: str) -> bytes:
+    """RFC 5321 §4.4: the final delivery records the reverse-path first."""
+    return f"Return-Path: <{mail_from}>\r\n".encode("utf-8", "surrogateescape")
+
+
+@dataclass
+class _Stats:
+    delivered: int = 0
+    bounced: int = 0
+    deferred: int = 0
+
+
+class DeliveryRunner:
+    def __init__(self, config: Config, spool: Spool, store: MaildirStore,
+                 directory: UserDirectory, client: OutboundClient | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.queue_config = config.queue
+        self.spool = spool
+        self.store = store
+        self.directory = directory
+        self.client = client or OutboundClient(config.delivery)
+        self.clock = clock
+        self.entries: dict[str, SpoolEntry] = {}
+        self.stats = _Stats()
+        self._due: list[tuple[float, str]] = []     # heap of (when, id); stale ones skipped
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._remote_slots = asyncio.Semaphore(self.queue_config.concurrency)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._recovered: set[str] = set()          # loaded at start: check before redelivery
+        self._last_report = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        removed = await asyncio.to_thread(self.spool.prepare)
+        if removed:
+            log.info("removed %d half-written spool files", removed)
+        loaded = await asyncio.to_thread(lambda: list(self.spool.entries()))
+        for item in loaded:
+            if isinstance(item, SpoolError):
+                log.error("spool entry set aside: %s", item)
+                continue
+            self.entries[item.id] = item
+            self._recovered.add(item.id)
+            self._schedule(item.id, min(item.next_attempt, self.clock()) if not item.attempts
+                           else item.next_attempt)
+        if self.entries:
+            log.info("queue: resuming %d messages left by the last run", len(self.entries))
+        self._tasks = [asyncio.create_task(self._scheduler(), name="queue-scheduler"),
+                       asyncio.create_task(self._control_loop(), name="queue-control")]
+
+    async def stop(self, grace: float) -> None:
+        """Start nothing new; let attempts in flight finish for `grace` seconds, then cancel
+        them (a cancelled remote attempt is simply retried at the next start)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        running = list(self._running.values())
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def kick(self) -> None:
+        """Look at the queue now (tests after moving the clock; `queue flush`)."""
+        self._wake.set()
+
+    # -- accepting -------------------------------------------------------------------------
+
+    async def enqueue(self, entry: SpoolEntry, message: bytes) -> asyncio.Future[None]:
+        """Spool durably (DiskFull / DeliveryError), then start the first attempt at once.
+
+        Returns a future that is done when the local recipients have been attempted (the
+        SMTP session waits for it briefly, so a sender's 250 normally means "in the INBOX"
+        for local mail, as users expect); remote deliveries go on without it."""
+        await asyncio.to_thread(self.spool.accept, entry, message)
+        self.entries[entry.id] = entry
+        log.info("queued id=%s from=<%s> rcpts=%d size=%d", entry.id, printable(entry.mail_from),
+                 len(entry.recipients), entry.size)
+        local_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            local_done.set_result(None)
+        else:
+            self._start(entry.id, message, local_done)
+        return local_done
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _schedule(self, entry_id: str, when: float) -> None:
+        heapq.heappush(self._due, (when, entry_id))
+        self._wake.set()
+
+    def _start(self, entry_id: str, message: bytes | None = None,
+               local_done: asyncio.Future[None] | None = None) -> None:
+        if entry_id in self._running or self._stopping:
+            if local_done is not None and not local_done.done():
+                local_done.set_result(None)
+            return
+        task = asyncio.create_task(self._attempt(entry_id, message, local_done),
+                                   name=f"deliver-{entry_id}")
+        self._running[entry_id] = task
+        task.add_done_callback(lambda _t: self._running.pop(entry_id, None))
+
+    async def _scheduler(self) -> None:
+        while True:
+            now = self.clock()
+            while self._due and self._due[0][0] <= now:
+                when, entry_id = heapq.heappop(self._due)
+                entry = self.entries.get(entry_id)
+                if entry is None or entry.hold or entry.next_attempt > when:
+                    continue  # gone, held, or rescheduled since this was pushed
+                self._start(entry_id)
+            self._report(now)
+            timeout = QUEUE_REPORT_INTERVAL
+            if self._due:
+                timeout = min(timeout, max(0.0, self._due[0][0] - now))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    def _report(self, now: float) -> None:
+        if not self.entries or now - self._last_report < QUEUE_REPORT_INTERVAL:
+            return
+        self._last_report = now
+        oldest = min(e.arrival for e in self.entries.values())
+        log.info("queue: %d messages, oldest %s old", len(self.entries),
+                 _age(now - oldest))
+
+    def size(self) -> tuple[int, float]:
+        """(messages queued, age in seconds of the oldest)."""
+        if not self.entries:
+            return 0, 0.0
+        return len(self.entries), self.clock() - min(e.arrival for e in self.entries.values())
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def _attempt(self, entry_id: str, message: bytes | None,
+                       local_done: asyncio.Future[None] | None = None) -> None:
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            return
+        try:
+            if message is None:
+                message = await asyncio.to_thread(self.spool.message, entry_id)
+            outcomes: list[dict[str, object]] = []
+            try:
+                await self._deliver_local(entry, message, outcomes)
+            finally:
+                if local_done is not None and not local_done.done():
+                    local_done.set_result(None)
+            if any(entry.recipients[i].kind == "remote" for i in entry.pending()):
+                async with self._remote_slots:
+                    await self._deliver_remote(entry, message, outcomes)
+            await self._settle(entry, message, outcomes)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, SpoolError) as exc:
+            log.error("id=%s cannot be read from the spool: %s (retry in %.0f s)", entry_id,
+                      exc, BROKEN_ENTRY_RETRY)
+            entry.next_attempt = self.clock() + BROKEN_ENTRY_RETRY
+            self._schedule(entry_id, entry.next_attempt)
+        except Exception:
+            log.exception("id=%s delivery attempt failed", entry_id)
+            entry.next_attempt = self.clock() + self.queue_config.retry_delay(1)
+            self._schedule(entry_id, entry.next_attempt)
+
+    async def _deliver_local(self, entry: SpoolEntry, message: bytes,
+                             outcomes: list[dict[str, object]]) -> None:
+        by_account: dict[str, list[int]] = defaultdict(list)
+        for i in entry.pending():
+            rcpt = entry.recipients[i]
+            if rcpt.kind != "local":
+                continue
+            try:
+                account = await self.directory.lookup(canonical(rcpt.address))
+            except DirectoryUnavailable as exc:
+                self._defer(entry, i, f"451 4.4.3 directory unavailable: {exc}", outcomes)
+                continue
+            if account is None:
+                domain = rcpt.address.rpartition("@")[2].lower()
+                if domain in self.queue_config.fallback_routes:
+                    # Split delivery: no account here (any more): the legacy server's.
+                    rcpt.kind, rcpt.account = "remote", None
+                    continue
+                # RFC 3463 X.1.1: the mailbox does not exist (removed since RCPT).
+                self._outcome(entry, i, "failed", "550 5.1.1 no such user here", "5.1.1",
+                              "", outcomes)
+                continue
+            by_account[account.name].append(i)
+        head = return_path(entry.mail_from)
+        for account_name, indexes in by_account.items():
+            data = head + message
+            name = local_name(entry, indexes[0], len(data))
+            try:
+                await self.store.deliver_once(account_name, data, name,
+                                              check=entry.id in self._recovered)
+            except DiskFull as exc:
+                for i in indexes:
+                    self._defer(entry, i, f"452 4.3.1 {exc}", outcomes)
+                continue
+            except DeliveryError as exc:
+                for i in indexes:
+                    self._defer(entry, i, f"451 4.3.0 {exc}", outcomes)
+                continue
+            for i in indexes:
+                self._outcome(entry, i, "delivered", f"250 2.0.0 delivered to {account_name}",
+                              "2.0.0", "", outcomes, log_it=False)
+            log.info("delivered id=%s to=%s account=%s", entry.id,
+                     ",".join(f"<{printable(entry.recipients[i].address)}>" for i in indexes),
+                     account_name)
+
+    async def _deliver_remote(self, entry: SpoolEntry, message: bytes,
+                              outcomes: list[dict[str, object]]) -> None:
+        indexes = [i for i in entry.pending() if entry.recipients[i].kind == "remote"]
+        by_address = {entry.recipients[i].address: i for i in indexes}
+        recipients = [_outbound_recipient(entry.recipients[i]) for i in indexes]
+        destinations, refused = self.client.plan(recipients)
+        outbound = OutboundMessage(sender=entry.mail_from, data=message,
+                                   ret=entry.ret if entry.ret in ("FULL", "HDRS")
+                                   else None,  # type: ignore[arg-type]
+                                   envid=entry.envid, smtputf8=entry.smtputf8, id=entry.id)
+        results: list[RecipientResult] = list(refused)
+        if destinations:
+            batches = await asyncio.gather(*(self.client.deliver(d, outbound)
+                                             for d in destinations))
+            for batch in batches:
+                results.extend(batch)
+        for result in results:
+            i = by_address.get(result.recipient)
+            if i is None:
+                continue
+            if isinstance(result, Delivered):
+                notify = entry.recipients[i].notify or []
+                relayed = not result.remote_dsn and "SUCCESS" in notify
+                self._outcome(entry, i, "relayed" if relayed else "delivered",
+                              str(result.reply), result.reply.status, result.remote_host,
+                              outcomes)
+            elif isinstance(result, PermanentFailure):
+                self._outcome(entry, i, "failed", str(result.reply), result.status,
+                              result.remote_host or "", outcomes)
+            else:
+                self._defer(entry, i, str(result.reply), outcomes,
+                            status=result.reply.status, remote=result.remote_host or "")
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _outcome(self, entry: SpoolEntry, i: int, status: str, reply: str,  # noqa: PLR0917
+                 dsn_status: str, remote: str, outcomes: list[dict[str, object]],
+                 log_it: bool = True) -> None:
+        rcpt = entry.recipients[i]
+        rcpt.status = status  # type: ignore[assignment]
+        rcpt.reply, rcpt.dsn_status, rcpt.remote_mta = reply, dsn_status, remote
+        outcomes.append({"i": i, "status": status, "reply": reply, "dsn_status": dsn_status,
+                         "remote_mta": remote, "local": rcpt.kind == "local"})
+        if status == "failed":
+            self.stats.bounced += 1
+        else:
+            self.stats.delivered += 1
+        if log_it:
+            log.info("%s id=%s to=<%s> relay=%s reply=%s", status, entry.id,
+                     printable(rcpt.address), printable(remote or "-"), printable(reply))
+
+    def _defer(self, entry: SpoolEntry, i: int, reply: str,
+               outcomes: list[dict[str, object]], *, status: str = "",
+               remote: str = "") -> None:
+        rcpt = entry.recipients[i]
+        rcpt.reply = reply
+        rcpt.dsn_status = status or _status_of(reply) or "4.0.0"
+        rcpt.remote_mta = remote
+        outcomes.append({"i": i, "status": "pending", "reply": reply,
+                         "dsn_status": rcpt.dsn_status, "remote_mta": remote})
+        self.stats.deferred += 1
+        log.info("deferred id=%s to=<%s> relay=%s reply=%s", entry.id, printable(rcpt.address),
+                 printable(remote or "-"), printable(reply))
+
+    async def _settle(self, entry: SpoolEntry, message: bytes,
+                      outcomes: list[dict[str, object]]) -> None:
+        """After an attempt: log outcomes, bounce, notify, reschedule or forget the entry."""
+        now = self.clock()
+        notices: list[tuple[Action, list[SpoolRecipient]]] = []
+        if not entry.done():
+            if now - entry.arrival >= self.queue_config.max_lifetime:
+                for i in entry.pending():
+                    # RFC 3463 X.4.7: delivery time expired.
+                    self._outcome(entry, i, "failed", f"{entry.recipients[i].reply} "
+                                  "(gave up: too long in the queue)".strip(), "5.4.7",
+                                  entry.recipients[i].remote_mta, outcomes)
+            else:
+                entry.attempts += 1
+                entry.next_attempt = now + self.queue_config.retry_delay(entry.attempts)
+                outcomes.append({"attempts": entry.attempts, "next": entry.next_attempt})
+                warning = self.queue_config.delay_warning
+                if warning and not entry.delay_notified and now - entry.arrival >= warning:
+                    entry.delay_notified = True
+                    outcomes.append({"delay_notified": True})
+                    notices.append((Action.DELAYED,
+                                    [entry.recipients[i] for i in entry.pending()]))
+        fresh = [o for o in outcomes if "i" in o]
+        failed = [entry.recipients[int(str(o["i"]))] for o in fresh if o["status"] == "failed"]
+        succeeded = [entry.recipients[int(str(o["i"]))] for o in fresh
+                     if o["status"] in ("delivered", "relayed")
+                     and "SUCCESS" in (entry.recipients[int(str(o["i"]))].notify or [])]
+        if failed:
+            notices.append((Action.FAILED, failed))
+        if succeeded:
+            notices.append((Action.DELIVERED, succeeded))
+        # Log what a restart must not repeat. A fully delivered entry of local copies only
+        # needs no log: it is removed next, and its copies are found by name if it is not.
+        only_local = all(o.get("local") and o["status"] == "delivered" for o in fresh)
+        if not (entry.done() and only_local and not notices):
+            await asyncio.to_thread(self.spool.record, entry.id,
+                                    [{k: v for k, v in o.items() if k != "local"}
+                                     for o in outcomes])
+        for action, recipients in notices:
+            await self._notify(entry, message, action, recipients, now)
+        if entry.done():
+            await asyncio.to_thread(self.spool.remove, entry.id)
+            self.entries.pop(entry.id, None)
+            self._recovered.discard(entry.id)
+        else:
+            self._schedule(entry.id, entry.next_attempt)
+
+    async def _notify(self, entry: SpoolEntry, message: bytes, action: Action,
+                      recipients: list[SpoolRecipient], now: float) -> None:
+        until = entry.arrival + self.queue_config.max_lifetime
+        built = reports.build(
+            entry, message,
+            [reports.report(r, Action.RELAYED if action is Action.DELIVERED
+                            and r.status == "relayed" else action, now=now,
+                            will_retry_until=until if action is Action.DELAYED else None)
+             for r in recipients],
+            hostname=self.config.hostname, now=now)
+        if not isinstance(built, Dsn):
+            log.info("id=%s no %s notice: %s", entry.id, action.value, built.reason.value)
+            return
+        dsn_entry = await self.new_entry(mail_from="", recipients=[built.envelope_recipient],
+                                         size=len(built.message), smtputf8=built.needs_smtputf8,
+                                         body_8bit=built.needs_8bitmime,
+                                         source={"dsn_for": entry.id})
+        if dsn_entry is None:
+            log.warning("id=%s %s notice for <%s> not sent: the address cannot be used",
+                        entry.id, action.value, printable(built.envelope_recipient))
+            return
+        try:
+            await self.enqueue(dsn_entry, built.message)
+        except DeliveryError as exc:
+            log.error("id=%s %s notice not queued: %s", entry.id, action.value, exc)
+            return
+        log.info("id=%s %s notice queued as %s to <%s>", entry.id, action.value, dsn_entry.id,
+                 printable(built.envelope_recipient))
+
+    async def new_entry(self, *, mail_from: str, recipients: list[str], size: int,
+                        smtputf8: bool = False, body_8bit: bool = False,
+                        source: dict[str, str] | None = None) -> SpoolEntry | None:
+        """An entry for mail we send ourselves (DSNs): local recipients resolved now."""
+        out: list[SpoolRecipient] = []
+        for address in recipients:
+            domain = address.rpartition("@")[2].lower().rstrip(".")
+            if not domain:
+                return None
+            if self.config.is_local_domain(domain):
+                account = await self.directory.lookup(canonical(address))
+                if account is None:
+                    if domain not in self.queue_config.fallback_routes:
+                        return None
+                    out.append(SpoolRecipient(address, "remote"))
+                    continue
+                out.append(SpoolRecipient(address, "local", account.name))
+            else:
+                out.append(SpoolRecipient(address, "remote"))
+        now = self.clock()
+        return SpoolEntry(id=new_id(now), mail_from=mail_from, recipients=out, arrival=now,
+                          size=size, smtputf8=smtputf8, body_8bit=body_8bit,
+                          source=source or {})
+
+    # -- administrator requests (`mailkeep queue ...`) -------------------------------------
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONTROL_INTERVAL)
+            try:
+                requests = await asyncio.to_thread(_read_control, self.spool)
+            except OSError as exc:
+                log.error("queue control folder unreadable: %s", exc)
+                continue
+            for op, target in requests:
+                await self.control(op, target)
+
+    async def control(self, op: str, target: str) -> bool:
+        """retry ID|all, delete ID, hold ID, release ID. True if it applied to something."""
+        if op == "retry":
+            chosen = list(self.entries) if target == "all" else [target]
+            found = False
+            for entry_id in chosen:
+                entry = self.entries.get(entry_id)
+                if entry is None or entry.hold:
+                    continue
+                found = True
+                entry.next_attempt = self.clock()
+                self._schedule(entry_id, entry.next_attempt)
+            return found
+        entry = self.entries.get(target)
+        if entry is None:
+            return False
+        if op == "delete":
+            running = self._running.get(target)
+            if running is not None:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+            await asyncio.to_thread(self.spool.remove, target)
+            self.entries.pop(target, None)
+            log.info("id=%s deleted from the queue by the administrator", target)
+            return True
+        if op in ("hold", "release"):
+            entry.hold = op == "hold"
+            await asyncio.to_thread(self.spool.record, target, [{"hold": entry.hold}])
+            if not entry.hold:
+                self._schedule(target, self.clock())
+            return True
+        return False
+
+
+def _read_control(spool: Spool) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for path in sorted(spool.control.iterdir()):
+        op, _, target = path.name.partition("-")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if op in ("retry", "delete", "hold", "release") and target:
+            out.append((op, target))
+    return out
+
+
+def _outbound_recipient(rcpt: SpoolRecipient) -> Recipient:
+    if rcpt.notify is None:
+        notify: tuple[str, ...] = ()
+    elif not rcpt.notify:
+        notify = ("NEVER",)
+    else:
+        notify = tuple(rcpt.notify)
+    orcpt = rcpt.orcpt[1] if rcpt.orcpt else None
+    return Recipient(rcpt.address, notify=notify, orcpt=orcpt)
+
+
+def _status_of(reply: str) -> str:
+    parts = reply.split(" ", 2)
+    if len(parts) >= 2 and parts[1].count(".") == 2 and parts[1][0] in "245":
+        return parts[1]
+    return ""
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"

@@ -1,0 +1,245 @@
+"""The durable spool: an accepted message is one file on disk before the client hears 250.
+
+Layout under DATA_DIR/spool/:
+
+    incoming/ID        being written (a crash leaves it here: removed at start-up)
+    queue/ID           committed: a header line, the envelope as JSON, then the message
+    queue/ID.log       per-recipient outcomes, appended (one JSON object per line, fsynced)
+    control/OP-ID      requests from `mailkeep queue ...` (retry, delete, flush)
+
+Writing an entry is tmp -> fsync -> rename into queue/ -> fsync of queue/, like a Maildir
+delivery: the rename is the commit, so a crash leaves either no entry or a whole one. The
+outcome log is appended with fsync before an outcome counts, so a restart never repeats a
+recipient the log says is done; local deliveries are also made idempotent by their Maildir
+file name (relay/local.py), so even an unlogged delivery is not repeated.
+
+Blocking file work: every function here runs off the event loop (the runner calls them in
+a thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mailkeep.fsmodes import make_private_dirs
+from mailkeep.store.base import DeliveryError, DiskFull
+from mailkeep.store.maildir.durable import fsync_dir
+
+MAGIC = b"MAILKEEP-SPOOL 1\n"
+# A spool file whose envelope line is longer than this is corrupt (100 recipients with
+# DSN parameters need about 60 KiB).
+MAX_ENVELOPE_OCTETS = 1024 * 1024
+
+RecipientKind = Literal["local", "remote"]
+Status = Literal["pending", "delivered", "relayed", "failed"]
+
+
+class SpoolError(Exception):
+    """A spool file cannot be read (corrupt or truncated): ours, logged and set aside."""
+
+
+@dataclass(slots=True)
+class SpoolRecipient:
+    address: str                       # as the client gave it (RCPT TO)
+    kind: RecipientKind
+    account: str | None = None         # local: the account whose INBOX receives it
+    route: str | None = None           # remote: a route forced at accept (fallback_route)
+    notify: list[str] | None = None    # RFC 3461 NOTIFY (None: not given; []: NEVER)
+    orcpt: list[str] | None = None     # RFC 3461 ORCPT decoded: [addr-type, address]
+    status: Status = "pending"
+    reply: str = ""                    # the last reply or reason (for DSNs and `queue show`)
+    remote_mta: str = ""
+    dsn_status: str = ""               # enhanced status code of the outcome
+
+
+@dataclass(slots=True)
+class SpoolEntry:
+    id: str
+    mail_from: str                     # "" for the null sender <>
+    recipients: list[SpoolRecipient]
+    arrival: float                     # epoch seconds
+    size: int
+    ret: str | None = None             # RFC 3461 RET (FULL / HDRS)
+    envid: str | None = None           # RFC 3461 ENVID (xtext as received)
+    smtputf8: bool = False
+    body_8bit: bool = False
+    source: dict[str, str] = field(default_factory=dict)  # listener, client ip, user
+    attempts: int = 0
+    next_attempt: float = 0.0
+    delay_notified: bool = False
+    hold: bool = False                 # set aside by the administrator or a corrupt file
+
+    def pending(self) -> list[int]:
+        return [i for i, r in enumerate(self.recipients) if r.status == "pending"]
+
+    def done(self) -> bool:
+        return not self.pending()
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SpoolEntry:
+        raw: dict[str, Any] = json.loads(data)
+        recipients = [SpoolRecipient(**r) for r in raw.pop("recipients")]
+        return cls(recipients=recipients, **raw)
+
+
+def new_id(now: float | None = None) -> str:
+    """Sortable by arrival, unique: microseconds since the epoch in hex, then randomness."""
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros:013x}{secrets.token_hex(3)}"
+
+
+def _valid_id(name: str) -> bool:
+    return 8 <= len(name) <= 64 and all(c in "0123456789abcdef" for c in name)
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.queue = root / "queue"
+        self.control = root / "control"
+
+    def prepare(self) -> int:
+        """Create the folders (0700) and remove half-written entries; how many went."""
+        for folder in (self.incoming, self.queue, self.control):
+            make_private_dirs(folder)
+        removed = 0
+        for leftover in self.incoming.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    # -- writing --------------------------------------------------------------------------
+
+    def accept(self, entry: SpoolEntry, message: bytes) -> None:
+        """Write the entry durably. DiskFull when there is no space (452 4.3.1), DeliveryError
+        for any other failure (451 4.3.0); either way nothing is left in queue/."""
+        tmp = self.incoming / entry.id
+        envelope = entry.to_json()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(MAGIC)
+                    out.write(envelope)
+                    out.write(b"\n")
+                    out.write(message)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.queue / entry.id)
+            fsync_dir(self.queue)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"spool: {exc.strerror}") from exc
+            raise DeliveryError(f"spool: {exc.strerror or exc}") from exc
+
+    def record(self, entry_id: str, outcomes: list[dict[str, Any]]) -> None:
+        """Append outcomes to the entry's log and fsync: once this returns they survive a
+        crash. Each outcome is {"i": recipient index, "status": ..., "reply": ..., ...} or
+        {"attempts": n, "next": t} / {"delay_notified": true} / {"hold": bool}."""
+        if not outcomes:
+            return
+        data = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n"
+                        for o in outcomes)
+        fd = os.open(self.queue / f"{entry_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def remove(self, entry_id: str) -> None:
+        """Forget a finished entry (no fsync: an entry that comes back after a crash is
+        found finished by its log, or its local copies by their names)."""
+        for name in (entry_id, f"{entry_id}.log"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.queue / name).unlink()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        return sorted(p.name for p in self.queue.iterdir() if _valid_id(p.name))
+
+    def load(self, entry_id: str) -> SpoolEntry:
+        """The entry's envelope with every logged outcome applied. SpoolError."""
+        path = self.queue / entry_id
+        try:
+            with path.open("rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    raise SpoolError(f"{entry_id}: not a spool file")
+                line = f.readline(MAX_ENVELOPE_OCTETS + 1)
+        except FileNotFoundError:
+            raise SpoolError(f"{entry_id}: gone") from None
+        if not line.endswith(b"\n"):
+            raise SpoolError(f"{entry_id}: envelope truncated or too long")
+        try:
+            entry = SpoolEntry.from_json(line)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SpoolError(f"{entry_id}: bad envelope: {exc}") from None
+        for outcome in self._log(entry_id):
+            apply(entry, outcome)
+        return entry
+
+    def _log(self, entry_id: str) -> Iterator[dict[str, Any]]:
+        try:
+            data = (self.queue / f"{entry_id}.log").read_bytes()
+        except FileNotFoundError:
+            return
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue  # a torn last line (crash mid-append): not fsynced, not counted
+
+    def message(self, entry_id: str) -> bytes:
+        """The spooled message itself (after the envelope line)."""
+        with (self.queue / entry_id).open("rb") as f:
+            f.read(len(MAGIC))
+            f.readline(MAX_ENVELOPE_OCTETS + 1)
+            return f.read()
+
+    def entries(self) -> Iterator[SpoolEntry | SpoolError]:
+        for entry_id in self.ids():
+            try:
+                yield self.load(entry_id)
+            except SpoolError as exc:
+                yield exc
+
+
+def apply(entry: SpoolEntry, outcome: dict[str, Any]) -> None:
+    """Apply one logged outcome to the in-memory entry."""
+    if "i" in outcome:
+        i = int(outcome["i"])
+        if 0 <= i < len(entry.recipients):
+            rcpt = entry.recipients[i]
+            rcpt.status = outcome.get("status", rcpt.status)
+            rcpt.reply = outcome.get("reply", rcpt.reply)
+            rcpt.remote_mta = outcome.get("remote_mta", rcpt.remote_mta)
+            rcpt.dsn_status = outcome.get("dsn_status", rcpt.dsn_status)
+        return
+    if "attempts" in outcome:
+        entry.attempts = int(outcome["attempts"])
+        entry.next_attempt = float(outcome.get("next", entry.next_attempt))
+    if outcome.get("delay_notified"):
+        entry.delay_notified = True
+    if "hold" in outcome:
+        entry.hold = bool(outcome["hold"])
