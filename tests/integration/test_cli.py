@@ -79,7 +79,8 @@ def test_check_config_reports_every_problem(tmp_path: Path) -> None:
         "colour = 1\n"
         "[tls]\ncert = 1\n"
         "[submission]\nmax_recipients = 0\n"
-        "[listeners.sub]\nprotocol = \"gopher\"\ntls = \"maybe\"\nbind = [\"0.0.0.0:99999\", \"x\"]\n"
+        "[listeners.sub]\nprotocol = \"gopher\"\ntls = \"maybe\"\n"
+        "bind = [\"0.0.0.0:99999\", \"x\"]\n"
     )
     r = mk("check-config", "--config", str(cfg))
     assert r.returncode == 78

@@ -585,8 +585,8 @@ def test_fetch_every_item_of_a_submitted_multipart(imapd: RunningDaemon) -> None
     assert f["BODY[HEADER.FIELDS (FROM SUBJECT)]"] == (
         b"From: Alice Smith <alice@example.test>\r\n"
         b"Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= multipart\r\n\r\n")
-    assert f["BODY[HEADER.FIELDS.NOT (RECEIVED RETURN-PATH)]"] == MULTIPART.split(b"\r\n\r\n")[0] + (
-        b"\r\n\r\n")
+    head = MULTIPART.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert f["BODY[HEADER.FIELDS.NOT (RECEIVED RETURN-PATH)]"] == head
     assert f["BODY[1.1]"] == PLAIN_BODY
     assert f["BODY[1.2]"] == HTML_BODY
     assert f["BODY[2]"] == ATTACHMENT_BODY
