@@ -99,6 +99,7 @@ class Daemon:
             raise StartupError([f"data_dir: {config.data_dir} is not writable: {exc.strerror}"]) \
                 from None
         self.store = MaildirStore(config.data_dir)
+        self.store.start_feed()
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
             log.info("removed %d stale files from Maildir tmp/ folders", removed)
@@ -246,6 +247,7 @@ class Daemon:
         if self.directory is not None:
             await self.directory.close()
         if self.store is not None:
+            await self.store.stop_feed()
             await asyncio.to_thread(self.store.close)  # waits for deliveries in flight
         log.info("stopped")
 

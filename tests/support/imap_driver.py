@@ -18,6 +18,8 @@ from mailkeep.proto.imap.events import (
     AuthRequest,
     Close,
     Execute,
+    Idle,
+    IdleDone,
     Reply,
     StartTls,
 )
@@ -101,8 +103,10 @@ class FakeImapDriver:
                 m.tls_started()
             elif isinstance(ev, Execute):
                 assert self.executor is not None
-                outcome = run_sync(self.executor.run(ev.command))
-                m.executed(outcome.tagged, outcome.status, outcome.state, outcome.close)
+                outcome = run_sync(self.executor.run(ev.command, ev.session))
+                m.executed(outcome)
+            elif isinstance(ev, Idle | IdleDone):
+                pass  # no change feed here: the transcript sends DONE itself
             elif isinstance(ev, Close):
                 self.closed = ev.reason
                 return

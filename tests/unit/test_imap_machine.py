@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 from mailkeep.config.load import parse_config
 from mailkeep.config.model import ImapConfig
 from mailkeep.proto.imap import listing
-from mailkeep.proto.imap.events import State
+from mailkeep.proto.imap.events import Outcome, State
 from mailkeep.proto.imap.fetch import date_time, needs_message
 from mailkeep.proto.imap.grammar import FetchItem
 from mailkeep.proto.imap.machine import COMMANDS_BY_STATE, ImapMachine, command_word
 from mailkeep.proto.imap.mime import parse_message
 from mailkeep.proto.imap.mimecache import MimeCache
+from mailkeep.proto.imap.session import Selected
 from mailkeep.store.memory import MemoryStore
 from tests.support.imap_driver import FakeImapDriver, new_driver, run_sync, seeded_store
 
@@ -132,7 +133,7 @@ def test_machine_refuses_answers_it_did_not_ask_for() -> None:
     with pytest.raises(RuntimeError):
         m.tls_started()
     with pytest.raises(RuntimeError):
-        m.executed(b"a OK\r\n", "OK")
+        m.executed(Outcome("OK", "done"))
 
 
 # -- totality --------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_select_and_fetch_flags_uid_size_read_no_message() -> None:
 def test_examine_keeps_recent_for_select() -> None:
     store = seeded_store()
     a = logged_in(store, select="INBOX")
-    assert a.executor is not None and a.executor.view is not None
+    assert isinstance(a.machine.session, Selected)  # the view lives in the state
     store2 = seeded_store()
     b = logged_in(store2, select=None)
     b.feed(b"e EXAMINE INBOX\r\n")

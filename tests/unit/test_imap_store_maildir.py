@@ -18,9 +18,9 @@ from mailkeep.store import (
     FlagMode,
     FolderExists,
     FolderNotAllowed,
-    ImapStore,
     InvalidName,
     KeywordLimit,
+    MailStore,
     NoSuchFolder,
     mutf7,
 )
@@ -47,8 +47,8 @@ def root(tmp_path: Path) -> Path:
 
 def test_both_stores_are_imap_stores(tmp_path: Path) -> None:
     s = MaildirStore(tmp_path)
-    assert isinstance(s, ImapStore)
-    assert isinstance(MemoryStore(), ImapStore)
+    assert isinstance(s, MailStore)
+    assert isinstance(MemoryStore(), MailStore)
     s.close()
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Any
 
 from mailkeep.config.model import ListenerConfig
 from mailkeep.proto.imap.events import (
@@ -20,17 +20,20 @@ from mailkeep.proto.imap.events import (
     AuthRequest,
     Close,
     Execute,
+    Idle,
+    IdleDone,
+    Outcome,
     Reply,
     StartTls,
 )
 from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, UNAVAILABLE, ImapMachine
-from mailkeep.proto.imap.render import tagged, untagged_status
+from mailkeep.proto.imap.render import untagged_status
+from mailkeep.proto.imap.session import Selected
 from mailkeep.server import auth, starttls
 from mailkeep.server.imap_commands import ImapExecutor
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import Services
 from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
-from mailkeep.store.base import ImapStore
 
 log = logging.getLogger("mailkeep.imap")
 
@@ -52,6 +55,9 @@ class ImapSession(StreamSession):
         super().__init__(services, listener, tls_context, slot)
         self.machine: ImapMachine | None = None
         self.executor: ImapExecutor | None = None
+        # The selected mailbox (also inside machine.session): kept here so that the change
+        # subscription is closed however the session ends.
+        self.selected: Selected | None = None
         self.bytes_out = 0
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
@@ -67,6 +73,9 @@ class ImapSession(StreamSession):
         return untagged_status("BYE", "Internal error, try again later.", UNAVAILABLE)
 
     async def _release(self) -> None:
+        if self.selected is not None:
+            self.selected.leave()
+            self.selected = None
         if self.machine is not None:
             self.machine.release()
         if self.account is not None:
@@ -110,9 +119,19 @@ class ImapSession(StreamSession):
                     raise SessionFinished("shutdown")
                 await self._drain()
                 timeout = self.idle_timeout(cfg.idle_timeout)
-                machine.receive_data(await self._read(reader, timeout))
+                if machine.idling:
+                    machine.receive_data(await self._idle_read(reader, timeout))
+                else:
+                    machine.receive_data(await self._read(reader, timeout))
             elif isinstance(event, Reply):
                 self._write(event.data)
+            elif isinstance(event, Idle):
+                # Changes since the last command are reported at once (RFC 2177 §3).
+                if self.selected is not None and self.selected.watch is not None \
+                        and self.selected.watch.pending():
+                    await self._idle_update(self.selected)
+            elif isinstance(event, IdleDone):
+                pass
             elif isinstance(event, AuthRequest):
                 await self._authenticate(machine, event)
             elif isinstance(event, StartTls):
@@ -125,6 +144,48 @@ class ImapSession(StreamSession):
                 raise SessionFinished(event.reason)
             else:  # PAUSED: a request was not answered (a bug in this driver)
                 raise RuntimeError(f"machine paused unexpectedly: {event!r}")
+
+    async def _idle_read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
+        """RFC 2177 IDLE: wait on the socket and on the selected mailbox's change feed at
+        once; changes are told to the client as they come, until it sends DONE."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        session = self.selected
+        watch = session.watch if session is not None else None
+        self.reading = True
+        read = asyncio.ensure_future(reader.read(READ_SIZE))
+        try:
+            while True:
+                change = asyncio.ensure_future(watch.next()) if watch is not None else None
+                waiting: set[asyncio.Future[Any]] = {read}
+                if change is not None:
+                    waiting.add(change)
+                done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if change is not None and not change.done():
+                    change.cancel()
+                if read in done:
+                    self.input_arrived()
+                    return read.result()
+                if change is not None and change in done and session is not None:
+                    await self._idle_update(session)
+                    continue
+                self._write(IDLE_REPLY)  # RFC 2177 §3: idle too long, logged out
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self._drain()
+                raise SessionFinished("idle timeout")
+        finally:
+            self.reading = False
+            if not read.done():
+                read.cancel()
+
+    async def _idle_update(self, session: Selected) -> None:
+        assert self.executor is not None
+        closing = await self.executor.sync(session, allow_expunge=True)
+        await self.executor.flush()
+        if closing is not None:
+            self.selected = None
+            raise SessionFinished(closing)
 
     async def _read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
         self.reading = True
@@ -168,9 +229,9 @@ class ImapSession(StreamSession):
             machine.auth_failed(request.tag, "LIMIT", refusal[0].upper() + refusal[1:] + ".")
             return
         self.account = account
-        self.executor = ImapExecutor(cast(ImapStore, services.store), account.name,
+        self.executor = ImapExecutor(services.store, account.name,
                                      services.mime_cache, self._write, self._drain,
-                                     conn_id=self.conn_id)
+                                     conn_id=self.conn_id, session_id=id(self))
         machine.auth_succeeded(request.tag, account.name)
 
     async def _starttls(self, machine: ImapMachine, request: StartTls,
@@ -197,15 +258,16 @@ class ImapSession(StreamSession):
             raise RuntimeError("store command before login")
         command = request.command
         try:
-            outcome = await self.executor.run(command)
+            outcome = await self.executor.run(command, request.session)
         except (ConnectionError, OSError, SessionFinished):
             raise
         except Exception:
             log.exception("conn=%s %s failed", self.conn_id, command.name)
-            machine.executed(tagged(command.tag, "NO", "Internal error, try again.",
-                                    UNAVAILABLE), "NO")
+            machine.executed(Outcome("NO", "Internal error, try again.", UNAVAILABLE))
             return
-        machine.executed(outcome.tagged, outcome.status, outcome.state, outcome.close)
+        if outcome.session is not None:
+            self.selected = outcome.session if isinstance(outcome.session, Selected) else None
+        machine.executed(outcome)
 
 
 def refusal_line(reason: str) -> bytes:

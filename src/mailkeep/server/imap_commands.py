@@ -16,11 +16,11 @@ import itertools
 import logging
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import replace
 
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import listing, mutf7
-from mailkeep.proto.imap.events import State
+from mailkeep.proto.imap.events import Outcome
 from mailkeep.proto.imap.fetch import fetch_items, needs_message
 from mailkeep.proto.imap.mailboxview import RECENT, SEEN, MailboxView, flag_atoms
 from mailkeep.proto.imap.mime import MimePart, parse_message
@@ -29,11 +29,11 @@ from mailkeep.proto.imap.mutf7 import InvalidMailboxName
 from mailkeep.proto.imap.render import (
     fetch_response,
     response_code,
-    tagged,
     untagged,
     untagged_status,
 )
 from mailkeep.proto.imap.sequence import SequenceSet, compress
+from mailkeep.proto.imap.session import Authenticated, Selected, SessionState
 from mailkeep.proto.imap.values import Atom, Value
 from mailkeep.server import imap_search
 from mailkeep.server.slices import Slices, TooExpensive
@@ -41,7 +41,7 @@ from mailkeep.server.stream import SessionFinished
 from mailkeep.store.base import (
     FlagMode,
     FolderExists,
-    ImapStore,
+    MailStore,
     MessageGone,
     NoSuchFolder,
     StoreError,
@@ -70,14 +70,6 @@ _STORE_MODES = {g.StoreMode.REPLACE: FlagMode.SET, g.StoreMode.ADD: FlagMode.ADD
                 g.StoreMode.REMOVE: FlagMode.REMOVE}
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    tagged: bytes
-    status: str
-    state: State | None = None
-    close: str | None = None
-
-
 def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip() or "refused"
 
@@ -92,9 +84,13 @@ def _invalid_name(command: g.CommandType) -> bool:
 
 
 class ImapExecutor:
-    def __init__(self, store: ImapStore, account: str, cache: MimeCache,
+    """Runs store commands for one logged-in session. It keeps no session state of its own:
+    each command comes with the state it runs in (proto/imap/session.py), and the outcome
+    says which state follows. `view` is the selected mailbox *of the command being run*."""
+
+    def __init__(self, store: MailStore, account: str, cache: MimeCache,
                  write: Callable[[bytes], None], flush: Callable[[], Awaitable[None]], *,
-                 conn_id: str = "-") -> None:
+                 conn_id: str = "-", session_id: int = 0) -> None:
         self.store = store
         self.account = account
         self.cache = cache
@@ -102,18 +98,28 @@ class ImapExecutor:
         self._flush = flush
         self._pending = 0
         self.conn_id = conn_id
+        self.session_id = session_id
         self.view: MailboxView | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
     async def emit(self, data: bytes) -> None:
+        """The one channel for untagged output: command data and IDLE updates alike."""
         self._write(data)
         self._pending += len(data)
         if self._pending >= FLUSH_OCTETS:
             self._pending = 0
             await self._flush()
 
-    async def run(self, command: g.CommandType) -> Outcome:
+    async def flush(self) -> None:
+        if self._pending:
+            self._pending = 0
+            await self._flush()
+
+    async def run(self, command: g.CommandType, session: SessionState) -> Outcome:
+        """Run one command in `session` (Authenticated or Selected)."""
+        selected = session if isinstance(session, Selected) else None
+        self.view = selected.view if selected is not None else None
         selecting = isinstance(command, g.Select | g.Examine)
         try:
             outcome = await self._dispatch(command)
@@ -124,69 +130,85 @@ class ImapExecutor:
                 raise  # the driver logs it and answers NO [UNAVAILABLE]
             # Ours, but the state must still be mended (below), so it is answered here.
             log.exception("conn=%s %s failed", self.conn_id, command.name)
-            outcome = Outcome(tagged(command.tag, "NO", "Internal error, try again.",
-                                     "UNAVAILABLE"), "NO")
-        if selecting and outcome.state is None:
-            # RFC 3501 §6.3.1: a SELECT or EXAMINE that fails, for whatever reason, leaves
-            # no mailbox selected (_open dropped the view before trying).
+            outcome = Outcome("NO", "Internal error, try again.", "UNAVAILABLE")
+        finally:
             self.view = None
-            outcome = Outcome(outcome.tagged, outcome.status, State.AUTHENTICATED,
-                              outcome.close)
-        if self.view is not None and outcome.close is None and outcome.state in (
-                None, State.SELECTED):
+        if selecting and outcome.session is None:
+            # RFC 3501 §6.3.1: a SELECT or EXAMINE that fails, for whatever reason, leaves
+            # no mailbox selected.
+            outcome = replace(outcome, session=Authenticated(self.account))
+        new = outcome.session
+        if selected is not None and new is not None and new is not selected:
+            selected.leave()  # the old mailbox is no longer followed
+        current = new if new is not None else session
+        if isinstance(current, Selected) and outcome.close is None and (
+                current is not selected or self.should_sync(command, current)):
             # RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH without UID.
             quiet = isinstance(command, g.Fetch | g.Store | g.Search) and not command.uid
             uid_command = getattr(command, "uid", False) is True
-            closing = await self.sync(allow_expunge=not quiet, with_uid=uid_command)
-            if closing is not None:
-                return Outcome(outcome.tagged, outcome.status, close=closing)
-        if self._pending:
-            self._pending = 0
-            await self._flush()
+            if current is not selected:
+                current.watch = self.store.watch(self.account, current.view.folder,
+                                                 self.session_id)
+            else:
+                closing = await self.sync(current, allow_expunge=not quiet,
+                                          with_uid=uid_command)
+                if closing is not None:
+                    outcome = replace(outcome, session=Authenticated(self.account),
+                                      close=closing)
+        await self.flush()
         return outcome
+
+    @staticmethod
+    def should_sync(command: g.CommandType, session: Selected) -> bool:
+        """Does the end of this command need a look at the mailbox? When the change feed
+        says someone changed it, or the client asked (NOOP, CHECK: how clients poll), or the
+        command itself changed it; a session with no feed subscription always looks."""
+        if isinstance(command, g.Noop | g.Check | g.Store | g.Copy | g.Append | g.Expunge):
+            return True
+        # Expunges held back during a FETCH/STORE/SEARCH (RFC 3501 §7.4.1) are told at the
+        # first command that allows them.
+        return session.watch is None or session.watch.pending() or bool(session.view.gone)
 
     async def _dispatch(self, command: g.CommandType) -> Outcome:
         """The command's handler, with store errors turned into answers."""
-        tag = command.tag
         if _invalid_name(command):
             if isinstance(command, g.ListMailboxes | g.Lsub):
                 # RFC 3501 §6.3.8: LIST answers with the names that match; none can match
                 # a pattern that is not modified UTF-7.
-                return Outcome(tagged(tag, "OK", f"{command.name} completed."), "OK")
+                return Outcome("OK", f"{command.name} completed.")
             # RFC 5530 §3 CANNOT: no mailbox can ever have this name.
-            return Outcome(tagged(tag, "NO", "Mailbox name is not valid modified UTF-7.",
-                                  "CANNOT"), "NO")
-        handler: Callable[[g.CommandType], Awaitable[Outcome]] = getattr(
-            self, f"_cmd_{command.name.lower()}")
+            return Outcome("NO", "Mailbox name is not valid modified UTF-7.", "CANNOT")
+        handler = HANDLERS[command.name]
         try:
-            return await handler(command)
+            return await handler(self, command)
         except NoSuchFolder as exc:
             code = "TRYCREATE" if isinstance(command, g.Append | g.Copy) else "NONEXISTENT"
-            return Outcome(tagged(tag, "NO", _clean(str(exc)), code), "NO")
+            return Outcome("NO", _clean(str(exc)), code)
         except FolderExists as exc:
-            return Outcome(tagged(tag, "NO", _clean(str(exc)), "ALREADYEXISTS"), "NO")
+            return Outcome("NO", _clean(str(exc)), "ALREADYEXISTS")
         except StoreRefusal as exc:
-            return Outcome(tagged(tag, "NO", _clean(str(exc))), "NO")
+            return Outcome("NO", _clean(str(exc)))
         except StoreError as exc:
             # Ours, not the client's (habit 5): logged, generic reply.
             log.error("conn=%s %s failed: %s", self.conn_id, command.name, exc)
-            return Outcome(tagged(tag, "NO", "Temporary server failure, try again.",
-                                  "UNAVAILABLE"), "NO")
+            return Outcome("NO", "Temporary server failure, try again.", "UNAVAILABLE")
 
-    async def sync(self, *, allow_expunge: bool, with_uid: bool = False) -> str | None:
+    async def sync(self, session: Selected, *, allow_expunge: bool,
+                   with_uid: bool = False) -> str | None:
         """Tell the client what changed in the selected mailbox; a close reason if the
         mailbox is gone or was recreated (RFC 3501 §2.3.1.1: UIDVALIDITY changed)."""
-        view = self.view
-        assert view is not None
+        view = session.view
+        if session.watch is not None:
+            session.watch.take()  # everything reported so far is looked at now
         try:
             snap = await self.store.snapshot(self.account, view.folder)
         except NoSuchFolder:
             await self.emit(untagged_status("BYE", "The selected mailbox was deleted."))
-            self.view = None
+            session.leave()
             return "selected mailbox deleted"
         if snap.uidvalidity != view.uidvalidity:
             await self.emit(untagged_status("BYE", "The selected mailbox was recreated."))
-            self.view = None
+            session.leave()
             return "UIDVALIDITY changed"
         claimed: Set[int] = frozenset()
         if snap.messages and snap.messages[-1].uid > view.largest_uid:
@@ -261,11 +283,11 @@ class ImapExecutor:
     # -- authenticated state --------------------------------------------------------------
 
     async def _cmd_noop(self, command: g.CommandType) -> Outcome:
-        return Outcome(tagged(command.tag, "OK", "NOOP completed."), "OK")
+        return Outcome("OK", "NOOP completed.")
 
     async def _cmd_check(self, command: g.CommandType) -> Outcome:
         # RFC 3501 §6.4.1: every change is durable when made; CHECK is a NOOP here.
-        return Outcome(tagged(command.tag, "OK", "CHECK completed."), "OK")
+        return Outcome("OK", "CHECK completed.")
 
     async def _cmd_select(self, command: g.CommandType) -> Outcome:
         return await self._open(command, readonly=False)
@@ -275,7 +297,8 @@ class ImapExecutor:
 
     async def _open(self, command: g.CommandType, *, readonly: bool) -> Outcome:
         assert isinstance(command, g.Select | g.Examine)
-        # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
+        # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected (run() makes the
+        # outcome say so whatever happens here).
         self.view = None
         try:
             if readonly:
@@ -286,8 +309,8 @@ class ImapExecutor:
                 recent = await self.store.claim_recent(self.account, command.mailbox)
                 snap = await self.store.snapshot(self.account, command.mailbox)
         except NoSuchFolder:
-            return Outcome(tagged(command.tag, "NO", "Mailbox does not exist.",
-                                  "NONEXISTENT"), "NO", State.AUTHENTICATED)
+            return Outcome("NO", "Mailbox does not exist.", "NONEXISTENT",
+                           session=Authenticated(self.account))
         view = MailboxView(command.mailbox, readonly=readonly, uidvalidity=snap.uidvalidity,
                            uidnext=snap.uidnext, records=snap.messages, recent=recent)
         await self.emit(view.flags_response())
@@ -302,51 +325,49 @@ class ImapExecutor:
         await self.emit(untagged_status("OK", "Predicted next UID.",
                                         response_code("UIDNEXT", snap.uidnext)))
         await self.emit(view.permanentflags_response())
-        self.view = view
         code = "READ-ONLY" if readonly else "READ-WRITE"
-        return Outcome(tagged(command.tag, "OK", f"{command.name} completed.", code), "OK",
-                       State.SELECTED)
+        return Outcome("OK", f"{command.name} completed.", code,
+                       session=Selected(self.account, view))
 
     async def _cmd_create(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Create)
         # RFC 3501 §6.3.3: a trailing delimiter only says inferiors will follow.
         name = command.mailbox.rstrip(listing.DELIMITER)
         if not name:
-            return Outcome(tagged(command.tag, "NO", "Invalid mailbox name."), "NO")
+            return Outcome("NO", "Invalid mailbox name.")
         if name.upper() == "INBOX":
-            return Outcome(tagged(command.tag, "NO", "INBOX always exists.",
-                                  "ALREADYEXISTS"), "NO")
+            return Outcome("NO", "INBOX always exists.", "ALREADYEXISTS")
         await self.store.create_folder(self.account, name)
-        return Outcome(tagged(command.tag, "OK", "CREATE completed."), "OK")
+        return Outcome("OK", "CREATE completed.")
 
     async def _cmd_delete(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Delete)
         await self.store.delete_folder(self.account, command.mailbox)
-        return Outcome(tagged(command.tag, "OK", "DELETE completed."), "OK")
+        return Outcome("OK", "DELETE completed.")
 
     async def _cmd_rename(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Rename)
         await self.store.rename_folder(self.account, command.mailbox,
                                        command.new_name.rstrip(listing.DELIMITER))
-        return Outcome(tagged(command.tag, "OK", "RENAME completed."), "OK")
+        return Outcome("OK", "RENAME completed.")
 
     async def _cmd_subscribe(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Subscribe)
         await self.store.subscribe(self.account, command.mailbox)
-        return Outcome(tagged(command.tag, "OK", "SUBSCRIBE completed."), "OK")
+        return Outcome("OK", "SUBSCRIBE completed.")
 
     async def _cmd_unsubscribe(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Unsubscribe)
         if not await self.store.unsubscribe(self.account, command.mailbox):
-            return Outcome(tagged(command.tag, "NO", "Not subscribed to that name."), "NO")
-        return Outcome(tagged(command.tag, "OK", "UNSUBSCRIBE completed."), "OK")
+            return Outcome("NO", "Not subscribed to that name.")
+        return Outcome("OK", "UNSUBSCRIBE completed.")
 
     async def _cmd_list(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.ListMailboxes)
         if command.pattern == "":
             # RFC 3501 §6.3.8: the hierarchy delimiter and the root name.
             await self.emit(untagged("LIST", [Atom("\\Noselect")], listing.DELIMITER, ""))
-            return Outcome(tagged(command.tag, "OK", "LIST completed."), "OK")
+            return Outcome("OK", "LIST completed.")
         regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
                                                                   command.pattern))
         for folder in await self.store.list_folders(self.account):
@@ -358,13 +379,13 @@ class ImapExecutor:
                                    else "\\HasNoChildren"))
             await self.emit(untagged("LIST", attributes, listing.DELIMITER,
                                      mutf7.encode(folder.name)))
-        return Outcome(tagged(command.tag, "OK", "LIST completed."), "OK")
+        return Outcome("OK", "LIST completed.")
 
     async def _cmd_lsub(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Lsub)
         if command.pattern == "":
             await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER, ""))
-            return Outcome(tagged(command.tag, "OK", "LSUB completed."), "OK")
+            return Outcome("OK", "LSUB completed.")
         regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
                                                                   command.pattern))
         subscribed = await self.store.subscriptions(self.account)
@@ -385,7 +406,7 @@ class ImapExecutor:
                     await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER,
                                              mutf7.encode(parent)))
                     break
-        return Outcome(tagged(command.tag, "OK", "LSUB completed."), "OK")
+        return Outcome("OK", "LSUB completed.")
 
     async def _cmd_status(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Status)
@@ -401,47 +422,44 @@ class ImapExecutor:
         for item in command.items:
             data += [Atom(item), values[item]]
         await self.emit(untagged("STATUS", mutf7.encode(command.mailbox), data))
-        return Outcome(tagged(command.tag, "OK", "STATUS completed."), "OK")
+        return Outcome("OK", "STATUS completed.")
 
     async def _cmd_append(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Append)
         if not command.message:
-            return Outcome(tagged(command.tag, "NO", "Cannot store an empty message."), "NO")
+            return Outcome("NO", "Cannot store an empty message.")
         flags = [f for f in command.flags if f != RECENT]
         uid = await self.store.append(self.account, command.mailbox, command.message, flags,
                                       command.internaldate)
         validity = await self.store.uidvalidity(self.account, command.mailbox)
         # RFC 4315 §3: APPENDUID lets clients (mbsync) learn the new UID without a search.
         code = response_code("APPENDUID", validity, uid)
-        return Outcome(tagged(command.tag, "OK", "APPEND completed.", code), "OK")
+        return Outcome("OK", "APPEND completed.", code)
 
     # -- selected state -------------------------------------------------------------------
 
     async def _cmd_close(self, command: g.CommandType) -> Outcome:
         view = self._selected()
-        self.view = None
         if not view.readonly:
             # RFC 3501 §6.4.2: expunge silently (no untagged EXPUNGE).
             with contextlib.suppress(NoSuchFolder):
                 await self.store.expunge(self.account, view.folder)
-        return Outcome(tagged(command.tag, "OK", "CLOSE completed."), "OK",
-                       State.AUTHENTICATED)
+        return Outcome("OK", "CLOSE completed.", session=Authenticated(self.account))
 
     async def _cmd_unselect(self, command: g.CommandType) -> Outcome:
-        self.view = None  # RFC 3691: like CLOSE without the expunge
-        return Outcome(tagged(command.tag, "OK", "UNSELECT completed."), "OK",
-                       State.AUTHENTICATED)
+        # RFC 3691: like CLOSE without the expunge.
+        return Outcome("OK", "UNSELECT completed.", session=Authenticated(self.account))
 
     async def _cmd_expunge(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Expunge)
         view = self._selected()
         if view.readonly:
-            return Outcome(tagged(command.tag, "NO", "Mailbox is read-only."), "NO")
+            return Outcome("NO", "Mailbox is read-only.")
         uids = None if command.uids is None else command.uids.select_uids(view.uids)
         removed = await self.store.expunge(self.account, view.folder, uids)
         for line in view.expunge(removed):
             await self.emit(line)
-        return Outcome(tagged(command.tag, "OK", "EXPUNGE completed."), "OK")
+        return Outcome("OK", "EXPUNGE completed.")
 
     def _bad_numbers(self, numbers: SequenceSet, uid: bool) -> bool:
         """RFC 3501 §9 seq-number: numbers above the mailbox size are invalid ("*" and
@@ -457,17 +475,15 @@ class ImapExecutor:
         except TooExpensive as exc:
             log.info("conn=%s SEARCH stopped after %s", self.conn_id, exc)
             # RFC 5530 §3 LIMIT; nothing else changed, the session goes on.
-            return Outcome(tagged(command.tag, "NO", "SEARCH too expensive, narrow it down.",
-                                  "LIMIT"), "NO")
+            return Outcome("NO", "SEARCH too expensive, narrow it down.", "LIMIT")
         await self.emit(untagged("SEARCH", *hits))
-        return Outcome(tagged(command.tag, "OK", "SEARCH completed."), "OK")
+        return Outcome("OK", "SEARCH completed.")
 
     async def _cmd_fetch(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Fetch)
         view = self._selected()
         if self._bad_numbers(command.sequence_set, command.uid):
-            return Outcome(tagged(command.tag, "BAD", "No such message sequence number."),
-                           "BAD")
+            return Outcome("BAD", "No such message sequence number.")
         items = list(command.items)
         if command.uid and not any(i.name == "UID" for i in items):
             items.insert(0, g.FetchItem("UID"))  # RFC 3501 §6.4.8
@@ -515,8 +531,8 @@ class ImapExecutor:
                          self.conn_id, uid, len(items), limit)
                 if parts is not None:
                     await parts.aclose()
-                return Outcome(tagged(command.tag, "NO", "FETCH response too large, ask for "
-                                      "fewer or smaller sections.", "LIMIT"), "NO")
+                return Outcome("NO", "FETCH response too large, ask for "
+                                      "fewer or smaller sections.", "LIMIT")
             if uid in changed and not wants_flags:
                 values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
             await self.emit(fetch_response(seq, values))
@@ -524,17 +540,16 @@ class ImapExecutor:
                 await clock.pause()
         if missing:
             # RFC 2180 §4.1.3: some of the messages were expunged by another session.
-            return Outcome(tagged(command.tag, "NO", "Some messages were expunged."), "NO")
-        return Outcome(tagged(command.tag, "OK", "FETCH completed."), "OK")
+            return Outcome("NO", "Some messages were expunged.")
+        return Outcome("OK", "FETCH completed.")
 
     async def _cmd_store(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Store)
         view = self._selected()
         if self._bad_numbers(command.sequence_set, command.uid):
-            return Outcome(tagged(command.tag, "BAD", "No such message sequence number."),
-                           "BAD")
+            return Outcome("BAD", "No such message sequence number.")
         if view.readonly:
-            return Outcome(tagged(command.tag, "NO", "Mailbox is read-only."), "NO")
+            return Outcome("NO", "Mailbox is read-only.")
         pairs = view.resolve(command.sequence_set, uid=command.uid)
         flags = [f for f in command.flags if f != RECENT]  # \Recent is the server's
         uids = [u for _, u in pairs if u not in view.gone]
@@ -557,29 +572,54 @@ class ImapExecutor:
                 await self.emit(fetch_response(seq, values))
                 if clock.due():
                     await clock.pause()
-        return Outcome(tagged(command.tag, "OK", "STORE completed."), "OK")
+        return Outcome("OK", "STORE completed.")
 
     async def _cmd_copy(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Copy)
         view = self._selected()
         if self._bad_numbers(command.sequence_set, command.uid):
-            return Outcome(tagged(command.tag, "BAD", "No such message sequence number."),
-                           "BAD")
+            return Outcome("BAD", "No such message sequence number.")
         uids = [u for _, u in view.resolve(command.sequence_set, uid=command.uid)
                 if u not in view.gone]
         if not await self.store.folder_exists(self.account, command.mailbox):
             raise NoSuchFolder("Mailbox does not exist.")
         if not uids:
-            return Outcome(tagged(command.tag, "OK", "COPY completed."), "OK")
+            return Outcome("OK", "COPY completed.")
         mapping = await self.store.copy(self.account, view.folder, uids, command.mailbox)
         if not mapping:
-            return Outcome(tagged(command.tag, "OK", "COPY completed."), "OK")
+            return Outcome("OK", "COPY completed.")
         validity = await self.store.uidvalidity(self.account, command.mailbox)
         sources = sorted(mapping)
         # RFC 4315 §3: COPYUID uidvalidity source-set dest-set, in corresponding order.
         code = (f"COPYUID {validity} {_uid_list(sources)} "
                 f"{_uid_list([mapping[s] for s in sources])}")
-        return Outcome(tagged(command.tag, "OK", "COPY completed.", code), "OK")
+        return Outcome("OK", "COPY completed.", code)
+
+
+# RFC 3501 §6: the store commands, by name (habit 2: dispatch is a table; the machine
+# answers the others itself and checks the state table before any of these runs).
+HANDLERS: dict[str, Callable[[ImapExecutor, g.CommandType], Awaitable[Outcome]]] = {
+    "NOOP": ImapExecutor._cmd_noop,
+    "CHECK": ImapExecutor._cmd_check,
+    "SELECT": ImapExecutor._cmd_select,
+    "EXAMINE": ImapExecutor._cmd_examine,
+    "CREATE": ImapExecutor._cmd_create,
+    "DELETE": ImapExecutor._cmd_delete,
+    "RENAME": ImapExecutor._cmd_rename,
+    "SUBSCRIBE": ImapExecutor._cmd_subscribe,
+    "UNSUBSCRIBE": ImapExecutor._cmd_unsubscribe,
+    "LIST": ImapExecutor._cmd_list,
+    "LSUB": ImapExecutor._cmd_lsub,
+    "STATUS": ImapExecutor._cmd_status,
+    "APPEND": ImapExecutor._cmd_append,
+    "CLOSE": ImapExecutor._cmd_close,
+    "UNSELECT": ImapExecutor._cmd_unselect,
+    "EXPUNGE": ImapExecutor._cmd_expunge,
+    "SEARCH": ImapExecutor._cmd_search,
+    "FETCH": ImapExecutor._cmd_fetch,
+    "STORE": ImapExecutor._cmd_store,
+    "COPY": ImapExecutor._cmd_copy,
+}
 
 
 def _uid_list(uids: Sequence[int]) -> str:

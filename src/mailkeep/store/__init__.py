@@ -8,7 +8,6 @@ from mailkeep.store.base import (
     FolderInfo,
     FolderNotAllowed,
     FolderSnapshot,
-    ImapStore,
     InvalidName,
     KeywordLimit,
     Maildrop,
@@ -24,6 +23,6 @@ from mailkeep.store.base import (
 )
 
 __all__ = ["DeliveryError", "DiskFull", "FlagMode", "FolderExists", "FolderInfo",
-           "FolderNotAllowed", "FolderSnapshot", "ImapStore", "InvalidName", "KeywordLimit",
+           "FolderNotAllowed", "FolderSnapshot", "InvalidName", "KeywordLimit",
            "MailStore", "Maildrop", "MaildropLock", "MessageGone", "MessageInfo",
            "MessageRecord", "NoSuchFolder", "StoreError", "StoreFull", "StoreRefusal"]

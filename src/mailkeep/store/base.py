@@ -6,7 +6,10 @@ import enum
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mailkeep.store.changes import Watch
 
 
 class DeliveryError(Exception):
@@ -88,39 +91,6 @@ class MaildropLock(Protocol):
     async def release(self) -> None: ...
 
 
-@runtime_checkable
-class MailStore(Protocol):
-    async def deliver(self, mailbox: str, message: bytes) -> str:
-        """Store one message in the INBOX of account `mailbox`, durably, before returning.
-
-        Returns the stored message's unique name. Raises DeliveryError."""
-        ...
-
-    async def messages(self, mailbox: str) -> list[bytes]:
-        """Every message in the INBOX, oldest first (read-side used by tests and later doors)."""
-        ...
-
-    async def lock_maildrop(self, mailbox: str) -> MaildropLock | None:
-        """Take the exclusive maildrop lock, or None if another session holds it."""
-        ...
-
-    async def maildrop(self, mailbox: str) -> Maildrop:
-        """The INBOX listing with UIDs and sizes; never reads message bodies. StoreError."""
-        ...
-
-    def read(self, mailbox: str, key: str) -> AsyncIterator[bytes]:
-        """The stored message in chunks (never all at once). MessageGone / StoreError."""
-        ...
-
-    async def mark_seen(self, mailbox: str, keys: list[str]) -> None:
-        """Set \\Seen (Maildir: new/NAME -> cur/NAME:2,S). Gone messages are skipped."""
-        ...
-
-    async def delete(self, mailbox: str, keys: list[str]) -> int:
-        """Remove messages durably; returns how many were removed (gone ones are not errors)."""
-        ...
-
-
 def to_crlf(chunk: bytes, after_cr: bool = False) -> bytes:
     """Bare LF -> CRLF (Dovecot stores LF by default; IMAP sizes and literals are CRLF).
     `after_cr`: the previous chunk ended with CR, so a leading LF completes a CRLF."""
@@ -177,7 +147,53 @@ class FolderSnapshot:
 
 
 @runtime_checkable
-class ImapStore(Protocol):
+class MailStore(Protocol):
+    """What every door asks of storage, keyed by account and folder. Folder names are
+    decoded str ("INBOX", "Entwürfe", "Archive.2026"); refusals raise StoreRefusal
+    subclasses, failures StoreError (DeliveryError for deliveries).
+
+    Delivery and POP3 work on the INBOX; IMAP on any folder. Every change is published on
+    the change feed (store/changes.py): watch() follows one folder."""
+
+    # delivery (the spool's runner)
+    async def deliver(self, account: str, message: bytes) -> str:
+        """Store one message in the account's INBOX, durably, before returning; its unique
+        name. DeliveryError (DiskFull when there is no space)."""
+        ...
+
+    async def deliver_once(self, account: str, message: bytes, base: str,
+                           check: bool = False) -> bool:
+        """Deliver under a name fixed by the caller; with `check`, a message of that name
+        already there means it was delivered (False, nothing written)."""
+        ...
+
+    async def messages(self, account: str) -> list[bytes]:
+        """Every message in the INBOX, oldest first (for tests and tools)."""
+        ...
+
+    # POP3 (RFC 1939): the INBOX as a maildrop
+    async def lock_maildrop(self, account: str) -> MaildropLock | None:
+        """Take the exclusive maildrop lock, or None if another session holds it."""
+        ...
+
+    async def maildrop(self, account: str) -> Maildrop:
+        """The INBOX listing with UIDs and sizes; never reads message bodies. StoreError."""
+        ...
+
+    def read(self, account: str, key: str) -> AsyncIterator[bytes]:
+        """An INBOX message in chunks (never all at once). MessageGone / StoreError."""
+        ...
+
+    async def mark_seen(self, account: str, keys: list[str]) -> None:
+        """Set \\Seen (Maildir: new/NAME -> cur/NAME:2,S). Gone messages are skipped."""
+        ...
+
+    async def delete(self, account: str, keys: list[str]) -> int:
+        """Remove INBOX messages durably; how many were removed (gone ones are not
+        errors)."""
+        ...
+
+    # IMAP (RFC 3501): folders and messages
     """What an IMAP session asks of storage. Folder names are decoded str ("Entwürfe",
     "Archive.2026"); refusals raise StoreRefusal subclasses, failures StoreError."""
 
@@ -232,3 +248,8 @@ class ImapStore(Protocol):
         ...
 
     def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]: ...
+
+    # the change feed
+    def watch(self, account: str, folder: str, session: int = 0) -> Watch:
+        """Follow one folder's changes (and the account's folder tree)."""
+        ...

@@ -5,17 +5,24 @@ event, pauses, and resumes when the driver calls the matching answer method:
 
     AuthRequest  -> machine.auth_succeeded(account) / machine.auth_failed(code, text)
     StartTls     -> write `reply`, handshake, machine.tls_started() / machine.tls_failed()
-    Execute      -> run the command against the store (server/imap_commands.py), write its
-                    untagged data, then machine.executed(tagged_line, status, state)
+    Execute      -> run the command against the store (server/imap_commands.py) in the
+                    session state it carries, write its untagged data, then
+                    machine.executed(Outcome(...))
+    Idle         -> RFC 2177: until IdleDone, wait on the socket *and* on the selected
+                    mailbox's changes, writing untagged updates as they come (no answer)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING, Literal
 
 from mailkeep.proto.imap.grammar import CommandType
 from mailkeep.proto.sasl import Credentials
+
+if TYPE_CHECKING:
+    from mailkeep.proto.imap.session import SessionState
 
 
 class State(Enum):
@@ -66,9 +73,37 @@ class StartTls:
 
 @dataclass(frozen=True, slots=True)
 class Execute:
-    """A command that touches the store, already checked against the state table."""
+    """A command that touches the store, already checked against the state table, and the
+    session state to run it in (Authenticated or Selected)."""
 
     command: CommandType
+    session: SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command came to, typed: the machine renders the tagged line. `session` is the
+    new state when the command changed it (SELECT, CLOSE, a failed SELECT...); `close` a
+    reason to end the connection after the reply."""
+
+    status: Literal["OK", "NO", "BAD"]
+    text: str
+    code: str | None = None
+    session: SessionState | None = None
+    close: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """RFC 2177 IDLE began (the continuation is written): until IdleDone, the driver waits
+    on the socket and on the change feed at once."""
+
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdleDone:
+    """IDLE ended (the tagged reply comes as a Reply just before)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,4 +113,5 @@ class Close:
     reason: str
 
 
-Event = Reply | AuthRequest | StartTls | Execute | Close | NeedData | Paused
+Event = (Reply | AuthRequest | StartTls | Execute | Idle | IdleDone | Close | NeedData
+         | Paused)

@@ -24,6 +24,7 @@ for LIST patterns, render.py for bytes) and answers with `executed()`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailkeep.proto import sasl
@@ -35,6 +36,9 @@ from mailkeep.proto.imap.events import (
     Close,
     Event,
     Execute,
+    Idle,
+    IdleDone,
+    Outcome,
     Reply,
     StartTls,
     State,
@@ -54,6 +58,14 @@ from mailkeep.proto.imap.render import (
     untagged,
     untagged_status,
 )
+from mailkeep.proto.imap.session import (
+    Authenticated,
+    LoggedOut,
+    NotAuthenticated,
+    SessionState,
+    account_of,
+    state_of,
+)
 
 IMPLEMENTATION = "mailkeep"
 # Dovecot imap CLIENT_MAX_BAD_COMMANDS: 20 BAD replies in a row end the session.
@@ -72,8 +84,8 @@ _AUTHENTICATED = _ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUB
                          "NAMESPACE"}  # RFC 2342
 COMMANDS_BY_STATE: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
-    State.AUTHENTICATED: _AUTHENTICATED,
-    State.SELECTED: _AUTHENTICATED | {"CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
+    State.AUTHENTICATED: _AUTHENTICATED | {"IDLE"},  # RFC 2177
+    State.SELECTED: _AUTHENTICATED | {"IDLE", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
                                       "STORE", "COPY", "UNSELECT"},  # RFC 3691 UNSELECT
     State.LOGOUT: frozenset(),
 }
@@ -125,14 +137,15 @@ class ImapMachine:
                                     max_literal=self.unauthenticated_max_literal,
                                     literal_limit=self._literal_limit, budget=budget)
         self._held = 0  # literal octets of the command being run (reserved in `budget`)
-        self.state = State.NOT_AUTHENTICATED
-        self.account: str | None = None
+        self.session: SessionState = NotAuthenticated()
         self.errors = 0          # BAD replies in a row
         self.total_errors = 0
         self.commands = 0
         self.closed = False
         self._events: deque[Event] = deque()
         self._waiting: type | None = None
+        self._executing: str | None = None  # the tag of the command the driver runs
+        self._idling: str | None = None     # the tag of an IDLE in progress
         self._sasl: _Sasl | None = None
 
     # -- input ----------------------------------------------------------------------------
@@ -155,7 +168,7 @@ class ImapMachine:
                 event = self._events.popleft()
                 if isinstance(event, Close):
                     self.closed = True
-                    self.state = State.LOGOUT
+                    self.session = LoggedOut()
                     self._events.clear()
                 return event
             if self.closed:
@@ -170,7 +183,10 @@ class ImapMachine:
             elif isinstance(ev, rx.LiteralRequest):
                 self._literal(ev)
             elif isinstance(ev, rx.Line):
-                self._sasl_step(ev.data)
+                if self._idling is not None:
+                    self._idle_line(ev.data)
+                else:
+                    self._sasl_step(ev.data)
             elif isinstance(ev, rx.FramingError):
                 self._framing_error(ev)
             elif isinstance(ev, rx.EndOfInput):
@@ -206,7 +222,7 @@ class ImapMachine:
         # octets, which is all we accept then), LITERAL+ once logged in.
         literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
         caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
-                "UIDPLUS"]
+                "UIDPLUS", "IDLE"]
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
                 # RFC 3501 §6.2.1 / §6.2.3: STARTTLS, and LOGINDISABLED before TLS.
@@ -293,17 +309,49 @@ class ImapMachine:
             self._tagged(command.tag, "BAD", f"{name} not allowed in the {self.state.value} "
                                              "state.")
             return
-        handler = getattr(self, f"_cmd_{name.lower()}", None)
+        handler = MACHINE_COMMANDS.get(name)
         if handler is not None:
-            handler(command)
+            handler(self, command)
         elif name == "NOOP" and self.state is not State.SELECTED:
             self._tagged(command.tag, "OK", "NOOP completed.")
         else:
-            self._wait(Execute(command))
+            self._wait(Execute(command, self.session))
+
+    @property
+    def state(self) -> State:
+        return state_of(self.session)
+
+    @property
+    def account(self) -> str | None:
+        return account_of(self.session)
 
     def _wait(self, request: AuthRequest | StartTls | Execute) -> None:
         self._events.append(request)
         self._waiting = type(request)
+        if isinstance(request, Execute):
+            self._executing = request.command.tag
+
+    def _cmd_idle(self, command: CommandType) -> None:
+        """RFC 2177: "+ idling", then untagged updates as they happen until the client
+        says DONE. The driver is told with an Idle event and watches the mailbox."""
+        self._reply(continuation("idling"))
+        self._idling = command.tag
+        self.receiver.expect_line()
+        self._events.append(Idle(command.tag))
+
+    def _idle_line(self, line: bytes) -> None:
+        tag, self._idling = self._idling, None
+        assert tag is not None
+        if line.strip().upper() == b"DONE":
+            self._tagged(tag, "OK", "IDLE terminated.")
+        else:
+            # RFC 2177 §3: the only thing a client may send while idling is DONE.
+            self._tagged(tag, "BAD", "Expected DONE to end IDLE.")
+        self._events.append(IdleDone())
+
+    @property
+    def idling(self) -> bool:
+        return self._idling is not None
 
     def _cmd_capability(self, command: CommandType) -> None:
         self._reply(untagged("CAPABILITY " + " ".join(self.capabilities())))
@@ -409,8 +457,7 @@ class ImapMachine:
 
     def auth_succeeded(self, tag: str, account: str) -> None:
         self._resume(AuthRequest)
-        self.state = State.AUTHENTICATED
-        self.account = account
+        self.session = Authenticated(account)
         self.receiver.max_literal = self.max_literal
         self._tagged(tag, "OK", "Logged in.", "CAPABILITY " + " ".join(self.capabilities()))
 
@@ -429,15 +476,29 @@ class ImapMachine:
         self._resume(StartTls)
         self._events.append(Close("TLS handshake failed"))
 
-    def executed(self, data: bytes, status: str, state: State | None = None,
-                 close: str | None = None) -> None:
-        """The executor ran the command: `data` is its tagged line (untagged data went out
-        already), `state` the new state if it changed, `close` a reason to end the session
-        (after an untagged BYE in `data`)."""
+    def executed(self, outcome: Outcome) -> None:
+        """The executor ran the command (its untagged data went out already): render the
+        tagged line, take the new session state if it changed, close if asked to (after an
+        untagged BYE the executor wrote)."""
+        tag = self._executing or "*"
         self._resume(Execute)
-        if state is not None:
-            self.state = state
-        self._reply(data)
-        self._count(status)
-        if close is not None:
-            self._events.append(Close(close))
+        self._executing = None
+        if outcome.session is not None:
+            self.session = outcome.session
+        self._tagged(tag, outcome.status, outcome.text, outcome.code)
+        if outcome.close is not None:
+            self._events.append(Close(outcome.close))
+
+
+# The commands the machine answers itself (habit 2: dispatch is a table). Every other
+# command of the state table goes to the driver's executor as an Execute request, which
+# dispatches through its own table (server/imap_commands.py HANDLERS).
+MACHINE_COMMANDS: dict[str, Callable[[ImapMachine, CommandType], None]] = {
+    "CAPABILITY": ImapMachine._cmd_capability,
+    "LOGOUT": ImapMachine._cmd_logout,
+    "NAMESPACE": ImapMachine._cmd_namespace,
+    "STARTTLS": ImapMachine._cmd_starttls,
+    "LOGIN": ImapMachine._cmd_login,
+    "AUTHENTICATE": ImapMachine._cmd_authenticate,
+    "IDLE": ImapMachine._cmd_idle,
+}

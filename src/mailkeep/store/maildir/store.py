@@ -26,6 +26,7 @@ from mailkeep.store.base import (
     StoreRefusal,
     to_crlf,
 )
+from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
 from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions, uidlist
 from mailkeep.store.maildir import maildrop as ops
 from mailkeep.store.maildir.dotlock import LockError, NoSpace, no_space
@@ -37,6 +38,7 @@ from mailkeep.store.maildir.layout import (
     unique_name,
 )
 from mailkeep.store.names import INBOX, folder_name
+from mailkeep.store.watcher import FolderWatcher
 
 T = TypeVar("T")
 
@@ -66,6 +68,28 @@ class MaildirStore:
         # (account, folder) -> a counter bumped by each change made through this store: a
         # cached snapshot taken before our own change is never reused, whatever the clocks.
         self._generation: dict[tuple[str, str], int] = {}
+        # The change feed and the watcher of other processes' changes (start_feed()).
+        self.feed: ChangeFeed | None = None
+        self.watcher: FolderWatcher | None = None
+
+    def start_feed(self, *, use_inotify: bool = True) -> ChangeFeed:
+        """Create the change feed on the running loop (call once, from the loop)."""
+        self.feed = ChangeFeed()
+        self.watcher = FolderWatcher(self.feed, self._folder_path, use_inotify=use_inotify)
+        self.watcher.start()
+        return self.feed
+
+    def _folder_path(self, account: str, folder: str) -> Path:
+        return folders.folder_path(self.root(account), folder_name(folder))
+
+    def watch(self, account: str, folder: str, session: int = 0) -> Watch:
+        if self.feed is None:
+            raise StoreError("the change feed is not running")
+        return self.feed.watch(account, folder_name(folder), session)
+
+    async def stop_feed(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.close()
 
     def root(self, mailbox: str) -> Path:
         return account_root(self.data_dir, mailbox)
@@ -83,7 +107,7 @@ class MaildirStore:
                     from exc
             raise DeliveryError(f"delivery to {mailbox} failed: {exc.strerror}") from exc
         finally:
-            self._changed(mailbox, INBOX)
+            self._changed(mailbox, INBOX, ChangeKind.NEW)
         return name
 
     async def deliver(self, mailbox: str, message: bytes) -> str:
@@ -110,7 +134,7 @@ class MaildirStore:
                     from exc
             raise DeliveryError(f"delivery to {mailbox} failed: {exc.strerror}") from exc
         finally:
-            self._changed(mailbox, INBOX)
+            self._changed(mailbox, INBOX, ChangeKind.NEW)
         return True
 
     async def deliver_once(self, mailbox: str, message: bytes, base: str,
@@ -230,7 +254,7 @@ class MaildirStore:
         try:
             await self._run(self._mark_seen_sync, mailbox, keys)
         finally:
-            self._changed(mailbox, INBOX)
+            self._changed(mailbox, INBOX, ChangeKind.FLAGS)
 
     def _delete_sync(self, mailbox: str, keys: list[str]) -> int:
         locations: list[str] = []
@@ -244,9 +268,9 @@ class MaildirStore:
         try:
             return await self._run(self._delete_sync, mailbox, keys)
         finally:
-            self._changed(mailbox, INBOX)
+            self._changed(mailbox, INBOX, ChangeKind.EXPUNGE)
 
-    # -- IMAP (ImapStore): folders, snapshots, flags, copy, expunge --------------------
+    # -- IMAP: folders, snapshots, flags, copy, expunge --------------------
     # Blocking work lives in folders.py / mailbox.py / subscriptions.py and runs in the pool.
 
     async def list_folders(self, account: str) -> list[FolderInfo]:
@@ -260,13 +284,13 @@ class MaildirStore:
         try:
             return await self._run(folders.create, self.root(account), folder)
         finally:
-            self._changed(account, None)
+            self._changed(account, None, ChangeKind.FOLDERS)
 
     async def delete_folder(self, account: str, folder: str) -> None:
         try:
             await self._run(folders.delete, self.root(account), folder)
         finally:
-            self._changed(account, None)
+            self._changed(account, None, ChangeKind.FOLDERS)
         self._forget_folder(account, folder)
 
     def _rename_sync(self, account: str, old: str, new: str) -> None:
@@ -281,7 +305,7 @@ class MaildirStore:
         try:
             await self._run(self._rename_sync, account, old, new)
         finally:
-            self._changed(account, None)
+            self._changed(account, None, ChangeKind.FOLDERS)
         self._forget_folder(account, old)
 
     async def subscriptions(self, account: str) -> list[str]:
@@ -294,13 +318,16 @@ class MaildirStore:
         """Returns False when the name was not subscribed."""
         return await self._run(subscriptions.change, self.root(account), folder, False)
 
-    def _changed(self, account: str, folder: str | None) -> None:
+    def _changed(self, account: str, folder: str | None,
+                 kind: ChangeKind | None = None) -> None:
         """Our own change to a folder (None: to the account's folder tree): no snapshot
-        taken before it may be reused."""
+        taken before it may be reused, and (with a kind) the change feed is told."""
         try:
             name = None if folder is None else folder_name(folder)
         except StoreRefusal:  # not a valid name: nothing was changed under it
             return
+        if kind is not None and self.feed is not None:
+            self.feed.publish(Change(account, name, kind))
         with self._where_guard:
             if name is None:
                 for key in {k for k in [*self._snapshots, *self._generation]
@@ -349,7 +376,7 @@ class MaildirStore:
             return await self._run(mailbox.append, self.root(account), folder, data,
                                    tuple(flags), internaldate)
         finally:
-            self._changed(account, folder)
+            self._changed(account, folder, ChangeKind.NEW)
 
     async def store_flags(self, account: str, folder: str, uids: Iterable[int],
                           mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
@@ -358,7 +385,7 @@ class MaildirStore:
             return await self._run(mailbox.store_flags, self.root(account), folder,
                                    tuple(uids), mode, tuple(flags))
         finally:
-            self._changed(account, folder)
+            self._changed(account, folder, ChangeKind.FLAGS)
 
     async def copy(self, account: str, src: str, uids: Iterable[int],
                    dst: str) -> dict[int, int]:
@@ -366,7 +393,7 @@ class MaildirStore:
         try:
             return await self._run(mailbox.copy, self.root(account), src, tuple(uids), dst)
         finally:
-            self._changed(account, dst)
+            self._changed(account, dst, ChangeKind.NEW)
 
     async def expunge(self, account: str, folder: str,
                       uids: Iterable[int] | None = None) -> list[int]:
@@ -375,7 +402,7 @@ class MaildirStore:
         try:
             return await self._run(mailbox.expunge, self.root(account), folder, limit)
         finally:
-            self._changed(account, folder)
+            self._changed(account, folder, ChangeKind.EXPUNGE)
 
     def _folder_hint(self, account: str, folder: str, key: str) -> str | None:
         with self._where_guard:

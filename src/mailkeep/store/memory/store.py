@@ -26,6 +26,7 @@ from mailkeep.store.base import (
     NoSuchFolder,
     to_crlf,
 )
+from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
 from mailkeep.store.names import (
     INBOX,
     MAX_KEYWORDS,
@@ -102,6 +103,7 @@ class MemoryStore:
         self._uidvalidity = uidvalidity
         self._validities = itertools.count(uidvalidity + 1)
         self._locked: set[str] = set()
+        self._feed: ChangeFeed | None = None
 
     def _folders(self, account: str) -> dict[str, _Box]:
         return self._accounts.setdefault(account, {INBOX: _Box(self._uidvalidity)})
@@ -123,7 +125,28 @@ class MemoryStore:
     async def deliver(self, mailbox: str, message: bytes) -> str:
         name = self._key()
         self._box(mailbox).add(name, _Message(0, bytes(message), frozenset(), _now()))
+        self._publish(mailbox, INBOX, ChangeKind.NEW)
         return name
+
+    async def deliver_once(self, account: str, message: bytes, base: str,
+                           check: bool = False) -> bool:
+        box = self._box(account)
+        if check and base in box.messages:
+            return False
+        box.add(base, _Message(0, bytes(message), frozenset(), _now()))
+        self._publish(account, INBOX, ChangeKind.NEW)
+        return True
+
+    # -- the change feed (in-process only: nothing else can change this store) ----------
+
+    def watch(self, account: str, folder: str, session: int = 0) -> Watch:
+        if self._feed is None:
+            self._feed = ChangeFeed()
+        return self._feed.watch(account, folder_name(folder), session)
+
+    def _publish(self, account: str, folder: str | None, kind: ChangeKind) -> None:
+        if self._feed is not None:
+            self._feed.publish(Change(account, folder, kind))
 
     async def messages(self, mailbox: str) -> list[bytes]:
         return [m.data for m in self._box(mailbox).messages.values()]
@@ -155,12 +178,15 @@ class MemoryStore:
                 msg = box.messages[key]
                 msg.flags |= {SEEN}
                 msg.recent = False  # Maildir: new/NAME -> cur/NAME:2,S
+        self._publish(mailbox, INBOX, ChangeKind.FLAGS)
 
     async def delete(self, mailbox: str, keys: list[str]) -> int:
         box = self._box(mailbox)
-        return sum(box.messages.pop(key, None) is not None for key in keys)
+        removed = sum(box.messages.pop(key, None) is not None for key in keys)
+        self._publish(mailbox, INBOX, ChangeKind.EXPUNGE)
+        return removed
 
-    # -- ImapStore: folders ------------------------------------------------------------
+    # -- IMAP: folders ------------------------------------------------------------
 
     async def list_folders(self, account: str) -> list[FolderInfo]:
         real = set(self._folders(account)) - {INBOX}
@@ -180,6 +206,7 @@ class MemoryStore:
         if name in folders:
             raise FolderExists(f"mailbox {name} exists")
         folders[name] = _Box(next(self._validities))
+        self._publish(account, None, ChangeKind.FOLDERS)
         return name
 
     async def delete_folder(self, account: str, folder: str) -> None:
@@ -188,6 +215,7 @@ class MemoryStore:
             raise FolderNotAllowed("INBOX cannot be deleted")
         if self._folders(account).pop(name, None) is None:
             raise NoSuchFolder(f"mailbox {name} does not exist")
+        self._publish(account, None, ChangeKind.FOLDERS)
 
     async def rename_folder(self, account: str, old: str, new: str) -> None:
         old = folder_name(old)
@@ -215,6 +243,7 @@ class MemoryStore:
             folder_name(target)
         for src, dst_name in zip(moving, targets, strict=True):
             folders[dst_name] = folders.pop(src)
+        self._publish(account, None, ChangeKind.FOLDERS)
 
     async def subscriptions(self, account: str) -> list[str]:
         return list(self._subscriptions.get(account, []))
@@ -233,7 +262,7 @@ class MemoryStore:
         subs.remove(name)
         return True
 
-    # -- ImapStore: messages -----------------------------------------------------------
+    # -- IMAP: messages -----------------------------------------------------------
 
     async def snapshot(self, account: str, folder: str) -> FolderSnapshot:
         box = self._open(account, folder)
@@ -259,7 +288,9 @@ class MemoryStore:
         box.allocate(keywords_of(wanted))
         when = _now() if internaldate is None else \
             datetime.fromtimestamp(int(internaldate.timestamp()), UTC)
-        return box.add(self._key(), _Message(0, bytes(data), wanted, when))
+        uid = box.add(self._key(), _Message(0, bytes(data), wanted, when))
+        self._publish(account, folder_name(folder), ChangeKind.NEW)
+        return uid
 
     async def store_flags(self, account: str, folder: str, uids: Iterable[int],
                           mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
@@ -281,6 +312,7 @@ class MemoryStore:
             else:
                 msg.flags = msg.flags - given
             result[uid] = msg.flags
+        self._publish(account, folder_name(folder), ChangeKind.FLAGS)
         return result
 
     async def copy(self, account: str, src: str, uids: Iterable[int],
@@ -295,6 +327,7 @@ class MemoryStore:
             msg = source.messages[by_uid[uid]]
             mapping[uid] = target.add(self._key(), _Message(0, msg.data, msg.flags,
                                                             msg.internaldate))
+        self._publish(account, folder_name(dst), ChangeKind.NEW)
         return mapping
 
     async def expunge(self, account: str, folder: str,
@@ -306,6 +339,7 @@ class MemoryStore:
             if DELETED in msg.flags and (limit is None or msg.uid in limit):
                 del box.messages[key]
                 removed.append(msg.uid)
+        self._publish(account, folder_name(folder), ChangeKind.EXPUNGE)
         return removed
 
     def _find(self, account: str, folder: str, key: str) -> bytes:

@@ -1,0 +1,153 @@
+"""Changes made on disk by other processes, for the change feed (store/changes.py).
+
+Another mailkeep worker, Dovecot, or a script dropping a file into new/ changes a Maildir
+without telling us. For every folder a session watches, this watches its new/ and cur/
+directories with inotify (asyncinotify): a message arriving, leaving or being renamed (a
+flag change) there is published as an EXTERNAL change within a few milliseconds. Where
+inotify cannot be used (no inotify, the watch limit reached), the folder is polled instead:
+the modification times of new/ and cur/ change with every such rename, so a stat of each
+per POLL_INTERVAL seconds is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from asyncinotify import Inotify, Mask
+from asyncinotify import Watch as InotifyWatch
+
+from mailkeep.store.base import StoreRefusal
+from mailkeep.store.changes import Change, ChangeFeed, ChangeKind
+
+log = logging.getLogger("mailkeep.store")
+
+# A burst of events (a COPY of 500 messages) becomes one notice per folder after this pause.
+COALESCE_SECONDS = 0.02
+# Folders without inotify are looked at this often (the issue's bound: changes made by other
+# processes reach the feed within one second).
+POLL_INTERVAL = 0.5
+
+Stamp = tuple[int, int, int, int]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        new, cur = os.stat(path / "new"), os.stat(path / "cur")
+    except OSError:
+        return None
+    return (new.st_mtime_ns, new.st_ctime_ns, cur.st_mtime_ns, cur.st_ctime_ns)
+
+
+class FolderWatcher:
+    def __init__(self, feed: ChangeFeed, locate: Callable[[str, str], Path], *,
+                 use_inotify: bool = True) -> None:
+        self.feed = feed
+        self.locate = locate
+        self._inotify: Inotify | None = None
+        self._watches: dict[tuple[str, str], list[InotifyWatch]] = {}
+        self._by_path: dict[str, tuple[str, str]] = {}
+        self._polled: dict[tuple[str, str], Stamp | None] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._flush: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if use_inotify:
+            try:
+                self._inotify = Inotify()
+            except OSError as exc:  # not Linux, or the inotify instance limit reached
+                log.warning("inotify unavailable (%s): other processes' changes are polled "
+                            "every %.1f s", exc, POLL_INTERVAL)
+        feed.on_first = self.add
+        feed.on_last = self.remove
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._inotify is not None:
+            self._tasks.append(loop.create_task(self._read_events(), name="folder-inotify"))
+        self._tasks.append(loop.create_task(self._poll(), name="folder-poll"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                self._inotify.close()
+
+    # -- following the folders sessions watch -------------------------------------------
+
+    def add(self, account: str, folder: str) -> None:
+        key = (account, folder)
+        try:
+            path = self.locate(account, folder)
+        except StoreRefusal:  # a folder name the store refuses: nothing to watch
+            return
+        if self._inotify is not None:
+            mask = (Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
+                    | Mask.ONLYDIR)
+            watches: list[InotifyWatch] = []
+            try:
+                for sub in ("new", "cur"):
+                    watches.append(self._inotify.add_watch(path / sub, mask))
+                    self._by_path[str(path / sub)] = key
+            except OSError as exc:
+                log.info("inotify watch of %s failed (%s): polling it", path, exc)
+                for w in watches:
+                    with contextlib.suppress(Exception):
+                        self._inotify.rm_watch(w)
+            else:
+                self._watches[key] = watches
+                return
+        self._polled[key] = _stamp(path)
+
+    def remove(self, account: str, folder: str) -> None:
+        key = (account, folder)
+        for w in self._watches.pop(key, []):
+            if self._inotify is not None:
+                with contextlib.suppress(Exception):
+                    self._inotify.rm_watch(w)
+        self._by_path = {p: k for p, k in self._by_path.items() if k != key}
+        self._polled.pop(key, None)
+
+    # -- noticing -----------------------------------------------------------------------
+
+    def _mark(self, key: tuple[str, str]) -> None:
+        self._dirty.add(key)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(COALESCE_SECONDS,
+                                                                 self._publish)
+
+    def _publish(self) -> None:
+        self._flush = None
+        dirty, self._dirty = self._dirty, set()
+        for account, folder in dirty:
+            self.feed.publish(Change(account, folder, ChangeKind.EXTERNAL))
+
+    async def _read_events(self) -> None:
+        inotify = self._inotify
+        assert inotify is not None
+        async for event in inotify:
+            watch = event.watch
+            if watch is None:
+                continue
+            key = self._by_path.get(str(watch.path))
+            if key is not None:
+                self._mark(key)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            for key, before in list(self._polled.items()):
+                try:
+                    path = self.locate(*key)
+                except StoreRefusal:  # not a valid folder name: it cannot change
+                    continue
+                now = await asyncio.to_thread(_stamp, path)
+                if now != before:
+                    self._polled[key] = now
+                    if key in self._polled:
+                        self._mark(key)
