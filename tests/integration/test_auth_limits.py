@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -94,18 +94,18 @@ class LineTls:
 class Door:
     """How one protocol is prepared up to the password, and how its answer is read."""
 
-    prepare: Callable[[RunningDaemon, str], object]
-    attempt: Callable[[object, str], str]
-    close: Callable[[object], None]
+    prepare: Callable[[RunningDaemon, str], Any]
+    attempt: Callable[[Any, str], str]
+    close: Callable[[Any], None]
 
 
-def _smtp_prepare(d: RunningDaemon, source: str) -> object:
+def _smtp_prepare(d: RunningDaemon, source: str) -> Any:
     return ready_session(d.submission_port, d.client_context(), user=None, source=source,
                          timeout=TIMEOUT)
 
 
-def _smtp_attempt(c: object, pw: str) -> str:
-    r = c.cmd(f"AUTH PLAIN {plain_blob('bob', pw)}")  # type: ignore[attr-defined]
+def _smtp_attempt(c: Any, pw: str) -> str:
+    r = c.cmd(f"AUTH PLAIN {plain_blob('bob', pw)}")
     if (r.code, r.enhanced) == (535, "5.7.8"):
         return CHECKED
     if (r.code, r.enhanced) == (454, "4.7.0"):
@@ -115,14 +115,14 @@ def _smtp_attempt(c: object, pw: str) -> str:
     return f"unexpected: {r}"
 
 
-def _imap_prepare(d: RunningDaemon, source: str) -> object:
+def _imap_prepare(d: RunningDaemon, source: str) -> Any:
     c = RawImap.tls(d, source=source, timeout=TIMEOUT)
     c.greeting()
     return c
 
 
-def _imap_attempt(c: object, pw: str) -> str:
-    r = c.command(f'LOGIN bob "{pw}"')  # type: ignore[attr-defined]
+def _imap_attempt(c: Any, pw: str) -> str:
+    r = c.command(f'LOGIN bob "{pw}"')
     if r.status == "NO" and r.text.startswith(b"[AUTHENTICATIONFAILED]"):
         return CHECKED
     if r.status == "NO" and r.text.startswith(b"[UNAVAILABLE]"):
@@ -132,15 +132,15 @@ def _imap_attempt(c: object, pw: str) -> str:
     return f"unexpected: {r.status} {r.text!r}"
 
 
-def _pop3_prepare(d: RunningDaemon, source: str) -> object:
+def _pop3_prepare(d: RunningDaemon, source: str) -> Any:
     c = LineTls(d, d.pop3s_port, source)
     assert c.line().startswith(b"+OK")
     assert c.cmd("USER bob").startswith(b"+OK")
     return c
 
 
-def _pop3_attempt(c: object, pw: str) -> str:
-    line = c.cmd(f"PASS {pw}")  # type: ignore[attr-defined]
+def _pop3_attempt(c: Any, pw: str) -> str:
+    line = c.cmd(f"PASS {pw}")
     if line.startswith(b"-ERR [AUTH]"):
         return CHECKED
     if line.startswith(b"-ERR [SYS/TEMP]"):
@@ -151,13 +151,13 @@ def _pop3_attempt(c: object, pw: str) -> str:
 
 
 DOORS = {
-    "submission": Door(_smtp_prepare, _smtp_attempt, lambda c: c.close()),  # type: ignore[attr-defined]
-    "imap": Door(_imap_prepare, _imap_attempt, lambda c: c.close()),  # type: ignore[attr-defined]
-    "pop3": Door(_pop3_prepare, _pop3_attempt, lambda c: c.close()),  # type: ignore[attr-defined]
+    "submission": Door(_smtp_prepare, _smtp_attempt, lambda c: c.close()),
+    "imap": Door(_imap_prepare, _imap_attempt, lambda c: c.close()),
+    "pop3": Door(_pop3_prepare, _pop3_attempt, lambda c: c.close()),
 }
 
 
-def _all_at_once(clients: list[object], attempt: Callable[[object, str], str]) -> list[str]:
+def _all_at_once(clients: list[Any], attempt: Callable[[Any, str], str]) -> list[str]:
     """Each client sends one wrong password, released together by a barrier."""
     barrier = threading.Barrier(len(clients), timeout=TIMEOUT)
     results: list[str] = ["no answer"] * len(clients)
