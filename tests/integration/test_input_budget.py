@@ -14,8 +14,10 @@ Bounded by socket timeouts, counts and eventually(); nothing is timed.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -477,5 +479,29 @@ def test_server_closed_helper_tells_a_silent_server_from_a_closed_one() -> None:
         peer.close()
         assert _server_closed(client)
         client.close()
+    finally:
+        listener.close()
+
+
+def test_payload_helper_fails_against_a_server_that_reads() -> None:
+    """...and a peer that reads (and drops) everything does not 'refuse' the payload."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        peer, _ = listener.accept()
+        peer.settimeout(TIMEOUT)
+
+        def drain() -> None:
+            with contextlib.suppress(OSError):
+                while peer.recv(1 << 20):
+                    pass
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        with pytest.raises(pytest.fail.Exception, match="took"):
+            _payload_refused(client)
+        client.close()
+        reader.join(TIMEOUT)
+        peer.close()
     finally:
         listener.close()
