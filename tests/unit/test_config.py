@@ -10,6 +10,7 @@ from typing import get_args
 
 import pytest
 
+from mailkeep.cli import EXIT_CONFIG, main
 from mailkeep.config import ConfigError, load_config
 from mailkeep.config.load import IMPLEMENTED_PROTOCOLS, parse_bind
 from mailkeep.config.model import (
@@ -496,3 +497,64 @@ def test_paths_keep_symlinks_so_renewals_are_seen(tmp_path: Path) -> None:
     (live / "next").symlink_to("../archive/cert2.pem")
     (live / "next").replace(live / "cert.pem")
     assert cfg.tls.cert.read_text() == "renewed"
+
+
+# -- the hardening keys (issue 7 items 2, 4, 13, 17) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key", "says"),
+    [
+        ("[security]\nlogin_timeout = 0\n", "security.login_timeout", "greater than 0"),
+        ("[security]\nlogin_timeout = -60\n", "security.login_timeout", "greater than 0"),
+        ('[security]\nmax_buffered_input = "256M"\n', "security.max_buffered_input",
+         "expected a int"),
+        ("[security]\nmax_buffered_input = 0\n", "security.max_buffered_input",
+         "greater than 0"),
+        ("[security]\ndescriptor_reserve = -1\n", "security.descriptor_reserve",
+         "greater than 0"),
+        ("[security]\ndescriptor_reserve = 12.5\n", "security.descriptor_reserve",
+         "expected a int"),
+        ("[imap]\nmax_connections_per_user_ip = 0\n", "imap.max_connections_per_user_ip",
+         "greater than 0"),
+        ("[imap]\nmax_connections_per_user_ip = true\n", "imap.max_connections_per_user_ip",
+         "expected a int"),
+        ("[imap]\nmax_literal_size = 4096\nunauthenticated_max_literal_size = 4097\n",
+         "imap.unauthenticated_max_literal_size", "must not exceed imap.max_literal_size"),
+    ],
+    ids=["login_timeout-0", "login_timeout-negative", "max_buffered_input-string",
+         "max_buffered_input-0", "descriptor_reserve-negative", "descriptor_reserve-float",
+         "per_user_ip-0", "per_user_ip-bool", "unauthenticated_literal-over-max"],
+)
+def test_hardening_keys_are_validated(tmp_path: Path, snippet: str, key: str,
+                                      says: str) -> None:
+    problems = problems_of(tmp_path, MINIMAL + snippet)
+    assert keys_of(problems) == [key], problems
+    assert says in problems[0] and "unknown key" not in problems[0], problems
+
+
+def test_hardening_keys_read_at_their_limits(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL + (
+        "[security]\nlogin_timeout = 5\nmax_buffered_input = 1048576\ndescriptor_reserve = 1\n"
+        "[imap]\nmax_connections_per_user_ip = 1\nmax_connections_per_user = 1\n"
+        "max_literal_size = 4096\nunauthenticated_max_literal_size = 4096\n")))
+    assert cfg.security.login_timeout == 5.0
+    assert cfg.security.max_buffered_input == 1048576
+    assert cfg.security.descriptor_reserve == 1
+    assert cfg.imap.max_connections_per_user_ip == 1
+    assert cfg.imap.unauthenticated_max_literal_size == cfg.imap.max_literal_size == 4096
+
+
+def test_check_config_reports_every_bad_hardening_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, MINIMAL + (
+        "[security]\nlogin_timeout = 0\nmax_buffered_input = -1\ndescriptor_reserve = 0\n"
+        "[imap]\nmax_connections_per_user_ip = 0\n"
+        "max_literal_size = 1000\nunauthenticated_max_literal_size = 4096\n"))
+    assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    for key in ("security.login_timeout:", "security.max_buffered_input:",
+                "security.descriptor_reserve:", "imap.max_connections_per_user_ip:",
+                "imap.unauthenticated_max_literal_size:"):
+        assert key in err, (key, err)
+    assert "unknown key" not in err, err

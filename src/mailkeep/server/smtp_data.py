@@ -53,48 +53,56 @@ async def receive(reader: asyncio.StreamReader, *, max_size: int, max_line: int,
     reserved = 0
     outcome = DataOutcome.OK
     overlong = False  # inside a line longer than the reader's limit
-    while True:
-        try:
-            # Lines end at CRLF only (RFC 5321 §2.3.8): splitting at a bare LF is what lets
-            # "\n.\r\n" end DATA early (SMTP smuggling). A bare CR or LF stays inside the
-            # line, and the message is refused for it afterwards.
-            line = await reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError as exc:
-            # Longer than the reader buffer allows: drop what we have of it, keep reading.
-            await reader.readexactly(exc.consumed)
-            overlong = True
-            if outcome is DataOutcome.OK:
-                outcome = DataOutcome.LINE_TOO_LONG
-            parts.clear()
-            continue
-        except asyncio.IncompleteReadError:
-            return DataResult(DataOutcome.TRUNCATED, b"", reserved)
-        if overlong:  # the tail of an over-long line
-            overlong = False
-            continue
-        if line == b".\r\n":
-            break
-        if line.startswith(b"."):
-            line = line[1:]  # RFC 5321 §4.5.2: remove one leading dot
-        if outcome is not DataOutcome.OK:
-            continue
-        if len(line) > max_line:
-            outcome = DataOutcome.LINE_TOO_LONG
-            parts.clear()
-            continue
-        size += len(line)
-        if size > max_size:
-            outcome = DataOutcome.TOO_BIG
-            parts.clear()
-            continue
-        while size > reserved:
-            if not budget.reserve(RESERVE_STEP):
-                outcome = DataOutcome.BUSY
+    try:
+        while True:
+            try:
+                # Lines end at CRLF only (RFC 5321 §2.3.8): splitting at a bare LF is what lets
+                # "\n.\r\n" end DATA early (SMTP smuggling). A bare CR or LF stays inside the
+                # line, and the message is refused for it afterwards.
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                # Longer than the reader buffer allows: drop what we have of it, keep reading.
+                await reader.readexactly(exc.consumed)
+                overlong = True
+                if outcome is DataOutcome.OK:
+                    outcome = DataOutcome.LINE_TOO_LONG
                 parts.clear()
+                continue
+            except asyncio.IncompleteReadError:
+                return DataResult(DataOutcome.TRUNCATED, b"", reserved)
+            if overlong:  # the tail of an over-long line
+                overlong = False
+                continue
+            if line == b".\r\n":
                 break
-            reserved += RESERVE_STEP
-        if outcome is DataOutcome.OK:
-            parts.append(line)
+            if line.startswith(b"."):
+                line = line[1:]  # RFC 5321 §4.5.2: remove one leading dot
+            if outcome is not DataOutcome.OK:
+                continue
+            if len(line) > max_line:
+                outcome = DataOutcome.LINE_TOO_LONG
+                parts.clear()
+                continue
+            size += len(line)
+            if size > max_size:
+                outcome = DataOutcome.TOO_BIG
+                parts.clear()
+                continue
+            while size > reserved:
+                if not budget.reserve(RESERVE_STEP):
+                    outcome = DataOutcome.BUSY
+                    parts.clear()
+                    break
+                reserved += RESERVE_STEP
+            if outcome is DataOutcome.OK:
+                parts.append(line)
+    except BaseException:
+        # Nobody else can give this back: aiosmtpd cancels the session's handler when the
+        # client closes or resets the connection in the middle of DATA, and the reservation
+        # would be lost for good (enough such clients would spend the whole budget, and
+        # every later upload would get 452 until a restart).
+        budget.release(reserved)
+        raise
     if outcome is not DataOutcome.OK:
         budget.release(reserved)
         return DataResult(outcome, b"", 0)
