@@ -188,9 +188,12 @@ RETURN_PATHS = [
 
 
 def _stored_matches(stored: bytes, expected: bytes) -> None:
-    """`stored` is our Received field followed by `expected`, byte for byte."""
+    """`stored` is our Return-Path (RFC 5321 §4.4: exactly one, from the envelope) and our
+    Received field, followed by `expected`, byte for byte."""
     assert stored.endswith(expected), stored
     trace = stored[:len(stored) - len(expected)]
+    first, _, trace = trace.partition(b"\r\n")
+    assert first.startswith(b"Return-Path: <") and b"Return-Path" not in trace, stored
     assert trace.startswith(b"Received: "), trace
     assert all(line.startswith((b"Received: ", b"\t", b" "))
                for line in trace.split(b"\r\n")[:-1]), trace
