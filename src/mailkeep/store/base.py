@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -144,6 +144,9 @@ class FolderSnapshot:
     messages: tuple[MessageRecord, ...]
     # UIDs that no session has claimed as \\Recent yet (STATUS RECENT of an unselected folder)
     unclaimed: frozenset[int] = field(default_factory=frozenset)
+    # RFC 7162: the folder's HIGHESTMODSEQ and each message's MODSEQ (0: not tracked).
+    highestmodseq: int = 0
+    modseqs: Mapping[int, int] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -248,6 +251,12 @@ class MailStore(Protocol):
         ...
 
     def stream_message(self, account: str, folder: str, key: str) -> AsyncIterator[bytes]: ...
+
+    async def vanished_since(self, account: str, folder: str,
+                             modseq: int) -> tuple[list[int], bool]:
+        """RFC 7162 QRESYNC: UIDs expunged after `modseq`, and whether the record reaches
+        back that far (False: treat every known UID that no longer exists as vanished)."""
+        ...
 
     # the change feed
     def watch(self, account: str, folder: str, session: int = 0) -> Watch:

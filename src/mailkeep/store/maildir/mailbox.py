@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -35,12 +36,14 @@ from mailkeep.store.base import (
     NoSuchFolder,
 )
 from mailkeep.store.maildir import flags as mflags
-from mailkeep.store.maildir import folders, uidlist
+from mailkeep.store.maildir import folders, modseq, uidlist
 from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, no_space
 from mailkeep.store.maildir.durable import fsync_dir, write_tmp
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
 from mailkeep.store.maildir.maildrop import crlf_size
 from mailkeep.store.names import INBOX, flag_set, folder_name, keywords_of
+
+log = logging.getLogger("mailkeep.store")
 
 _SIZE_FIELDS = re.compile(r",([SW])=(\d+)")
 # Attempts to chase a message that other sessions keep renaming before we give up on it.
@@ -178,8 +181,17 @@ def snapshot(root: Path, name: str, previous: FolderCache | None = None,
         where[rec.base] = location
         if location.startswith("new/"):
             unclaimed.add(rec.uid)
+    try:
+        modseqs = modseq.update(path, index.uidvalidity, {r.uid: r.flags for r in records})
+    except modseq.ModseqError as exc:
+        # CONDSTORE clients then see no MODSEQ changes until the sidecar is writable again
+        # (a full disk); everything else works on.
+        log.warning("%s: MODSEQ not updated: %s", path, exc)
+        highest, by_uid = 0, {}
+    else:
+        highest, by_uid = modseqs.highest, modseqs.modseqs()
     snap = FolderSnapshot(index.uidvalidity, index.next_uid, tuple(records),
-                          frozenset(unclaimed))
+                          frozenset(unclaimed), highest, by_uid)
     if len(where) < len(files):
         # Files without a UID (the index could not be written: disk full): the next
         # snapshot must look again, though nothing it watches may change when space returns.

@@ -27,7 +27,14 @@ from mailkeep.store.base import (
     to_crlf,
 )
 from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
-from mailkeep.store.maildir import folders, mailbox, session_lock, subscriptions, uidlist
+from mailkeep.store.maildir import (
+    folders,
+    mailbox,
+    modseq,
+    session_lock,
+    subscriptions,
+    uidlist,
+)
 from mailkeep.store.maildir import maildrop as ops
 from mailkeep.store.maildir.dotlock import LockError, NoSpace, no_space
 from mailkeep.store.maildir.durable import write_message
@@ -403,6 +410,18 @@ class MaildirStore:
             return await self._run(mailbox.expunge, self.root(account), folder, limit)
         finally:
             self._changed(account, folder, ChangeKind.EXPUNGE)
+
+    async def vanished_since(self, account: str, folder: str,
+                             modseq_value: int) -> tuple[list[int], bool]:
+        def find() -> tuple[list[int], bool]:
+            index = modseq.read(self._folder_path(account, folder))
+            if index is None:
+                return [], False
+            return index.vanished_since(modseq_value)
+        try:
+            return await self._run(find)
+        except modseq.ModseqError as exc:
+            raise StoreError(str(exc)) from exc
 
     def _folder_hint(self, account: str, folder: str, key: str) -> str | None:
         with self._where_guard:

@@ -58,6 +58,24 @@ class _Box:
     next_uid: int = 1
     messages: dict[str, _Message] = field(default_factory=dict)  # key -> message, UID order
     keywords: set[str] = field(default_factory=set)  # like dovecot-keywords: never shrinks
+    # RFC 7162, as the Maildir sidecar does it: a snapshot that sees changes bumps MODSEQ.
+    highestmodseq: int = 1
+    modseq_of: dict[int, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    expunged: list[tuple[int, int]] = field(default_factory=list)
+
+    def track_modseqs(self) -> dict[int, int]:
+        current = {m.uid: m.flags for m in self.messages.values()}
+        changed = [u for u, f in current.items()
+                   if u not in self.modseq_of or self.modseq_of[u][1] != f]
+        gone = [u for u in self.modseq_of if u not in current]
+        if changed or gone:
+            self.highestmodseq += 1
+            for u in changed:
+                self.modseq_of[u] = (self.highestmodseq, current[u])
+            for u in gone:
+                del self.modseq_of[u]
+                self.expunged.append((self.highestmodseq, u))
+        return {u: m for u, (m, _) in self.modseq_of.items()}
 
     def add(self, key: str, msg: _Message) -> int:
         msg.uid = self.next_uid
@@ -269,7 +287,15 @@ class MemoryStore:
         records = tuple(MessageRecord(m.uid, key, m.flags, m.internaldate, crlf_size(m.data))
                         for key, m in box.messages.items())
         unclaimed = frozenset(m.uid for m in box.messages.values() if m.recent)
-        return FolderSnapshot(box.uidvalidity, box.next_uid, records, unclaimed)
+        modseqs = box.track_modseqs()
+        return FolderSnapshot(box.uidvalidity, box.next_uid, records, unclaimed,
+                              box.highestmodseq, modseqs)
+
+    async def vanished_since(self, account: str, folder: str,
+                             modseq: int) -> tuple[list[int], bool]:
+        box = self._open(account, folder)
+        box.track_modseqs()
+        return sorted({u for m, u in box.expunged if m > modseq}), True
 
     async def claim_recent(self, account: str, folder: str) -> set[int]:
         box = self._open(account, folder)
