@@ -20,6 +20,8 @@ command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # server's UIDLs are compared with ours). The tests run their own private instance; the
 # system service is stopped if the package started it.
 command -v doveadm >/dev/null 2>&1 || missing+=(dovecot-core dovecot-imapd)
+# haproxy, in front of the daemon for the PROXY protocol tests.
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test tools: ${missing[*]}" >&2

@@ -45,9 +45,9 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
-             "delivery", "dkim"}
+             "delivery", "dkim", "trusted_proxies"}
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
-_LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key"}
+_LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
     "clients": ("relay",), "auth": ("relay",), "senders": ("relay",),
@@ -260,6 +260,12 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         delivery = replace(delivery, domains=MappingProxyType(
             {**delivery.domains, **queue.fallback_routes}))
     dkim = _parse_dkim(r, r.table(raw, "dkim"), path.parent, domains)
+    trusted = _networks(r, raw.get("trusted_proxies", []), "trusted_proxies")
+    for lst in listeners:
+        if lst.proxy_protocol and not trusted:
+            r.problem(f"listeners.{lst.name}.proxy_protocol", "PROXY headers are believed "
+                      "only from trusted_proxies, which is empty: list your proxies' "
+                      'addresses, e.g. trusted_proxies = ["10.0.0.0/8"]')
 
     if r.problems:
         raise ConfigError(path, r.problems)
@@ -267,7 +273,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
-        queue=queue, dkim=MappingProxyType(dkim),
+        queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
     )
 
 
@@ -332,6 +338,7 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
             name=name, protocol=cast(Protocol, protocol or "submission"),
             tls=cast(TlsMode, mode or "implicit"), bind=tuple(binds),
             cert=own_cert or tls.cert, key=own_key or tls.key,
+            proxy_protocol=bool(r.get(table, "proxy_protocol", bool, prefix, False)),
         )
         result.append(_parse_connector(r, listener, table, prefix))
     return tuple(result)
@@ -360,12 +367,7 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
         r.problem(prefix + "clients", 'required: the networks allowed to use this connector, '
                   'e.g. ["192.0.2.0/24", "2001:db8::/64"]')
     else:
-        for i, value in enumerate(raw_clients):
-            try:
-                clients.append(ipaddress.ip_network(str(value), strict=False))
-            except ValueError:
-                r.problem(f"{prefix}clients[{i}]", f"{value!r} is not an IP network "
-                          '(e.g. "192.0.2.0/24" or "192.0.2.7")')
+        clients = _networks(r, raw_clients, prefix + "clients")
     auth = r.get(table, "auth", str, prefix, "none") or "none"
     if auth not in get_args(AuthMode):
         r.problem(prefix + "auth", f"{auth!r} is not one of none, optional, required")
@@ -398,6 +400,21 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
     return replace(listener, clients=tuple(clients), auth=cast(AuthMode, auth),
                    senders=tuple(senders), may_relay=may_relay, rate=_rate(r, table, prefix),
                    max_message_size=_size(r, table, prefix))
+
+
+def _networks(r: _Reader, raw: object,
+              key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if not isinstance(raw, list):
+        r.problem(key, 'expected a list of networks, e.g. ["10.0.0.0/8", "::1"]')
+        return []
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for i, value in enumerate(raw):
+        try:
+            out.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            r.problem(f"{key}[{i}]", f"{value!r} is not an IP network "
+                      '(e.g. "10.0.0.0/8" or "192.0.2.7")')
+    return out
 
 
 def _rate(r: _Reader, table: dict[str, Any], prefix: str) -> Rate | None:

@@ -145,6 +145,8 @@ class ListenerConfig:
     max_message_size: int | None = None
     # smtp (inbound): refuse mail that fails DMARC under a p=reject policy (RFC 7489 §6.6.2).
     reject_dmarc_failures: bool = False
+    # HAProxy's PROXY protocol (v1 or v2) before anything else, from trusted_proxies only.
+    proxy_protocol: bool = False
 
     @property
     def is_smtp(self) -> bool:
@@ -215,6 +217,8 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # Networks whose PROXY protocol headers are believed (listeners with proxy_protocol).
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     # Local domain -> its DKIM signing key (outbound mail From that domain is signed).

@@ -19,6 +19,8 @@ domains = [{domains}]
 data_dir = "{data_dir}"
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
+# trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
+#                            # protocol headers are believed (listeners with proxy_protocol)
 # shutdown_grace = 10.0      # seconds to let transactions finish on SIGTERM/SIGINT
 
 [tls]
@@ -152,6 +154,9 @@ bind = [{bind_465}]
 # cert = "certs/submissions.crt"   # optional: this listener's own certificate
 # key = "certs/submissions.key"
 # max_message_size = 26214400      # optional: this listener's own SIZE limit
+# proxy_protocol = true            # any listener: a PROXY header (HAProxy v1/v2) first,
+#                                  # from trusted_proxies only; the real client address
+#                                  # then drives limits, logs and Received headers
 
 # Port 25: inbound mail from the internet for the local domains (an MX). Anonymous;
 # STARTTLS offered; recipients in other domains are refused (554 5.7.1 relay access
