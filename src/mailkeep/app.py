@@ -24,6 +24,14 @@ from mailkeep.relay.runner import DeliveryRunner
 from mailkeep.relay.spool import Spool
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
+from mailkeep.security.privileges import (
+    Identity,
+    PrivilegeError,
+    drop_to,
+    hand_over,
+    readable_by,
+    running_as_root,
+)
 from mailkeep.security.rate import RateLimiter
 from mailkeep.server import imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
@@ -64,6 +72,7 @@ class Daemon:
         self.store: MaildirStore | None = None
         self.directory: UserDirectory | None = None
         self.runner: DeliveryRunner | None = None
+        self.ready_file: Path | None = None  # where `serve --ready-file` wants the ports
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
 
@@ -84,7 +93,17 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
-        contexts = self.load_tls()
+        try:
+            identity = self._identity()
+            root_problems: list[str] = []
+        except StartupError as exc:
+            identity, root_problems = None, exc.problems
+        try:
+            contexts = self.load_tls()
+        except StartupError as exc:
+            raise StartupError(root_problems + exc.problems) from None
+        if root_problems:
+            raise StartupError(root_problems)
         try:
             self.directory = load_directory(config.directory.backend, config.directory.options,
                                             config.directory.base_dir)
@@ -140,9 +159,52 @@ class Daemon:
         if problems:
             await self.close_servers()
             raise StartupError(problems)
+        if self.ready_file is not None:
+            # Written before any switch of user: its folder may be root's.
+            write_ready_file(self.ready_file, self.bound)
+        if identity is not None:
+            await self._drop_privileges(identity)
         for listener in self.listeners:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
+
+    def _identity(self) -> Identity | None:
+        """Root needs `run_as` (or `allow_root`); the user to become after binding."""
+        config = self.config
+        if not running_as_root():
+            return None
+        if config.run_as is None:
+            if config.allow_root:
+                log.warning("running as root (allow_root = true): every client session runs "
+                            "with full privileges; set run_as = \"mailkeep\" instead")
+                return None
+            raise StartupError(["run_as: mailkeep will not keep running as root: set run_as "
+                                "= \"mailkeep\" (a user to become once the ports are bound) "
+                                "or, if you really mean it, allow_root = true"])
+        try:
+            return Identity.resolve(config.run_as)
+        except PrivilegeError as exc:
+            raise StartupError([str(exc)]) from None
+
+    async def _drop_privileges(self, who: Identity) -> None:
+        """Ports are bound: hand the writable files to `who` and become it."""
+        config = self.config
+        changed = await asyncio.to_thread(
+            hand_over, [config.data_dir, config.data_dir / "mail"],
+            [config.data_dir / "spool"], who)
+        if changed:
+            log.info("handed %d files under %s to %s", changed, config.data_dir, who.user)
+        unreadable = [p for p in {*(lst.key for lst in config.listeners),
+                                  *(lst.cert for lst in config.listeners)}
+                      if not readable_by(p, who)]
+        for path in sorted(unreadable):
+            log.warning("%s is not readable by %s: a renewed certificate will not be "
+                        "loaded after the switch (chown or chgrp it)", path, who.user)
+        try:
+            drop_to(who)
+        except PrivilegeError as exc:
+            await self.close_servers()
+            raise StartupError([str(exc)]) from None
 
     async def _start_relay(self, services: Services) -> None:
         """The spool and its delivery runner, DKIM keys, the inbound checks' resolver."""
@@ -262,14 +324,13 @@ async def serve(config: Config, ready_file: Path | None = None,
                 on_started: Callable[[Daemon], None] | None = None,
                 install_signals: bool = True) -> None:
     daemon = Daemon(config)
+    daemon.ready_file = ready_file
     await daemon.start()
     loop = asyncio.get_running_loop()
     if install_signals:
         loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    if ready_file is not None:
-        write_ready_file(ready_file, daemon.bound)
     if on_started is not None:
         on_started(daemon)
     log.info("mailkeep ready (hostname %s, domains %s)", config.hostname,

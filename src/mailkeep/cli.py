@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
+import pwd
 import secrets
 import sys
 from collections.abc import Sequence
@@ -58,6 +60,17 @@ def _load(path: str) -> Config:
 
 # -- init -----------------------------------------------------------------------------------
 
+def _system_user_for_root() -> str | None:
+    """`init` as root on a machine with a "mailkeep" user: the daemon should become it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("mailkeep")
+    except KeyError:
+        return None
+    return "mailkeep"
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.dir)
     hostname = args.hostname.lower().rstrip(".")
@@ -81,7 +94,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
                   cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
                   pop3_ports=ports[2:4], imap_ports=ports[4:6],
-                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
+                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")),
+                  run_as=_system_user_for_root())
     info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
                                rsa_bits=args.rsa_bits)
     write_file(config_path, text.encode("utf-8"), PRIVATE_FILE)
@@ -119,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mailkeep.app import StartupError, serve  # noqa: PLC0415 (keep `--help` fast)
 
     config = _load(args.config)
+    if args.allow_root:
+        config = dataclasses.replace(config, allow_root=True)
     _setup_logging(args.log_level or config.log_level)
     use_uvloop = args.loop in ("auto", "uvloop")
     runner: asyncio.Runner
@@ -376,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     q.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     q.add_argument("--ready-file", help="write the bound addresses here (JSON) once listening")
+    q.add_argument("--allow-root", action="store_true",
+                   help="keep running as root (like allow_root = true; for demos)")
     q.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("check-config", help="report every problem in a config")

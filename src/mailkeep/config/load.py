@@ -45,7 +45,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
-             "delivery", "dkim", "trusted_proxies"}
+             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root"}
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
@@ -58,6 +58,7 @@ _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour|day)\s*$")
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0,
                "h": 3600.0, "hour": 3600.0, "day": 86400.0}
+_RUN_AS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 _SENDER_PATTERN = re.compile(r"^([^@\s<>\"]{1,64})?@[a-z0-9.-]{1,253}$")
 
 
@@ -261,6 +262,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             {**delivery.domains, **queue.fallback_routes}))
     dkim = _parse_dkim(r, r.table(raw, "dkim"), path.parent, domains)
     trusted = _networks(r, raw.get("trusted_proxies", []), "trusted_proxies")
+    run_as = r.get(raw, "run_as", str, "", "") or None
+    if run_as is not None and not _RUN_AS.fullmatch(run_as):
+        r.problem("run_as", f"{run_as!r} is not a user name (or user:group)")
+    allow_root = bool(r.get(raw, "allow_root", bool, "", False))
     for lst in listeners:
         if lst.proxy_protocol and not trusted:
             r.problem(f"listeners.{lst.name}.proxy_protocol", "PROXY headers are believed "
@@ -274,6 +279,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
+        run_as=run_as, allow_root=allow_root,
     )
 
 

@@ -217,6 +217,10 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # Started as root: bind, then become this user ("user" or "user:group"); without it
+    # the daemon refuses to keep running as root unless allow_root.
+    run_as: str | None = None
+    allow_root: bool = False
     # Networks whose PROXY protocol headers are believed (listeners with proxy_protocol).
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)

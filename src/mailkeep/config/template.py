@@ -19,6 +19,7 @@ domains = [{domains}]
 data_dir = "{data_dir}"
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
+{run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)
 # trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
 #                            # protocol headers are believed (listeners with proxy_protocol)
 # shutdown_grace = 10.0      # seconds to let transactions finish on SIGTERM/SIGINT
@@ -222,7 +223,7 @@ def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: 
            ports: tuple[int, int], hosts: tuple[str, ...] = ("0.0.0.0", "[::]"),
            config_name: str = "mailkeep.toml",
            pop3_ports: tuple[int, ...] | None = None,
-           imap_ports: tuple[int, ...] | None = None) -> str:
+           imap_ports: tuple[int, ...] | None = None, run_as: str | None = None) -> str:
     """`pop3_ports` (implicit TLS, STLS example): add the POP3 listeners, e.g. (995, 110);
     `imap_ports` likewise for IMAP, e.g. (993, 143)."""
     def binds(port: int) -> str:
@@ -239,5 +240,9 @@ def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: 
         hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
         cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
         first_domain=domains[0] if domains else "example.test",
+        run_as_line=(f'run_as = "{run_as}"            # started as root: bind, then become this '
+                     'user\n' if run_as else
+                     '# run_as = "mailkeep"       # started as root: bind the ports, then become '
+                     'this user\n'),
         config_name=config_name,
     )
