@@ -89,7 +89,7 @@ def inbox(d: RunningDaemon, account: str) -> list[bytes]:
     return mailbox_messages(d.data_dir, account)
 
 
-# -- MX delivery ---------------------------------------------------------------------------
+# -- MX delivery --------------------------------------------------------------------------------
 
 
 def test_mixed_local_and_remote_local_at_once_remote_after_retry(
@@ -227,7 +227,7 @@ def test_bounce_of_a_null_sender_message_produces_no_dsn(
         assert inbox(d, account) == []
 
 
-# -- TLS ---------------------------------------------------------------------------------------
+# -- TLS ----------------------------------------------------------------------------------------
 
 
 def test_tls_verify_failure_is_not_downgraded(start: Starter, dns: DnsStub, ups: Upstreams,
@@ -253,7 +253,7 @@ def test_tls_verify_failure_is_not_downgraded(start: Starter, dns: DnsStub, ups:
     assert inbox(d, "alice") == []
 
 
-# -- smarthost ---------------------------------------------------------------------------------
+# -- smarthost ----------------------------------------------------------------------------------
 
 
 def test_smarthost_with_starttls_and_auth(start: Starter, dns: DnsStub, ups: Upstreams,
@@ -279,7 +279,7 @@ def test_smarthost_with_starttls_and_auth(start: Starter, dns: DnsStub, ups: Ups
     assert message_ids(inbox(d, "bob")) == ["smarthost@t"]
 
 
-# -- split delivery ----------------------------------------------------------------------------
+# -- split delivery -----------------------------------------------------------------------------
 
 
 def test_split_delivery_unknown_local_part_goes_to_the_legacy_server(
