@@ -58,10 +58,10 @@ def start(tmp_path: Path, ca: trustme.CA) -> Iterator[Starter]:
     """start(**write_config kwargs) -> a running daemon (stopped after the test)."""
     started: list[RunningDaemon] = []
 
-    def factory(**kwargs: Any) -> RunningDaemon:
+    def factory(loop_kind: str = "asyncio", **kwargs: Any) -> RunningDaemon:
         root = tmp_path / f"d{len(started)}"
         root.mkdir()
-        running = start_thread_daemon(write_config(root, ca, **kwargs), ca)
+        running = start_thread_daemon(write_config(root, ca, **kwargs), ca, loop_kind)
         started.append(running)
         return running
 
@@ -93,11 +93,11 @@ def inbox(d: RunningDaemon, account: str) -> list[bytes]:
 
 
 def test_mixed_local_and_remote_local_at_once_remote_after_retry(
-        start: Starter, dns: DnsStub, ups: Upstreams) -> None:
+        start: Starter, dns: DnsStub, ups: Upstreams, loop_kind: str) -> None:
     # The first connection tempfails MAIL: the remote copy waits for the retry; the local
     # copy is in bob's INBOX when the client hears 250.
     up = ups(Behaviour(mail="451 4.3.0 greylisted, try later"), Behaviour())
-    d = start(delivery=daemon_delivery(dns, up.port))
+    d = start(loop_kind, delivery=daemon_delivery(dns, up.port))
     submit(d, ["bob@example.test", "carol@partner.test"], simple_message("mixed@t"))
     assert message_ids(inbox(d, "bob")) == ["mixed@t"]
     assert eventually(lambda: len(up.messages) == 1, WAIT), up.messages
@@ -109,6 +109,20 @@ def test_mixed_local_and_remote_local_at_once_remote_after_retry(
     assert b"Return-Path" not in got.data  # added at final delivery only (RFC 5321 §4.4)
     assert message_ids(inbox(d, "bob")) == ["mixed@t"]  # still exactly one local copy
     assert inbox(d, "alice") == []  # no DSN: nothing failed, nobody asked
+
+
+def test_dropped_and_stalled_connections_are_retried(
+        start: Starter, dns: DnsStub, ups: Upstreams, loop_kind: str) -> None:
+    up = ups(Behaviour(stall="greeting"), Behaviour(drop="MAIL"), Behaviour(drop="DATA-END"),
+             Behaviour(stall="RCPT"), Behaviour())
+    d = start(loop_kind, delivery=daemon_delivery(dns, up.port, connect_timeout=1.0,
+                                                  command_timeout=1.0, data_timeout=1.0))
+    submit(d, ["carol@partner.test"], simple_message("flaky@t"))
+    assert eventually(lambda: drained(d), WAIT)
+    (got,) = up.messages  # one copy: the dropped DATA was never accepted
+    assert got.connection == 4
+    assert b"Message-ID: <flaky@t>" in got.data
+    assert inbox(d, "alice") == []
 
 
 @pytest.mark.skipif(not shutil.which("swaks"), reason="swaks is installed by scripts/check.sh")
