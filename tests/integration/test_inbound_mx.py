@@ -11,6 +11,7 @@ import email
 import smtplib
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -203,3 +204,31 @@ def test_dmarc_pass_is_not_refused_by_the_switch(mx: RunningDaemon, dkim_pem: by
     (ours,) = [h for h in results_of(find(mx, "bob", "strict-pass@t"))
                if h.authserv_id == HOSTNAME]
     assert methods(ours)["dmarc"] == "pass"
+
+
+def test_every_configured_dns_server_is_asked_on_its_own_port(
+        tmp_path: Path, ca: trustme.CA, dns: DnsStub, dkim_pem: bytes) -> None:
+    # dns_servers = [a server that fails every lookup (SERVFAIL), the good one]: the
+    # resolver moves on to the second, on the second's port.
+    names = ["sender.test", "_dmarc.sender.test", record_name("sender.test", SELECTOR), HELO]
+    broken = Zone()
+    for name in names:
+        broken.servfail(name)
+    with DnsStub(broken) as bad:
+        config = write_config(
+            tmp_path, ca, delivery={**FAST, "dns_servers": [bad.address, dns.address],
+                                    "mta_sts": False},
+            listeners={"inbound": {"protocol": "smtp", "tls": "starttls"}})
+        d = start_thread_daemon(config, ca)
+        try:
+            with smtplib.SMTP("127.0.0.1", d.ports["inbound"], local_hostname=HELO,
+                              timeout=30) as s:
+                assert s.sendmail("bounces@sender.test", ["bob@example.test"],
+                                  signed_message(dkim_pem, "two-servers@t")) == {}
+            msg = find(d, "bob", "two-servers@t")
+        finally:
+            d.stop()
+        assert bad.asked("_dmarc.sender.test") >= 1  # the first server was tried
+    (ours,) = [h for h in results_of(msg) if h.authserv_id == HOSTNAME]
+    got = methods(ours)
+    assert (got["spf"], got["dkim"], got["dmarc"]) == ("pass", "pass", "pass"), str(ours)
