@@ -220,8 +220,8 @@ class Daemon:
             raise StartupError(problems)
         servers = config.delivery.dns_servers
         if servers and any(lst.protocol == "smtp" for lst in config.listeners):
-            port = servers[0].port
-            services.auth_resolver = make_resolver([s.host for s in servers], port=port)
+            # Each server on its own port, like the outbound resolver (relay/dns.py).
+            services.auth_resolver = make_resolver([(s.host, s.port) for s in servers])
         for lst in config.listeners:
             if lst.tls == "none":
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "

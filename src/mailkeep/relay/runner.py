@@ -365,8 +365,12 @@ class DeliveryRunner:
                                     [entry.recipients[i] for i in entry.pending()]))
         fresh = [o for o in outcomes if "i" in o]
         failed = [entry.recipients[int(str(o["i"]))] for o in fresh if o["status"] == "failed"]
+        # RFC 3461 §5.2.1-5.2.3: a success report is ours to send for a final (local)
+        # delivery or a relay to a hop without DSN; a hop that offered DSN was given NOTIFY
+        # and reports the success itself (a report from us too would be a duplicate).
         succeeded = [entry.recipients[int(str(o["i"]))] for o in fresh
-                     if o["status"] in ("delivered", "relayed")
+                     if (o["status"] == "relayed" or (o["status"] == "delivered"
+                                                      and o.get("local")))
                      and "SUCCESS" in (entry.recipients[int(str(o["i"]))].notify or [])]
         if failed:
             notices.append((Action.FAILED, failed))
