@@ -5,7 +5,9 @@ Layout under DATA_DIR/spool/:
     incoming/ID        being written (a crash leaves it here: removed at start-up)
     queue/ID           committed: a header line, the envelope as JSON, then the message
     queue/ID.log       per-recipient outcomes, appended (one JSON object per line, fsynced)
-    control/OP-ID      requests from `mailkeep queue ...` (retry, delete, flush)
+    control/OP-ID      requests from `mailkeep queue ...` (retry, delete, hold, release)
+    .lock              flock(LOCK_EX) by the daemon for its lifetime: one spool, one daemon;
+                       `mailkeep queue` tests it to know whether a daemon will take requests
 
 Writing an entry is tmp -> fsync -> rename into queue/ -> fsync of queue/, like a Maildir
 delivery: the rename is the commit, so a crash leaves either no entry or a whole one. The
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -30,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mailkeep.fsmodes import make_private_dirs
+from mailkeep.fsmodes import create_file, make_private_dirs
 from mailkeep.store.base import DeliveryError, DiskFull
 from mailkeep.store.maildir.durable import fsync_dir
 
@@ -38,6 +41,9 @@ MAGIC = b"MAILKEEP-SPOOL 1\n"
 # A spool file whose envelope line is longer than this is corrupt (100 recipients with
 # DSN parameters need about 60 KiB).
 MAX_ENVELOPE_OCTETS = 1024 * 1024
+LOCK_NAME = ".lock"
+# How often a process waiting for the spool lock tries again.
+LOCK_POLL_INTERVAL = 0.05
 
 RecipientKind = Literal["local", "remote"]
 Status = Literal["pending", "delivered", "relayed", "failed"]
@@ -45,6 +51,10 @@ Status = Literal["pending", "delivered", "relayed", "failed"]
 
 class SpoolError(Exception):
     """A spool file cannot be read (corrupt or truncated): ours, logged and set aside."""
+
+
+class SpoolBusy(Exception):
+    """Another process holds the spool's lock: a second daemon on the same data_dir."""
 
 
 @dataclass(slots=True)
@@ -110,6 +120,38 @@ class Spool:
         self.incoming = root / "incoming"
         self.queue = root / "queue"
         self.control = root / "control"
+        self.lock_path = root / LOCK_NAME
+
+    # -- the daemon's lock ----------------------------------------------------------------
+
+    def lock(self, wait: float = 0.0) -> int:
+        """Take the spool's exclusive lock, trying for up to `wait` seconds (a `mailkeep
+        queue` command acting on the spool holds it for a moment); the descriptor that holds
+        it (close it to let go). SpoolBusy when another process keeps it.
+
+        flock, not a pid file: the kernel lets go when the process dies, kill -9 included,
+        so a crash never leaves a stale lock behind."""
+        make_private_dirs(self.root)
+        fd = create_file(self.lock_path, os.O_RDWR | os.O_CLOEXEC)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_pid(fd)
+                    os.close(fd)
+                    raise SpoolBusy(f"{self.lock_path} is locked by another process"
+                                    + (f" (pid {holder})" if holder else "")) from None
+                time.sleep(LOCK_POLL_INTERVAL)
+            except BaseException:
+                os.close(fd)
+                raise
+        # Who holds it, for the administrator (the lock itself is the flock, not this).
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def prepare(self) -> int:
         """Create the folders (0700) and remove half-written entries; how many went."""
@@ -223,6 +265,14 @@ class Spool:
                 yield self.load(entry_id)
             except SpoolError as exc:
                 yield exc
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
 
 
 def apply(entry: SpoolEntry, outcome: dict[str, Any]) -> None:
