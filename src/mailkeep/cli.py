@@ -1,4 +1,4 @@
-"""Command line: init, serve, check-config, user ..., cert ..., queue ..., health."""
+"""Command line: init, serve, check-config, user ..., cert ..., queue ..., dkim ..., health."""
 
 from __future__ import annotations
 
@@ -168,6 +168,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                                         f"domain ({', '.join(config.domains)})")
     except DirectoryError as exc:
         problems.append(f"directory: {exc}")
+    if config.dkim:
+        from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
+
+        problems += key_problems(config)
     if problems:
         print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
@@ -362,6 +366,36 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dkim -----------------------------------------------------------------------------------
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from mailkeep.relay.dkim import DEFAULT_SELECTOR, KeyType  # noqa: PLC0415 (keep --help fast)
+    from mailkeep.relay.dkim_admin import (  # noqa: PLC0415
+        DkimAdminError,
+        create_key,
+        render_new_key,
+    )
+
+    try:
+        new = create_key(args.domain, selector=args.selector or DEFAULT_SELECTOR,
+                         key_type=KeyType(args.type),
+                         config_path=Path(args.config) if args.config else None,
+                         force=args.force)
+    except DkimAdminError as exc:
+        raise CliError(str(exc)) from None
+    print("\n".join(render_new_key(new)))
+    return 0
+
+
+def cmd_dkim_show(args: argparse.Namespace) -> int:
+    from mailkeep.relay.dkim_admin import key_statuses, render_statuses  # noqa: PLC0415
+
+    config = _load(args.config)
+    statuses = key_statuses(config)
+    print("\n".join(render_statuses(statuses)))
+    return 1 if any(s.problems for s in statuses) else 0
+
+
 # -- health ---------------------------------------------------------------------------------
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -501,6 +535,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", required=True)
     q.add_argument("--wait", type=float, default=5.0, help=wait_help)
     q.set_defaults(func=cmd_queue)
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys")
+    dsub = dkim.add_subparsers(dest="dkim_command", required=True)
+    q = dsub.add_parser("keygen", help="make a key; print the DNS record and config lines")
+    q.add_argument("domain")
+    q.add_argument("--selector", help='the DNS selector (default "mailkeep"; a new one '
+                   "to rotate keys)")
+    q.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
+                   help="RSA 2048 (default) or Ed25519 (RFC 8463)")
+    q.add_argument("--config", help="write under this config's folder (dkim/) and check "
+                   "that DOMAIN is local; without it, under ./dkim/")
+    q.add_argument("--force", action="store_true", help="overwrite an existing key")
+    q.set_defaults(func=cmd_dkim_keygen)
+    q = dsub.add_parser("show", help="each domain's key, selector and the record it needs")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_dkim_show)
     return p
 
 
