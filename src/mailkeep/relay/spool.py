@@ -199,9 +199,14 @@ class Spool:
             return
         data = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n"
                         for o in outcomes)
-        fd = os.open(self.queue / f"{entry_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        fd = os.open(self.queue / f"{entry_id}.log", os.O_RDWR | os.O_CREAT | os.O_APPEND,
                      0o600)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A torn last line (a crash mid-append): glued to it, these outcomes would
+                # be skipped with it at the next load and their recipients tried again.
+                data = b"\n" + data
             os.write(fd, data)
             os.fsync(fd)
         finally:
