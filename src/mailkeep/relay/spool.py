@@ -25,13 +25,14 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from mailkeep.fsmodes import create_file, make_private_dirs
 from mailkeep.store.base import DeliveryError, DiskFull
@@ -99,9 +100,71 @@ class SpoolEntry:
 
     @classmethod
     def from_json(cls, data: bytes) -> SpoolEntry:
-        raw: dict[str, Any] = json.loads(data)
-        recipients = [SpoolRecipient(**r) for r in raw.pop("recipients")]
-        return cls(recipients=recipients, **raw)
+        """The entry to_json() wrote; ValueError or TypeError for anything else (a file
+        that is valid JSON of another shape must not become an entry the runner trips on)."""
+        raw = json.loads(data)
+        _check_fields(raw, _ENTRY_FIELDS, "envelope")
+        recipients = raw.pop("recipients")
+        for r in recipients:
+            _check_fields(r, _RECIPIENT_FIELDS, "recipient")
+            if r.get("kind") not in get_args(RecipientKind):
+                raise ValueError(f"recipient kind {r.get('kind')!r}")
+            if r.get("status", "pending") not in get_args(Status):
+                raise ValueError(f"recipient status {r.get('status')!r}")
+            for key in ("notify", "orcpt"):
+                if r.get(key) is not None and not all(isinstance(v, str) for v in r[key]):
+                    raise ValueError(f"recipient {key}: not a list of strings")
+        if not all(isinstance(v, str) for v in raw.get("source", {}).values()):
+            raise ValueError("source: not a table of strings")
+        return cls(recipients=[SpoolRecipient(**r) for r in recipients], **raw)
+
+
+_NUMBER = (int, float)
+_TEXT_OR_NONE = (str, type(None))
+# The JSON types of each field as to_json() writes them (missing and unknown keys are left
+# to the dataclass constructor, which refuses them with TypeError).
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,), "mail_from": (str,), "recipients": (list,), "arrival": _NUMBER,
+    "size": (int,), "ret": _TEXT_OR_NONE, "envid": _TEXT_OR_NONE, "smtputf8": (bool,),
+    "body_8bit": (bool,), "source": (dict,), "attempts": (int,), "next_attempt": _NUMBER,
+    "delay_notified": (bool,), "hold": (bool,),
+}
+_RECIPIENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "address": (str,), "kind": (str,), "account": _TEXT_OR_NONE, "route": _TEXT_OR_NONE,
+    "notify": (list, type(None)), "orcpt": (list, type(None)), "status": (str,),
+    "reply": (str,), "remote_mta": (str,), "dsn_status": (str,),
+}
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    """isinstance, where a bool is not a number and a number is finite."""
+    if isinstance(value, bool) and bool not in types:
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, types)
+
+
+def _check_fields(raw: object, fields: dict[str, tuple[type, ...]], what: str) -> None:
+    if not isinstance(raw, dict):
+        raise TypeError(f"{what} is not a JSON object")
+    for key, types in fields.items():
+        if key in raw and not _is(raw[key], types):
+            raise TypeError(f"{what} {key}: {raw[key]!r} is not of the right type")
+
+
+def _valid_outcome(o: object) -> bool:
+    """Is `o` an outcome record() writes? (see record() for the shapes)"""
+    if not isinstance(o, dict):
+        return False
+    if "i" in o:
+        return (_is(o["i"], (int,)) and o.get("status", "pending") in get_args(Status)
+                and all(_is(o.get(k, ""), (str,)) for k in ("reply", "remote_mta",
+                                                              "dsn_status")))
+    if "attempts" in o and not (_is(o["attempts"], (int,))
+                                and _is(o.get("next", 0.0), _NUMBER)):
+        return False
+    return all(_is(o[k], (bool,)) for k in ("hold", "delay_notified") if k in o)
 
 
 def new_id(now: float | None = None) -> str:
@@ -253,9 +316,12 @@ class Spool:
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                outcome = json.loads(line)
             except ValueError:
                 continue  # a torn last line (crash mid-append): not fsynced, not counted
+            if _valid_outcome(outcome):
+                yield outcome
+            # else: not a line record() wrote (damage): skipped like a torn line
 
     def message(self, entry_id: str) -> bytes:
         """The spooled message itself (after the envelope line)."""
