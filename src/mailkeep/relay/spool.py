@@ -262,8 +262,13 @@ class Spool:
             return
         data = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n"
                         for o in outcomes)
-        fd = os.open(self.queue / f"{entry_id}.log", os.O_RDWR | os.O_CREAT | os.O_APPEND,
-                     0o600)
+        path = self.queue / f"{entry_id}.log"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            created = False
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -274,6 +279,10 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:
+            # A new file's name is in the directory, which fsync(fd) does not make durable
+            # (fsync(2); the same reason accept() syncs queue/ after its rename).
+            fsync_dir(self.queue)
 
     def remove(self, entry_id: str) -> None:
         """Forget a finished entry (no fsync: an entry that comes back after a crash is
