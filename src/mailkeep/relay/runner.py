@@ -501,7 +501,9 @@ class DeliveryRunner:
             entry.hold = op == "hold"
             await asyncio.to_thread(self.spool.record, target, [{"hold": entry.hold}])
             if not entry.hold:
-                self._schedule(target, self.clock())
+                # Due now: the scheduler drops heap items older than next_attempt.
+                entry.next_attempt = self.clock()
+                self._schedule(target, entry.next_attempt)
             return True
         return False
 
