@@ -357,7 +357,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             op, target = "retry", qa.ALL
         else:
             op, target = action, args.id
-        outcome = qa.act(spool, op, target, wait=args.wait)
+        outcome = qa.act(spool, op, target,
+                         wait=qa.CONTROL_WAIT if args.wait is None else args.wait)
     except qa.NoAnswer as exc:
         raise CliError(str(exc), EXIT_TEMPFAIL) from None
     except qa.QueueError as exc:
@@ -505,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser("queue", help="the delivery queue: list, show, retry, hold, delete")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
-    wait_help = ("seconds to wait for a running daemon to take the request (default "
-                 "%(default)s); without a daemon the spool is changed directly")
+    wait_help = ("seconds to wait for a running daemon to take the request (default 5); "
+                 "without a daemon the spool is changed directly")
     q = qsub.add_parser("list", help="one line per queued message, and a summary")
     q.add_argument("--config", required=True)
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -521,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id", nargs="?")
     q.add_argument("--all", action="store_true", help="every message not on hold")
     q.add_argument("--config", required=True)
-    q.add_argument("--wait", type=float, default=5.0, help=wait_help)
+    q.add_argument("--wait", type=float, help=wait_help)
     q.set_defaults(func=cmd_queue)
     for action, text in (("delete", "remove a message from the queue (no notice is sent)"),
                          ("hold", "keep a message from being tried until released"),
@@ -529,11 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
         q = qsub.add_parser(action, help=text)
         q.add_argument("id")
         q.add_argument("--config", required=True)
-        q.add_argument("--wait", type=float, default=5.0, help=wait_help)
+        q.add_argument("--wait", type=float, help=wait_help)
         q.set_defaults(func=cmd_queue)
     q = qsub.add_parser("flush", help="try every message not on hold now (retry --all)")
     q.add_argument("--config", required=True)
-    q.add_argument("--wait", type=float, default=5.0, help=wait_help)
+    q.add_argument("--wait", type=float, help=wait_help)
     q.set_defaults(func=cmd_queue)
 
     dkim = sub.add_parser("dkim", help="DKIM signing keys")

@@ -511,6 +511,9 @@ def _through_daemon(spool: Spool, op: Op, target: str, wait: float,
                 return Outcome(f"the daemon took the request ({op} {target}); the change "
                                "does not show yet", via_daemon=True)
             time.sleep(POLL_INTERVAL)
+    if op != "delete" and target != ALL and not (spool.queue / target).exists():
+        return Outcome(f"{target} left the queue meanwhile (delivered, bounced or deleted)",
+                       via_daemon=True)
     done = {"delete": "deleted", "hold": "put on hold", "release": "released",
             "retry": "being tried now"}[op]
     return Outcome(f"{target} {done} (by the daemon)", via_daemon=True)
