@@ -21,7 +21,7 @@ from mailkeep.directory.base import DirectoryError, UserDirectory, load_director
 from mailkeep.relay.authdns import make_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.relay.runner import DeliveryRunner
-from mailkeep.relay.spool import Spool
+from mailkeep.relay.spool import Spool, SpoolBusy
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
 from mailkeep.security.privileges import (
@@ -158,6 +158,8 @@ class Daemon:
                          listener.address)
         if problems:
             await self.close_servers()
+            if self.runner is not None:
+                await self.runner.stop(grace=0)  # and let go of the spool's lock
             raise StartupError(problems)
         if self.ready_file is not None:
             # Written before any switch of user: its folder may be root's.
@@ -232,6 +234,9 @@ class Daemon:
                                                        services.directory)
         try:
             await self.runner.start()
+        except SpoolBusy as exc:
+            raise StartupError([f"data_dir: {exc}: another mailkeep daemon uses this "
+                                "data_dir (one spool, one daemon); stop it first"]) from None
         except OSError as exc:
             raise StartupError([f"data_dir: the spool in {spool.root} cannot be used: "
                                 f"{exc.strerror or exc}"]) from None

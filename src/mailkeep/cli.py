@@ -1,4 +1,4 @@
-"""Command line: init, serve, check-config, user ..., cert ..., health."""
+"""Command line: init, serve, check-config, user ..., cert ..., queue ..., dkim ..., health."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import json
 import logging
 import os
 import pwd
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from mailkeep.tls.certs import (
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: the daemon did not take a queue request; retry
 # submission (587), submissions (465), pop3s (995), pop3 with STLS (110, commented out),
 # imaps (993), imap with STARTTLS (143, commented out)
 STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
@@ -181,6 +184,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                                         f"domain ({', '.join(config.domains)})")
     except DirectoryError as exc:
         problems.append(f"directory: {exc}")
+    if config.dkim:
+        from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
+
+        problems += key_problems(config)
     if problems:
         print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
@@ -328,6 +335,84 @@ def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- queue ----------------------------------------------------------------------------------
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from mailkeep.relay import queue_admin as qa  # noqa: PLC0415
+    from mailkeep.relay.spool import Spool  # noqa: PLC0415
+
+    config = _load(args.config)
+    spool = Spool(config.data_dir / "spool")
+    action = args.queue_command
+    try:
+        if action == "list":
+            listing = qa.listing(spool)
+            print(qa.listing_json(listing) if args.json
+                  else "\n".join(qa.render_listing(listing)))
+            return 0
+        if action == "show":
+            entry = qa.load(spool, args.id)
+            header, body = qa.message_parts(spool, args.id)
+            now = time.time()
+            if args.json:
+                out = qa.entry_json(entry, now)
+                out["header"] = header.decode("utf-8", "replace")
+                if args.body:
+                    out["body"] = body.decode("utf-8", "replace")
+                print(json.dumps(out, indent=2))
+            else:
+                print("\n".join(qa.render_entry(entry, header, body if args.body else None,
+                                                now)))
+            return 0
+        op: qa.Op
+        if action == "retry":
+            if args.all == bool(args.id):
+                raise CliError("give one message ID, or --all", EXIT_USAGE)
+            op, target = "retry", qa.ALL if args.all else args.id
+        elif action == "flush":
+            op, target = "retry", qa.ALL
+        else:
+            op, target = action, args.id
+        outcome = qa.act(spool, op, target,
+                         wait=qa.CONTROL_WAIT if args.wait is None else args.wait)
+    except qa.NoAnswer as exc:
+        raise CliError(str(exc), EXIT_TEMPFAIL) from None
+    except qa.QueueError as exc:
+        raise CliError(str(exc)) from None
+    print(outcome.message)
+    return 0
+
+
+# -- dkim -----------------------------------------------------------------------------------
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from mailkeep.relay.dkim import DEFAULT_SELECTOR, KeyType  # noqa: PLC0415 (keep --help fast)
+    from mailkeep.relay.dkim_admin import (  # noqa: PLC0415
+        DkimAdminError,
+        create_key,
+        render_new_key,
+    )
+
+    try:
+        new = create_key(args.domain, selector=args.selector or DEFAULT_SELECTOR,
+                         key_type=KeyType(args.type),
+                         config_path=Path(args.config) if args.config else None,
+                         force=args.force)
+    except DkimAdminError as exc:
+        raise CliError(str(exc)) from None
+    print("\n".join(render_new_key(new)))
+    return 0
+
+
+def cmd_dkim_show(args: argparse.Namespace) -> int:
+    from mailkeep.relay.dkim_admin import key_statuses, render_statuses  # noqa: PLC0415
+
+    config = _load(args.config)
+    statuses = key_statuses(config)
+    print("\n".join(render_statuses(statuses)))
+    return 1 if any(s.problems for s in statuses) else 0
+
+
 # -- health ---------------------------------------------------------------------------------
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -436,6 +521,55 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true")
     key_opts(q)
     q.set_defaults(func=cmd_cert_selfsigned)
+
+    queue = sub.add_parser("queue", help="the delivery queue: list, show, retry, hold, delete")
+    qsub = queue.add_subparsers(dest="queue_command", required=True)
+    wait_help = ("seconds to wait for a running daemon to take the request (default 5); "
+                 "without a daemon the spool is changed directly")
+    q = qsub.add_parser("list", help="one line per queued message, and a summary")
+    q.add_argument("--config", required=True)
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_queue)
+    q = qsub.add_parser("show", help="a message's envelope, recipients and header")
+    q.add_argument("id")
+    q.add_argument("--config", required=True)
+    q.add_argument("--body", action="store_true", help="the body too")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_queue)
+    q = qsub.add_parser("retry", help="try a message (or --all) now")
+    q.add_argument("id", nargs="?")
+    q.add_argument("--all", action="store_true", help="every message not on hold")
+    q.add_argument("--config", required=True)
+    q.add_argument("--wait", type=float, help=wait_help)
+    q.set_defaults(func=cmd_queue)
+    for action, text in (("delete", "remove a message from the queue (no notice is sent)"),
+                         ("hold", "keep a message from being tried until released"),
+                         ("release", "let a held message be tried again, at once")):
+        q = qsub.add_parser(action, help=text)
+        q.add_argument("id")
+        q.add_argument("--config", required=True)
+        q.add_argument("--wait", type=float, help=wait_help)
+        q.set_defaults(func=cmd_queue)
+    q = qsub.add_parser("flush", help="try every message not on hold now (retry --all)")
+    q.add_argument("--config", required=True)
+    q.add_argument("--wait", type=float, help=wait_help)
+    q.set_defaults(func=cmd_queue)
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys")
+    dsub = dkim.add_subparsers(dest="dkim_command", required=True)
+    q = dsub.add_parser("keygen", help="make a key; print the DNS record and config lines")
+    q.add_argument("domain")
+    q.add_argument("--selector", help='the DNS selector (default "mailkeep"; a new one '
+                   "to rotate keys)")
+    q.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
+                   help="RSA 2048 (default) or Ed25519 (RFC 8463)")
+    q.add_argument("--config", help="write under this config's folder (dkim/) and check "
+                   "that DOMAIN is local; without it, under ./dkim/")
+    q.add_argument("--force", action="store_true", help="overwrite an existing key")
+    q.set_defaults(func=cmd_dkim_keygen)
+    q = dsub.add_parser("show", help="each domain's key, selector and the record it needs")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_dkim_show)
     return p
 
 

@@ -91,6 +91,8 @@ path = "users.toml"
 # Every accepted message is first written to the spool (DATA_DIR/spool/) and acknowledged;
 # a delivery runner then delivers it: to local Maildirs at once, to other domains by a
 # route, retrying temporary failures and bouncing (RFC 3464 DSN) permanent ones.
+# `mailkeep queue list|show|retry|hold|release|delete|flush --config FILE` works on the
+# queue, whether the daemon runs or not.
 # default_route = "mx"          # "mx" (each domain's MX hosts) or a route name below
 # retry_schedule = [60, 300, 900, 1800, 3600, 7200, 14400]  # seconds between attempts;
 #                               # after the last, that interval repeats
@@ -130,10 +132,12 @@ path = "users.toml"
 # [delivery.local_domains."{first_domain}"]
 # fallback_route = "legacy"
 
-# DKIM signing of mail from local domains (create a key with `mailkeep dkim keygen`):
+# DKIM signing of mail from local domains. `mailkeep dkim keygen DOMAIN --config FILE`
+# writes the key (dkim/DOMAIN.SELECTOR.key, mode 0600) and prints the DNS TXT record to
+# publish and these lines; `mailkeep dkim show --config FILE` checks them.
 # [dkim.domains."{first_domain}"]
-# selector = "mk1"
-# key = "dkim/{first_domain}.key"
+# selector = "mailkeep"
+# key = "dkim/{first_domain}.mailkeep.key"
 
 # Listeners: each has a name, a protocol (submission, smtp, relay, imap or pop3), a TLS
 # mode and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may
