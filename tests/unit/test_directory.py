@@ -493,7 +493,7 @@ async def test_load_directory_file_backend_by_entry_point(users_path: Path) -> N
         assert isinstance(d, DirectoryFront)
         assert isinstance(d.backend, FileDirectory)
         assert d.backend.path == users_path.resolve()
-        assert await d.authenticate("bob", "bob-pw") is not None
+        assert await d.authenticate("bob", "bob-pw", "imap") is not None
     finally:
         await d.close()
 
