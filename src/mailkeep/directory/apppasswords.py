@@ -82,6 +82,12 @@ def _verify_app(password: str, stored: str) -> bool:
     return verify_password(password, stored)
 
 
+def matching_app_passwords(password: str, app_passwords: Sequence[AppPassword]
+                           ) -> list[AppPassword]:
+    """Blocking: the app passwords `password` is, whatever their services (all checked)."""
+    return [app for app in app_passwords if _verify_app(password, app.password_hash)]
+
+
 def verify_login(password: str, main_hash: str | None, app_passwords: Sequence[AppPassword],
                  service: str) -> Match | None:
     """Blocking (one argon2id at least): which credential `password` is for `service`.
