@@ -267,6 +267,7 @@ class LdapDirectory:
 
     def _bind(self, dn: str, password: str) -> bool:
         def bind(conn: ldap3.Connection) -> bool:
+            conn.authentication = ldap3.SIMPLE
             conn.user, conn.password = dn, password
             ok = bool(conn.bind(read_server_info=False))
             if not ok:

@@ -141,6 +141,7 @@ class LdapPool:
             # handshake verifies the certificate. Nothing else was sent in the clear.
             conn.start_tls(read_server_info=False)
         if kind == "search" and self.bind_dn:
+            conn.authentication = ldap3.SIMPLE
             conn.user, conn.password = self.bind_dn, self.bind_password
             if not conn.bind(read_server_info=False):
                 result = conn.result or {}
