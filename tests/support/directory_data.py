@@ -47,8 +47,8 @@ _HASHES: dict[str, str] = {}
 def stored_hash(person: Person) -> str:
     if person.name not in _HASHES:
         if person.scheme == "sha512":
-            _HASHES[person.name] = "{SHA512-CRYPT}" + sha512_crypt.hash(person.password,
-                                                                        rounds=5000)
+            _HASHES[person.name] = "{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash(
+                person.password)
         else:
             _HASHES[person.name] = hash_password(person.password)
     return _HASHES[person.name]
@@ -72,7 +72,7 @@ def ldif() -> str:
            f"userPassword: {ldap_salted_sha1.hash(SERVICE_PASSWORD)}", ""]
     for p in PEOPLE:
         # carol's password is a {CRYPT} sha512-crypt hash, as many directories hold them.
-        stored = ("{CRYPT}" + sha512_crypt.hash(p.password, rounds=5000)
+        stored = ("{CRYPT}" + sha512_crypt.using(rounds=5000).hash(p.password)
                   if p.scheme == "sha512" else ldap_salted_sha1.hash(p.password))
         out += [f"dn: uid={p.name},{PEOPLE_DN}", "objectClass: inetOrgPerson",
                 f"uid: {p.name}", f"cn: {p.name.title()}", f"sn: {p.name.title()}",

@@ -109,6 +109,16 @@ def app_passwords_from_rows(rows: list[Row], where: str) -> tuple[AppPassword, .
     return tuple(apps)
 
 
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class SqlDirectory:
     """UserDirectory over SQL queries."""
 
@@ -145,7 +155,8 @@ class SqlDirectory:
 
     async def authenticate(self, login: str, password: str, service: str) -> Account | None:
         key = login.strip().lower()
-        rows = await self._fetch("login_query", login=key)
+        # PostgreSQL text cannot hold NUL, nor UTF-8 lone surrogates: no account has them.
+        rows = await self._fetch("login_query", login=key) if _storable(key) else []
         names = {str(r[0]) for r in rows}
         stored: str | None = None
         apps: tuple[AppPassword, ...] = ()
@@ -178,7 +189,10 @@ class SqlDirectory:
         return await self._account(name)
 
     async def lookup(self, address: str) -> Account | None:
-        rows = await self._fetch("address_query", address=address.strip().lower())
+        key = address.strip().lower()
+        if not _storable(key):
+            return None
+        rows = await self._fetch("address_query", address=key)
         names = {str(r[0]) for r in rows}
         if len(names) != 1:
             return None
