@@ -145,6 +145,8 @@ class ListenerConfig:
     max_message_size: int | None = None
     # smtp (inbound): refuse mail that fails DMARC under a p=reject policy (RFC 7489 §6.6.2).
     reject_dmarc_failures: bool = False
+    # submission, relay: only members of one of these directory groups may log in here.
+    auth_groups: tuple[str, ...] = ()
 
     @property
     def is_smtp(self) -> bool:
