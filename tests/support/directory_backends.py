@@ -86,8 +86,9 @@ async def make_backend(kind: str, base_dir: Path, *, slapd: Slapd | None = None,
                        pg: Postgres | None = None) -> BackendSetup:
     """A backend of `kind` holding the contract accounts and alice's app password."""
     if kind == "file":
-        write_users_file(base_dir / "users.toml", {})
-        setup = BackendSetup(kind, "file", {"path": "users.toml"}, base_dir)
+        # Not users.toml: the daemon test helper writes its own accounts there.
+        write_users_file(base_dir / "contract-users.toml", {})
+        setup = BackendSetup(kind, "file", {"path": "contract-users.toml"}, base_dir)
     elif kind == "sqlite":
         setup = BackendSetup(kind, "sql", {"database": "users.sqlite3", "timeout": 2.0},
                              base_dir)

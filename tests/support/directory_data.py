@@ -19,7 +19,7 @@ BASE_DN = "dc=example,dc=test"
 PEOPLE_DN = f"ou=people,{BASE_DN}"
 GROUPS_DN = f"ou=groups,{BASE_DN}"
 SERVICE_DN = f"cn=mailkeep,ou=services,{BASE_DN}"
-SERVICE_PASSWORD = "service-account-pw"  # noqa: S105 (a test fixture)
+SERVICE_PASSWORD = "service-account-pw"
 
 
 @dataclass(frozen=True)
