@@ -92,7 +92,8 @@ def verify_login(password: str, main_hash: str | None, app_passwords: Sequence[A
                  service: str) -> Match | None:
     """Blocking (one argon2id at least): which credential `password` is for `service`.
 
-    The main password opens every door; an app password only its own `services`. All
+    `main_hash` None means there is no such account: nothing matches. The main password
+    opens every door; an app password only its own `services`. All
     candidates are always checked, so the time does not tell which one matched, nor
     whether an account has app passwords beyond their (small) count."""
     main_ok = verify_password(password, main_hash)
@@ -102,7 +103,9 @@ def verify_login(password: str, main_hash: str | None, app_passwords: Sequence[A
         # compare_digest keeps the branch on `service` from short-circuiting differently.
         if ok and any(hmac.compare_digest(service, s) for s in app.services) and matched is None:
             matched = app.label
-    if main_ok and main_hash is not None:
+    if main_hash is None:
+        return None  # no account: the work above was only to cost the same time
+    if main_ok:
         return Match(None)
     if matched is not None:
         return Match(matched)
