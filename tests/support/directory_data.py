@@ -59,6 +59,23 @@ def entries() -> list[UserEntry]:
             for p in PEOPLE]
 
 
+def bench_people(count: int) -> list[Person]:
+    """Extra accounts for bench/directory.py: one per client, so that concurrent logins are
+    distinct (identical concurrent logins share one verification in the front)."""
+    return [Person(f"bench{i:02d}", f"bench-pw-{i:02d}", (f"bench{i:02d}@example.test",), ())
+            for i in range(count)]
+
+
+def people_ldif(people: list[Person]) -> str:
+    out: list[str] = []
+    for p in people:
+        out += [f"dn: uid={p.name},{PEOPLE_DN}", "objectClass: inetOrgPerson",
+                f"uid: {p.name}", f"cn: {p.name}", f"sn: {p.name}",
+                *[f"mail: {a}" for a in p.addresses],
+                f"userPassword: {ldap_salted_sha1.hash(p.password)}", ""]
+    return "\n".join(out) + "\n"
+
+
 def ldif() -> str:
     """The directory tree for slapd: people (inetOrgPerson), groups (groupOfNames), and the
     service account mailkeep searches with."""

@@ -74,7 +74,9 @@ class Slapd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_slapd() -> Slapd:
+def start_slapd(*, require_tls: bool = True, extra_ldif: str = "") -> Slapd:
+    """require_tls False lets plain LDAP in (only for a TLS-terminating proxy in bench/);
+    extra_ldif adds entries (bench accounts)."""
     root = Path(tempfile.mkdtemp(prefix="mailkeep-slapd-"))
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(root / "ca.pem"))
@@ -91,7 +93,7 @@ def start_slapd() -> Slapd:
         f"TLSCertificateFile {root}/server.pem",
         f"TLSCertificateKeyFile {root}/server.key",
         # Reading only once TLS is on, like the directories mailkeep is pointed at.
-        "security ssf=1 update_ssf=1 simple_bind=1",
+        "security ssf=1 update_ssf=1 simple_bind=1" if require_tls else "",
         "database mdb", f'suffix "{BASE_DN}"', f'rootdn "cn=admin,{BASE_DN}"',
         "rootpw admin-pw-unused", f"directory {root}/db", "maxsize 33554432",
         "access to attrs=userPassword by anonymous auth by self read by * none",
@@ -99,7 +101,7 @@ def start_slapd() -> Slapd:
         "",
     ])
     (root / "slapd.conf").write_text(conf)
-    (root / "data.ldif").write_text(ldif())
+    (root / "data.ldif").write_text(ldif() + "\n" + extra_ldif)
     subprocess.run([SLAPADD, "-f", str(root / "slapd.conf"), "-l", str(root / "data.ldif")],
                    check=True, capture_output=True, timeout=30)
     ldaps_port, ldap_port = free_port(), free_port()

@@ -15,7 +15,7 @@
     # group_base_dn = "ou=groups,dc=example,dc=test"                # default: base_dn
     # member_of_attribute = "memberOf"   # groups from the user entry instead (AD, overlay)
     # timeout = 5.0                  # seconds per connection and per operation
-    # pool_size = 4                  # connections (and threads) per kind
+    # pool_size = 16                 # threads, and connections of each kind
     # app_passwords = "app-passwords.sqlite3"   # local app passwords ("" = none)
 
 A login is found with the service account (user_filter with the login escaped per RFC
@@ -57,7 +57,10 @@ from mailkeep.directory.names import clean_address, clean_groups, valid_account_
 log = logging.getLogger("mailkeep.directory")
 
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_POOL_SIZE = 4
+# Threads, and connections of each kind (search, bind): LDAP work waits on the network, not
+# on a core, so more threads than cores is right. Logins/s at most pool_size / bind latency
+# (a 200 ms server: 16 / 0.2 s = 80 logins/s before the credentials cache).
+DEFAULT_POOL_SIZE = 16
 # Group memberships read per account at most (a search's size limit).
 MAX_GROUPS = 1000
 _KEYS = {"uri", "base_dn", "bind_dn", "bind_password_file", "schema", "ca_file",
@@ -178,8 +181,9 @@ class LdapDirectory:
         self.pool = LdapPool(s.uris, context=tls_context(s.ca_file), timeout=s.timeout,
                              size=s.pool_size, bind_dn=s.bind_dn, bind_password=s.bind_password)
         self.apps = AppPasswordStore(s.app_passwords)
-        # Searches and binds both run here; a user bind and the search before it are two.
-        self._threads = ThreadPoolExecutor(s.pool_size * 2, thread_name_prefix="mailkeep-ldap")
+        # One login runs its search and its bind in one thread, one after the other: as many
+        # threads as connections of each kind, so no connection is opened only to be dropped.
+        self._threads = ThreadPoolExecutor(s.pool_size, thread_name_prefix="mailkeep-ldap")
         self._coalescer = LastUsedCoalescer()
         # Unknown logins bind as this DN (which does not exist) so that they cost a round
         # trip like a wrong password does.
