@@ -353,3 +353,34 @@ async def test_ldap_ambiguous_login_is_refused(slapd_server: object, tmp_path: P
 
 def test_people_are_distinct() -> None:
     assert len(BY_NAME) == len(PEOPLE)
+
+
+async def test_ldap_active_directory_defaults(slapd_server: object, tmp_path: Path) -> None:
+    """schema = "ad": sAMAccountName, userPrincipalName, mail and smtp: proxyAddresses log in;
+    groups come from memberOf; a disabled account (userAccountControl bit 2) never matches.
+    (slapd with a stand-in for AD's user schema: tests/support/directory_data.AD_SCHEMA.)"""
+    from mailkeep.directory.base import load_backend  # noqa: PLC0415
+    from tests.support.directory_data import AD_DN  # noqa: PLC0415
+    from tests.support.ldapserver import Slapd  # noqa: PLC0415
+
+    assert isinstance(slapd_server, Slapd)
+    options = {**ldap_options(slapd_server, tmp_path), "schema": "ad", "base_dn": AD_DN}
+    d = load_backend("ldap", options, tmp_path)
+    try:
+        for login in ("dave", "DAVE", "dave@corp.example.test", "dave@example.test",
+                      "d.example@example.test"):
+            account = await _auth(d, login, "dave-ad-pw")
+            assert account is not None, login
+            assert account.name == "dave"
+            assert account.addresses == ("dave@example.test", "d.example@example.test")
+            assert set(account.groups) == {"helpdesk", "mail users"}
+        assert await _auth(d, "dave", "erin-ad-pw") is None
+        assert await _auth(d, "erin", "erin-ad-pw") is None  # disabled
+        assert await _auth(d, "erin@example.test", "erin-ad-pw") is None
+        async with asyncio.timeout(BOUND):
+            found = await d.lookup("D.Example@example.test")
+            assert found is not None and found.name == "dave"
+            # A UPN is a login name, not a mail address.
+            assert await d.lookup("dave@corp.example.test") is None
+    finally:
+        await d.close()

@@ -76,6 +76,48 @@ def people_ldif(people: list[Person]) -> str:
     return "\n".join(out) + "\n"
 
 
+# A stand-in for Active Directory's user schema (OpenLDAP's msuser.schema is informational and
+# defines no matching rules): the attributes mailkeep's schema = "ad" defaults use, with AD's
+# names and comparison rules, under a private test OID arc.
+AD_SCHEMA = """\
+attributetype ( 1.3.6.1.4.1.55555.1.1 NAME 'sAMAccountName' EQUALITY caseIgnoreMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.3.6.1.4.1.55555.1.2 NAME 'userPrincipalName' EQUALITY caseIgnoreMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.3.6.1.4.1.55555.1.3 NAME 'proxyAddresses' EQUALITY caseIgnoreMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+attributetype ( 1.3.6.1.4.1.55555.1.4 NAME 'userAccountControl' EQUALITY integerMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+attributetype ( 1.3.6.1.4.1.55555.1.5 NAME 'memberOf' EQUALITY distinguishedNameMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.12 )
+attributetype ( 1.3.6.1.4.1.55555.1.6 NAME 'objectCategory' EQUALITY caseIgnoreMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.55555.2.1 NAME 'user' SUP organizationalPerson STRUCTURAL
+  MAY ( sAMAccountName $ userPrincipalName $ proxyAddresses $ userAccountControl $
+        memberOf $ objectCategory $ mail ) )
+"""
+AD_DN = f"ou=ad,{BASE_DN}"
+
+
+def ad_ldif() -> str:
+    """Active Directory-like users: dave (enabled, in two groups, with proxy addresses) and
+    erin (disabled: userAccountControl 514 = NORMAL_ACCOUNT | ACCOUNTDISABLE)."""
+    out = [f"dn: {AD_DN}", "objectClass: organizationalUnit", "ou: ad", ""]
+    for name, control in (("Dave", 512), ("Erin", 514)):
+        low = name.lower()
+        out += [f"dn: cn={name} Example,{AD_DN}", "objectClass: user",
+                f"cn: {name} Example", "sn: Example", f"sAMAccountName: {name}",
+                f"userPrincipalName: {low}@corp.example.test", f"mail: {low}@example.test",
+                f"proxyAddresses: SMTP:{low}@example.test",
+                f"proxyAddresses: smtp:{low[0]}.example@example.test",
+                "proxyAddresses: X400:c=US;a= ;p=Example;o=Exchange;s=Example;",
+                f"memberOf: CN=HelpDesk,OU=Groups,{AD_DN}",
+                f"memberOf: CN=Mail Users,OU=Groups,{AD_DN}",
+                f"userAccountControl: {control}", "objectCategory: person",
+                f"userPassword: {ldap_salted_sha1.hash(low + '-ad-pw')}", ""]
+    return "\n".join(out) + "\n"
+
+
 def ldif() -> str:
     """The directory tree for slapd: people (inetOrgPerson), groups (groupOfNames), and the
     service account mailkeep searches with."""
@@ -104,4 +146,4 @@ def ldif() -> str:
         out += [f"dn: uid=twin{n},{PEOPLE_DN}", "objectClass: inetOrgPerson",
                 f"uid: twin{n}", f"cn: Twin {n}", "sn: Twin", "mail: twins@example.test",
                 f"userPassword: {ldap_salted_sha1.hash('twin-pw')}", ""]
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + ad_ldif()

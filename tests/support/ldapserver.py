@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trustme
 
-from tests.support.directory_data import BASE_DN, SERVICE_DN, ldif
+from tests.support.directory_data import AD_SCHEMA, BASE_DN, SERVICE_DN, ldif
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -84,9 +84,11 @@ def start_slapd(*, require_tls: bool = True, extra_ldif: str = "") -> Slapd:
     leaf.cert_chain_pems[0].write_to_path(str(root / "server.pem"))
     leaf.private_key_pem.write_to_path(str(root / "server.key"))
     (root / "db").mkdir()
+    (root / "ad.schema").write_text(AD_SCHEMA)
     conf = "\n".join([
         *[f"include {SCHEMAS / s}.schema" for s in ("core", "cosine", "inetorgperson",
                                                      "nis")],
+        f"include {root}/ad.schema",
         f"modulepath {MODULES}", "moduleload back_mdb",
         f"pidfile {root}/slapd.pid",
         f"TLSCACertificateFile {root}/ca.pem",
