@@ -75,9 +75,12 @@ class Postgres:
 def start_postgres() -> Postgres:
     initdb, postgres = _bin("initdb"), _bin("postgres")
     assert initdb and postgres
-    root = Path(tempfile.mkdtemp(prefix="mailkeep-pg-"))
+    as_root = os.geteuid() == 0
+    # Under root the cluster belongs to `nobody`, who must be able to reach it: /tmp, not a
+    # TMPDIR that may sit under root's private home.
+    root = Path(tempfile.mkdtemp(prefix="mailkeep-pg-", dir="/tmp" if as_root else None))
     user: str | None = None
-    if os.geteuid() == 0:
+    if as_root:
         user = "nobody"
         entry = pwd.getpwnam(user)
         os.chmod(root, 0o700)
