@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
 import getpass
 import json
 import logging
@@ -20,14 +21,22 @@ from mailkeep import __version__
 from mailkeep.config import ConfigError, load_config
 from mailkeep.config.model import Config
 from mailkeep.config.template import render
-from mailkeep.directory.base import Account, DirectoryError
+from mailkeep.directory.admin import AdminError, UserAdmin, UserEntry
+from mailkeep.directory.apppasswords import AppPassword, new_app_password
+from mailkeep.directory.base import (
+    SERVICES,
+    Account,
+    DirectoryError,
+    load_admin,
+    load_directory,
+)
 from mailkeep.directory.file import (
-    ACCOUNT_NAME,
-    ADDRESS,
     UserRecord,
     read_users_file,
     write_users_file,
 )
+from mailkeep.directory.importing import parse_dovecot_passwd, parse_users_csv
+from mailkeep.directory.names import ACCOUNT_NAME, ADDRESS, APP_PASSWORD_LABEL, clean_groups
 from mailkeep.directory.passwords import hash_password
 from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
 from mailkeep.tls.certs import (
@@ -175,7 +184,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         users_path = config.directory.base_dir / str(config.directory.options.get("path",
                                                                                   "users.toml"))
-        if config.directory.backend == "file":
+        if config.directory.backend != "file":
+            # The options are checked (and a SQLite file looked for); servers are not
+            # contacted: the daemon starts while they are down, and says so per login.
+            directory = load_directory(config.directory.backend, config.directory.options,
+                                       config.directory.base_dir)
+            asyncio.run(directory.close())
+        else:
             records = read_users_file(users_path)
             for name, rec in records.items():
                 for addr in rec.account.addresses:
@@ -199,11 +214,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- users ----------------------------------------------------------------------------------
 
-def _users_path(config: Config) -> Path:
-    if config.directory.backend != "file":
-        raise CliError("`mailkeep user` manages the file backend only")
-    raw = config.directory.options.get("path", "users.toml")
-    return (config.directory.base_dir / str(raw)).resolve()
+def _admin(config: Config) -> UserAdmin:
+    try:
+        return load_admin(config.directory.backend, config.directory.options,
+                          config.directory.base_dir)
+    except DirectoryError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -234,49 +250,137 @@ def _normalise_addresses(config: Config, name: str, extra: list[str]) -> tuple[s
     return tuple(result)
 
 
-def cmd_user(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    path = _users_path(config)
-    try:
-        records = read_users_file(path) if path.exists() else {}
-    except DirectoryError as exc:
-        raise CliError(str(exc), EXIT_CONFIG) from None
+def _describe(entry: UserEntry) -> str:
+    acct = entry.account
+    flags = " (send_as_others)" if acct.send_as_others else ""
+    if acct.groups:
+        flags += f" [groups: {', '.join(acct.groups)}]"
+    if entry.app_passwords:
+        flags += f" [app passwords: {', '.join(a.label for a in entry.app_passwords)}]"
+    return f"{acct.name}: {', '.join(acct.addresses)}{flags}"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+async def _user_action(args: argparse.Namespace, config: Config, admin: UserAdmin) -> int:
     action = args.user_command
-    if action == "list":
-        for name in sorted(records):
-            acct = records[name].account
-            flag = " (send_as_others)" if acct.send_as_others else ""
-            print(f"{name}: {', '.join(acct.addresses)}{flag}")
+    if action == "create-schema":
+        create = getattr(admin, "create_schema", None)
+        if create is None:
+            raise CliError(f"create-schema is for backend = \"sql\" (this config uses "
+                           f"{config.directory.backend!r})")
+        await create()
+        print("default tables created (or already there)")
         return 0
+    if action == "list":
+        for entry in await admin.list_users():
+            print(_describe(entry))
+        return 0
+    if action == "import":
+        return await _import(args, config, admin)
+    if action == "app-password":
+        return await _app_password(args, admin)
     name = args.name.lower()
     if action == "add":
         if not ACCOUNT_NAME.match(name):
             raise CliError(f"{name!r}: account names are lower-case letters, digits, . _ + @ -")
-        if name in records:
-            raise CliError(f"{name} exists; use `mailkeep user passwd {name}`")
         addresses = _normalise_addresses(config, name, args.address or [])
-        taken = {a: n for n, r in records.items() for a in r.account.addresses}
-        for addr in addresses:
-            if addr in taken:
-                raise CliError(f"{addr} already belongs to {taken[addr]}")
+        if await admin.get_user(name) is not None:
+            raise CliError(f"{name} exists; use `mailkeep user passwd {name}`")
         password = _read_password(args)
-        records[name] = UserRecord(Account(name, addresses, args.send_as_others),
-                                   hash_password(password))
-        write_users_file(path, records)
+        groups = clean_groups(args.group or [])
+        await admin.add_users([UserEntry(Account(name, addresses, args.send_as_others, groups),
+                                         hash_password(password))])
         print(f"added {name}: {', '.join(addresses)}")
-        return 0
-    if name not in records:
-        raise CliError(f"no account {name}")
-    if action == "passwd":
-        rec = records[name]
-        records[name] = UserRecord(rec.account, hash_password(_read_password(args)))
-        write_users_file(path, records)
+    elif action == "passwd":
+        if admin.manages_accounts and await admin.get_user(name) is None:
+            raise CliError(f"no account {name}")
+        await admin.set_password(name, hash_password(_read_password(args)))
         print(f"password changed for {name}")
+    elif action == "groups":
+        await admin.set_groups(name, clean_groups(args.groups))
+        print(f"groups of {name}: {', '.join(clean_groups(args.groups)) or '(none)'}")
     elif action == "del":
-        del records[name]
-        write_users_file(path, records)
+        await admin.delete_user(name)
         print(f"deleted {name} (its Maildir under {config.data_dir / 'mail' / name} is kept)")
     return 0
+
+
+async def _app_password(args: argparse.Namespace, admin: UserAdmin) -> int:
+    name = args.name.lower()
+    action = args.app_command
+    if action == "add":
+        label = args.label.lower()
+        if not APP_PASSWORD_LABEL.match(label):
+            raise CliError(f"{label!r}: labels are lower-case letters, digits and . _ -")
+        services = tuple(dict.fromkeys(s.strip() for s in args.services.split(",")
+                                       if s.strip()))
+        bad = [s for s in services if s not in SERVICES]
+        if bad or not services:
+            raise CliError(f"--services: {', '.join(bad) or '(none)'}: choose from "
+                           f"{', '.join(SERVICES)}")
+        secret, stored = new_app_password()
+        await admin.add_app_password(name, AppPassword(label, stored, services, time.time()))
+        print(f"app password {label!r} for {name} ({', '.join(services)}):")
+        print(f"  {secret}")
+        print("  (shown once; revoke it with `mailkeep user app-password revoke "
+              f"{name} {label}`)")
+    elif action == "list":
+        for app in await admin.list_app_passwords(name):
+            print(f"{app.label}: {', '.join(app.services)}; created {_when(app.created)}; "
+                  f"last used {_when(app.last_used)}")
+    elif action == "revoke":
+        if not await admin.revoke_app_password(name, args.label.lower()):
+            raise CliError(f"{name} has no app password {args.label.lower()!r}")
+        print(f"revoked {args.label.lower()!r} of {name}")
+    return 0
+
+
+async def _import(args: argparse.Namespace, config: Config, admin: UserAdmin) -> int:
+    source = Path(args.dovecot_passwd or args.csv)
+    try:
+        text = await asyncio.to_thread(source.read_text, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{source}: cannot read: {exc}") from None
+    if args.dovecot_passwd:
+        result = await asyncio.to_thread(
+            parse_dovecot_passwd, text, default_domain=config.domains[0],
+            is_local=config.is_local_domain, names=args.names)
+    else:
+        result = await asyncio.to_thread(parse_users_csv, text,
+                                         default_domain=config.domains[0],
+                                         is_local=config.is_local_domain)
+    if result.problems and not args.skip_invalid:
+        raise CliError(f"{source}: nothing imported, {len(result.problems)} problem(s) "
+                       "(fix them, or --skip-invalid to import the rest):\n  "
+                       + "\n  ".join(result.problems))
+    for problem in result.problems:
+        print(f"skipped: {source}: {problem}", file=sys.stderr)
+    await admin.add_users(result.entries)
+    print(f"imported {len(result.entries)} account(s) from {source}")
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    admin = _admin(config)
+
+    async def run() -> int:
+        try:
+            return await _user_action(args, config, admin)
+        finally:
+            await admin.close()
+
+    try:
+        return asyncio.run(run())
+    except AdminError as exc:
+        raise CliError(str(exc)) from None
+    except DirectoryError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
 
 
 # -- certificates ---------------------------------------------------------------------------
@@ -489,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_health)
 
-    users = sub.add_parser("user", help="manage accounts in the users file")
+    users = sub.add_parser("user", help="manage accounts (file and sql backends) and app "
+                                        "passwords (every backend)")
     usub = users.add_subparsers(dest="user_command", required=True)
     for action, text in (("add", "add an account (password from stdin or a prompt)"),
                          ("passwd", "set an account's password"),
@@ -502,10 +607,52 @@ def build_parser() -> argparse.ArgumentParser:
                            help="an extra address or alias; repeatable")
             q.add_argument("--send-as-others", action="store_true",
                            help="allow a header From that is not one of the account's addresses")
+            q.add_argument("--group", action="append",
+                           help="a group for policy (auth_groups, send_as_groups); repeatable")
         q.set_defaults(func=cmd_user)
+    q = usub.add_parser("groups", help="set an account's groups (none: no groups)")
+    q.add_argument("name")
+    q.add_argument("groups", nargs="*")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_user)
     q = usub.add_parser("list", help="list accounts and their addresses")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_user)
+    q = usub.add_parser("create-schema", help="sql backend: create the default tables")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_user)
+    q = usub.add_parser("import", help="add accounts from a Dovecot passwd-file or a CSV file")
+    q.add_argument("--config", required=True)
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dovecot-passwd", metavar="FILE",
+                     help="user:{SCHEME}hash:... lines (hashes kept as they are)")
+    src.add_argument("--csv", metavar="FILE",
+                     help="a header row, then name,password[,addresses][,groups]"
+                          "[,send_as_others]")
+    q.add_argument("--names", choices=("local", "full"), default="local",
+                   help="passwd-file: account names are the local part (default) or the "
+                        "whole address")
+    q.add_argument("--skip-invalid", action="store_true",
+                   help="import the good lines and report the others (default: all or "
+                        "nothing)")
+    q.set_defaults(func=cmd_user)
+    apps = usub.add_parser("app-password", help="named passwords limited to some services")
+    asub = apps.add_subparsers(dest="app_command", required=True)
+    q = asub.add_parser("add", help="make one (printed once)")
+    q.add_argument("name")
+    q.add_argument("label", help='e.g. "phone"')
+    q.add_argument("--services", required=True,
+                   help=f"comma-separated: {', '.join(SERVICES)}")
+    q.add_argument("--config", required=True)
+    q = asub.add_parser("list", help="an account's app passwords, with last use")
+    q.add_argument("name")
+    q.add_argument("--config", required=True)
+    q = asub.add_parser("revoke", help="remove one")
+    q.add_argument("name")
+    q.add_argument("label")
+    q.add_argument("--config", required=True)
+    for parser in asub.choices.values():
+        parser.set_defaults(func=cmd_user, user_command="app-password")
 
     cert = sub.add_parser("cert", help="certificates")
     csub = cert.add_subparsers(dest="cert_command", required=True)

@@ -54,6 +54,7 @@ _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
     "may_relay": ("relay",), "rate": ("relay", "smtp"),
     "max_message_size": ("relay", "smtp", "submission"),
     "reject_dmarc_failures": ("smtp",),
+    "auth_groups": ("relay", "submission"),
 }
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour|day)\s*$")
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0,
@@ -359,7 +360,8 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
             r.problem(prefix + key, f"only for protocol = {' or '.join(map(repr, kinds))}")
     if protocol == "submission":
         return replace(listener, auth="required", may_relay=True,
-                       max_message_size=_size(r, table, prefix))
+                       max_message_size=_size(r, table, prefix),
+                       auth_groups=_groups(r, table, prefix))
     if protocol == "smtp":
         return replace(listener, auth="none", may_relay=False, rate=_rate(r, table, prefix),
                        max_message_size=_size(r, table, prefix),
@@ -403,9 +405,25 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
     if not senders and auth != "required":
         r.problem(prefix + "senders", "required when auth is not \"required\": the envelope "
                   'senders this connector accepts, e.g. ["@example.test"]')
+    auth_groups = _groups(r, table, prefix)
+    if auth_groups and auth == "none":
+        r.problem(prefix + "auth_groups", 'needs auth = "optional" or "required" (nobody logs '
+                  "in on this connector)")
     return replace(listener, clients=tuple(clients), auth=cast(AuthMode, auth),
                    senders=tuple(senders), may_relay=may_relay, rate=_rate(r, table, prefix),
-                   max_message_size=_size(r, table, prefix))
+                   max_message_size=_size(r, table, prefix), auth_groups=auth_groups)
+
+
+def _groups(r: _Reader, table: dict[str, Any], prefix: str) -> tuple[str, ...]:
+    """auth_groups: directory group names (compared in lower case)."""
+    if "auth_groups" not in table:
+        return ()
+    raw = table["auth_groups"]
+    if not isinstance(raw, list) or not raw or \
+            not all(isinstance(g, str) and g.strip() for g in raw):
+        r.problem(prefix + "auth_groups", 'expected a list of group names, e.g. ["printers"]')
+        return ()
+    return tuple(dict.fromkeys(g.strip().lower() for g in raw))
 
 
 def _networks(r: _Reader, raw: object,

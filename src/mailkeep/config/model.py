@@ -147,6 +147,8 @@ class ListenerConfig:
     reject_dmarc_failures: bool = False
     # HAProxy's PROXY protocol (v1 or v2) before anything else, from trusted_proxies only.
     proxy_protocol: bool = False
+    # submission, relay: only members of one of these directory groups may log in here.
+    auth_groups: tuple[str, ...] = ()
 
     @property
     def is_smtp(self) -> bool:

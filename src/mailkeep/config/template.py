@@ -34,10 +34,44 @@ key = "{key}"
 # reload_interval = 30.0     # seconds between checks of the certificate files
 
 [directory]
-# Where accounts come from. "file" is a TOML users file managed by `mailkeep user ...`.
-# Other backends register in the Python entry-point group "mailkeep.directories".
+# Where accounts come from: "file" (a TOML users file), "sql" (SQLite or PostgreSQL) or
+# "ldap" (OpenLDAP, Active Directory). `mailkeep user ...` manages accounts of the file and
+# sql backends, and app passwords of all three. More backends can register in the Python
+# entry-point group "mailkeep.directories".
 backend = "file"
 path = "users.toml"
+# cache_ttl = 60.0             # seconds a verified login is remembered (a keyed hash, never
+#                              # the password), so reconnecting clients skip argon2id or an
+#                              # LDAP bind; 0 turns it off. The file backend forgets at once
+#                              # when the users file changes; sql and ldap within cache_ttl.
+# cache_size = 10000           # remembered logins at most
+# send_as_groups = ["helpdesk"]  # members may name other people in the header From
+#
+# SQL: the default schema comes from `mailkeep user create-schema`; to use tables of your
+# own, replace the queries (login_query, account_query, address_query, addresses_query,
+# groups_query, app_passwords_query, app_password_used_query; see the README).
+# backend = "sql"
+# database = "users.sqlite3"   # SQLite, relative to this file; or PostgreSQL:
+# dsn = "postgresql://mailkeep@db.{first_domain}/mail"
+# password_file = "db.secret"  # the database password (mode 0600)
+# timeout = 5.0                # seconds before a login gets "try again later"
+# pool_size = 4
+#
+# LDAP / Active Directory: users are found with a service account and checked by binding
+# as themselves (their password hashes are never read), over LDAPS or StartTLS with the
+# server's certificate verified. Several URIs fail over in order.
+# backend = "ldap"
+# uri = ["ldaps://ldap1.{first_domain}", "ldap://ldap2.{first_domain}"]  # ldap:// = StartTLS
+# base_dn = "ou=people,dc=example,dc=test"
+# bind_dn = "cn=mailkeep,ou=services,dc=example,dc=test"
+# bind_password_file = "ldap.secret"
+# schema = "openldap"          # or "ad": the defaults of the filters and attributes below
+# ca_file = "ldap-ca.pem"      # default: the system's CAs
+# user_filter = "(&(objectClass=inetOrgPerson)(|(uid={{login}})(mail={{login}})))"
+# group_filter = "(&(objectClass=groupOfNames)(member={{dn}}))"   # "" for none
+# member_of_attribute = "memberOf"   # groups from the user entry (AD, memberof overlay)
+# timeout = 5.0
+# app_passwords = "app-passwords.sqlite3"  # app passwords of LDAP users, kept locally
 
 [submission]
 # max_message_size = 26214400   # bytes (25 MiB); SIZE is advertised and enforced (552 5.3.4)
@@ -185,6 +219,8 @@ bind = [{bind_465}]
 # auth = "none"                    # none | optional | required (AUTH only inside TLS)
 # senders = ["@{first_domain}"]    # addresses or @domain; required unless auth = "required"
 # may_relay = true
+# auth_groups = ["printers"]       # only members of these directory groups may log in here
+#                                  # (also for submission listeners)
 # rate = "60/min"                  # messages per minute from one client address
 # max_message_size = 10485760
 {pop3_listeners}{imap_listeners}"""

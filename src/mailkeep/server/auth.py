@@ -41,7 +41,12 @@ class LoginOutcome:
 
 
 async def login(services: Services, *, peer_ip: str, creds: Credentials, service: str,
-                mechanism: str, conn_id: str) -> LoginOutcome:
+                mechanism: str, conn_id: str,
+                required_groups: tuple[str, ...] = ()) -> LoginOutcome:
+    """`service` names the door (directory.base.SERVICES: app passwords are per door);
+    `required_groups`, when given, admits only members of one of those directory groups
+    (a connector's auth_groups). Not being a member is answered like a wrong password, and
+    counted like one: the reply never says that the password itself was right."""
     throttle = services.throttle
     verdict, wait = throttle.begin(peer_ip)
     if verdict is Verdict.BLOCKED:
@@ -66,6 +71,11 @@ async def login(services: Services, *, peer_ip: str, creds: Credentials, service
                                                                account.name) \
                 and not account.owns(authzid):
             account = None  # RFC 4616 §2: nobody acts for another user
+        if account is not None and required_groups and \
+                not account.in_any_group(required_groups):
+            log.warning("conn=%s %s auth refused: %s is in none of the groups %s", conn_id,
+                        service, account.name, ", ".join(required_groups))
+            account = None
         if account is None:
             log.warning("conn=%s %s auth failed peer=%s mechanism=%s login=%r", conn_id,
                         service, peer_ip, mechanism, creds.login[:64])
