@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.proto.autoconfig import MailSetup
 from mailkeep.relay.authdns import make_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.relay.runner import DeliveryRunner
@@ -25,7 +26,7 @@ from mailkeep.relay.spool import Spool
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
 from mailkeep.security.rate import RateLimiter
-from mailkeep.server import imap, pop3, smtp
+from mailkeep.server import autoconfig, imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
@@ -66,6 +67,14 @@ class Daemon:
         self.runner: DeliveryRunner | None = None
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
+        self._mail_setup: MailSetup | None = None
+
+    def mail_setup(self) -> MailSetup:
+        """What autoconfig advertises, built on first use: by then every listener is bound,
+        so doors bound to port 0 are advertised with their real ports."""
+        if self._mail_setup is None:
+            self._mail_setup = autoconfig.mail_setup(self.config, self.bound)
+        return self._mail_setup
 
     def load_tls(self) -> dict[str, ssl.SSLContext]:
         """Front contexts per listener; every certificate problem at once."""
@@ -160,7 +169,7 @@ class Daemon:
             port = servers[0].port
             services.auth_resolver = make_resolver([s.host for s in servers], port=port)
         for lst in config.listeners:
-            if lst.tls == "none":
+            if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
                             "legacy devices on %s", lst.name,
                             ", ".join(str(n) for n in lst.clients))
@@ -187,6 +196,9 @@ class Daemon:
             factory, refusal = pop3.session_factory(services, lst, context), pop3.refusal_line
         elif lst.protocol == "imap":
             factory, refusal = imap.session_factory(services, lst, context), imap.refusal_line
+        elif lst.protocol == "autoconfig":
+            factory = autoconfig.session_factory(services, lst, context, self.mail_setup)
+            refusal = autoconfig.refusal_line
         else:
             factory = smtp.session_factory(services, lst, context)
             refusal = functools.partial(smtp.refusal_line, self.config.hostname)
