@@ -140,7 +140,9 @@ class AutoconfigSession(StreamSession):
         first = self.requests == 0
         # Pipelined bytes left from the previous request count towards this one's head.
         fed = len(self.conn.trailing_data[0])
-        deadline: float | None = loop.time() + REQUEST_TIMEOUT if first or fed else None
+        # Nobody here ever logs in: security.login_timeout bounds every wait.
+        limit = min(REQUEST_TIMEOUT, self.services.config.security.login_timeout)
+        deadline: float | None = loop.time() + limit if first or fed else None
         request: h11.Request | None = None
         body = bytearray()
         while True:
@@ -154,7 +156,7 @@ class AutoconfigSession(StreamSession):
                 if data is None:
                     return None
                 if deadline is None:
-                    deadline = loop.time() + REQUEST_TIMEOUT
+                    deadline = loop.time() + limit
                 fed += len(data)
                 self.conn.receive_data(data)
                 continue
