@@ -9,7 +9,6 @@ docs/clients.md. Skipped where Thunderbird is not installed (scripts/check.sh in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,8 +58,11 @@ const summary = c => ({subSource: c.subSource, id: c.id, displayName: c.displayN
 """
 
 
-@pytest.fixture
-def setup(tmp_path: Path, ca: trustme.CA) -> Iterator[tuple[RunningDaemon, dict[str, Any]]]:
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory,
+          ca: trustme.CA) -> Iterator[tuple[RunningDaemon, dict[str, Any]]]:
+    """One Thunderbird run (it takes seconds to start) whose findings both tests read."""
+    tmp_path = tmp_path_factory.mktemp("thunderbird")
     daemon = start_autoconfig_daemon(tmp_path / "site", ca)
     thunderbird: Thunderbird | None = None
     try:
