@@ -7,6 +7,7 @@ Every wait is bounded by a socket timeout; nothing measures time.
 
 from __future__ import annotations
 
+import contextlib
 import plistlib
 import shutil
 import socket
@@ -20,7 +21,11 @@ import pytest
 import trustme
 
 from mailkeep.cli import main
-from mailkeep.server.autoconfig import MAX_BODY_OCTETS, MAX_HEAD_OCTETS
+from mailkeep.server.autoconfig import (
+    MAX_BODY_OCTETS,
+    MAX_HEAD_OCTETS,
+    MAX_REQUESTS_PER_CONNECTION,
+)
 from tests.support.autoconfig import AUTOCONFIG_LISTENERS, start_autoconfig_daemon
 from tests.support.daemon import HOSTNAME, RunningDaemon
 from tests.support.wait import eventually
@@ -271,6 +276,19 @@ def test_keep_alive_and_pipelining(one_site: RunningDaemon) -> None:
         answers = read_until_closed(sock)
     assert answers.count(b"HTTP/1.1 200 OK\r\n") == 3
     assert answers.count(b"</clientConfig>") == 2  # HEAD: no body
+
+
+def test_requests_per_connection_limit(one_site: RunningDaemon) -> None:
+    """The last allowed request is answered with Connection: close; one more is not read."""
+    head = f"HEAD {TB_PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", one_site.ports["autoconfig"]),
+                                  timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head * (MAX_REQUESTS_PER_CONNECTION + 1))
+        answers = read_until_closed(sock)
+    assert answers.count(b"HTTP/1.1 200 OK\r\n") == MAX_REQUESTS_PER_CONNECTION
+    assert answers.count(b"\r\nConnection: close\r\n") == 1
+    assert answers.rpartition(b"HTTP/1.1 200 OK\r\n")[2].count(b"Connection: close") == 1
 
 
 def test_absolute_form_target(one_site: RunningDaemon) -> None:

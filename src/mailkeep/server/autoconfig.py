@@ -14,10 +14,12 @@ MAX_REQUESTS_PER_CONNECTION requests with KEEPALIVE_TIMEOUT of silence between t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from http import HTTPStatus
 from typing import NoReturn
 
@@ -47,6 +49,12 @@ REQUEST_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 5.0
 # Requests on one connection before it is closed (nginx keepalive_requests was 100).
 MAX_REQUESTS_PER_CONNECTION = 100
+# RFC 9112 §9.6: a server that closes while the client may still be sending should stop
+# writing first and keep reading a while, or the client's TCP stack, hit by a reset, may
+# throw away the response it has not read yet (nginx lingering_close: 30 s / 5 s). At most
+# this long and this much, then the connection is closed regardless.
+LINGER_SECONDS = 2.0
+LINGER_OCTETS = 64 * 1024
 
 SetupSource = Callable[[], MailSetup]
 
@@ -83,6 +91,7 @@ class AutoconfigSession(StreamSession):
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_OCTETS)
         self.requests = 0
         self.last_status = 0
+        self.reader: asyncio.StreamReader | None = None
 
     # -- StreamSession ---------------------------------------------------------------------
 
@@ -114,6 +123,7 @@ class AutoconfigSession(StreamSession):
     # -- HTTP ------------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
         while True:
             request = await self._read_request(reader)
             if request is None:
@@ -122,14 +132,15 @@ class AutoconfigSession(StreamSession):
             self.requests += 1
             result = answer(method, target, body, self.setup())
             if self.requests >= MAX_REQUESTS_PER_CONNECTION or self.stopping:
-                result = Answer(result.status, result.body, result.content_type,
-                                result.headers, close=True)
+                result = replace(result, close=True)
             await self._send(writer, result, head_only=method == "HEAD")
             self.log.debug("conn=%s %s %s -> %d", self.conn_id, method,
                            target.partition("?")[0][:200], result.status)
-            if result.close or self.conn.our_state is not h11.DONE \
-                    or self.conn.their_state is not h11.DONE:
+            if result.close:
+                await self._linger(reader, writer)  # pipelined requests may be unread
                 return
+            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                return  # the client asked to close, or spoke HTTP/1.0
             self.conn.start_next_cycle()
 
     async def _read_request(self, reader: asyncio.StreamReader
@@ -211,9 +222,26 @@ class AutoconfigSession(StreamSession):
     async def _refuse(self, status: int, reason: str) -> NoReturn:
         self.log.debug("conn=%s %s", self.conn_id, reason)
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            assert self.writer is not None
+            assert self.writer is not None and self.reader is not None
             await self._send(self.writer, plain(status, close=True), head_only=False)
+            await self._linger(self.reader, self.writer)
         raise SessionFinished(reason)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close (where the transport can: not inside TLS), then read and drop what the
+        client still sends, until it closes or LINGER_SECONDS / LINGER_OCTETS run out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_SECONDS
+        drained = 0
+        with contextlib.suppress(TimeoutError, OSError, ConnectionError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+            while drained < LINGER_OCTETS:
+                chunk = await asyncio.wait_for(reader.read(READ_SIZE),
+                                               max(deadline - loop.time(), 0.0))
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     async def _send(self, writer: asyncio.StreamWriter, result: Answer, *,
                     head_only: bool) -> None:
