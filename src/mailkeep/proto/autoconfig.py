@@ -21,6 +21,7 @@ and by each address).
 
 from __future__ import annotations
 
+import functools
 import plistlib
 import re
 import uuid
@@ -156,6 +157,7 @@ def _serialize(root: ET.Element) -> bytes:
     return text + b"\n"
 
 
+@functools.lru_cache(maxsize=4)  # the same document for every request: built once
 def thunderbird_config(setup: MailSetup) -> bytes:
     """config-v1.1.xml: <clientConfig version="1.1"><emailProvider id=...> with a <domain>
     per local domain, then every incoming and every outgoing door in order of preference
