@@ -2,7 +2,8 @@
 # Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
 # Installs what the tests need: the Python test extras, and swaks (+ Net::SSLeay), curl,
 # openssl, fetchmail, isync (mbsync), dovecot with its POP3 server (for Maildir interop
-# tests), slapd and postgresql (for the directory backends) from Debian when missing.
+# tests), slapd and postgresql (for the directory backends) and thunderbird (autoconfig)
+# from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -27,6 +28,8 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # start their own throwaway instances on loopback ports; the system services are stopped.
 [ -x /usr/sbin/slapd ] || missing+=(slapd ldap-utils)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+# Thunderbird, run headless, parses our autoconfig documents with its own account-setup code.
+command -v thunderbird >/dev/null 2>&1 || missing+=(thunderbird)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test tools: ${missing[*]}" >&2
     apt_install "${missing[@]}" ca-certificates

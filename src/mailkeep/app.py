@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.proto.autoconfig import MailSetup
 from mailkeep.relay.authdns import make_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.relay.runner import DeliveryRunner
@@ -33,7 +34,7 @@ from mailkeep.security.privileges import (
     running_as_root,
 )
 from mailkeep.security.rate import RateLimiter
-from mailkeep.server import imap, pop3, smtp
+from mailkeep.server import autoconfig, imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
@@ -75,6 +76,14 @@ class Daemon:
         self.ready_file: Path | None = None  # where `serve --ready-file` wants the ports
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
+        self._mail_setup: MailSetup | None = None
+
+    def mail_setup(self) -> MailSetup:
+        """What autoconfig advertises, built on first use: by then every listener is bound,
+        so doors bound to port 0 are advertised with their real ports."""
+        if self._mail_setup is None:
+            self._mail_setup = autoconfig.mail_setup(self.config, self.bound)
+        return self._mail_setup
 
     def load_tls(self) -> dict[str, ssl.SSLContext]:
         """Front contexts per listener; every certificate problem at once."""
@@ -225,7 +234,7 @@ class Daemon:
             # Each server on its own port, like the outbound resolver (relay/dns.py).
             services.auth_resolver = make_resolver([(s.host, s.port) for s in servers])
         for lst in config.listeners:
-            if lst.tls == "none":
+            if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
                             "legacy devices on %s", lst.name,
                             ", ".join(str(n) for n in lst.clients))
@@ -255,6 +264,9 @@ class Daemon:
             factory, refusal = pop3.session_factory(services, lst, context), pop3.refusal_line
         elif lst.protocol == "imap":
             factory, refusal = imap.session_factory(services, lst, context), imap.refusal_line
+        elif lst.protocol == "autoconfig":
+            factory = autoconfig.session_factory(services, lst, context, self.mail_setup)
+            refusal = autoconfig.refusal_line
         else:
             factory = smtp.session_factory(services, lst, context)
             refusal = functools.partial(smtp.refusal_line, self.config.hostname)

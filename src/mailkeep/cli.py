@@ -1,4 +1,5 @@
-"""Command line: init, serve, check-config, user ..., cert ..., queue ..., dkim ..., health."""
+"""Command line: init, serve, check-config, dns, user ..., cert ..., queue ..., dkim ...,
+health."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: the daemon did not take a queue re
 STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
 UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110, 10993, 10143)
 # What a healthy listener says first, by protocol.
-GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK"}
+GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK",
+             "autoconfig": b"HTTP/1.1 200"}
 
 
 class CliError(Exception):
@@ -203,12 +205,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
 
         problems += key_problems(config)
+    for warning in _autoconfig_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     if problems:
         print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{config.path}: OK ({len(config.listeners)} listeners)")
+    return 0
+
+
+def _autoconfig_warnings(config: Config) -> list[str]:
+    """An HTTPS autoconfig listener is reached as autoconfig.DOMAIN and autodiscover.DOMAIN
+    (the CNAMEs of `mailkeep dns`): a certificate without those names makes Thunderbird fall
+    back to plain HTTP and Outlook warn or give up. Worth a warning, not a refusal: the
+    documents still work over HTTP, and the certificate may be renewed with the names."""
+    warnings: list[str] = []
+    for lst in config.listeners:
+        if lst.protocol != "autoconfig" or lst.tls != "implicit":
+            continue
+        try:
+            info = inspect_certificate(lst.cert)
+        except CertificateProblem:
+            continue  # reported above as a problem
+        missing = [f"{prefix}.{domain}" for domain in config.domains
+                   for prefix in ("autoconfig", "autodiscover")
+                   if not info.covers(f"{prefix}.{domain}")]
+        if missing:
+            warnings.append(f"listeners.{lst.name}: the certificate {lst.cert} does not cover "
+                            f"{', '.join(missing)} (SAN: {', '.join(info.names) or 'none'}); "
+                            "HTTPS clients fetching those names will refuse it: add them "
+                            "to the certificate (mailkeep cert selfsigned --san NAME ...)")
+    return warnings
+
+
+# -- dns ------------------------------------------------------------------------------------
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """Zone-file lines for one local domain: MX, SRV, autoconfig CNAMEs, SPF, DKIM."""
+    from mailkeep.proto.zone import AutoconfigSite, records  # noqa: PLC0415
+    from mailkeep.relay.dkim import DkimError, txt_record  # noqa: PLC0415
+    from mailkeep.server.autoconfig import mail_setup  # noqa: PLC0415
+
+    config = _load(args.config)
+    domain = args.domain.lower().rstrip(".")
+    if not config.is_local_domain(domain):
+        raise CliError(f"{domain} is not a local domain ({', '.join(config.domains)})",
+                       EXIT_USAGE)
+    sites = tuple(AutoconfigSite(addr.port, lst.tls == "implicit")
+                  for lst in config.listeners if lst.protocol == "autoconfig"
+                  for addr in lst.bind)
+    dkim_txt = dkim_note = None
+    setting = config.dkim.get(domain)
+    if setting is None:
+        dkim_note = ("no key configured for this domain (add [dkim.domains."
+                     f'"{domain}"] with a selector and key)')
+    else:
+        try:
+            dkim_txt = txt_record(domain, setting.selector, setting.key.read_bytes())
+        except (OSError, DkimError, ValueError) as exc:
+            dkim_note = f"the key {setting.key} cannot be read: {exc}"
+    lines = records(mail_setup(config), domain,
+                    inbound_mx=any(lst.protocol == "smtp" for lst in config.listeners),
+                    sites=sites, dkim_txt=dkim_txt, dkim_note=dkim_note)
+    print("\n".join(lines))
     return 0
 
 
@@ -537,10 +598,16 @@ def cmd_health(args: argparse.Namespace) -> int:
                     sock: socket.socket = raw
                     if lst.tls == "implicit":
                         sock = ctx.wrap_socket(raw, server_hostname=config.hostname)
+                    if lst.protocol == "autoconfig":
+                        sock.sendall(f"HEAD /mail/config-v1.1.xml HTTP/1.1\r\nHost: "
+                                     f"{config.hostname}\r\nConnection: close\r\n\r\n"
+                                     .encode())
                     greeting = sock.recv(512)
                     if not greeting.startswith(GREETINGS[lst.protocol]):
                         raise OSError(f"unexpected greeting {greeting[:60]!r}")
-                    sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap" else b"QUIT\r\n")
+                    if lst.protocol != "autoconfig":
+                        sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap"
+                                     else b"QUIT\r\n")
                 print(f"ok {lst.name} {addr}")
             except OSError as exc:
                 print(f"FAIL {lst.name} {addr}: {exc}")
@@ -588,6 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("check-config", help="report every problem in a config")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_check_config)
+
+    q = sub.add_parser("dns", help="print the DNS records to publish for a local domain")
+    q.add_argument("domain")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_dns)
 
     q = sub.add_parser("health", help="probe every listener (for container health checks)")
     q.add_argument("--config", required=True)

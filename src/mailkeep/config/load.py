@@ -32,7 +32,10 @@ from mailkeep.relay.routes import parse_delivery
 
 # Protocols that this version can serve; the others are reserved names in the schema.
 IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "smtp", "relay", "pop3",
-                                                   "imap"})
+                                                   "imap", "autoconfig"})
+# tls = "none" is for legacy devices on an application connector, and for plain HTTP on an
+# autoconfig listener (Thunderbird fetches http://autoconfig.DOMAIN/: no password crosses it).
+_PLAINTEXT_PROTOCOLS = ("relay", "autoconfig")
 # RFC 2449 §4: clients may send POP3 commands of up to 255 octets including CRLF.
 MIN_POP3_LINE_LENGTH = 255
 # RFC 7162 §4: IMAP servers SHOULD accept command lines of at least 8192 octets.
@@ -310,9 +313,13 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
         if mode is not None and mode not in get_args(TlsMode):
             r.problem(prefix + "tls", f"{mode!r} is not one of starttls, implicit, none")
             mode = None
-        if mode == "none" and protocol not in (None, "relay"):
+        if mode == "none" and protocol not in (None, *_PLAINTEXT_PROTOCOLS):
             r.problem(prefix + "tls", 'tls = "none" is only for protocol = "relay" (legacy '
-                      "devices that cannot do TLS); this listener needs starttls or implicit")
+                      'devices that cannot do TLS) and protocol = "autoconfig" (plain HTTP); '
+                      "this listener needs starttls or implicit")
+        if protocol == "autoconfig" and mode == "starttls":
+            r.problem(prefix + "tls", 'HTTP has no STARTTLS: an autoconfig listener is '
+                      'tls = "none" (plain HTTP, port 80) or "implicit" (HTTPS, port 443)')
         if protocol == "smtp" and mode == "implicit":
             r.problem(prefix + "tls", 'an inbound MX (protocol = "smtp") is reached on port 25 '
                       'with STARTTLS (RFC 3207): use tls = "starttls"')
@@ -348,7 +355,21 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
             proxy_protocol=bool(r.get(table, "proxy_protocol", bool, prefix, False)),
         )
         result.append(_parse_connector(r, listener, table, prefix))
+    _check_autoconfig(r, result)
     return tuple(result)
+
+
+def _check_autoconfig(r: _Reader, listeners: list[ListenerConfig]) -> None:
+    """An autoconfig listener must have something to advertise: a client needs a way in
+    (imap or pop3) and a way out (submission)."""
+    protocols = {lst.protocol for lst in listeners}
+    for lst in listeners:
+        if lst.protocol != "autoconfig":
+            continue
+        if not protocols & {"imap", "pop3"} or "submission" not in protocols:
+            r.problem(f"listeners.{lst.name}", "nothing to advertise: account "
+                      "autoconfiguration needs an imap or pop3 listener and a submission "
+                      "listener")
 
 
 def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any],

@@ -12,7 +12,7 @@ from typing import Literal
 from mailkeep.relay.queue_config import QueueConfig
 from mailkeep.relay.routes import DeliveryConfig
 
-Protocol = Literal["submission", "smtp", "relay", "imap", "pop3"]
+Protocol = Literal["submission", "smtp", "relay", "imap", "pop3", "autoconfig"]
 TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["none", "optional", "required"]
 SMTP_PROTOCOLS = ("submission", "smtp", "relay")

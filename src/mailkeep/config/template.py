@@ -173,8 +173,9 @@ path = "users.toml"
 # selector = "mailkeep"
 # key = "dkim/{first_domain}.mailkeep.key"
 
-# Listeners: each has a name, a protocol (submission, smtp, relay, imap or pop3), a TLS
-# mode and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may
+# Listeners: each has a name, a protocol (submission, smtp, relay, imap, pop3 or
+# autoconfig), a TLS mode and one or more bind addresses ("host:port", IPv6 as "[::]:587").
+# A listener may
 # name its own cert and key. AUTH is only ever offered inside TLS. The SMTP kinds are
 # connectors with their own policy: submission (people: AUTH, any destination, own
 # addresses only), smtp (the internet's mail for local domains) and relay (applications).
@@ -223,7 +224,25 @@ bind = [{bind_465}]
 #                                  # (also for submission listeners)
 # rate = "60/min"                  # messages per minute from one client address
 # max_message_size = 10485760
-{pop3_listeners}{imap_listeners}"""
+{pop3_listeners}{imap_listeners}
+# Account autoconfiguration over HTTP: Thunderbird's config-v1.1.xml (at
+# /mail/config-v1.1.xml and /.well-known/autoconfig/mail/config-v1.1.xml), Outlook's
+# autodiscover (/autodiscover/autodiscover.xml) and an Apple profile
+# (/email.mobileconfig?emailaddress=...), made from the listeners above. Nothing else is
+# served there. tls = "none" is plain HTTP (Thunderbird asks http://autoconfig.DOMAIN/;
+# no password crosses it) and "implicit" is HTTPS with the certificate above (which should
+# then cover autoconfig.DOMAIN and autodiscover.DOMAIN: check-config warns). Publish the
+# names with the records `mailkeep dns DOMAIN --config {config_name}` prints.
+# [listeners.autoconfig]
+# protocol = "autoconfig"
+# tls = "none"
+# bind = ["0.0.0.0:80", "[::]:80"]
+#
+# [listeners.autoconfig-https]
+# protocol = "autoconfig"
+# tls = "implicit"
+# bind = ["0.0.0.0:443", "[::]:443"]
+"""
 
 POP3_LISTENERS = """
 # Port 995: POP3 inside TLS from the first byte (RFC 8314 "pop3s"). USER/PASS and
