@@ -22,6 +22,8 @@ log = logging.getLogger("mailkeep.auth")
 # (a temporary failure), so a slow LDAP server can never hang a client. argon2id takes
 # about 25 ms here; an LDAP bind a few ms on a LAN.
 VERIFY_TIMEOUT_SECONDS = 15.0
+# How often an attempt held back by the throttle (BUSY) looks again.
+BUSY_RETRY_SECONDS = 0.02
 
 
 class Failure(enum.Enum):
@@ -48,8 +50,16 @@ async def login(services: Services, *, peer_ip: str, creds: Credentials, service
     (a connector's auth_groups). Not being a member is answered like a wrong password, and
     counted like one: the reply never says that the password itself was right."""
     throttle = services.throttle
-    verdict, wait = throttle.begin(peer_ip)
-    if verdict is Verdict.BLOCKED:
+    deadline = asyncio.get_running_loop().time() + VERIFY_TIMEOUT_SECONDS
+    while True:
+        verdict, wait = throttle.begin(peer_ip)
+        if verdict is not Verdict.BUSY or asyncio.get_running_loop().time() > deadline:
+            break
+        # As many attempts from this address are being checked as could reach its block:
+        # wait for one to end (a guesser's parallel connections are checked a few at a
+        # time; an office's burst of good logins just queues for milliseconds).
+        await asyncio.sleep(BUSY_RETRY_SECONDS)
+    if verdict is not Verdict.ALLOW:
         log.warning("conn=%s %s auth refused: %s is blocked for %.0fs more", conn_id, service,
                     peer_ip, wait)
         return LoginOutcome(None, Failure.BLOCKED)
