@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 import mailkeep.store.maildir.modseq as modseq_mod
+from mailkeep.store.base import FlagMode
 from mailkeep.store.maildir import modseq
 from mailkeep.store.maildir.layout import ensure_maildir
 from mailkeep.store.maildir.store import MaildirStore
+from mailkeep.store.memory import MemoryStore
 from tests.support.imap_driver import run_sync
 
 SEEN = frozenset({"\\Seen"})
@@ -91,7 +94,6 @@ def test_store_snapshots_carry_modseqs_and_vanished(tmp_path: Path) -> None:
         snap = run_sync_thread(store.snapshot("alice", "INBOX"))
         base = snap.highestmodseq
         assert set(snap.modseqs) == {uid1, uid2} and max(snap.modseqs.values()) == base
-        from mailkeep.store.base import FlagMode
         run_sync_thread(store.store_flags("alice", "INBOX", [uid1], FlagMode.ADD,
                                           ["\\Deleted"]))
         flagged = run_sync_thread(store.snapshot("alice", "INBOX"))
@@ -107,8 +109,6 @@ def test_store_snapshots_carry_modseqs_and_vanished(tmp_path: Path) -> None:
 
 
 def _runner():  # type: ignore[no-untyped-def]
-    import asyncio
-
     loop = asyncio.new_event_loop()
 
     def run(coro):  # type: ignore[no-untyped-def]
@@ -118,9 +118,6 @@ def _runner():  # type: ignore[no-untyped-def]
 
 
 def test_memory_store_tracks_modseqs_like_the_sidecar() -> None:
-    from mailkeep.store.base import FlagMode
-    from mailkeep.store.memory import MemoryStore
-
     store = MemoryStore()
     uid = run_sync(store.append("a", "INBOX", b"x\r\n"))
     base = run_sync(store.snapshot("a", "INBOX")).highestmodseq
