@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailkeep.proto import sasl
+from mailkeep.proto.imap import condstore
 from mailkeep.proto.imap import receiver as rx
 from mailkeep.proto.imap.events import (
     NEED_DATA,
@@ -47,6 +48,7 @@ from mailkeep.proto.imap.grammar import (
     COMMAND_NAMES,
     Authenticate,
     CommandType,
+    Enable,
     Login,
     ParseError,
     parse_command,
@@ -84,7 +86,8 @@ _AUTHENTICATED = _ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUB
                          "NAMESPACE"}  # RFC 2342
 COMMANDS_BY_STATE: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
-    State.AUTHENTICATED: _AUTHENTICATED | {"IDLE"},  # RFC 2177
+    # RFC 2177 IDLE; RFC 5161 §3.1 ENABLE: "only valid in the authenticated state".
+    State.AUTHENTICATED: _AUTHENTICATED | {"IDLE", "ENABLE"},
     State.SELECTED: _AUTHENTICATED | {"IDLE", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
                                       "STORE", "COPY", "UNSELECT"},  # RFC 3691 UNSELECT
     State.LOGOUT: frozenset(),
@@ -222,7 +225,7 @@ class ImapMachine:
         # octets, which is all we accept then), LITERAL+ once logged in.
         literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
         caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
-                "UIDPLUS", "IDLE"]
+                "UIDPLUS", "IDLE", "ENABLE", "CONDSTORE", "QRESYNC", "ESEARCH"]
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
                 # RFC 3501 §6.2.1 / §6.2.3: STARTTLS, and LOGINDISABLED before TLS.
@@ -352,6 +355,16 @@ class ImapMachine:
     @property
     def idling(self) -> bool:
         return self._idling is not None
+
+    def _cmd_enable(self, command: CommandType) -> None:
+        """RFC 5161: turn on what the session asks for and we know; list what was turned on
+        (unknown names are ignored, RFC 5161 §3.1)."""
+        assert isinstance(command, Enable)
+        session = self.session
+        assert isinstance(session, Authenticated)  # the state table admits ENABLE only there
+        session.enabled, listed = condstore.enable(command.capabilities, session.enabled)
+        self._reply(condstore.enabled_response(listed))
+        self._tagged(command.tag, "OK", "ENABLE completed.")
 
     def _cmd_capability(self, command: CommandType) -> None:
         self._reply(untagged("CAPABILITY " + " ".join(self.capabilities())))
@@ -501,4 +514,5 @@ MACHINE_COMMANDS: dict[str, Callable[[ImapMachine, CommandType], None]] = {
     "LOGIN": ImapMachine._cmd_login,
     "AUTHENTICATE": ImapMachine._cmd_authenticate,
     "IDLE": ImapMachine._cmd_idle,
+    "ENABLE": ImapMachine._cmd_enable,
 }
