@@ -126,7 +126,7 @@ class Daemon:
         except OSError as exc:
             raise StartupError([f"data_dir: {config.data_dir} is not writable: {exc.strerror}"]) \
                 from None
-        self.store = MaildirStore(config.data_dir)
+        self.store = MaildirStore(config.data_dir, config.maildirs)
         self.store.start_feed()
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
@@ -201,7 +201,7 @@ class Daemon:
         """Ports are bound: hand the writable files to `who` and become it."""
         config = self.config
         changed = await asyncio.to_thread(
-            hand_over, [config.data_dir, config.data_dir / "mail"],
+            hand_over, [config.data_dir, config.maildirs],
             [config.data_dir / "spool"], who)
         if changed:
             log.info("handed %d files under %s to %s", changed, config.data_dir, who.user)

@@ -183,10 +183,11 @@ def test_a_file_dropped_into_new_by_an_outside_program_reaches_the_idler(
 
 
 def second_process(first: RunningDaemon, root: Path, ca: trustme.CA) -> RunningDaemon:
-    """Another `mailkeep serve` on the same data directory, on ports of its own."""
+    """Another `mailkeep serve` on the same Maildirs (mail_dir), on ports and with a spool
+    of its own (one spool belongs to one daemon)."""
     config = write_config(root, ca, imap_listeners=True)
     text = config.read_text().replace('data_dir = "data"',
-                                      f'data_dir = "{first.data_dir}"')
+                                      f'data_dir = "data"\nmail_dir = "{first.data_dir / "mail"}"')
     config.write_text(text)
     return start_process_daemon(config, ca)
 

@@ -48,7 +48,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
-             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root"}
+             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir"}
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
@@ -211,6 +211,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                 domains.append(d.lower().rstrip("."))
 
     data_dir = r.path(raw, "data_dir", "") or path.parent
+    mail_dir = r.path(raw, "mail_dir", "") if "mail_dir" in raw else None
 
     tls_raw = r.table(raw, "tls")
     r.unknown(tls_raw, _TLS_KEYS, "tls.")
@@ -283,7 +284,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
-        run_as=run_as, allow_root=allow_root,
+        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir,
     )
 
 

@@ -219,6 +219,9 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # Where the accounts' Maildirs live (None: DATA_DIR/mail). Two daemons (or Dovecot) may
+    # share Maildirs; each daemon keeps its own spool under its own data_dir.
+    mail_dir: Path | None = None
     # Started as root: bind, then become this user ("user" or "user:group"); without it
     # the daemon refuses to keep running as root unless allow_root.
     run_as: str | None = None
@@ -229,6 +232,10 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     # Local domain -> its DKIM signing key (outbound mail From that domain is signed).
     dkim: Mapping[str, DkimDomain] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def maildirs(self) -> Path:
+        return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains

@@ -15,8 +15,11 @@ hostname = "{hostname}"
 # refused (5.7.1 relay not configured): mailkeep is not an open relay.
 domains = [{domains}]
 
-# Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible).
+# Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible); the queue
+# (spool) under DATA_DIR/spool/.
 data_dir = "{data_dir}"
+# mail_dir = "/var/vmail"     # the Maildirs somewhere else (e.g. shared with Dovecot, or
+#                            # with a second mailkeep that has its own data_dir)
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
 {run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)

@@ -20,10 +20,11 @@ SUBDIRS = ("tmp", "new", "cur")
 _counter = itertools.count()
 
 
-def account_root(data_dir: Path, account: str) -> Path:
+def account_root(mail_dir: Path, account: str) -> Path:
+    """The Maildir of an account: MAIL_DIR/<account> (MAIL_DIR defaults to DATA_DIR/mail)."""
     if not account or account.startswith(".") or "/" in account or "\0" in account:
         raise ValueError(f"unsafe account name {account!r}")
-    return data_dir / "mail" / account
+    return mail_dir / account
 
 
 def _safe_hostname() -> str:
