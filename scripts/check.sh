@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
 # Installs what the tests need: the Python test extras, and swaks (+ Net::SSLeay), curl,
-# openssl, fetchmail, isync (mbsync) and dovecot with its POP3 server (for Maildir interop
-# tests) from Debian when missing.
+# openssl, fetchmail, isync (mbsync), dovecot with its POP3 server (for Maildir interop
+# tests) and pebble (an ACME test server) from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -21,6 +21,8 @@ command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 # system service is stopped if the package started it.
 command -v doveadm >/dev/null 2>&1 || missing+=(dovecot-core dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
+# pebble: Let's Encrypt's ACME test server, for the ACME client's tests (run on loopback).
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test tools: ${missing[*]}" >&2
     apt_install "${missing[@]}" ca-certificates
