@@ -165,3 +165,24 @@ def test_acme_default_certificate_must_cover_the_hostname(tmp_path: Path) -> Non
     problems = problems_of(tmp_path, text)
     assert keys_of(problems) == ["tls.certificates.x.names[0]"]
     assert "already selects tls.acme" in problems[0]
+
+
+def test_template_examples_parse_when_uncommented(tmp_path: Path) -> None:
+    """The commented [tls.certificates.*] and [tls.acme] examples are valid as written."""
+    from mailkeep.config.template import render
+
+    text = render(hostname="mail.example.test", domains=["example.test"], data_dir="data",
+                  cert="c.crt", key="c.key", ports=(587, 465))
+    out, active = [], False
+    for line in text.splitlines():
+        if line.startswith(("# [tls.certificates.", "# [tls.acme]")):
+            active = True
+        elif not line.strip():
+            active = False
+        out.append(line[2:] if active and line.startswith("# ") else line)
+    cfg = load_config(write(tmp_path, "\n".join(out) + "\n"))
+    (entry,) = cfg.tls.certificates
+    assert entry.names == ("mail.example.net", "*.example.net")
+    assert cfg.tls.acme is not None
+    assert cfg.tls.acme.email == "postmaster@example.test"
+    assert cfg.tls.acme.account_key == tmp_path / "data" / "acme" / "account.key"
