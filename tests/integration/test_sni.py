@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from mailkeep.app import StartupError
 from tests.support.daemon import (
     HOSTNAME,
     RunningDaemon,
@@ -163,3 +164,25 @@ def test_cert_show_lists_every_certificate_with_its_names_and_doors(
     for block in blocks:
         assert re.search(r"UTC \(\d+ days left\)", block)
         assert "sha256:" in block and "status:      OK" in block
+
+
+def test_startup_names_the_broken_sni_certificate(tmp_path: Path, ca: trustme.CA) -> None:
+    """Every problem keyed by the table that configures it; the daemon does not start."""
+    config = write_sni_site(tmp_path, ca)
+    text = config.read_text().replace('names = ["mail.example.org"]',
+                                      'names = ["mail.example.org", "imap.example.org"]')
+    config.write_text(text)
+    (tmp_path / "certs" / "net.key").write_text("garbage")
+    with pytest.raises(StartupError) as info:
+        start_thread_daemon(config, ca)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("tls.certificates.example-net: ")
+    assert "not an unencrypted PEM private key" in problems[0]
+    assert problems[1].startswith("tls.certificates.example-org: ")
+    assert "does not cover 'imap.example.org'" in problems[1]
+    out = subprocess.run([sys.executable, "-m", "mailkeep", "check-config", "--config",
+                          str(config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78
+    assert "tls.certificates.example-net: " in out.stderr
+    assert "tls.certificates.example-org: " in out.stderr

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mailkeep.config import load_config
 from mailkeep.config.model import DEFAULT_ACME_DIRECTORY
+from mailkeep.config.template import render
 from tests.unit.test_config import MINIMAL, keys_of, problems_of, write
 
 IMPLICIT = """
@@ -169,8 +170,6 @@ def test_acme_default_certificate_must_cover_the_hostname(tmp_path: Path) -> Non
 
 def test_template_examples_parse_when_uncommented(tmp_path: Path) -> None:
     """The commented [tls.certificates.*] and [tls.acme] examples are valid as written."""
-    from mailkeep.config.template import render
-
     text = render(hostname="mail.example.test", domains=["example.test"], data_dir="data",
                   cert="c.crt", key="c.key", ports=(587, 465))
     out, active = [], False
