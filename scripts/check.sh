@@ -2,8 +2,8 @@
 # Every check, as CI runs it: the whole test suite, ruff, and mypy --strict on src/.
 # Installs what the tests need: the Python test extras, and swaks (+ Net::SSLeay), curl,
 # openssl, fetchmail, isync (mbsync), dovecot with its POP3 server (for Maildir interop
-# tests), slapd and postgresql (for the directory backends) and thunderbird (autoconfig)
-# from Debian when missing.
+# tests), slapd and postgresql (for the directory backends), thunderbird (autoconfig)
+# and pebble (an ACME test server) from Debian when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -30,6 +30,8 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 # Thunderbird, run headless, parses our autoconfig documents with its own account-setup code.
 command -v thunderbird >/dev/null 2>&1 || missing+=(thunderbird)
+# pebble: Let's Encrypt's ACME test server, for the ACME client's tests (run on loopback).
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test tools: ${missing[*]}" >&2
     apt_install "${missing[@]}" ca-certificates

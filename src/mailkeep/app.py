@@ -40,6 +40,7 @@ from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
 from mailkeep.tls.certs import CertificateProblem
 from mailkeep.tls.context import TlsContexts
+from mailkeep.tls.renewal import AcmeManager
 
 log = logging.getLogger("mailkeep")
 
@@ -84,14 +85,18 @@ class Daemon:
         if self._mail_setup is None:
             self._mail_setup = autoconfig.mail_setup(self.config, self.bound)
         return self._mail_setup
+        self.acme: AcmeManager | None = None
 
     def load_tls(self) -> dict[str, ssl.SSLContext]:
         """Front contexts per listener; every certificate problem at once."""
-        problems: list[str] = []
+        problems = self._load_sni_certificates()
         contexts: dict[str, ssl.SSLContext] = {}
+        acme = self.config.tls.acme
+        alpn = acme is not None and acme.challenge == "tls-alpn-01"
         for lst in self.config.listeners:
             try:
-                contexts[lst.name] = self.tls.add(lst.cert, lst.key)
+                contexts[lst.name] = self.tls.add(lst.cert, lst.key,
+                                                  acme_challenges=alpn and lst.tls == "implicit")
             except CertificateProblem as exc:
                 own = lst.cert != self.config.tls.cert
                 key = f"listeners.{lst.name}.cert" if own else "tls.cert"
@@ -99,6 +104,29 @@ class Daemon:
         if problems:
             raise StartupError(sorted(set(problems)))
         return contexts
+
+    def _load_sni_certificates(self) -> list[str]:
+        """[tls.certificates.*] and the ACME certificate (a placeholder until issued)."""
+        tls, problems = self.config.tls, []
+        if tls.acme is not None:
+            self.acme = AcmeManager(tls.acme, self.tls)
+            try:
+                self.acme.ensure_placeholder(
+                    self.config.hostname if tls.cert == tls.acme.cert else None)
+            except OSError as exc:
+                problems.append(f"tls.acme: cannot write to {tls.acme.state_dir}: {exc}")
+            if tls.cert != tls.acme.cert:  # not the default: chosen by SNI for its names
+                try:
+                    self.tls.add_sni("tls.acme", tls.acme.cert, tls.acme.key)
+                except CertificateProblem as exc:
+                    problems.append(f"tls.acme: {exc}")
+        for entry in tls.certificates:
+            try:
+                self.tls.add_sni(f"tls.certificates.{entry.name}", entry.cert, entry.key,
+                                 entry.names)
+            except CertificateProblem as exc:
+                problems.append(f"tls.certificates.{entry.name}: {exc}")
+        return problems
 
     async def start(self) -> None:
         config = self.config
@@ -178,6 +206,9 @@ class Daemon:
         for listener in self.listeners:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
+        if self.acme is not None:
+            self.acme.start([int(a.rsplit(":", 1)[1]) for lst in config.listeners
+                             if lst.tls == "implicit" for a in self.bound.get(lst.name, [])])
 
     def _identity(self) -> Identity | None:
         """Root needs `run_as` (or `allow_root`); the user to become after binding."""
@@ -282,6 +313,8 @@ class Daemon:
         """SIGHUP: re-read certificates now (users files are re-read on change anyway)."""
         log.info("SIGHUP: reloading certificates")
         asyncio.get_running_loop().create_task(asyncio.to_thread(self.tls.reload, force=True))
+        if self.acme is not None:
+            self.acme.check_now()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -320,6 +353,8 @@ class Daemon:
                 await asyncio.sleep(0.05)
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self.acme is not None:
+            self.acme.stop()
         if self.runner is not None:
             # Local deliveries finish in milliseconds; remote ones are retried next start.
             await self.runner.stop(grace=min(self.config.shutdown_grace, 5.0))

@@ -40,12 +40,10 @@ from mailkeep.directory.importing import parse_dovecot_passwd, parse_users_csv
 from mailkeep.directory.names import ACCOUNT_NAME, ADDRESS, APP_PASSWORD_LABEL, clean_groups
 from mailkeep.directory.passwords import hash_password
 from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
-from mailkeep.tls.certs import (
-    CertificateProblem,
-    check_serving,
-    generate_selfsigned,
-    inspect_certificate,
-)
+from mailkeep.tls.certs import CertificateProblem, generate_selfsigned, inspect_certificate
+from mailkeep.tls.inventory import describe as describe_certificate
+from mailkeep.tls.inventory import inventory as certificate_inventory
+from mailkeep.tls.inventory import problems as certificate_problems
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
@@ -177,12 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    problems: list[str] = []
-    for cert, key in sorted({(lst.cert, lst.key) for lst in config.listeners}):
-        try:
-            check_serving(cert, key, config.hostname)
-        except CertificateProblem as exc:
-            problems.append(f"tls: {exc}")
+    problems = certificate_problems(config)
     try:
         users_path = config.directory.base_dir / str(config.directory.options.get("path",
                                                                                   "users.toml"))
@@ -447,38 +440,14 @@ def cmd_user(args: argparse.Namespace) -> int:
 # -- certificates ---------------------------------------------------------------------------
 
 def cmd_cert_show(args: argparse.Namespace) -> int:
+    """Every certificate: listener defaults, SNI certificates, the ACME one."""
     config = _load(args.config)
-    pairs: dict[tuple[Path, Path], list[str]] = {}
-    for lst in config.listeners:
-        binds = ", ".join(str(b) for b in lst.bind)
-        pairs.setdefault((lst.cert, lst.key), []).append(
-            f"{lst.name} ({lst.protocol}, {lst.tls} TLS, {binds})")
-    status = 0
-    for (cert, key), users in pairs.items():
-        try:
-            info = inspect_certificate(cert)
-        except CertificateProblem as exc:
-            print(f"certificate {cert}: UNUSABLE: {exc}")
-            status = 1
-            continue
-        try:
-            check_serving(cert, key, config.hostname)
-            verdict = f"OK for {config.hostname}"
-        except CertificateProblem as exc:
-            verdict = f"PROBLEM: {exc}"
-            status = 1
-        print(f"certificate {cert}")
-        print(f"  key:         {key}")
-        print(f"  subject:     {info.subject}")
-        print(f"  issuer:      {info.issuer}")
-        print(f"  names (SAN): {', '.join(info.names) or '(none)'}")
-        print(f"  key type:    {info.key_type}")
-        print(f"  valid:       {info.not_before:%Y-%m-%d %H:%M} to "
-              f"{info.not_after:%Y-%m-%d %H:%M} UTC")
-        print(f"  sha256:      {info.sha256}")
-        print(f"  status:      {verdict}")
-        print("  used by:     " + "\n               ".join(users))
-    return status
+    uses = certificate_inventory(config)
+    for i, use in enumerate(uses):
+        if i:
+            print()
+        print("\n".join(describe_certificate(use, config.hostname)))
+    return 1 if any(use.problem for use in uses) else 0
 
 
 def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
@@ -728,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cert = sub.add_parser("cert", help="certificates")
     csub = cert.add_subparsers(dest="cert_command", required=True)
-    q = csub.add_parser("show", help="each certificate in use and the listeners using it")
+    q = csub.add_parser("show", help="every certificate (listener defaults, SNI, ACME): names, "
+                                         "doors, expiry, fingerprint")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_cert_show)
     q = csub.add_parser("selfsigned", help="(re)generate a self-signed certificate")

@@ -27,6 +27,7 @@ from mailkeep.config.model import (
     TlsConfig,
     TlsMode,
 )
+from mailkeep.config.tls_table import check_tls_listeners, parse_tls
 from mailkeep.relay.queue_config import parse_queue
 from mailkeep.relay.routes import parse_delivery
 
@@ -49,7 +50,6 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
              "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir"}
-_TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -213,18 +213,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     data_dir = r.path(raw, "data_dir", "") or path.parent
     mail_dir = r.path(raw, "mail_dir", "") if "mail_dir" in raw else None
 
-    tls_raw = r.table(raw, "tls")
-    r.unknown(tls_raw, _TLS_KEYS, "tls.")
-    cert = r.path(tls_raw, "cert", "tls.")
-    key = r.path(tls_raw, "key", "tls.")
-    tls_defaults = TlsConfig(Path(), Path())
-    handshake = r.get(tls_raw, "handshake_timeout", float, "tls.", tls_defaults.handshake_timeout)
-    reload_iv = r.get(tls_raw, "reload_interval", float, "tls.", tls_defaults.reload_interval)
-    for name, val in (("handshake_timeout", handshake), ("reload_interval", reload_iv)):
-        if val is not None and val <= 0:
-            r.problem(f"tls.{name}", f"must be greater than 0, got {val}")
-    tls = TlsConfig(cert or Path(), key or Path(), handshake or tls_defaults.handshake_timeout,
-                    reload_iv or tls_defaults.reload_interval)
+    tls = parse_tls(r, raw, data_dir=data_dir, hostname=hostname)
 
     dir_raw = r.table(raw, "directory")
     backend = r.get(dir_raw, "backend", str, "directory.", "file") or "file"
@@ -232,6 +221,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     directory = DirectoryConfig(backend, MappingProxyType(options), path.parent)
 
     listeners = _parse_listeners(r, r.table(raw, "listeners"), tls)
+    check_tls_listeners(r, tls, hostname, listeners)
 
     submission = _positive_record(r, SubmissionConfig, r.table(raw, "submission"), "submission.")
     security = _positive_record(r, SecurityConfig, r.table(raw, "security"), "security.")

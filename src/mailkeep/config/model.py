@@ -97,11 +97,58 @@ class BindAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateEntry:
+    """[tls.certificates.NAME]: a certificate chosen by the client's server name (SNI) on
+    every listener. `names` None: the certificate's own DNS SANs, re-read on renewal."""
+
+    name: str
+    cert: Path
+    key: Path
+    names: tuple[str, ...] | None = None
+
+
+AcmeChallenge = Literal["tls-alpn-01", "http-01"]
+# Let's Encrypt's production directory (RFC 8555 §7.1.1 directory object).
+DEFAULT_ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+# certbot renews 30 days before expiry (a third of Let's Encrypt's 90 days), leaving weeks
+# for retries and for a person to notice the warnings.
+DEFAULT_ACME_RENEW_BEFORE_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """[tls.acme]: one certificate for `names`, obtained and renewed by the daemon (RFC 8555),
+    kept under state_dir (cert.pem = full chain, key.pem)."""
+
+    directory: str
+    names: tuple[str, ...]
+    state_dir: Path
+    account_key: Path
+    email: str | None = None
+    challenge: AcmeChallenge = "tls-alpn-01"
+    renew_before_days: int = DEFAULT_ACME_RENEW_BEFORE_DAYS
+    ca_file: Path | None = None
+
+    @property
+    def cert(self) -> Path:
+        return self.state_dir / "cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.state_dir / "key.pem"
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
+    """`cert`/`key`: the default certificate of every listener without its own (the ACME
+    one when [tls.acme] is set and tls.cert is not)."""
+
     cert: Path
     key: Path
     handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL
+    certificates: tuple[CertificateEntry, ...] = ()
+    acme: AcmeConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,39 @@ data_dir = "{data_dir}"
 # shutdown_grace = 10.0      # seconds to let transactions finish on SIGTERM/SIGINT
 
 [tls]
-# One certificate for every service, unless a listener names its own cert/key.
+# The default certificate for every service, unless a listener names its own cert/key.
 # A renewed file is picked up without a restart (checked every reload_interval seconds,
 # or at once on SIGHUP); a broken new file is refused and the old certificate keeps serving.
 cert = "{cert}"
 key = "{key}"
 # handshake_timeout = 10.0   # seconds a client may take to finish the TLS handshake
 # reload_interval = 30.0     # seconds between checks of the certificate files
+
+# More certificates, chosen by the name the client asks for (SNI) on every listener: an
+# exact name first, then a wildcard (one label: *.example.net selects mail.example.net,
+# not a.b.example.net), else the listener's default (cert above, or its own). Each is
+# reloaded on renewal like the default. `names` defaults to the certificate's own DNS SANs.
+# [tls.certificates.example-net]
+# cert = "certs/example-net.crt"
+# key = "certs/example-net.key"
+# names = ["mail.example.net", "*.example.net"]
+
+# A certificate from an ACME CA (RFC 8555; Let's Encrypt by default), obtained at start
+# and renewed before expiry by the daemon itself, hot-swapped without a restart; kept in
+# DATA_DIR/acme/. Setting this table means agreeing to the CA's terms of service. Without
+# tls.cert/tls.key above it is every listener's default certificate (a self-signed
+# placeholder serves until the first one arrives). tls-alpn-01 (RFC 8737) is answered by
+# the implicit-TLS listeners: the CA connects to port 443, so bind one there or forward
+# 443 to 465. A wildcard needs dns-01, which mailkeep does not do.
+# [tls.acme]
+# directory = "https://acme-v02.api.letsencrypt.org/directory"
+# email = "postmaster@{first_domain}"    # the CA's contact for expiry and policy notices
+# names = ["{hostname}"]                 # default: hostname
+# challenge = "tls-alpn-01"              # tls-alpn-01 | http-01 (needs an HTTP listener on 80)
+# renew_before_days = 30                 # renew this many days before expiry (checked daily
+#                                        # and on SIGHUP; failures retried with backoff)
+# ca_file = "ca.pem"                     # trust this CA for the directory's HTTPS (a test CA)
+# account_key = "data/acme/account.key"  # created on first use (ECDSA P-256, mode 0600)
 
 [directory]
 # Where accounts come from: "file" (a TOML users file), "sql" (SQLite or PostgreSQL) or
