@@ -4,9 +4,9 @@ The daemon starts at once with a self-signed placeholder, obtains a certificate 
 TLS-ALPN-01 (RFC 8737) on its own implicit-TLS listener, serves it without a restart, and
 renews it (SIGHUP makes it look; renew_before_days longer than pebble's 5-year certificates
 makes it due), the new one again reaching new connections without a restart. HTTP-01 is
-answered through acme_http01_response() by a minimal HTTP server of the test's own, as the
-autoconfig listener will. Skipped where the Debian package pebble is not installed
-(scripts/check.sh installs it).
+answered by the daemon's own plain-HTTP autoconfig listener, and through
+acme_http01_response() by a minimal HTTP server of the test's own. Skipped where the
+Debian package pebble is not installed (scripts/check.sh installs it).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def test_failed_validation_is_reported_with_the_cas_reason(
 @needs_pebble
 def test_http01_through_acme_http01_response(tmp_path: Path, ca: trustme.CA) -> None:
     """HTTP-01 (RFC 8555 §8.3) answered by an HTTP server that does what the autoconfig
-    listener will: ask acme_http01_response(path), else 404."""
+    listener does: ask acme_http01_response(path), else 404."""
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -250,6 +250,45 @@ def test_http01_through_acme_http01_response(tmp_path: Path, ca: trustme.CA) -> 
     finally:
         server.shutdown()
         server.server_close()
+
+
+@needs_pebble
+def test_http01_answered_by_the_daemons_own_autoconfig_listener(
+        tmp_path: Path, ca: trustme.CA, implicit_port: int) -> None:
+    """challenge = "http-01": pebble fetches the token from the daemon's plain-HTTP
+    autoconfig listener (RFC 8555 §8.3), which answers it before its other routes."""
+    http_port = free_port()
+    with Pebble(tmp_path / "pebble", ca, names=[HOSTNAME], tls_port=free_port(),
+                http_port=http_port) as pebble:
+        config = acme_site(tmp_path / "site", ca, implicit_port=implicit_port,
+                           directory=pebble.directory, ca_file=pebble.ca_file)
+        text = config.read_text().replace(
+            "[tls.acme]\n", '[tls.acme]\nchallenge = "http-01"\n', 1)
+        # An autoconfig listener needs a way in to advertise: an IMAP door too.
+        text += ('\n[listeners.imaps]\nprotocol = "imap"\ntls = "implicit"\n'
+                 'bind = ["127.0.0.1:0"]\n'
+                 f'\n[listeners.autoconfig]\nprotocol = "autoconfig"\ntls = "none"\n'
+                 f'bind = ["127.0.0.1:{http_port}"]\n')
+        config.write_text(text)
+        running = start_thread_daemon(config, ca)
+        try:
+            assert running.daemon is not None and running.daemon.acme is not None
+            acme = running.daemon.acme
+            wait_until(lambda: acme.issued == 1 or acme.failures > 0, "the certificate")
+            assert acme.failures == 0, acme.last_error
+            first = file_sha256(config.parent / "data" / "acme" / "cert.pem")
+            wait_until(lambda: verified_by(pebble.root_pem(), implicit_port) == first,
+                       "the certificate to be served")
+            # No challenge pending: the same path is a plain 404, autoconfig still served.
+            with socket.create_connection(("127.0.0.1", http_port), timeout=10) as s:
+                s.sendall(b"GET /.well-known/acme-challenge/x HTTP/1.1\r\n"
+                          b"Host: mail.example.test\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 404 ")
+        finally:
+            running.stop()
 
 
 def test_unreachable_ca_serves_the_placeholder_and_retries(

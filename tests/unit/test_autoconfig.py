@@ -405,3 +405,21 @@ def test_route_any_request_gets_an_answer(method: str, target: str, body: bytes)
     """Whatever arrives, the answer is an HTTP status, never an exception."""
     result = answer(method, target, body, FULL)
     assert result.status in (200, 400, 404, 405)
+
+
+def test_acme_http01_tokens_answered_before_other_routes() -> None:
+    """RFC 8555 §8.3: GET/HEAD of a pending token's path is 200 with the key authorization;
+    any other token, or no lookup at all, is 404; other methods are refused as anywhere."""
+    tokens = {"/.well-known/acme-challenge/tok": b"tok.thumbprint"}
+    for method in ("GET", "HEAD"):
+        hit = answer(method, "/.well-known/acme-challenge/tok", b"", FULL, tokens.get)
+        assert (hit.status, hit.body, hit.content_type) == (
+            200, b"tok.thumbprint", "application/octet-stream")
+    assert answer("GET", "/.well-known/acme-challenge/other", b"", FULL,
+                  tokens.get).status == 404
+    assert answer("GET", "/.well-known/acme-challenge/tok", b"", FULL).status == 404
+    assert answer("POST", "/.well-known/acme-challenge/tok", b"", FULL,
+                  tokens.get).status == 404
+    # Absolute-form targets (through a proxy) reach the same token.
+    assert answer("GET", "http://mail.example.test/.well-known/acme-challenge/tok", b"",
+                  FULL, tokens.get).status == 200

@@ -56,7 +56,7 @@ key = "{key}"
 # directory = "https://acme-v02.api.letsencrypt.org/directory"
 # email = "postmaster@{first_domain}"    # the CA's contact for expiry and policy notices
 # names = ["{hostname}"]                 # default: hostname
-# challenge = "tls-alpn-01"              # tls-alpn-01 | http-01 (needs an HTTP listener on 80)
+# challenge = "tls-alpn-01"              # tls-alpn-01 | http-01 (autoconfig listener on 80)
 # renew_before_days = 30                 # renew this many days before expiry (checked daily
 #                                        # and on SIGHUP; failures retried with backoff)
 # ca_file = "ca.pem"                     # trust this CA for the directory's HTTPS (a test CA)

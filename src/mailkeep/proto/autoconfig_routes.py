@@ -7,6 +7,7 @@ GET and HEAD everywhere; POST only where Outlook uses it (autodiscover).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -36,6 +37,11 @@ AUTODISCOVER_CONTENT_TYPE = "text/xml; charset=utf-8"
 # "&a=b" pairs is refused, not parsed.
 MAX_QUERY_FIELDS = 16
 READ_METHODS = ("GET", "HEAD")
+# RFC 8555 §8.3: the CA fetches http://<domain>/.well-known/acme-challenge/<token> on port 80.
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+ACME_CONTENT_TYPE = "application/octet-stream"
+# path -> key authorization bytes of a pending HTTP-01 challenge, or None.
+ChallengeLookup = Callable[[str], bytes | None]
 KNOWN_METHODS = ("GET", "HEAD", "POST")
 
 
@@ -84,12 +90,19 @@ def _query_address(query: str) -> str | None:
     return values[0] if values else None
 
 
-def route(method: str, target: str, body: bytes, setup: MailSetup) -> Answer:
+def route(method: str, target: str, body: bytes, setup: MailSetup,
+          challenge: ChallengeLookup | None = None) -> Answer:
     """The answer to one complete request. ValueError from a query with too many fields is
-    the caller's 400 (see answer())."""
+    the caller's 400 (see answer()). `challenge` serves pending ACME HTTP-01 tokens."""
     allowed: tuple[str, ...]
     split = _split_target(target)
     path = split[0] if split else ""
+    if path.startswith(ACME_CHALLENGE_PREFIX) and method in READ_METHODS:
+        # Before every other route and never redirected (RFC 8555 §8.3).
+        found = challenge(path) if challenge is not None else None
+        if found is None:
+            return plain(HTTPStatus.NOT_FOUND)
+        return Answer(HTTPStatus.OK, found, ACME_CONTENT_TYPE)
     if path in THUNDERBIRD_PATHS or path == MOBILECONFIG_PATH:
         allowed = READ_METHODS
     elif path.lower() == AUTODISCOVER_PATH:  # IIS paths are case-insensitive; Outlook's vary
@@ -113,10 +126,11 @@ def route(method: str, target: str, body: bytes, setup: MailSetup) -> Answer:
     return _outlook(method, body, _query_address(query), setup)
 
 
-def answer(method: str, target: str, body: bytes, setup: MailSetup) -> Answer:
+def answer(method: str, target: str, body: bytes, setup: MailSetup,
+           challenge: ChallengeLookup | None = None) -> Answer:
     """route(), with a malformed query answered 400 instead of raised."""
     try:
-        return route(method, target, body, setup)
+        return route(method, target, body, setup, challenge)
     except ValueError:  # parse_qs: more than MAX_QUERY_FIELDS fields
         return plain(HTTPStatus.BAD_REQUEST, close=True)
 

@@ -31,6 +31,7 @@ from mailkeep.proto.autoconfig_routes import Answer, answer, plain
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import Services
 from mailkeep.server.stream import SessionFinished, StreamSession
+from mailkeep.tls.acme import acme_http01_response
 
 log = logging.getLogger("mailkeep.autoconfig")
 
@@ -130,7 +131,7 @@ class AutoconfigSession(StreamSession):
                 return
             method, target, body = request
             self.requests += 1
-            result = answer(method, target, body, self.setup())
+            result = answer(method, target, body, self.setup(), acme_http01_response)
             if self.requests >= MAX_REQUESTS_PER_CONNECTION or self.stopping:
                 result = replace(result, close=True)
             await self._send(writer, result, head_only=method == "HEAD")
