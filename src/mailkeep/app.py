@@ -78,6 +78,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
         self._mail_setup: MailSetup | None = None
+        self.acme: AcmeManager | None = None
 
     def mail_setup(self) -> MailSetup:
         """What autoconfig advertises, built on first use: by then every listener is bound,
@@ -85,7 +86,6 @@ class Daemon:
         if self._mail_setup is None:
             self._mail_setup = autoconfig.mail_setup(self.config, self.bound)
         return self._mail_setup
-        self.acme: AcmeManager | None = None
 
     def load_tls(self) -> dict[str, ssl.SSLContext]:
         """Front contexts per listener; every certificate problem at once."""
