@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     if args.allow_root:
         config = dataclasses.replace(config, allow_root=True)
-    setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     use_uvloop = args.loop in ("auto", "uvloop")
     runner: asyncio.Runner
     if use_uvloop:
