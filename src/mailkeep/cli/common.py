@@ -16,9 +16,6 @@ EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: the daemon did not take a queue re
 # imaps (993), imap with STARTTLS (143, commented out)
 STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
 UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110, 10993, 10143)
-# What a healthy listener says first, by protocol.
-GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK",
-             "autoconfig": b"HTTP/1.1 200"}
 
 
 class CliError(Exception):
