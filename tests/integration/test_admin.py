@@ -13,6 +13,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -425,3 +426,57 @@ def test_process_daemon_counts_throttled_logins_and_logs_json(tmp_path: Path,
     assert len(throttled) == 1 and throttled[0]["conn"]
     (ok,) = [rec for rec in lines if " auth ok " in rec["message"]]
     assert (ok["user"], ok["peer"], ok["level"]) == ("alice", "127.0.0.2", "INFO")
+
+
+# -- mailkeep health ---------------------------------------------------------------------------
+
+
+def pin_ports(config: Path, ports: dict[str, int]) -> Path:
+    """A copy of `config` whose listeners bind the ports the daemon actually bound (health
+    probes the configured addresses; the tests bind port 0)."""
+    section = ""
+    out = []
+    for line in config.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]").removeprefix("listeners.").strip('"')
+        elif line.split("=")[0].strip().strip('"') == "bind" and section in ports:
+            line = f'bind = ["127.0.0.1:{ports[section]}"]'
+        out.append(line)
+    pinned = config.with_name("pinned.toml")
+    pinned.write_text("\n".join(out) + "\n")
+    return pinned
+
+
+def test_mailkeep_health_asks_readyz(tmp_path: Path, ca: trustme.CA) -> None:
+    config = write_config(tmp_path, ca, imap_listeners=True, pop3_listeners=True,
+                          listeners={"apps": RELAY_APPS, "admin": {"protocol": "admin"}})
+    d = start_process_daemon(config, ca)
+    try:
+        pinned = pin_ports(config, d.ports)
+
+        def health() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mailkeep", "health", "--config",
+                                   str(pinned)], capture_output=True, text=True, timeout=60)
+
+        r = health()
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.splitlines()
+        assert f"ok admin 127.0.0.1:{d.ports['admin']}: ready" in lines
+        assert {line.split()[1] for line in lines if line.startswith("ok ")} == {
+            "submission", "submissions", "imaps", "imap", "pop3s", "pop3", "apps", "admin"}
+        # The greetings still come, but the Maildirs cannot be written: health says so.
+        mail = d.data_dir / "mail"
+        mail.rename(mail.with_name("mail.away"))
+        mail.write_text("not a directory\n")
+        try:
+            r = health()
+        finally:
+            mail.unlink()
+            mail.with_name("mail.away").rename(mail)
+        assert r.returncode == 1
+        (failed,) = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
+        assert failed.startswith(f"FAIL admin 127.0.0.1:{d.ports['admin']}: HTTP/1.1 503")
+        assert "mail_dir" in failed and "Not a directory" in failed
+        assert health().returncode == 0
+    finally:
+        d.stop()
