@@ -72,7 +72,8 @@ def fallback_refusal(address: str) -> str | None:
     one). An address that carries a route in its local part ("carol%remote.example@local",
     "remote.example!carol@local", '"carol@remote.example"@local') is refused instead: that
     server may read the route and relay the message on (the percent hack, RFC 1123
-    §5.2.16; bang paths), which would make us the front door of an open relay."""
+    §5.2.16; bang paths), which would make us the front door of an open relay. RFC 5321
+    §3.6.1: a server MAY decline addresses that specify source routes; we do, here."""
     if not has_routing_characters(address):
         return None
     # RFC 3463 X.7.1: delivery not authorized, message refused.
