@@ -21,6 +21,7 @@ Figures, one line per load level (nothing is asserted; this is a measurement scr
                              latency    accepted -> delivered per message (the client's 250
                                         to the sink's end of DATA, one clock: both ends live
                                         in this process): p50, p95, max in milliseconds
+                             sink_conns SMTP sessions the daemon opened to the smarthost
   relay.verify               every accepted message reached the sink exactly once, and
                              the spool is empty at the end
 
@@ -83,6 +84,7 @@ class Sink:
         self.arrived: dict[str, float] = {}
         self.duplicates = 0
         self.messages = 0
+        self.connections = 0   # SMTP sessions the daemon opened to the sink
         self._parser = email.parser.BytesHeaderParser()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -102,6 +104,15 @@ class Sink:
             return len(self.arrived)
 
 
+class SinkSMTP(SMTP):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, Sink)
+        with handler.lock:
+            handler.connections += 1
+        super().connection_made(transport)
+
+
 class SinkServer:
     """The sink on 127.0.0.1, an ephemeral port, served from a thread with its own loop."""
 
@@ -115,7 +126,7 @@ class SinkServer:
     def _run(self) -> None:
         loop = self._loop
         server = loop.run_until_complete(loop.create_server(
-            lambda: SMTP(self.sink, hostname="sink.example", data_size_limit=None),
+            lambda: SinkSMTP(self.sink, hostname="sink.example", data_size_limit=None),
             "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -179,6 +190,7 @@ async def client(t: Target, template: bytes, name: str, *, per_conn: int, deadli
 def run_level(t: Target, sink: Sink, pid: int, clients: int, *, args: argparse.Namespace,
               template: bytes) -> tuple[int, int]:
     level = Level()
+    conns0 = sink.connections
     cpu0, busy0, wall0 = proc_cpu_seconds(pid), machine_busy_seconds(), time.monotonic()
     deadline = wall0 + args.seconds
 
@@ -212,7 +224,8 @@ def run_level(t: Target, sink: Sink, pid: int, clients: int, *, args: argparse.N
            f"p50_ms={pct(latencies, 50):.1f} p95_ms={pct(latencies, 95):.1f} "
            f"max_ms={max(latencies):.1f}")
     print(f"relay.smarthost clients={clients} accepted={accepted} accept_rate={acc_rate:.1f}/s "
-          f"delivered={len(arrived)} delivered_rate={e2e:.1f}/s {lat} errors={level.errors} "
+          f"delivered={len(arrived)} delivered_rate={e2e:.1f}/s {lat} "
+          f"sink_conns={sink.connections - conns0} errors={level.errors} "
           f"srv_cpu%={srv:.0f} other_cpu%={other:.0f}", flush=True)
     for sample in level.error_samples:
         print(f"#   error: {sample}", flush=True)
@@ -314,7 +327,8 @@ def main() -> int:
         left = spool_count(root)
         ok = accepted == delivered == sink.count() and not sink.duplicates and not left
         print(f"relay.verify accepted={accepted} delivered={delivered} "
-              f"sink_messages={sink.messages} duplicates={sink.duplicates} spool_left={left} "
+              f"sink_messages={sink.messages} sink_connections={sink.connections} "
+              f"duplicates={sink.duplicates} spool_left={left} "
               f"match={'yes' if ok else 'NO'}", flush=True)
         return 0 if ok else 1
     finally:
