@@ -16,6 +16,8 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.resolver
+
 from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
@@ -278,9 +280,15 @@ class Daemon:
             # The inbound checks (SPF, DKIM, DMARC) ask the same servers as outbound delivery,
             # each on its own port, within the same `delivery.dns_timeout` per lookup; no
             # servers configured: the host's resolv.conf (read here, off the loop).
-            services.auth_resolver = await asyncio.to_thread(
-                make_resolver, [(s.host, s.port) for s in delivery.dns_servers],
-                timeout=delivery.dns_timeout)
+            try:
+                services.auth_resolver = await asyncio.to_thread(
+                    make_resolver, [(s.host, s.port) for s in delivery.dns_servers],
+                    timeout=delivery.dns_timeout)
+            except dns.resolver.NoResolverConfiguration:
+                raise StartupError(["delivery.dns_servers: none set and this host has no "
+                                    "usable /etc/resolv.conf; the inbound SMTP listener "
+                                    "needs DNS for SPF/DKIM/DMARC: set delivery.dns_servers "
+                                    "= [\"192.0.2.53\"] (your resolver)"]) from None
         for lst in config.listeners:
             if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
