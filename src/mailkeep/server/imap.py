@@ -15,25 +15,31 @@ from collections.abc import Callable
 from typing import Any
 
 from mailkeep.config.model import ListenerConfig
+from mailkeep.proto.imap import extensions
 from mailkeep.proto.imap.events import (
     NEED_DATA,
     AuthRequest,
+    ClientId,
     Close,
     Execute,
     Idle,
     IdleDone,
     Outcome,
     Reply,
+    StartCompression,
     StartTls,
 )
 from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, UNAVAILABLE, ImapMachine
 from mailkeep.proto.imap.render import untagged_status
 from mailkeep.proto.imap.session import Selected
 from mailkeep.server import auth, starttls
+from mailkeep.server.compress import CompressionError, Deflate
 from mailkeep.server.imap_commands import ImapExecutor
+from mailkeep.server.imap_folders import ImapOptions
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import Services
 from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
+from mailkeep.store.quota import Quota
 
 log = logging.getLogger("mailkeep.imap")
 
@@ -59,6 +65,7 @@ class ImapSession(StreamSession):
         # subscription is closed however the session ends.
         self.selected: Selected | None = None
         self.bytes_out = 0
+        self.deflate: Deflate | None = None  # RFC 4978, once COMPRESS DEFLATE succeeded
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
@@ -83,18 +90,37 @@ class ImapSession(StreamSession):
 
     def close_summary(self) -> str:
         m = self.machine
-        return (f"commands={m.commands if m else 0} errors={m.total_errors if m else 0} "
-                f"bytes={self.bytes_out}")
+        summary = (f"commands={m.commands if m else 0} errors={m.total_errors if m else 0} "
+                   f"bytes={self.bytes_out}")
+        if self.deflate is not None:
+            summary += (f" deflate_in={self.deflate.octets_in} "
+                        f"deflate_out={self.deflate.octets_out}")
+        return summary
+
+    def last_words(self, data: bytes) -> bytes:
+        if self.deflate is None:
+            return data
+        return self.deflate.compress(data) + self.deflate.flush()
 
     # -- the loop ---------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
         assert self.writer is not None
         self.bytes_out += len(data)
+        if self.deflate is not None:
+            data = self.deflate.compress(data)
+            if not data:
+                return
         self.writer.write(data)
 
     async def _drain(self) -> None:
         assert self.writer is not None
+        if self.deflate is not None:
+            # RFC 4978 §3: a sync flush before waiting, so the client can read every
+            # response written so far.
+            flushed = self.deflate.flush()
+            if flushed:
+                self.writer.write(flushed)
         try:
             timeout = self.idle_timeout(self.services.config.imap.idle_timeout)
             async with asyncio.timeout(timeout):
@@ -118,11 +144,20 @@ class ImapSession(StreamSession):
                     self._write(SHUTDOWN_REPLY)
                     raise SessionFinished("shutdown")
                 await self._drain()
+                if self.deflate is not None and self.deflate.pending:
+                    # The rest of a large inflation, before anything new is read.
+                    machine.receive_data(self._inflate(b""))
+                    continue
                 timeout = self.idle_timeout(cfg.idle_timeout)
                 if machine.idling:
-                    machine.receive_data(await self._idle_read(reader, timeout))
+                    data = await self._idle_read(reader, timeout)
                 else:
-                    machine.receive_data(await self._read(reader, timeout))
+                    data = await self._read(reader, timeout)
+                if self.deflate is not None and data:
+                    data = self._inflate(data)
+                    if not data:
+                        continue  # b"" would mean the end of input
+                machine.receive_data(data)
             elif isinstance(event, Reply):
                 self._write(event.data)
             elif isinstance(event, Idle):
@@ -136,6 +171,14 @@ class ImapSession(StreamSession):
                 await self._authenticate(machine, event)
             elif isinstance(event, StartTls):
                 await self._starttls(machine, event, reader, writer)
+            elif isinstance(event, StartCompression):
+                self._write(event.reply)
+                await self._drain()
+                self.deflate = Deflate()
+                machine.compression_started()
+            elif isinstance(event, ClientId):
+                log.debug("conn=%s client ID %s", self.conn_id,
+                          extensions.id_for_log(event.fields))
             elif isinstance(event, Execute):
                 await self._execute(machine, event)
             elif isinstance(event, Close):
@@ -144,6 +187,15 @@ class ImapSession(StreamSession):
                 raise SessionFinished(event.reason)
             else:  # PAUSED: a request was not answered (a bug in this driver)
                 raise RuntimeError(f"machine paused unexpectedly: {event!r}")
+
+    def _inflate(self, data: bytes) -> bytes:
+        """RFC 4978: the client's DEFLATE stream, at most compress.INFLATE_CHUNK at a time."""
+        assert self.deflate is not None
+        try:
+            return self.deflate.inflate(data)
+        except CompressionError as exc:
+            log.info("conn=%s corrupt DEFLATE stream from the client: %s", self.conn_id, exc)
+            raise SessionFinished("corrupt DEFLATE stream") from None
 
     async def _idle_read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
         """RFC 2177 IDLE: wait on the socket and on the selected mailbox's change feed at
@@ -229,9 +281,13 @@ class ImapSession(StreamSession):
             machine.auth_failed(request.tag, "LIMIT", refusal[0].upper() + refusal[1:] + ".")
             return
         self.account = account
+        config = services.config
+        options = ImapOptions(quota=Quota(config.store.quota, config.store.quota_messages),
+                              special_use=config.imap.special_use)
         self.executor = ImapExecutor(services.store, account.name,
                                      services.mime_cache, self._write, self._drain,
-                                     conn_id=self.conn_id, session_id=id(self))
+                                     conn_id=self.conn_id, session_id=id(self),
+                                     options=options)
         machine.auth_succeeded(request.tag, account.name)
 
     async def _starttls(self, machine: ImapMachine, request: StartTls,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Set
 from dataclasses import replace
 
 from mailkeep.proto.imap import grammar as g
+from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import listing, mutf7
 from mailkeep.proto.imap.events import Outcome
 from mailkeep.proto.imap.fetch import fetch_items, needs_message
@@ -32,10 +32,11 @@ from mailkeep.proto.imap.render import (
     untagged,
     untagged_status,
 )
-from mailkeep.proto.imap.sequence import SequenceSet, compress
+from mailkeep.proto.imap.sequence import SequenceSet, uid_set
 from mailkeep.proto.imap.session import Authenticated, Selected, SessionState
 from mailkeep.proto.imap.values import Atom, Value
-from mailkeep.server import imap_search
+from mailkeep.server import imap_append, imap_folders, imap_move, imap_quota, imap_search
+from mailkeep.server.imap_folders import ImapOptions
 from mailkeep.server.slices import Slices, TooExpensive
 from mailkeep.server.stream import SessionFinished
 from mailkeep.store.base import (
@@ -44,11 +45,13 @@ from mailkeep.store.base import (
     MailStore,
     MessageGone,
     NoSuchFolder,
+    OverQuota,
     StoreError,
     StoreRefusal,
 )
 
 log = logging.getLogger("mailkeep.imap")
+DELETED = "\\Deleted"
 
 # Untagged data is handed to the transport in batches of about this many octets, with a
 # drain in between, so a slow reader holds at most this much of a long FETCH in memory.
@@ -90,7 +93,8 @@ class ImapExecutor:
 
     def __init__(self, store: MailStore, account: str, cache: MimeCache,
                  write: Callable[[bytes], None], flush: Callable[[], Awaitable[None]], *,
-                 conn_id: str = "-", session_id: int = 0) -> None:
+                 conn_id: str = "-", session_id: int = 0,
+                 options: ImapOptions | None = None) -> None:
         self.store = store
         self.account = account
         self.cache = cache
@@ -100,6 +104,14 @@ class ImapExecutor:
         self.conn_id = conn_id
         self.session_id = session_id
         self.view: MailboxView | None = None
+        self.options = options if options is not None else ImapOptions()
+        self.provisioned = False  # RFC 6154 default folders looked after (first LIST)
+        self.utf8 = False  # RFC 6855 UTF8=ACCEPT enabled: mailbox names go out as UTF-8
+
+    def wire_name(self, name: str) -> str:
+        """A mailbox name as the client reads it: modified UTF-7 (RFC 3501 §5.1.3), or
+        UTF-8 once it enabled UTF8=ACCEPT (RFC 6855 §3)."""
+        return name if self.utf8 else mutf7.encode(name)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -182,8 +194,11 @@ class ImapExecutor:
         try:
             return await handler(self, command)
         except NoSuchFolder as exc:
-            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy) else "NONEXISTENT"
+            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy | ext.Move) \
+                else "NONEXISTENT"
             return Outcome("NO", _clean(str(exc)), code)
+        except OverQuota as exc:
+            return Outcome("NO", _clean(str(exc)), imap_quota.OVERQUOTA)  # RFC 9208 §5
         except FolderExists as exc:
             return Outcome("NO", _clean(str(exc)), "ALREADYEXISTS")
         except StoreRefusal as exc:
@@ -329,17 +344,6 @@ class ImapExecutor:
         return Outcome("OK", f"{command.name} completed.", code,
                        session=Selected(self.account, view))
 
-    async def _cmd_create(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Create)
-        # RFC 3501 §6.3.3: a trailing delimiter only says inferiors will follow.
-        name = command.mailbox.rstrip(listing.DELIMITER)
-        if not name:
-            return Outcome("NO", "Invalid mailbox name.")
-        if name.upper() == "INBOX":
-            return Outcome("NO", "INBOX always exists.", "ALREADYEXISTS")
-        await self.store.create_folder(self.account, name)
-        return Outcome("OK", "CREATE completed.")
-
     async def _cmd_delete(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Delete)
         await self.store.delete_folder(self.account, command.mailbox)
@@ -362,25 +366,6 @@ class ImapExecutor:
             return Outcome("NO", "Not subscribed to that name.")
         return Outcome("OK", "UNSUBSCRIBE completed.")
 
-    async def _cmd_list(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.ListMailboxes)
-        if command.pattern == "":
-            # RFC 3501 §6.3.8: the hierarchy delimiter and the root name.
-            await self.emit(untagged("LIST", [Atom("\\Noselect")], listing.DELIMITER, ""))
-            return Outcome("OK", "LIST completed.")
-        regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
-                                                                  command.pattern))
-        for folder in await self.store.list_folders(self.account):
-            if not listing.matches(regex, folder.name):
-                continue
-            attributes: list[Value] = [] if folder.selectable else [Atom("\\Noselect")]
-            # RFC 3348 CHILDREN.
-            attributes.append(Atom("\\HasChildren" if folder.has_children
-                                   else "\\HasNoChildren"))
-            await self.emit(untagged("LIST", attributes, listing.DELIMITER,
-                                     mutf7.encode(folder.name)))
-        return Outcome("OK", "LIST completed.")
-
     async def _cmd_lsub(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Lsub)
         if command.pattern == "":
@@ -392,7 +377,7 @@ class ImapExecutor:
         shown = set(subscribed)
         for name in subscribed:
             if listing.matches(regex, name):
-                await self.emit(untagged("LSUB", [], listing.DELIMITER, mutf7.encode(name)))
+                await self.emit(untagged("LSUB", [], listing.DELIMITER, self.wire_name(name)))
                 continue
             # RFC 3501 §6.3.9: with "%", a subscribed "foo.bar" under an unsubscribed "foo"
             # shows as "foo" flagged \Noselect (once), since "foo.bar" itself does not match.
@@ -404,7 +389,7 @@ class ImapExecutor:
                 if listing.matches(regex, parent):
                     shown.add(parent)
                     await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER,
-                                             mutf7.encode(parent)))
+                                             self.wire_name(parent)))
                     break
         return Outcome("OK", "LSUB completed.")
 
@@ -417,24 +402,16 @@ class ImapExecutor:
             "UIDNEXT": snap.uidnext,
             "UIDVALIDITY": snap.uidvalidity,
             "UNSEEN": sum(1 for m in snap.messages if SEEN not in m.flags),
+            # RFC 9051 §6.3.11 DELETED; RFC 9208 §4.2 DELETED-STORAGE (in 1024 octets)
+            "DELETED": sum(1 for m in snap.messages if DELETED in m.flags),
+            "DELETED-STORAGE": -(-sum(m.size for m in snap.messages
+                                      if DELETED in m.flags) // 1024),
         }
         data: list[Value] = []
         for item in command.items:
             data += [Atom(item), values[item]]
-        await self.emit(untagged("STATUS", mutf7.encode(command.mailbox), data))
+        await self.emit(untagged("STATUS", self.wire_name(command.mailbox), data))
         return Outcome("OK", "STATUS completed.")
-
-    async def _cmd_append(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Append)
-        if not command.message:
-            return Outcome("NO", "Cannot store an empty message.")
-        flags = [f for f in command.flags if f != RECENT]
-        uid = await self.store.append(self.account, command.mailbox, command.message, flags,
-                                      command.internaldate)
-        validity = await self.store.uidvalidity(self.account, command.mailbox)
-        # RFC 4315 §3: APPENDUID lets clients (mbsync) learn the new UID without a search.
-        code = response_code("APPENDUID", validity, uid)
-        return Outcome("OK", "APPEND completed.", code)
 
     # -- selected state -------------------------------------------------------------------
 
@@ -585,14 +562,15 @@ class ImapExecutor:
             raise NoSuchFolder("Mailbox does not exist.")
         if not uids:
             return Outcome("OK", "COPY completed.")
+        await imap_quota.check(self, sum(view.records[u].size for u in uids), len(uids))
         mapping = await self.store.copy(self.account, view.folder, uids, command.mailbox)
         if not mapping:
             return Outcome("OK", "COPY completed.")
         validity = await self.store.uidvalidity(self.account, command.mailbox)
         sources = sorted(mapping)
         # RFC 4315 §3: COPYUID uidvalidity source-set dest-set, in corresponding order.
-        code = (f"COPYUID {validity} {_uid_list(sources)} "
-                f"{_uid_list([mapping[s] for s in sources])}")
+        code = (f"COPYUID {validity} {uid_set(sources)} "
+                f"{uid_set([mapping[s] for s in sources])}")
         return Outcome("OK", "COPY completed.", code)
 
 
@@ -603,15 +581,15 @@ HANDLERS: dict[str, Callable[[ImapExecutor, g.CommandType], Awaitable[Outcome]]]
     "CHECK": ImapExecutor._cmd_check,
     "SELECT": ImapExecutor._cmd_select,
     "EXAMINE": ImapExecutor._cmd_examine,
-    "CREATE": ImapExecutor._cmd_create,
+    "CREATE": imap_folders.cmd_create,
     "DELETE": ImapExecutor._cmd_delete,
     "RENAME": ImapExecutor._cmd_rename,
     "SUBSCRIBE": ImapExecutor._cmd_subscribe,
     "UNSUBSCRIBE": ImapExecutor._cmd_unsubscribe,
-    "LIST": ImapExecutor._cmd_list,
+    "LIST": imap_folders.cmd_list,
     "LSUB": ImapExecutor._cmd_lsub,
     "STATUS": ImapExecutor._cmd_status,
-    "APPEND": ImapExecutor._cmd_append,
+    "APPEND": imap_append.cmd_append,
     "CLOSE": ImapExecutor._cmd_close,
     "UNSELECT": ImapExecutor._cmd_unselect,
     "EXPUNGE": ImapExecutor._cmd_expunge,
@@ -619,12 +597,8 @@ HANDLERS: dict[str, Callable[[ImapExecutor, g.CommandType], Awaitable[Outcome]]]
     "FETCH": ImapExecutor._cmd_fetch,
     "STORE": ImapExecutor._cmd_store,
     "COPY": ImapExecutor._cmd_copy,
+    "MOVE": imap_move.cmd_move,  # RFC 6851
+    "GETQUOTA": imap_quota.cmd_getquota,  # RFC 9208
+    "GETQUOTAROOT": imap_quota.cmd_getquotaroot,
 }
 
-
-def _uid_list(uids: Sequence[int]) -> str:
-    """A uid-set for COPYUID: ranges only where the numbers ascend (the two sets of RFC 4315
-    §3 must correspond element by element)."""
-    if all(a < b for a, b in itertools.pairwise(uids)):
-        return compress(uids)
-    return ",".join(str(u) for u in uids)

@@ -28,11 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailkeep.proto import sasl
+from mailkeep.proto.imap import extensions
+from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import receiver as rx
 from mailkeep.proto.imap.events import (
     NEED_DATA,
     PAUSED,
     AuthRequest,
+    ClientId,
     Close,
     Event,
     Execute,
@@ -40,6 +43,7 @@ from mailkeep.proto.imap.events import (
     IdleDone,
     Outcome,
     Reply,
+    StartCompression,
     StartTls,
     State,
 )
@@ -78,21 +82,25 @@ MECHANISMS = ("PLAIN", "LOGIN")
 HIERARCHY_DELIMITER = "."
 
 # RFC 3501 §6.1-6.4: the commands valid in each state (habit 2: checked before dispatch).
-_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
+_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT",
+                  "ID", "COMPRESS"})  # RFC 2971 §3.1, RFC 4978 §3 (see _cmd_compress)
 _AUTHENTICATED = _ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
                          "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND",
-                         "NAMESPACE"}  # RFC 2342
+                         "NAMESPACE",  # RFC 2342
+                         "GETQUOTA", "GETQUOTAROOT"}  # RFC 9208
 COMMANDS_BY_STATE: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
     State.AUTHENTICATED: _AUTHENTICATED | {"IDLE"},  # RFC 2177
     State.SELECTED: _AUTHENTICATED | {"IDLE", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
-                                      "STORE", "COPY", "UNSELECT"},  # RFC 3691 UNSELECT
+                                      "STORE", "COPY", "UNSELECT",  # RFC 3691 UNSELECT
+                                      "MOVE"},  # RFC 6851
     State.LOGOUT: frozenset(),
 }
 SUPPORTED = frozenset().union(*COMMANDS_BY_STATE.values())
 
 # RFC 5530 response codes.
 PRIVACYREQUIRED = "PRIVACYREQUIRED"
+COMPRESSIONACTIVE = "COMPRESSIONACTIVE"
 AUTHENTICATIONFAILED = "AUTHENTICATIONFAILED"
 UNAVAILABLE = "UNAVAILABLE"
 
@@ -147,6 +155,7 @@ class ImapMachine:
         self._executing: str | None = None  # the tag of the command the driver runs
         self._idling: str | None = None     # the tag of an IDLE in progress
         self._sasl: _Sasl | None = None
+        self.compressing = False  # RFC 4978 COMPRESS=DEFLATE is active
 
     # -- input ----------------------------------------------------------------------------
 
@@ -223,6 +232,7 @@ class ImapMachine:
         literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
         caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
                 "UIDPLUS", "IDLE"]
+        caps += extensions.capabilities(self.state, max_literal=self.max_literal)
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
                 # RFC 3501 §6.2.1 / §6.2.3: STARTTLS, and LOGINDISABLED before TLS.
@@ -325,7 +335,7 @@ class ImapMachine:
     def account(self) -> str | None:
         return account_of(self.session)
 
-    def _wait(self, request: AuthRequest | StartTls | Execute) -> None:
+    def _wait(self, request: AuthRequest | StartTls | StartCompression | Execute) -> None:
         self._events.append(request)
         self._waiting = type(request)
         if isinstance(request, Execute):
@@ -367,6 +377,36 @@ class ImapMachine:
         # RFC 2342: one personal namespace, no prefix, "." as delimiter.
         self._reply(untagged("NAMESPACE", [["", HIERARCHY_DELIMITER]], None, None))
         self._tagged(command.tag, "OK", "NAMESPACE completed.")
+
+    def _cmd_id(self, command: CommandType) -> None:
+        """RFC 2971: answer with our name and version; the driver logs the client's."""
+        assert isinstance(command, ext.Id)
+        self._events.append(ClientId(command.fields))
+        self._reply(untagged("ID", *extensions.id_response()))
+        self._tagged(command.tag, "OK", "ID completed.")
+
+    def _cmd_compress(self, command: CommandType) -> None:
+        """RFC 4978 COMPRESS DEFLATE: the tagged OK goes out uncompressed, everything after
+        it (both ways) is compressed; the driver switches (StartCompression)."""
+        assert isinstance(command, ext.Compress)
+        if command.mechanism != "DEFLATE":
+            self._tagged(command.tag, "BAD", "Unknown compression mechanism.")
+        elif self.compressing:
+            self._tagged(command.tag, "NO", "Compression is already active.",
+                         COMPRESSIONACTIVE)  # RFC 4978 §3, RFC 5530 §3
+        elif self.state is State.NOT_AUTHENTICATED:
+            # RFC 4978 allows COMPRESS before login; we refuse it, as Dovecot does: the only
+            # secrets then are credentials, and compressing them together with data an
+            # attacker can inject leaks them through the compressed length (CRIME, RFC 7457
+            # §2.6). After login the attacker would need the session itself.
+            self._tagged(command.tag, "NO", "Compression only after login.")
+        elif self.receiver.pending_input:
+            # RFC 4978 §3: the client compresses from after the OK only, so anything sent
+            # before it could not be read either way: refused, like STARTTLS (habit 9).
+            self._tagged(command.tag, "BAD", "Commands pipelined behind COMPRESS refused.")
+            self._events.append(Close("data pipelined behind COMPRESS"))
+        else:
+            self._wait(StartCompression(tagged(command.tag, "OK", "DEFLATE active.")))
 
     def _cmd_starttls(self, command: CommandType) -> None:
         if self.tls_active or not self.starttls_offered:
@@ -472,6 +512,11 @@ class ImapMachine:
         self.tls_active = True
         self.errors = 0
 
+    def compression_started(self) -> None:
+        """RFC 4978: both directions are compressed from here on."""
+        self._resume(StartCompression)
+        self.compressing = True
+
     def tls_failed(self) -> None:
         self._resume(StartTls)
         self._events.append(Close("TLS handshake failed"))
@@ -501,4 +546,6 @@ MACHINE_COMMANDS: dict[str, Callable[[ImapMachine, CommandType], None]] = {
     "LOGIN": ImapMachine._cmd_login,
     "AUTHENTICATE": ImapMachine._cmd_authenticate,
     "IDLE": ImapMachine._cmd_idle,
+    "ID": ImapMachine._cmd_id,
+    "COMPRESS": ImapMachine._cmd_compress,
 }
