@@ -133,7 +133,7 @@ def parse_move(cur: Cursor, tag: str, uid: bool = False) -> Move:
 def _string_text(cur: Cursor, what: str, limit: int) -> str:
     raw = cur.string(eight_bit=True)
     if len(raw) > limit:
-        raise cur.error(f"ID {what} longer than {limit} octets (RFC 2971 §3.3)")
+        raise cur.error(f"ID {what} longer than {limit} octets")  # RFC 2971 §3.3
     return raw.decode("utf-8", "replace")
 
 
