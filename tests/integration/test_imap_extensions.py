@@ -253,3 +253,35 @@ def test_appendlimit_is_the_configured_literal_size(tmp_path: Path, ca: trustme.
         r = c.with_literal("APPEND INBOX", b"Subject: fits\r\n\r\n" + b"x" * 4980)
         assert r.status == "OK"
         c.ok("LOGOUT")
+
+
+# -- UTF8=ACCEPT (RFC 6855) via ENABLE (RFC 5161) -------------------------------------------------
+
+
+def test_utf8_accept_names_and_messages(imapd: RunningDaemon) -> None:
+    c = session(imapd, select=None)
+    assert {"ENABLE", "UTF8=ACCEPT"} <= set(capabilities(c))
+    # Without ENABLE, raw UTF-8 (as some clients send it) is no mailbox name (RFC 3501 §5.1.3)
+    r = c.command('CREATE "Entwürfe"'.encode())
+    assert (r.status, r.code) == ("NO", "CANNOT")
+    assert c.ok("ENABLE UTF8=ACCEPT").untagged == [b"ENABLED UTF8=ACCEPT"]
+    c.ok('CREATE "Entwürfe"'.encode())
+    (line,) = c.ok('LIST "" "Entw*"').untagged_named("LIST")
+    assert parse(line)[-1] == "Entwürfe".encode()  # UTF-8 on the wire, not modified UTF-7
+    body = "Subject: Grüße aus Köln\r\n\r\nÄrger mit Umlauten\r\n".encode()
+    tag = c.next_tag()
+    c.send(f'{tag} APPEND "Entwürfe" UTF8 (~{{{len(body)}}}\r\n'.encode())
+    c.continuation()
+    c.send(body + b")\r\n")
+    assert c.until_tagged(tag).status == "OK"
+    c.ok('SELECT "Entwürfe"'.encode())
+    assert c.ok('SEARCH SUBJECT "Köln"'.encode()).search() == [1]
+    assert c.command("SEARCH CHARSET UTF-8 ALL").status == "BAD"
+    c.ok("LOGOUT")
+    # on disk it is the folder Dovecot knows: ".Entw&APw-rfe"
+    assert (account_dir(imapd) / ".Entw&APw-rfe" / "cur").is_dir()
+    # a client that did not enable UTF-8 sees the modified UTF-7 name
+    plain = session(imapd, select=None)
+    (line,) = plain.ok('LIST "" "Entw*"').untagged_named("LIST")
+    assert parse(line)[-1] == b"Entw&APw-rfe"
+    plain.ok("LOGOUT")

@@ -20,6 +20,7 @@ from dataclasses import replace
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import listing, mutf7
+from mailkeep.proto.imap.enable import UTF8_ACCEPT
 from mailkeep.proto.imap.events import Outcome
 from mailkeep.proto.imap.fetch import fetch_items, needs_message
 from mailkeep.proto.imap.mailboxview import RECENT, SEEN, MailboxView, flag_atoms
@@ -104,9 +105,15 @@ class ImapExecutor:
         self.conn_id = conn_id
         self.session_id = session_id
         self.view: MailboxView | None = None
+        # RFC 5161 / RFC 7162 §3.1: what the session of the command being run has enabled.
+        self.enabled: frozenset[str] = frozenset()
         self.options = options if options is not None else ImapOptions()
         self.provisioned = False  # RFC 6154 default folders looked after (first LIST)
-        self.utf8 = False  # RFC 6855 UTF8=ACCEPT enabled: mailbox names go out as UTF-8
+
+    @property
+    def utf8(self) -> bool:
+        """RFC 6855 UTF8=ACCEPT is enabled: mailbox names go out as UTF-8."""
+        return UTF8_ACCEPT in self.enabled
 
     def wire_name(self, name: str) -> str:
         """A mailbox name as the client reads it: modified UTF-7 (RFC 3501 §5.1.3), or
@@ -132,6 +139,8 @@ class ImapExecutor:
         """Run one command in `session` (Authenticated or Selected)."""
         selected = session if isinstance(session, Selected) else None
         self.view = selected.view if selected is not None else None
+        self.enabled = session.enabled if isinstance(session, Authenticated | Selected) \
+            else frozenset()
         selecting = isinstance(command, g.Select | g.Examine)
         try:
             outcome = await self._dispatch(command)
@@ -153,6 +162,8 @@ class ImapExecutor:
         if selected is not None and new is not None and new is not selected:
             selected.leave()  # the old mailbox is no longer followed
         current = new if new is not None else session
+        if isinstance(current, Authenticated | Selected):
+            current.enabled = self.enabled  # ENABLEd extensions outlive SELECT and CLOSE
         if isinstance(current, Selected) and outcome.close is None and (
                 current is not selected or self.should_sync(command, current)):
             # RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH without UID.

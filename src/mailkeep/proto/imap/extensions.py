@@ -22,6 +22,7 @@ def capabilities(state: State, *, max_literal: int) -> list[str]:
         # RFC 7889 §3: the largest message APPEND takes (the literal limit once logged in).
         f"APPENDLIMIT={max_literal}",
         "MULTIAPPEND",                          # RFC 3502
+        "UTF8=ACCEPT",                          # RFC 6855, by ENABLE (proto/imap/enable.py)
     ]
     if state in (State.AUTHENTICATED, State.SELECTED):
         # RFC 4978; offered only after login (see machine._cmd_compress).

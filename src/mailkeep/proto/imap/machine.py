@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailkeep.proto import sasl
-from mailkeep.proto.imap import extensions
+from mailkeep.proto.imap import enable, extensions
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import receiver as rx
 from mailkeep.proto.imap.events import (
@@ -51,8 +51,10 @@ from mailkeep.proto.imap.grammar import (
     COMMAND_NAMES,
     Authenticate,
     CommandType,
+    Enable,
     Login,
     ParseError,
+    Search,
     parse_command,
 )
 from mailkeep.proto.imap.render import (
@@ -68,6 +70,7 @@ from mailkeep.proto.imap.session import (
     NotAuthenticated,
     SessionState,
     account_of,
+    enabled_of,
     state_of,
 )
 
@@ -90,7 +93,8 @@ _AUTHENTICATED = _ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUB
                          "GETQUOTA", "GETQUOTAROOT"}  # RFC 9208
 COMMANDS_BY_STATE: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
-    State.AUTHENTICATED: _AUTHENTICATED | {"IDLE"},  # RFC 2177
+    # RFC 2177 IDLE; RFC 5161 §3.1 ENABLE: "only valid in the authenticated state".
+    State.AUTHENTICATED: _AUTHENTICATED | {"IDLE", "ENABLE"},
     State.SELECTED: _AUTHENTICATED | {"IDLE", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
                                       "STORE", "COPY", "UNSELECT",  # RFC 3691 UNSELECT
                                       "MOVE"},  # RFC 6851
@@ -231,7 +235,7 @@ class ImapMachine:
         # octets, which is all we accept then), LITERAL+ once logged in.
         literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
         caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
-                "UIDPLUS", "IDLE"]
+                "UIDPLUS", "IDLE", "ENABLE"]
         caps += extensions.capabilities(self.state, max_literal=self.max_literal)
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
@@ -306,10 +310,15 @@ class ImapMachine:
 
     def _run_command(self, ev: rx.Command) -> None:
         self.commands += 1
+        utf8 = enable.UTF8_ACCEPT in enabled_of(self.session)
         try:
-            command = parse_command(ev.data)
+            command = parse_command(ev.data, utf8=utf8)  # RFC 6855 §3
         except ParseError as exc:
             self._tagged(exc.tag, exc.status, exc.message, exc.code)
+            return
+        if utf8 and isinstance(command, Search) and command.charset is not None:
+            # RFC 6855 §3: after ENABLE UTF8=ACCEPT a SEARCH with a charset SHOULD be BAD.
+            self._tagged(command.tag, "BAD", "No CHARSET in SEARCH after UTF8=ACCEPT.")
             return
         name = command.name
         if name not in SUPPORTED:
@@ -362,6 +371,16 @@ class ImapMachine:
     @property
     def idling(self) -> bool:
         return self._idling is not None
+
+    def _cmd_enable(self, command: CommandType) -> None:
+        """RFC 5161: turn on what the session asks for and we know; list what was turned on
+        (unknown names are ignored, RFC 5161 §3.1)."""
+        assert isinstance(command, Enable)
+        session = self.session
+        assert isinstance(session, Authenticated)  # the state table admits ENABLE only there
+        session.enabled, listed = enable.enable(command.capabilities, session.enabled)
+        self._reply(enable.enabled_response(listed))
+        self._tagged(command.tag, "OK", "ENABLE completed.")
 
     def _cmd_capability(self, command: CommandType) -> None:
         self._reply(untagged("CAPABILITY " + " ".join(self.capabilities())))
@@ -546,6 +565,7 @@ MACHINE_COMMANDS: dict[str, Callable[[ImapMachine, CommandType], None]] = {
     "LOGIN": ImapMachine._cmd_login,
     "AUTHENTICATE": ImapMachine._cmd_authenticate,
     "IDLE": ImapMachine._cmd_idle,
+    "ENABLE": ImapMachine._cmd_enable,
     "ID": ImapMachine._cmd_id,
     "COMPRESS": ImapMachine._cmd_compress,
 }

@@ -36,6 +36,9 @@ class NotAuthenticated:
 @dataclass(slots=True)
 class Authenticated:
     account: str
+    # RFC 5161 ENABLE (and RFC 7162 §3.1 CONDSTORE enabling commands): the extensions this
+    # session turned on; they stay on for its life, across SELECT, CLOSE and UNSELECT.
+    enabled: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class Selected:
     account: str
     view: MailboxView
     watch: Subscription | None = None
+    enabled: frozenset[str] = frozenset()  # as in Authenticated
 
     def leave(self) -> None:
         """The mailbox is no longer selected: stop following its changes."""
@@ -67,6 +71,11 @@ def state_of(session: SessionState) -> State:
     if isinstance(session, NotAuthenticated):
         return State.NOT_AUTHENTICATED
     return State.LOGOUT
+
+
+def enabled_of(session: SessionState) -> frozenset[str]:
+    """What the session turned on with ENABLE (RFC 5161); nothing before login."""
+    return session.enabled if isinstance(session, Authenticated | Selected) else frozenset()
 
 
 def account_of(session: SessionState) -> str | None:
