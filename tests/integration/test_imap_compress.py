@@ -76,7 +76,8 @@ def compressed_session(d: RunningDaemon) -> DeflateImap:
 
 def test_compressed_session_round_trip(imapd: RunningDaemon) -> None:
     setup = session(imapd, select=None)
-    body = b"".join(b"line %d of a rather repetitive message body\r\n" % i for i in range(2000))
+    # 1.3 MB: several whole DEFLATE_SLICEs (compressed in a worker thread) and a remainder
+    body = b"".join(b"line %d of a rather repetitive message body\r\n" % i for i in range(30000))
     append(setup, "INBOX", message("big", body))
     setup.ok("LOGOUT")
     c = compressed_session(imapd)

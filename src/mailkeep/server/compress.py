@@ -47,7 +47,7 @@ class Deflate:
 
     # -- responses ------------------------------------------------------------------------
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes | memoryview) -> bytes:
         """Compressed octets to send now (often none: zlib keeps a window until flush)."""
         if not data:
             return b""

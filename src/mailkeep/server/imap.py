@@ -46,6 +46,9 @@ log = logging.getLogger("mailkeep.imap")
 # Bytes per read from the socket; the receiver bounds lines and literals itself.
 READ_SIZE = 64 * 1024
 SHUTDOWN_REPLY = untagged_status("BYE", "Server shutting down, try again later.")
+# Output compressed (RFC 4978) in slices of this size; a whole slice is compressed in a
+# worker thread (about 5 ms of zlib at level 6), anything smaller on the loop.
+DEFLATE_SLICE = 256 * 1024
 # RFC 3501 §5.4: autologout after (at least 30 minutes of) inactivity, with a BYE.
 IDLE_REPLY = untagged_status("BYE", "Autologout; idle for too long.")
 
@@ -66,6 +69,7 @@ class ImapSession(StreamSession):
         self.selected: Selected | None = None
         self.bytes_out = 0
         self.deflate: Deflate | None = None  # RFC 4978, once COMPRESS DEFLATE succeeded
+        self._uncompressed: list[bytes] = []  # written, to be compressed at the next drain
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
@@ -100,6 +104,7 @@ class ImapSession(StreamSession):
     def last_words(self, data: bytes) -> bytes:
         if self.deflate is None:
             return data
+        self._uncompressed.clear()  # the connection ends: only the goodbye goes out
         return self.deflate.compress(data) + self.deflate.flush()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -108,19 +113,35 @@ class ImapSession(StreamSession):
         assert self.writer is not None
         self.bytes_out += len(data)
         if self.deflate is not None:
-            data = self.deflate.compress(data)
-            if not data:
-                return
+            self._uncompressed.append(data)  # compressed in _drain, in slices
+            return
         self.writer.write(data)
+
+    async def _deflate_out(self) -> None:
+        """Compress what was written since the last drain and end with a sync flush (RFC 4978
+        §3: the client can read every response so far). Large data (a FETCH of a 25 MiB
+        message) is compressed a slice at a time in a worker thread (zlib lets go of the
+        GIL), never in one long stretch on the event loop."""
+        assert self.writer is not None and self.deflate is not None
+        pending, self._uncompressed = self._uncompressed, []
+        for data in pending:
+            view = memoryview(data)
+            for start in range(0, len(view), DEFLATE_SLICE):
+                piece = view[start:start + DEFLATE_SLICE]
+                if len(piece) == DEFLATE_SLICE:
+                    out = await asyncio.to_thread(self.deflate.compress, piece)
+                else:
+                    out = self.deflate.compress(piece)
+                if out:
+                    self.writer.write(out)
+        flushed = self.deflate.flush()
+        if flushed:
+            self.writer.write(flushed)
 
     async def _drain(self) -> None:
         assert self.writer is not None
         if self.deflate is not None:
-            # RFC 4978 §3: a sync flush before waiting, so the client can read every
-            # response written so far.
-            flushed = self.deflate.flush()
-            if flushed:
-                self.writer.write(flushed)
+            await self._deflate_out()
         try:
             timeout = self.idle_timeout(self.services.config.imap.idle_timeout)
             async with asyncio.timeout(timeout):
