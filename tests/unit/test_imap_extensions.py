@@ -43,6 +43,11 @@ def test_id_rfc2971_examples_and_limits() -> None:
     assert parse_command(b"a ID NIL") == ext.Id("a", None)
     assert parse_command(b'a ID ("os" NIL)') == ext.Id("a", (("os", None),))
     assert parse_command(b'a ID ("x" {3}\r\na\r\n)') == ext.Id("a", (("x", "a\r\n"),))
+    # RFC 2971 §3.3 limits: at them is fine, one past is BAD
+    at_limit = parse_command(b'a ID ("' + b"k" * 30 + b'" "' + b"v" * 1024 + b'")')
+    assert isinstance(at_limit, ext.Id) and at_limit.fields == (("k" * 30, "v" * 1024),)
+    thirty = b"a ID (" + b" ".join(b'"k%d" "v"' % i for i in range(30)) + b")"
+    assert len(parse_command(thirty).fields or ()) == 30  # type: ignore[union-attr]
     too_many = b"a ID (" + b" ".join(b'"k%d" "v"' % i for i in range(31)) + b")"
     for bad in (b'a ID ("' + b"k" * 31 + b'" "v")', b'a ID ("k" "' + b"v" * 1025 + b'")',
                 too_many, b"a ID", b'a ID ("name")', b"a ID name"):

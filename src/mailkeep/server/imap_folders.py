@@ -23,6 +23,7 @@ from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import listing, specialuse
 from mailkeep.proto.imap.events import Outcome
+from mailkeep.proto.imap.mutf7 import InvalidMailboxName
 from mailkeep.proto.imap.render import untagged
 from mailkeep.proto.imap.values import Atom, Value
 from mailkeep.store.base import FolderExists, FolderInfo, StoreError, StoreRefusal
@@ -90,8 +91,13 @@ async def cmd_list(ex: ImapExecutor, command: g.CommandType) -> Outcome:
         ex.provisioned = True
         await provision(ex)
     options = command.options
-    patterns = [p for p in (command.patterns or (command.pattern,)) if p != ""]
+    # A pattern that is not modified UTF-7 (or UTF-8 after UTF8=ACCEPT) matches nothing
+    # (RFC 3501 §6.3.8; the first one is handled before we get here).
+    patterns = [p for p in (command.patterns or (command.pattern,))
+                if p != "" and not isinstance(p, InvalidMailboxName)]
     if not patterns:
+        if any(p for p in (command.patterns or (command.pattern,))):
+            return Outcome("OK", "LIST completed.")  # only invalid names: nothing matches
         # RFC 3501 §6.3.8 (and RFC 5258 §3 for an extended LIST): the hierarchy delimiter
         # and the root name.
         await ex.emit(untagged("LIST", [Atom("\\Noselect")], listing.DELIMITER, ""))
