@@ -15,4 +15,7 @@ if [ ! -f demo/mailkeep.toml ]; then
     .venv/bin/mailkeep init demo --hostname "$HOSTNAME_" --domain "$DOMAIN" --bind-host 127.0.0.1
 fi
 .venv/bin/mailkeep cert show --config demo/mailkeep.toml
-exec .venv/bin/mailkeep serve --config demo/mailkeep.toml "$@"
+# A demo as root keeps running as root (--allow-root); in production set run_as instead.
+extra=()
+if [ "$(id -u)" -eq 0 ]; then extra+=(--allow-root); fi
+exec .venv/bin/mailkeep serve --config demo/mailkeep.toml "${extra[@]}" "$@"

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from tests.support import ldapserver, pgserver
 from tests.support.daemon import RunningDaemon, start_thread_daemon, write_config
+from tests.support.ldapserver import Slapd
+from tests.support.pgserver import Postgres
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +61,37 @@ def make_daemon(tmp_path: Path, ca: trustme.CA) -> Iterator[object]:
     yield factory
     for running in started:
         running.stop()
+
+
+# -- real directory servers (once per session) ----------------------------------------------
+
+
+def _unavailable(reason: str) -> None:
+    # In CI (scripts/check.sh installs slapd and postgresql) a missing server is a failure.
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slapd_server() -> Iterator[Slapd]:
+    reason = ldapserver.available()
+    if reason:
+        _unavailable(reason)
+    server = ldapserver.start_slapd()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    reason = pgserver.available()
+    if reason:
+        _unavailable(reason)
+    server = pgserver.start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -18,19 +18,29 @@ from pathlib import Path
 
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.proto.autoconfig import MailSetup
 from mailkeep.relay.authdns import make_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.relay.runner import DeliveryRunner
-from mailkeep.relay.spool import Spool
+from mailkeep.relay.spool import Spool, SpoolBusy
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
+from mailkeep.security.privileges import (
+    Identity,
+    PrivilegeError,
+    drop_to,
+    hand_over,
+    readable_by,
+    running_as_root,
+)
 from mailkeep.security.rate import RateLimiter
-from mailkeep.server import imap, pop3, smtp
+from mailkeep.server import autoconfig, imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
 from mailkeep.tls.certs import CertificateProblem
 from mailkeep.tls.context import TlsContexts
+from mailkeep.tls.renewal import AcmeManager
 
 log = logging.getLogger("mailkeep")
 
@@ -64,16 +74,29 @@ class Daemon:
         self.store: MaildirStore | None = None
         self.directory: UserDirectory | None = None
         self.runner: DeliveryRunner | None = None
+        self.ready_file: Path | None = None  # where `serve --ready-file` wants the ports
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
+        self._mail_setup: MailSetup | None = None
+        self.acme: AcmeManager | None = None
+
+    def mail_setup(self) -> MailSetup:
+        """What autoconfig advertises, built on first use: by then every listener is bound,
+        so doors bound to port 0 are advertised with their real ports."""
+        if self._mail_setup is None:
+            self._mail_setup = autoconfig.mail_setup(self.config, self.bound)
+        return self._mail_setup
 
     def load_tls(self) -> dict[str, ssl.SSLContext]:
         """Front contexts per listener; every certificate problem at once."""
-        problems: list[str] = []
+        problems = self._load_sni_certificates()
         contexts: dict[str, ssl.SSLContext] = {}
+        acme = self.config.tls.acme
+        alpn = acme is not None and acme.challenge == "tls-alpn-01"
         for lst in self.config.listeners:
             try:
-                contexts[lst.name] = self.tls.add(lst.cert, lst.key)
+                contexts[lst.name] = self.tls.add(lst.cert, lst.key,
+                                                  acme_challenges=alpn and lst.tls == "implicit")
             except CertificateProblem as exc:
                 own = lst.cert != self.config.tls.cert
                 key = f"listeners.{lst.name}.cert" if own else "tls.cert"
@@ -82,9 +105,42 @@ class Daemon:
             raise StartupError(sorted(set(problems)))
         return contexts
 
+    def _load_sni_certificates(self) -> list[str]:
+        """[tls.certificates.*] and the ACME certificate (a placeholder until issued)."""
+        tls, problems = self.config.tls, []
+        if tls.acme is not None:
+            self.acme = AcmeManager(tls.acme, self.tls)
+            try:
+                self.acme.ensure_placeholder(
+                    self.config.hostname if tls.cert == tls.acme.cert else None)
+            except OSError as exc:
+                problems.append(f"tls.acme: cannot write to {tls.acme.state_dir}: {exc}")
+            if tls.cert != tls.acme.cert:  # not the default: chosen by SNI for its names
+                try:
+                    self.tls.add_sni("tls.acme", tls.acme.cert, tls.acme.key)
+                except CertificateProblem as exc:
+                    problems.append(f"tls.acme: {exc}")
+        for entry in tls.certificates:
+            try:
+                self.tls.add_sni(f"tls.certificates.{entry.name}", entry.cert, entry.key,
+                                 entry.names)
+            except CertificateProblem as exc:
+                problems.append(f"tls.certificates.{entry.name}: {exc}")
+        return problems
+
     async def start(self) -> None:
         config = self.config
-        contexts = self.load_tls()
+        try:
+            identity = self._identity()
+            root_problems: list[str] = []
+        except StartupError as exc:
+            identity, root_problems = None, exc.problems
+        try:
+            contexts = self.load_tls()
+        except StartupError as exc:
+            raise StartupError(root_problems + exc.problems) from None
+        if root_problems:
+            raise StartupError(root_problems)
         try:
             self.directory = load_directory(config.directory.backend, config.directory.options,
                                             config.directory.base_dir)
@@ -98,7 +154,7 @@ class Daemon:
         except OSError as exc:
             raise StartupError([f"data_dir: {config.data_dir} is not writable: {exc.strerror}"]) \
                 from None
-        self.store = MaildirStore(config.data_dir)
+        self.store = MaildirStore(config.data_dir, config.maildirs)
         self.store.start_feed()
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
@@ -139,10 +195,58 @@ class Daemon:
                          listener.address)
         if problems:
             await self.close_servers()
+            if self.runner is not None:
+                await self.runner.stop(grace=0)  # and let go of the spool's lock
             raise StartupError(problems)
+        if self.ready_file is not None:
+            # Written before any switch of user: its folder may be root's.
+            write_ready_file(self.ready_file, self.bound)
+        if identity is not None:
+            await self._drop_privileges(identity)
         for listener in self.listeners:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
+        if self.acme is not None:
+            self.acme.start([int(a.rsplit(":", 1)[1]) for lst in config.listeners
+                             if lst.tls == "implicit" for a in self.bound.get(lst.name, [])])
+
+    def _identity(self) -> Identity | None:
+        """Root needs `run_as` (or `allow_root`); the user to become after binding."""
+        config = self.config
+        if not running_as_root():
+            return None
+        if config.run_as is None:
+            if config.allow_root:
+                log.warning("running as root (allow_root = true): every client session runs "
+                            "with full privileges; set run_as = \"mailkeep\" instead")
+                return None
+            raise StartupError(["run_as: mailkeep will not keep running as root: set run_as "
+                                "= \"mailkeep\" (a user to become once the ports are bound) "
+                                "or, if you really mean it, allow_root = true"])
+        try:
+            return Identity.resolve(config.run_as)
+        except PrivilegeError as exc:
+            raise StartupError([str(exc)]) from None
+
+    async def _drop_privileges(self, who: Identity) -> None:
+        """Ports are bound: hand the writable files to `who` and become it."""
+        config = self.config
+        changed = await asyncio.to_thread(
+            hand_over, [config.data_dir, config.maildirs],
+            [config.data_dir / "spool"], who)
+        if changed:
+            log.info("handed %d files under %s to %s", changed, config.data_dir, who.user)
+        unreadable = [p for p in {*(lst.key for lst in config.listeners),
+                                  *(lst.cert for lst in config.listeners)}
+                      if not readable_by(p, who)]
+        for path in sorted(unreadable):
+            log.warning("%s is not readable by %s: a renewed certificate will not be "
+                        "loaded after the switch (chown or chgrp it)", path, who.user)
+        try:
+            drop_to(who)
+        except PrivilegeError as exc:
+            await self.close_servers()
+            raise StartupError([str(exc)]) from None
 
     async def _start_relay(self, services: Services) -> None:
         """The spool and its delivery runner, DKIM keys, the inbound checks' resolver."""
@@ -158,10 +262,10 @@ class Daemon:
             raise StartupError(problems)
         servers = config.delivery.dns_servers
         if servers and any(lst.protocol == "smtp" for lst in config.listeners):
-            port = servers[0].port
-            services.auth_resolver = make_resolver([s.host for s in servers], port=port)
+            # Each server on its own port, like the outbound resolver (relay/dns.py).
+            services.auth_resolver = make_resolver([(s.host, s.port) for s in servers])
         for lst in config.listeners:
-            if lst.tls == "none":
+            if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
                             "legacy devices on %s", lst.name,
                             ", ".join(str(n) for n in lst.clients))
@@ -170,6 +274,9 @@ class Daemon:
                                                        services.directory)
         try:
             await self.runner.start()
+        except SpoolBusy as exc:
+            raise StartupError([f"data_dir: {exc}: another mailkeep daemon uses this "
+                                "data_dir (one spool, one daemon); stop it first"]) from None
         except OSError as exc:
             raise StartupError([f"data_dir: the spool in {spool.root} cannot be used: "
                                 f"{exc.strerror or exc}"]) from None
@@ -188,6 +295,9 @@ class Daemon:
             factory, refusal = pop3.session_factory(services, lst, context), pop3.refusal_line
         elif lst.protocol == "imap":
             factory, refusal = imap.session_factory(services, lst, context), imap.refusal_line
+        elif lst.protocol == "autoconfig":
+            factory = autoconfig.session_factory(services, lst, context, self.mail_setup)
+            refusal = autoconfig.refusal_line
         else:
             factory = smtp.session_factory(services, lst, context)
             refusal = functools.partial(smtp.refusal_line, self.config.hostname)
@@ -203,6 +313,8 @@ class Daemon:
         """SIGHUP: re-read certificates now (users files are re-read on change anyway)."""
         log.info("SIGHUP: reloading certificates")
         asyncio.get_running_loop().create_task(asyncio.to_thread(self.tls.reload, force=True))
+        if self.acme is not None:
+            self.acme.check_now()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -241,6 +353,8 @@ class Daemon:
                 await asyncio.sleep(0.05)
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self.acme is not None:
+            self.acme.stop()
         if self.runner is not None:
             # Local deliveries finish in milliseconds; remote ones are retried next start.
             await self.runner.stop(grace=min(self.config.shutdown_grace, 5.0))
@@ -262,14 +376,13 @@ async def serve(config: Config, ready_file: Path | None = None,
                 on_started: Callable[[Daemon], None] | None = None,
                 install_signals: bool = True) -> None:
     daemon = Daemon(config)
+    daemon.ready_file = ready_file
     await daemon.start()
     loop = asyncio.get_running_loop()
     if install_signals:
         loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    if ready_file is not None:
-        write_ready_file(ready_file, daemon.bound)
     if on_started is not None:
         on_started(daemon)
     log.info("mailkeep ready (hostname %s, domains %s)", config.hostname,

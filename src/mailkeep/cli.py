@@ -1,14 +1,20 @@
-"""Command line: init, serve, check-config, user ..., cert ..., health."""
+"""Command line: init, serve, check-config, dns, user ..., cert ..., queue ..., dkim ...,
+health."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import datetime as dt
 import getpass
+import json
 import logging
 import os
+import pwd
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,31 +22,39 @@ from mailkeep import __version__
 from mailkeep.config import ConfigError, load_config
 from mailkeep.config.model import Config
 from mailkeep.config.template import render
-from mailkeep.directory.base import Account, DirectoryError
+from mailkeep.directory.admin import AdminError, UserAdmin, UserEntry
+from mailkeep.directory.apppasswords import AppPassword, new_app_password
+from mailkeep.directory.base import (
+    SERVICES,
+    Account,
+    DirectoryError,
+    load_admin,
+    load_directory,
+)
 from mailkeep.directory.file import (
-    ACCOUNT_NAME,
-    ADDRESS,
     UserRecord,
     read_users_file,
     write_users_file,
 )
+from mailkeep.directory.importing import parse_dovecot_passwd, parse_users_csv
+from mailkeep.directory.names import ACCOUNT_NAME, ADDRESS, APP_PASSWORD_LABEL, clean_groups
 from mailkeep.directory.passwords import hash_password
 from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
-from mailkeep.tls.certs import (
-    CertificateProblem,
-    check_serving,
-    generate_selfsigned,
-    inspect_certificate,
-)
+from mailkeep.tls.certs import CertificateProblem, generate_selfsigned, inspect_certificate
+from mailkeep.tls.inventory import describe as describe_certificate
+from mailkeep.tls.inventory import inventory as certificate_inventory
+from mailkeep.tls.inventory import problems as certificate_problems
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: the daemon did not take a queue request; retry
 # submission (587), submissions (465), pop3s (995), pop3 with STLS (110, commented out),
 # imaps (993), imap with STARTTLS (143, commented out)
 STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
 UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110, 10993, 10143)
 # What a healthy listener says first, by protocol.
-GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK"}
+GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK",
+             "autoconfig": b"HTTP/1.1 200"}
 
 
 class CliError(Exception):
@@ -57,6 +71,17 @@ def _load(path: str) -> Config:
 
 
 # -- init -----------------------------------------------------------------------------------
+
+def _system_user_for_root() -> str | None:
+    """`init` as root on a machine with a "mailkeep" user: the daemon should become it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("mailkeep")
+    except KeyError:
+        return None
+    return "mailkeep"
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.dir)
@@ -81,7 +106,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
                   cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
                   pop3_ports=ports[2:4], imap_ports=ports[4:6],
-                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")))
+                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")),
+                  run_as=_system_user_for_root())
     info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
                                rsa_bits=args.rsa_bits)
     write_file(config_path, text.encode("utf-8"), PRIVATE_FILE)
@@ -119,6 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mailkeep.app import StartupError, serve  # noqa: PLC0415 (keep `--help` fast)
 
     config = _load(args.config)
+    if args.allow_root:
+        config = dataclasses.replace(config, allow_root=True)
     _setup_logging(args.log_level or config.log_level)
     use_uvloop = args.loop in ("auto", "uvloop")
     runner: asyncio.Runner
@@ -147,16 +175,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    problems: list[str] = []
-    for cert, key in sorted({(lst.cert, lst.key) for lst in config.listeners}):
-        try:
-            check_serving(cert, key, config.hostname)
-        except CertificateProblem as exc:
-            problems.append(f"tls: {exc}")
+    problems = certificate_problems(config)
     try:
         users_path = config.directory.base_dir / str(config.directory.options.get("path",
                                                                                   "users.toml"))
-        if config.directory.backend == "file":
+        if config.directory.backend != "file":
+            # The options are checked (and a SQLite file looked for); servers are not
+            # contacted: the daemon starts while they are down, and says so per login.
+            directory = load_directory(config.directory.backend, config.directory.options,
+                                       config.directory.base_dir)
+            asyncio.run(directory.close())
+        else:
             records = read_users_file(users_path)
             for name, rec in records.items():
                 for addr in rec.account.addresses:
@@ -165,6 +194,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                                         f"domain ({', '.join(config.domains)})")
     except DirectoryError as exc:
         problems.append(f"directory: {exc}")
+    if config.dkim:
+        from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
+
+        problems += key_problems(config)
+    for warning in _autoconfig_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     if problems:
         print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
@@ -174,13 +209,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _autoconfig_warnings(config: Config) -> list[str]:
+    """An HTTPS autoconfig listener is reached as autoconfig.DOMAIN and autodiscover.DOMAIN
+    (the CNAMEs of `mailkeep dns`): a certificate without those names makes Thunderbird fall
+    back to plain HTTP and Outlook warn or give up. Worth a warning, not a refusal: the
+    documents still work over HTTP, and the certificate may be renewed with the names."""
+    warnings: list[str] = []
+    for lst in config.listeners:
+        if lst.protocol != "autoconfig" or lst.tls != "implicit":
+            continue
+        try:
+            info = inspect_certificate(lst.cert)
+        except CertificateProblem:
+            continue  # reported above as a problem
+        missing = [f"{prefix}.{domain}" for domain in config.domains
+                   for prefix in ("autoconfig", "autodiscover")
+                   if not info.covers(f"{prefix}.{domain}")]
+        if missing:
+            warnings.append(f"listeners.{lst.name}: the certificate {lst.cert} does not cover "
+                            f"{', '.join(missing)} (SAN: {', '.join(info.names) or 'none'}); "
+                            "HTTPS clients fetching those names will refuse it: add them "
+                            "to the certificate (mailkeep cert selfsigned --san NAME ...)")
+    return warnings
+
+
+# -- dns ------------------------------------------------------------------------------------
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """Zone-file lines for one local domain: MX, SRV, autoconfig CNAMEs, SPF, DKIM."""
+    from mailkeep.proto.zone import AutoconfigSite, records  # noqa: PLC0415
+    from mailkeep.relay.dkim import DkimError, txt_record  # noqa: PLC0415
+    from mailkeep.server.autoconfig import mail_setup  # noqa: PLC0415
+
+    config = _load(args.config)
+    domain = args.domain.lower().rstrip(".")
+    if not config.is_local_domain(domain):
+        raise CliError(f"{domain} is not a local domain ({', '.join(config.domains)})",
+                       EXIT_USAGE)
+    sites = tuple(AutoconfigSite(addr.port, lst.tls == "implicit")
+                  for lst in config.listeners if lst.protocol == "autoconfig"
+                  for addr in lst.bind)
+    dkim_txt = dkim_note = None
+    setting = config.dkim.get(domain)
+    if setting is None:
+        dkim_note = ("no key configured for this domain (add [dkim.domains."
+                     f'"{domain}"] with a selector and key)')
+    else:
+        try:
+            dkim_txt = txt_record(domain, setting.selector, setting.key.read_bytes())
+        except (OSError, DkimError, ValueError) as exc:
+            dkim_note = f"the key {setting.key} cannot be read: {exc}"
+    lines = records(mail_setup(config), domain,
+                    inbound_mx=any(lst.protocol == "smtp" for lst in config.listeners),
+                    sites=sites, dkim_txt=dkim_txt, dkim_note=dkim_note)
+    print("\n".join(lines))
+    return 0
+
+
 # -- users ----------------------------------------------------------------------------------
 
-def _users_path(config: Config) -> Path:
-    if config.directory.backend != "file":
-        raise CliError("`mailkeep user` manages the file backend only")
-    raw = config.directory.options.get("path", "users.toml")
-    return (config.directory.base_dir / str(raw)).resolve()
+def _admin(config: Config) -> UserAdmin:
+    try:
+        return load_admin(config.directory.backend, config.directory.options,
+                          config.directory.base_dir)
+    except DirectoryError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -211,86 +304,150 @@ def _normalise_addresses(config: Config, name: str, extra: list[str]) -> tuple[s
     return tuple(result)
 
 
-def cmd_user(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    path = _users_path(config)
-    try:
-        records = read_users_file(path) if path.exists() else {}
-    except DirectoryError as exc:
-        raise CliError(str(exc), EXIT_CONFIG) from None
+def _describe(entry: UserEntry) -> str:
+    acct = entry.account
+    flags = " (send_as_others)" if acct.send_as_others else ""
+    if acct.groups:
+        flags += f" [groups: {', '.join(acct.groups)}]"
+    if entry.app_passwords:
+        flags += f" [app passwords: {', '.join(a.label for a in entry.app_passwords)}]"
+    return f"{acct.name}: {', '.join(acct.addresses)}{flags}"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+async def _user_action(args: argparse.Namespace, config: Config, admin: UserAdmin) -> int:
     action = args.user_command
-    if action == "list":
-        for name in sorted(records):
-            acct = records[name].account
-            flag = " (send_as_others)" if acct.send_as_others else ""
-            print(f"{name}: {', '.join(acct.addresses)}{flag}")
+    if action == "create-schema":
+        create = getattr(admin, "create_schema", None)
+        if create is None:
+            raise CliError(f"create-schema is for backend = \"sql\" (this config uses "
+                           f"{config.directory.backend!r})")
+        await create()
+        print("default tables created (or already there)")
         return 0
+    if action == "list":
+        for entry in await admin.list_users():
+            print(_describe(entry))
+        return 0
+    if action == "import":
+        return await _import(args, config, admin)
+    if action == "app-password":
+        return await _app_password(args, admin)
     name = args.name.lower()
     if action == "add":
         if not ACCOUNT_NAME.match(name):
             raise CliError(f"{name!r}: account names are lower-case letters, digits, . _ + @ -")
-        if name in records:
-            raise CliError(f"{name} exists; use `mailkeep user passwd {name}`")
         addresses = _normalise_addresses(config, name, args.address or [])
-        taken = {a: n for n, r in records.items() for a in r.account.addresses}
-        for addr in addresses:
-            if addr in taken:
-                raise CliError(f"{addr} already belongs to {taken[addr]}")
+        if await admin.get_user(name) is not None:
+            raise CliError(f"{name} exists; use `mailkeep user passwd {name}`")
         password = _read_password(args)
-        records[name] = UserRecord(Account(name, addresses, args.send_as_others),
-                                   hash_password(password))
-        write_users_file(path, records)
+        groups = clean_groups(args.group or [])
+        await admin.add_users([UserEntry(Account(name, addresses, args.send_as_others, groups),
+                                         hash_password(password))])
         print(f"added {name}: {', '.join(addresses)}")
-        return 0
-    if name not in records:
-        raise CliError(f"no account {name}")
-    if action == "passwd":
-        rec = records[name]
-        records[name] = UserRecord(rec.account, hash_password(_read_password(args)))
-        write_users_file(path, records)
+    elif action == "passwd":
+        if admin.manages_accounts and await admin.get_user(name) is None:
+            raise CliError(f"no account {name}")
+        await admin.set_password(name, hash_password(_read_password(args)))
         print(f"password changed for {name}")
+    elif action == "groups":
+        await admin.set_groups(name, clean_groups(args.groups))
+        print(f"groups of {name}: {', '.join(clean_groups(args.groups)) or '(none)'}")
     elif action == "del":
-        del records[name]
-        write_users_file(path, records)
+        await admin.delete_user(name)
         print(f"deleted {name} (its Maildir under {config.data_dir / 'mail' / name} is kept)")
     return 0
+
+
+async def _app_password(args: argparse.Namespace, admin: UserAdmin) -> int:
+    name = args.name.lower()
+    action = args.app_command
+    if action == "add":
+        label = args.label.lower()
+        if not APP_PASSWORD_LABEL.match(label):
+            raise CliError(f"{label!r}: labels are lower-case letters, digits and . _ -")
+        services = tuple(dict.fromkeys(s.strip() for s in args.services.split(",")
+                                       if s.strip()))
+        bad = [s for s in services if s not in SERVICES]
+        if bad or not services:
+            raise CliError(f"--services: {', '.join(bad) or '(none)'}: choose from "
+                           f"{', '.join(SERVICES)}")
+        secret, stored = new_app_password()
+        await admin.add_app_password(name, AppPassword(label, stored, services, time.time()))
+        print(f"app password {label!r} for {name} ({', '.join(services)}):")
+        print(f"  {secret}")
+        print("  (shown once; revoke it with `mailkeep user app-password revoke "
+              f"{name} {label}`)")
+    elif action == "list":
+        for app in await admin.list_app_passwords(name):
+            print(f"{app.label}: {', '.join(app.services)}; created {_when(app.created)}; "
+                  f"last used {_when(app.last_used)}")
+    elif action == "revoke":
+        if not await admin.revoke_app_password(name, args.label.lower()):
+            raise CliError(f"{name} has no app password {args.label.lower()!r}")
+        print(f"revoked {args.label.lower()!r} of {name}")
+    return 0
+
+
+async def _import(args: argparse.Namespace, config: Config, admin: UserAdmin) -> int:
+    source = Path(args.dovecot_passwd or args.csv)
+    try:
+        text = await asyncio.to_thread(source.read_text, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{source}: cannot read: {exc}") from None
+    if args.dovecot_passwd:
+        result = await asyncio.to_thread(
+            parse_dovecot_passwd, text, default_domain=config.domains[0],
+            is_local=config.is_local_domain, names=args.names)
+    else:
+        result = await asyncio.to_thread(parse_users_csv, text,
+                                         default_domain=config.domains[0],
+                                         is_local=config.is_local_domain)
+    if result.problems and not args.skip_invalid:
+        raise CliError(f"{source}: nothing imported, {len(result.problems)} problem(s) "
+                       "(fix them, or --skip-invalid to import the rest):\n  "
+                       + "\n  ".join(result.problems))
+    for problem in result.problems:
+        print(f"skipped: {source}: {problem}", file=sys.stderr)
+    await admin.add_users(result.entries)
+    print(f"imported {len(result.entries)} account(s) from {source}")
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    admin = _admin(config)
+
+    async def run() -> int:
+        try:
+            return await _user_action(args, config, admin)
+        finally:
+            await admin.close()
+
+    try:
+        return asyncio.run(run())
+    except AdminError as exc:
+        raise CliError(str(exc)) from None
+    except DirectoryError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
 
 
 # -- certificates ---------------------------------------------------------------------------
 
 def cmd_cert_show(args: argparse.Namespace) -> int:
+    """Every certificate: listener defaults, SNI certificates, the ACME one."""
     config = _load(args.config)
-    pairs: dict[tuple[Path, Path], list[str]] = {}
-    for lst in config.listeners:
-        binds = ", ".join(str(b) for b in lst.bind)
-        pairs.setdefault((lst.cert, lst.key), []).append(
-            f"{lst.name} ({lst.protocol}, {lst.tls} TLS, {binds})")
-    status = 0
-    for (cert, key), users in pairs.items():
-        try:
-            info = inspect_certificate(cert)
-        except CertificateProblem as exc:
-            print(f"certificate {cert}: UNUSABLE: {exc}")
-            status = 1
-            continue
-        try:
-            check_serving(cert, key, config.hostname)
-            verdict = f"OK for {config.hostname}"
-        except CertificateProblem as exc:
-            verdict = f"PROBLEM: {exc}"
-            status = 1
-        print(f"certificate {cert}")
-        print(f"  key:         {key}")
-        print(f"  subject:     {info.subject}")
-        print(f"  issuer:      {info.issuer}")
-        print(f"  names (SAN): {', '.join(info.names) or '(none)'}")
-        print(f"  key type:    {info.key_type}")
-        print(f"  valid:       {info.not_before:%Y-%m-%d %H:%M} to "
-              f"{info.not_after:%Y-%m-%d %H:%M} UTC")
-        print(f"  sha256:      {info.sha256}")
-        print(f"  status:      {verdict}")
-        print("  used by:     " + "\n               ".join(users))
-    return status
+    uses = certificate_inventory(config)
+    for i, use in enumerate(uses):
+        if i:
+            print()
+        print("\n".join(describe_certificate(use, config.hostname)))
+    return 1 if any(use.problem for use in uses) else 0
 
 
 def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
@@ -310,6 +467,84 @@ def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
           f"expires {info.not_after:%Y-%m-%d}, sha256 {info.sha256}")
     print("a running daemon picks it up within tls.reload_interval, or at once on SIGHUP")
     return 0
+
+
+# -- queue ----------------------------------------------------------------------------------
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from mailkeep.relay import queue_admin as qa  # noqa: PLC0415
+    from mailkeep.relay.spool import Spool  # noqa: PLC0415
+
+    config = _load(args.config)
+    spool = Spool(config.data_dir / "spool")
+    action = args.queue_command
+    try:
+        if action == "list":
+            listing = qa.listing(spool)
+            print(qa.listing_json(listing) if args.json
+                  else "\n".join(qa.render_listing(listing)))
+            return 0
+        if action == "show":
+            entry = qa.load(spool, args.id)
+            header, body = qa.message_parts(spool, args.id)
+            now = time.time()
+            if args.json:
+                out = qa.entry_json(entry, now)
+                out["header"] = header.decode("utf-8", "replace")
+                if args.body:
+                    out["body"] = body.decode("utf-8", "replace")
+                print(json.dumps(out, indent=2))
+            else:
+                print("\n".join(qa.render_entry(entry, header, body if args.body else None,
+                                                now)))
+            return 0
+        op: qa.Op
+        if action == "retry":
+            if args.all == bool(args.id):
+                raise CliError("give one message ID, or --all", EXIT_USAGE)
+            op, target = "retry", qa.ALL if args.all else args.id
+        elif action == "flush":
+            op, target = "retry", qa.ALL
+        else:
+            op, target = action, args.id
+        outcome = qa.act(spool, op, target,
+                         wait=qa.CONTROL_WAIT if args.wait is None else args.wait)
+    except qa.NoAnswer as exc:
+        raise CliError(str(exc), EXIT_TEMPFAIL) from None
+    except qa.QueueError as exc:
+        raise CliError(str(exc)) from None
+    print(outcome.message)
+    return 0
+
+
+# -- dkim -----------------------------------------------------------------------------------
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from mailkeep.relay.dkim import DEFAULT_SELECTOR, KeyType  # noqa: PLC0415 (keep --help fast)
+    from mailkeep.relay.dkim_admin import (  # noqa: PLC0415
+        DkimAdminError,
+        create_key,
+        render_new_key,
+    )
+
+    try:
+        new = create_key(args.domain, selector=args.selector or DEFAULT_SELECTOR,
+                         key_type=KeyType(args.type),
+                         config_path=Path(args.config) if args.config else None,
+                         force=args.force)
+    except DkimAdminError as exc:
+        raise CliError(str(exc)) from None
+    print("\n".join(render_new_key(new)))
+    return 0
+
+
+def cmd_dkim_show(args: argparse.Namespace) -> int:
+    from mailkeep.relay.dkim_admin import key_statuses, render_statuses  # noqa: PLC0415
+
+    config = _load(args.config)
+    statuses = key_statuses(config)
+    print("\n".join(render_statuses(statuses)))
+    return 1 if any(s.problems for s in statuses) else 0
 
 
 # -- health ---------------------------------------------------------------------------------
@@ -332,10 +567,16 @@ def cmd_health(args: argparse.Namespace) -> int:
                     sock: socket.socket = raw
                     if lst.tls == "implicit":
                         sock = ctx.wrap_socket(raw, server_hostname=config.hostname)
+                    if lst.protocol == "autoconfig":
+                        sock.sendall(f"HEAD /mail/config-v1.1.xml HTTP/1.1\r\nHost: "
+                                     f"{config.hostname}\r\nConnection: close\r\n\r\n"
+                                     .encode())
                     greeting = sock.recv(512)
                     if not greeting.startswith(GREETINGS[lst.protocol]):
                         raise OSError(f"unexpected greeting {greeting[:60]!r}")
-                    sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap" else b"QUIT\r\n")
+                    if lst.protocol != "autoconfig":
+                        sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap"
+                                     else b"QUIT\r\n")
                 print(f"ok {lst.name} {addr}")
             except OSError as exc:
                 print(f"FAIL {lst.name} {addr}: {exc}")
@@ -376,17 +617,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     q.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     q.add_argument("--ready-file", help="write the bound addresses here (JSON) once listening")
+    q.add_argument("--allow-root", action="store_true",
+                   help="keep running as root (like allow_root = true; for demos)")
     q.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("check-config", help="report every problem in a config")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_check_config)
 
+    q = sub.add_parser("dns", help="print the DNS records to publish for a local domain")
+    q.add_argument("domain")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_dns)
+
     q = sub.add_parser("health", help="probe every listener (for container health checks)")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_health)
 
-    users = sub.add_parser("user", help="manage accounts in the users file")
+    users = sub.add_parser("user", help="manage accounts (file and sql backends) and app "
+                                        "passwords (every backend)")
     usub = users.add_subparsers(dest="user_command", required=True)
     for action, text in (("add", "add an account (password from stdin or a prompt)"),
                          ("passwd", "set an account's password"),
@@ -399,14 +648,57 @@ def build_parser() -> argparse.ArgumentParser:
                            help="an extra address or alias; repeatable")
             q.add_argument("--send-as-others", action="store_true",
                            help="allow a header From that is not one of the account's addresses")
+            q.add_argument("--group", action="append",
+                           help="a group for policy (auth_groups, send_as_groups); repeatable")
         q.set_defaults(func=cmd_user)
+    q = usub.add_parser("groups", help="set an account's groups (none: no groups)")
+    q.add_argument("name")
+    q.add_argument("groups", nargs="*")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_user)
     q = usub.add_parser("list", help="list accounts and their addresses")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_user)
+    q = usub.add_parser("create-schema", help="sql backend: create the default tables")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_user)
+    q = usub.add_parser("import", help="add accounts from a Dovecot passwd-file or a CSV file")
+    q.add_argument("--config", required=True)
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dovecot-passwd", metavar="FILE",
+                     help="user:{SCHEME}hash:... lines (hashes kept as they are)")
+    src.add_argument("--csv", metavar="FILE",
+                     help="a header row, then name,password[,addresses][,groups]"
+                          "[,send_as_others]")
+    q.add_argument("--names", choices=("local", "full"), default="local",
+                   help="passwd-file: account names are the local part (default) or the "
+                        "whole address")
+    q.add_argument("--skip-invalid", action="store_true",
+                   help="import the good lines and report the others (default: all or "
+                        "nothing)")
+    q.set_defaults(func=cmd_user)
+    apps = usub.add_parser("app-password", help="named passwords limited to some services")
+    asub = apps.add_subparsers(dest="app_command", required=True)
+    q = asub.add_parser("add", help="make one (printed once)")
+    q.add_argument("name")
+    q.add_argument("label", help='e.g. "phone"')
+    q.add_argument("--services", required=True,
+                   help=f"comma-separated: {', '.join(SERVICES)}")
+    q.add_argument("--config", required=True)
+    q = asub.add_parser("list", help="an account's app passwords, with last use")
+    q.add_argument("name")
+    q.add_argument("--config", required=True)
+    q = asub.add_parser("revoke", help="remove one")
+    q.add_argument("name")
+    q.add_argument("label")
+    q.add_argument("--config", required=True)
+    for parser in asub.choices.values():
+        parser.set_defaults(func=cmd_user, user_command="app-password")
 
     cert = sub.add_parser("cert", help="certificates")
     csub = cert.add_subparsers(dest="cert_command", required=True)
-    q = csub.add_parser("show", help="each certificate in use and the listeners using it")
+    q = csub.add_parser("show", help="every certificate (listener defaults, SNI, ACME): names, "
+                                         "doors, expiry, fingerprint")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_cert_show)
     q = csub.add_parser("selfsigned", help="(re)generate a self-signed certificate")
@@ -418,6 +710,55 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true")
     key_opts(q)
     q.set_defaults(func=cmd_cert_selfsigned)
+
+    queue = sub.add_parser("queue", help="the delivery queue: list, show, retry, hold, delete")
+    qsub = queue.add_subparsers(dest="queue_command", required=True)
+    wait_help = ("seconds to wait for a running daemon to take the request (default 5); "
+                 "without a daemon the spool is changed directly")
+    q = qsub.add_parser("list", help="one line per queued message, and a summary")
+    q.add_argument("--config", required=True)
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_queue)
+    q = qsub.add_parser("show", help="a message's envelope, recipients and header")
+    q.add_argument("id")
+    q.add_argument("--config", required=True)
+    q.add_argument("--body", action="store_true", help="the body too")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_queue)
+    q = qsub.add_parser("retry", help="try a message (or --all) now")
+    q.add_argument("id", nargs="?")
+    q.add_argument("--all", action="store_true", help="every message not on hold")
+    q.add_argument("--config", required=True)
+    q.add_argument("--wait", type=float, help=wait_help)
+    q.set_defaults(func=cmd_queue)
+    for action, text in (("delete", "remove a message from the queue (no notice is sent)"),
+                         ("hold", "keep a message from being tried until released"),
+                         ("release", "let a held message be tried again, at once")):
+        q = qsub.add_parser(action, help=text)
+        q.add_argument("id")
+        q.add_argument("--config", required=True)
+        q.add_argument("--wait", type=float, help=wait_help)
+        q.set_defaults(func=cmd_queue)
+    q = qsub.add_parser("flush", help="try every message not on hold now (retry --all)")
+    q.add_argument("--config", required=True)
+    q.add_argument("--wait", type=float, help=wait_help)
+    q.set_defaults(func=cmd_queue)
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys")
+    dsub = dkim.add_subparsers(dest="dkim_command", required=True)
+    q = dsub.add_parser("keygen", help="make a key; print the DNS record and config lines")
+    q.add_argument("domain")
+    q.add_argument("--selector", help='the DNS selector (default "mailkeep"; a new one '
+                   "to rotate keys)")
+    q.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
+                   help="RSA 2048 (default) or Ed25519 (RFC 8463)")
+    q.add_argument("--config", help="write under this config's folder (dkim/) and check "
+                   "that DOMAIN is local; without it, under ./dkim/")
+    q.add_argument("--force", action="store_true", help="overwrite an existing key")
+    q.set_defaults(func=cmd_dkim_keygen)
+    q = dsub.add_parser("show", help="each domain's key, selector and the record it needs")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_dkim_show)
     return p
 
 

@@ -222,6 +222,46 @@ def test_parallel_guesses_check_no_more_passwords_than_the_block_threshold(
         gen.close()
 
 
+@pytest.mark.parametrize("door", sorted(DOORS))
+def test_a_burst_of_good_logins_from_one_address_is_never_refused(
+        tmp_path: Path, ca: trustme.CA, door: str) -> None:
+    """Bounding attempts in flight must not punish honest clients: an office behind one NAT
+    address logging in 20 times at once (default throttle settings) gets 20 logins, none
+    delayed into a refusal, none counted as a failure."""
+    gen = _daemon(tmp_path, ca, "asyncio", security={"max_connections_per_ip": 4 * PARALLEL},
+                  imap={"max_connections_per_user_ip": 4 * PARALLEL})
+    d = next(gen)
+    try:
+        spec = DOORS[door]
+        clients = [spec.prepare(d, "127.0.0.1") for _ in range(PARALLEL)]
+        barrier = threading.Barrier(len(clients), timeout=TIMEOUT)
+        results: list[str] = ["no answer"] * len(clients)
+
+        def run(i: int) -> None:
+            try:
+                barrier.wait()
+                results[i] = spec.attempt(clients[i], USERS["bob"][0])
+            except Exception as exc:
+                results[i] = f"error: {exc!r}"
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True)
+                   for i in range(len(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(3 * TIMEOUT)
+        if door == "pop3":  # one maildrop: the others are told it is in use, not blocked
+            assert results.count(ACCEPTED) == 1 and BLOCKED not in results, results
+        else:
+            assert results == [ACCEPTED] * PARALLEL, results
+        assert d.daemon is not None and d.daemon.services is not None
+        assert d.daemon.services.throttle.check("127.0.0.1")[1] == 0.0  # no failures
+        for c in clients:
+            spec.close(c)
+    finally:
+        gen.close()
+
+
 # -- item 17 ------------------------------------------------------------------------------
 
 

@@ -52,24 +52,45 @@ def toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):  # an inline table, e.g. imap={"special_use": {"create": False}}
-        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, dict):  # an inline table; keys quoted (domains have dots)
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}"
+                               for k, x in v.items()) + "}"
     raise TypeError(v)
+
+
+def toml_table(name: str, table: dict[str, Any]) -> list[str]:
+    """`[name]` with its keys; nested dicts become inline tables."""
+    return [f"[{name}]", *(f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items())]
 
 
 def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | None = None,
                  security: dict[str, Any] | None = None, extra_top: dict[str, Any] | None = None,
                  bind_host: str = "127.0.0.1", pop3_listeners: bool = False,
                  pop3: dict[str, Any] | None = None, imap_listeners: bool = False,
-                 imap: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> Path:
+                 imap: dict[str, Any] | None = None, tls: dict[str, Any] | None = None,
+                 delivery: dict[str, Any] | None = None, dkim: dict[str, Any] | None = None,
+                 listeners: dict[str, dict[str, Any]] | None = None,
+                 users: dict[str, tuple[str, list[str], bool]] | None = None) -> Path:
     """pop3_listeners: also "pop3s" (implicit TLS) and "pop3" (STLS) listeners; pop3: [pop3].
-    imap_listeners: also "imaps" (implicit TLS) and "imap" (STARTTLS); imap: [imap]."""
+    imap_listeners: also "imaps" (implicit TLS) and "imap" (STARTTLS); imap: [imap].
+
+    delivery: the [delivery] table (nested dicts such as routes, domains, tls_policy and
+    local_domains become inline tables), e.g.
+        delivery={"dns_servers": [dns.address], "port": up.port, "retry_schedule": [0.5]}
+    dkim: domain -> {"selector": ..., "key": ...}, written as [dkim.domains."DOMAIN"].
+    listeners: more listeners, name -> keys; `bind` defaults to one ephemeral port on
+    bind_host, e.g. {"inbound": {"protocol": "smtp", "tls": "starttls"},
+    "apps": {"protocol": "relay", "tls": "none", "clients": ["127.0.0.1/32"],
+    "senders": ["@example.test"], "may_relay": True, "rate": "3/min"}}.
+    users: the users file (default USERS)."""
     certs = root / "certs"
     certs.mkdir(parents=True, exist_ok=True)
     leaf = ca.issue_cert(HOSTNAME, "localhost", "127.0.0.1")
     leaf.private_key_pem.write_to_path(str(certs / "mailkeep.key"))
     leaf.cert_chain_pems[0].write_to_path(str(certs / "mailkeep.crt"))
     lines = [f'hostname = "{HOSTNAME}"', f'domains = ["{DOMAIN}"]', 'data_dir = "data"']
+    if os.geteuid() == 0 and "run_as" not in (extra_top or {}):
+        lines.append("allow_root = true")  # the tests run as root in CI (a daemon thread)
     for k, v in (extra_top or {}).items():
         lines.append(f"{k} = {toml_value(v)}")
     lines += ["[tls]", 'cert = "certs/mailkeep.crt"', 'key = "certs/mailkeep.key"',
@@ -102,8 +123,14 @@ def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | Non
                   f'bind = ["{bind_host}:0"]',
                   "[listeners.pop3]", 'protocol = "pop3"', 'tls = "starttls"',
                   f'bind = ["{bind_host}:0"]']
+    for name, table in (listeners or {}).items():
+        lines += toml_table(f"listeners.{name}", {"bind": [f"{bind_host}:0"], **table})
+    if delivery is not None:
+        lines += toml_table("delivery", delivery)
+    for domain, table in (dkim or {}).items():
+        lines += toml_table(f"dkim.domains.{json.dumps(domain)}", table)
     (root / "mailkeep.toml").write_text("\n".join(lines) + "\n")
-    write_users(root / "users.toml", USERS)
+    write_users(root / "users.toml", USERS if users is None else users)
     return root / "mailkeep.toml"
 
 

@@ -340,6 +340,11 @@ def test_implemented_protocols_accepted(tmp_path: Path, protocol: str) -> None:
     if protocol == "relay":  # an application connector must say who and which senders
         text = text.replace('protocol = "relay"', 'protocol = "relay"\nclients = '
                             '["192.0.2.0/24"]\nsenders = ["@example.test"]')
+    if protocol == "autoconfig":  # plain HTTP, advertising the mail doors that follow
+        text = text.replace('"starttls"', '"none"') + (
+            '[listeners.i]\nprotocol = "imap"\ntls = "implicit"\nbind = ["127.0.0.1:993"]\n'
+            '[listeners.s]\nprotocol = "submission"\ntls = "implicit"\n'
+            'bind = ["127.0.0.1:465"]\n')
     cfg = load_config(write(tmp_path, text))
     assert cfg.listeners[0].protocol == protocol
 

@@ -25,6 +25,7 @@ from mailkeep.directory.file import (
     read_users_file,
     write_users_file,
 )
+from mailkeep.directory.front import DirectoryFront
 from mailkeep.directory.passwords import (
     ARGON2_MEMORY_KIB,
     ARGON2_PARALLELISM,
@@ -489,16 +490,17 @@ def test_file_directory_options(tmp_path: Path, users_path: Path) -> None:
 async def test_load_directory_file_backend_by_entry_point(users_path: Path) -> None:
     d = load_directory("file", {"path": "users.toml"}, users_path.parent)
     try:
-        assert isinstance(d, FileDirectory)
-        assert d.path == users_path.resolve()
-        assert await d.authenticate("bob", "bob-pw") is not None
+        assert isinstance(d, DirectoryFront)
+        assert isinstance(d.backend, FileDirectory)
+        assert d.backend.path == users_path.resolve()
+        assert await d.authenticate("bob", "bob-pw", "imap") is not None
     finally:
         await d.close()
 
 
 def test_load_directory_unknown_backend(tmp_path: Path) -> None:
-    with pytest.raises(DirectoryError, match=r"unknown backend 'ldap' \(known: .*file"):
-        load_directory("ldap", {}, tmp_path)
+    with pytest.raises(DirectoryError, match=r"unknown backend 'nis' \(known: .*file"):
+        load_directory("nis", {}, tmp_path)
 
 
 async def test_swapped_users_symlink_is_reread(

@@ -155,7 +155,8 @@ def test_list_wildcards_and_reference() -> None:
 
 def test_status_items() -> None:
     cmd = parse_command(b"a STATUS INBOX (messages recent uidnext uidvalidity unseen)")
-    assert cmd == g.Status("a", "INBOX", ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"))
+    assert cmd == g.Status("a", "INBOX", ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY",
+                                          "UNSEEN"))
     for bad in (b"a STATUS INBOX ()", b"a STATUS INBOX (SIZE)", b"a STATUS INBOX MESSAGES"):
         with pytest.raises(ParseError):
             parse_command(bad)

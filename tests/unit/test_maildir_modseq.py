@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 import mailkeep.store.maildir.modseq as modseq_mod
+from mailkeep.store.base import FlagMode
 from mailkeep.store.maildir import modseq
 from mailkeep.store.maildir.layout import ensure_maildir
 from mailkeep.store.maildir.store import MaildirStore
+from mailkeep.store.memory import MemoryStore
 from tests.support.imap_driver import run_sync
 
 SEEN = frozenset({"\\Seen"})
@@ -40,18 +43,31 @@ def test_unchanged_snapshot_writes_nothing(folder: Path) -> None:
 def test_changes_get_the_next_modseq_and_expunges_are_logged(folder: Path) -> None:
     start = modseq.update(folder, 7, {1: NONE, 2: NONE, 3: NONE}).highest
     after_flag = modseq.update(folder, 7, {1: SEEN, 2: NONE, 3: NONE})
-    assert after_flag.highest == start + 1
-    assert after_flag.modseqs() == {1: start + 1, 2: start, 3: start}
+    flagged = after_flag.highest
+    assert flagged > start
+    assert after_flag.modseqs() == {1: flagged, 2: start, 3: start}
     after_new = modseq.update(folder, 7, {1: SEEN, 2: NONE, 3: NONE, 4: NONE})
-    assert after_new.modseqs()[4] == start + 2
+    added = after_new.highest
+    assert added > flagged and after_new.modseqs()[4] == added
     after_expunge = modseq.update(folder, 7, {1: SEEN, 4: NONE})
-    assert after_expunge.highest == start + 3
+    assert after_expunge.highest > added
     assert after_expunge.vanished_since(start) == ([2, 3], True)
-    assert after_expunge.vanished_since(start + 3) == ([], True)
+    assert after_expunge.vanished_since(after_expunge.highest) == ([], True)
     # Read back from disk: the same.
     again = modseq.read(folder)
     assert again is not None and again.modseqs() == after_expunge.modseqs()
-    assert again.vanished_since(start + 2) == ([2, 3], True)
+    assert again.vanished_since(added) == ([2, 3], True)
+
+
+def test_values_follow_the_clock_so_a_lost_write_is_never_reused(folder: Path) -> None:
+    """The sidecar is not fsynced: a crash may bring back an older one. The changes it
+    forgot then get new values from the clock, above anything handed out before."""
+    modseq.update(folder, 7, {1: NONE})
+    older = (folder / modseq.SIDECAR_NAME).read_bytes()
+    handed_out = modseq.update(folder, 7, {1: SEEN}).highest   # then "lost" in a crash:
+    (folder / modseq.SIDECAR_NAME).write_bytes(older)
+    again = modseq.update(folder, 7, {1: SEEN})
+    assert again.modseqs()[1] > handed_out
 
 
 def test_a_new_uidvalidity_starts_over_above_the_old_values(folder: Path) -> None:
@@ -67,12 +83,13 @@ def test_the_expunge_log_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(modseq_mod, "MAX_EXPUNGE_LOG", 3)
     uids = {u: NONE for u in range(1, 7)}
     start = modseq.update(folder, 7, uids).highest
+    marks = []
     for u in range(1, 6):
         del uids[u]
-        modseq.update(folder, 7, uids)
+        marks.append(modseq.update(folder, 7, uids).highest)
     index = modseq.read(folder)
     assert index is not None and len(index.expunged) == 3
-    assert index.vanished_since(start + 3) == ([4, 5], True)
+    assert index.vanished_since(marks[2]) == ([4, 5], True)
     assert index.vanished_since(start)[1] is False  # older than the log reaches
 
 
@@ -91,7 +108,6 @@ def test_store_snapshots_carry_modseqs_and_vanished(tmp_path: Path) -> None:
         snap = run_sync_thread(store.snapshot("alice", "INBOX"))
         base = snap.highestmodseq
         assert set(snap.modseqs) == {uid1, uid2} and max(snap.modseqs.values()) == base
-        from mailkeep.store.base import FlagMode
         run_sync_thread(store.store_flags("alice", "INBOX", [uid1], FlagMode.ADD,
                                           ["\\Deleted"]))
         flagged = run_sync_thread(store.snapshot("alice", "INBOX"))
@@ -107,8 +123,6 @@ def test_store_snapshots_carry_modseqs_and_vanished(tmp_path: Path) -> None:
 
 
 def _runner():  # type: ignore[no-untyped-def]
-    import asyncio
-
     loop = asyncio.new_event_loop()
 
     def run(coro):  # type: ignore[no-untyped-def]
@@ -118,9 +132,6 @@ def _runner():  # type: ignore[no-untyped-def]
 
 
 def test_memory_store_tracks_modseqs_like_the_sidecar() -> None:
-    from mailkeep.store.base import FlagMode
-    from mailkeep.store.memory import MemoryStore
-
     store = MemoryStore()
     uid = run_sync(store.append("a", "INBOX", b"x\r\n"))
     base = run_sync(store.snapshot("a", "INBOX")).highestmodseq

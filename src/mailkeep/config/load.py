@@ -29,6 +29,7 @@ from mailkeep.config.model import (
     TlsConfig,
     TlsMode,
 )
+from mailkeep.config.tls_table import check_tls_listeners, parse_tls
 from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import parse_queue
 from mailkeep.relay.routes import parse_delivery
@@ -37,7 +38,10 @@ from mailkeep.store.names import folder_name
 
 # Protocols that this version can serve; the others are reserved names in the schema.
 IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "smtp", "relay", "pop3",
-                                                   "imap"})
+                                                   "imap", "autoconfig"})
+# tls = "none" is for legacy devices on an application connector, and for plain HTTP on an
+# autoconfig listener (Thunderbird fetches http://autoconfig.DOMAIN/: no password crosses it).
+_PLAINTEXT_PROTOCOLS = ("relay", "autoconfig")
 # RFC 2449 §4: clients may send POP3 commands of up to 255 octets including CRLF.
 MIN_POP3_LINE_LENGTH = 255
 # RFC 7162 §4: IMAP servers SHOULD accept command lines of at least 8192 octets.
@@ -50,19 +54,21 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
-             "delivery", "dkim", "store"}
-_TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval"}
-_LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key"}
+             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir",
+             "store"}
+_LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
     "clients": ("relay",), "auth": ("relay",), "senders": ("relay",),
     "may_relay": ("relay",), "rate": ("relay", "smtp"),
     "max_message_size": ("relay", "smtp", "submission"),
     "reject_dmarc_failures": ("smtp",),
+    "auth_groups": ("relay", "submission"),
 }
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour|day)\s*$")
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0,
                "h": 3600.0, "hour": 3600.0, "day": 86400.0}
+_RUN_AS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 _SENDER_PATTERN = re.compile(r"^([^@\s<>\"]{1,64})?@[a-z0-9.-]{1,253}$")
 
 
@@ -213,19 +219,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                 domains.append(d.lower().rstrip("."))
 
     data_dir = r.path(raw, "data_dir", "") or path.parent
+    mail_dir = r.path(raw, "mail_dir", "") if "mail_dir" in raw else None
 
-    tls_raw = r.table(raw, "tls")
-    r.unknown(tls_raw, _TLS_KEYS, "tls.")
-    cert = r.path(tls_raw, "cert", "tls.")
-    key = r.path(tls_raw, "key", "tls.")
-    tls_defaults = TlsConfig(Path(), Path())
-    handshake = r.get(tls_raw, "handshake_timeout", float, "tls.", tls_defaults.handshake_timeout)
-    reload_iv = r.get(tls_raw, "reload_interval", float, "tls.", tls_defaults.reload_interval)
-    for name, val in (("handshake_timeout", handshake), ("reload_interval", reload_iv)):
-        if val is not None and val <= 0:
-            r.problem(f"tls.{name}", f"must be greater than 0, got {val}")
-    tls = TlsConfig(cert or Path(), key or Path(), handshake or tls_defaults.handshake_timeout,
-                    reload_iv or tls_defaults.reload_interval)
+    tls = parse_tls(r, raw, data_dir=data_dir, hostname=hostname)
 
     dir_raw = r.table(raw, "directory")
     backend = r.get(dir_raw, "backend", str, "directory.", "file") or "file"
@@ -233,6 +229,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     directory = DirectoryConfig(backend, MappingProxyType(options), path.parent)
 
     listeners = _parse_listeners(r, r.table(raw, "listeners"), tls)
+    check_tls_listeners(r, tls, hostname, listeners)
 
     submission = _positive_record(r, SubmissionConfig, r.table(raw, "submission"), "submission.")
     security = _positive_record(r, SecurityConfig, r.table(raw, "security"), "security.")
@@ -271,6 +268,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         delivery = replace(delivery, domains=MappingProxyType(
             {**delivery.domains, **queue.fallback_routes}))
     dkim = _parse_dkim(r, r.table(raw, "dkim"), path.parent, domains)
+    trusted = _networks(r, raw.get("trusted_proxies", []), "trusted_proxies")
+    run_as = r.get(raw, "run_as", str, "", "") or None
+    if run_as is not None and not _RUN_AS.fullmatch(run_as):
+        r.problem("run_as", f"{run_as!r} is not a user name (or user:group)")
+    allow_root = bool(r.get(raw, "allow_root", bool, "", False))
+    for lst in listeners:
+        if lst.proxy_protocol and not trusted:
+            r.problem(f"listeners.{lst.name}.proxy_protocol", "PROXY headers are believed "
+                      "only from trusted_proxies, which is empty: list your proxies' "
+                      'addresses, e.g. trusted_proxies = ["10.0.0.0/8"]')
 
     if r.problems:
         raise ConfigError(path, r.problems)
@@ -279,7 +286,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, store=store, log_level=log_level, shutdown_grace=grace,
         delivery=delivery,
-        queue=queue, dkim=MappingProxyType(dkim),
+        queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
+        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir,
     )
 
 
@@ -358,9 +366,13 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
         if mode is not None and mode not in get_args(TlsMode):
             r.problem(prefix + "tls", f"{mode!r} is not one of starttls, implicit, none")
             mode = None
-        if mode == "none" and protocol not in (None, "relay"):
+        if mode == "none" and protocol not in (None, *_PLAINTEXT_PROTOCOLS):
             r.problem(prefix + "tls", 'tls = "none" is only for protocol = "relay" (legacy '
-                      "devices that cannot do TLS); this listener needs starttls or implicit")
+                      'devices that cannot do TLS) and protocol = "autoconfig" (plain HTTP); '
+                      "this listener needs starttls or implicit")
+        if protocol == "autoconfig" and mode == "starttls":
+            r.problem(prefix + "tls", 'HTTP has no STARTTLS: an autoconfig listener is '
+                      'tls = "none" (plain HTTP, port 80) or "implicit" (HTTPS, port 443)')
         if protocol == "smtp" and mode == "implicit":
             r.problem(prefix + "tls", 'an inbound MX (protocol = "smtp") is reached on port 25 '
                       'with STARTTLS (RFC 3207): use tls = "starttls"')
@@ -393,9 +405,24 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
             name=name, protocol=cast(Protocol, protocol or "submission"),
             tls=cast(TlsMode, mode or "implicit"), bind=tuple(binds),
             cert=own_cert or tls.cert, key=own_key or tls.key,
+            proxy_protocol=bool(r.get(table, "proxy_protocol", bool, prefix, False)),
         )
         result.append(_parse_connector(r, listener, table, prefix))
+    _check_autoconfig(r, result)
     return tuple(result)
+
+
+def _check_autoconfig(r: _Reader, listeners: list[ListenerConfig]) -> None:
+    """An autoconfig listener must have something to advertise: a client needs a way in
+    (imap or pop3) and a way out (submission)."""
+    protocols = {lst.protocol for lst in listeners}
+    for lst in listeners:
+        if lst.protocol != "autoconfig":
+            continue
+        if not protocols & {"imap", "pop3"} or "submission" not in protocols:
+            r.problem(f"listeners.{lst.name}", "nothing to advertise: account "
+                      "autoconfiguration needs an imap or pop3 listener and a submission "
+                      "listener")
 
 
 def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any],
@@ -407,7 +434,8 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
             r.problem(prefix + key, f"only for protocol = {' or '.join(map(repr, kinds))}")
     if protocol == "submission":
         return replace(listener, auth="required", may_relay=True,
-                       max_message_size=_size(r, table, prefix))
+                       max_message_size=_size(r, table, prefix),
+                       auth_groups=_groups(r, table, prefix))
     if protocol == "smtp":
         return replace(listener, auth="none", may_relay=False, rate=_rate(r, table, prefix),
                        max_message_size=_size(r, table, prefix),
@@ -421,12 +449,7 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
         r.problem(prefix + "clients", 'required: the networks allowed to use this connector, '
                   'e.g. ["192.0.2.0/24", "2001:db8::/64"]')
     else:
-        for i, value in enumerate(raw_clients):
-            try:
-                clients.append(ipaddress.ip_network(str(value), strict=False))
-            except ValueError:
-                r.problem(f"{prefix}clients[{i}]", f"{value!r} is not an IP network "
-                          '(e.g. "192.0.2.0/24" or "192.0.2.7")')
+        clients = _networks(r, raw_clients, prefix + "clients")
     auth = r.get(table, "auth", str, prefix, "none") or "none"
     if auth not in get_args(AuthMode):
         r.problem(prefix + "auth", f"{auth!r} is not one of none, optional, required")
@@ -456,9 +479,40 @@ def _parse_connector(r: _Reader, listener: ListenerConfig, table: dict[str, Any]
     if not senders and auth != "required":
         r.problem(prefix + "senders", "required when auth is not \"required\": the envelope "
                   'senders this connector accepts, e.g. ["@example.test"]')
+    auth_groups = _groups(r, table, prefix)
+    if auth_groups and auth == "none":
+        r.problem(prefix + "auth_groups", 'needs auth = "optional" or "required" (nobody logs '
+                  "in on this connector)")
     return replace(listener, clients=tuple(clients), auth=cast(AuthMode, auth),
                    senders=tuple(senders), may_relay=may_relay, rate=_rate(r, table, prefix),
-                   max_message_size=_size(r, table, prefix))
+                   max_message_size=_size(r, table, prefix), auth_groups=auth_groups)
+
+
+def _groups(r: _Reader, table: dict[str, Any], prefix: str) -> tuple[str, ...]:
+    """auth_groups: directory group names (compared in lower case)."""
+    if "auth_groups" not in table:
+        return ()
+    raw = table["auth_groups"]
+    if not isinstance(raw, list) or not raw or \
+            not all(isinstance(g, str) and g.strip() for g in raw):
+        r.problem(prefix + "auth_groups", 'expected a list of group names, e.g. ["printers"]')
+        return ()
+    return tuple(dict.fromkeys(g.strip().lower() for g in raw))
+
+
+def _networks(r: _Reader, raw: object,
+              key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if not isinstance(raw, list):
+        r.problem(key, 'expected a list of networks, e.g. ["10.0.0.0/8", "::1"]')
+        return []
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for i, value in enumerate(raw):
+        try:
+            out.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            r.problem(f"{key}[{i}]", f"{value!r} is not an IP network "
+                      '(e.g. "10.0.0.0/8" or "192.0.2.7")')
+    return out
 
 
 def _rate(r: _Reader, table: dict[str, Any], prefix: str) -> Rate | None:

@@ -13,7 +13,7 @@ from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import QueueConfig
 from mailkeep.relay.routes import DeliveryConfig
 
-Protocol = Literal["submission", "smtp", "relay", "imap", "pop3"]
+Protocol = Literal["submission", "smtp", "relay", "imap", "pop3", "autoconfig"]
 TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["none", "optional", "required"]
 SMTP_PROTOCOLS = ("submission", "smtp", "relay")
@@ -105,11 +105,58 @@ class BindAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateEntry:
+    """[tls.certificates.NAME]: a certificate chosen by the client's server name (SNI) on
+    every listener. `names` None: the certificate's own DNS SANs, re-read on renewal."""
+
+    name: str
+    cert: Path
+    key: Path
+    names: tuple[str, ...] | None = None
+
+
+AcmeChallenge = Literal["tls-alpn-01", "http-01"]
+# Let's Encrypt's production directory (RFC 8555 §7.1.1 directory object).
+DEFAULT_ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+# certbot renews 30 days before expiry (a third of Let's Encrypt's 90 days), leaving weeks
+# for retries and for a person to notice the warnings.
+DEFAULT_ACME_RENEW_BEFORE_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """[tls.acme]: one certificate for `names`, obtained and renewed by the daemon (RFC 8555),
+    kept under state_dir (cert.pem = full chain, key.pem)."""
+
+    directory: str
+    names: tuple[str, ...]
+    state_dir: Path
+    account_key: Path
+    email: str | None = None
+    challenge: AcmeChallenge = "tls-alpn-01"
+    renew_before_days: int = DEFAULT_ACME_RENEW_BEFORE_DAYS
+    ca_file: Path | None = None
+
+    @property
+    def cert(self) -> Path:
+        return self.state_dir / "cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.state_dir / "key.pem"
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
+    """`cert`/`key`: the default certificate of every listener without its own (the ACME
+    one when [tls.acme] is set and tls.cert is not)."""
+
     cert: Path
     key: Path
     handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     reload_interval: float = DEFAULT_TLS_RELOAD_INTERVAL
+    certificates: tuple[CertificateEntry, ...] = ()
+    acme: AcmeConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +200,10 @@ class ListenerConfig:
     max_message_size: int | None = None
     # smtp (inbound): refuse mail that fails DMARC under a p=reject policy (RFC 7489 §6.6.2).
     reject_dmarc_failures: bool = False
+    # HAProxy's PROXY protocol (v1 or v2) before anything else, from trusted_proxies only.
+    proxy_protocol: bool = False
+    # submission, relay: only members of one of these directory groups may log in here.
+    auth_groups: tuple[str, ...] = ()
 
     @property
     def is_smtp(self) -> bool:
@@ -244,10 +295,23 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # Where the accounts' Maildirs live (None: DATA_DIR/mail). Two daemons (or Dovecot) may
+    # share Maildirs; each daemon keeps its own spool under its own data_dir.
+    mail_dir: Path | None = None
+    # Started as root: bind, then become this user ("user" or "user:group"); without it
+    # the daemon refuses to keep running as root unless allow_root.
+    run_as: str | None = None
+    allow_root: bool = False
+    # Networks whose PROXY protocol headers are believed (listeners with proxy_protocol).
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     # Local domain -> its DKIM signing key (outbound mail From that domain is signed).
     dkim: Mapping[str, DkimDomain] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def maildirs(self) -> Path:
+        return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains

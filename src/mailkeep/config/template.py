@@ -19,14 +19,20 @@ hostname = "{hostname}"
 # refused (5.7.1 relay not configured): mailkeep is not an open relay.
 domains = [{domains}]
 
-# Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible).
+# Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible); the queue
+# (spool) under DATA_DIR/spool/.
 data_dir = "{data_dir}"
+# mail_dir = "/var/vmail"     # the Maildirs somewhere else (e.g. shared with Dovecot, or
+#                            # with a second mailkeep that has its own data_dir)
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
+{run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)
+# trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
+#                            # protocol headers are believed (listeners with proxy_protocol)
 # shutdown_grace = 10.0      # seconds to let transactions finish on SIGTERM/SIGINT
 
 [tls]
-# One certificate for every service, unless a listener names its own cert/key.
+# The default certificate for every service, unless a listener names its own cert/key.
 # A renewed file is picked up without a restart (checked every reload_interval seconds,
 # or at once on SIGHUP); a broken new file is refused and the old certificate keeps serving.
 cert = "{cert}"
@@ -34,11 +40,71 @@ key = "{key}"
 # handshake_timeout = 10.0   # seconds a client may take to finish the TLS handshake
 # reload_interval = 30.0     # seconds between checks of the certificate files
 
+# More certificates, chosen by the name the client asks for (SNI) on every listener: an
+# exact name first, then a wildcard (one label: *.example.net selects mail.example.net,
+# not a.b.example.net), else the listener's default (cert above, or its own). Each is
+# reloaded on renewal like the default. `names` defaults to the certificate's own DNS SANs.
+# [tls.certificates.example-net]
+# cert = "certs/example-net.crt"
+# key = "certs/example-net.key"
+# names = ["mail.example.net", "*.example.net"]
+
+# A certificate from an ACME CA (RFC 8555; Let's Encrypt by default), obtained at start
+# and renewed before expiry by the daemon itself, hot-swapped without a restart; kept in
+# DATA_DIR/acme/. Setting this table means agreeing to the CA's terms of service. Without
+# tls.cert/tls.key above it is every listener's default certificate (a self-signed
+# placeholder serves until the first one arrives). tls-alpn-01 (RFC 8737) is answered by
+# the implicit-TLS listeners: the CA connects to port 443, so bind one there or forward
+# 443 to 465. A wildcard needs dns-01, which mailkeep does not do.
+# [tls.acme]
+# directory = "https://acme-v02.api.letsencrypt.org/directory"
+# email = "postmaster@{first_domain}"    # the CA's contact for expiry and policy notices
+# names = ["{hostname}"]                 # default: hostname
+# challenge = "tls-alpn-01"              # tls-alpn-01 | http-01 (autoconfig listener on 80)
+# renew_before_days = 30                 # renew this many days before expiry (checked daily
+#                                        # and on SIGHUP; failures retried with backoff)
+# ca_file = "ca.pem"                     # trust this CA for the directory's HTTPS (a test CA)
+# account_key = "data/acme/account.key"  # created on first use (ECDSA P-256, mode 0600)
+
 [directory]
-# Where accounts come from. "file" is a TOML users file managed by `mailkeep user ...`.
-# Other backends register in the Python entry-point group "mailkeep.directories".
+# Where accounts come from: "file" (a TOML users file), "sql" (SQLite or PostgreSQL) or
+# "ldap" (OpenLDAP, Active Directory). `mailkeep user ...` manages accounts of the file and
+# sql backends, and app passwords of all three. More backends can register in the Python
+# entry-point group "mailkeep.directories".
 backend = "file"
 path = "users.toml"
+# cache_ttl = 60.0             # seconds a verified login is remembered (a keyed hash, never
+#                              # the password), so reconnecting clients skip argon2id or an
+#                              # LDAP bind; 0 turns it off. The file backend forgets at once
+#                              # when the users file changes; sql and ldap within cache_ttl.
+# cache_size = 10000           # remembered logins at most
+# send_as_groups = ["helpdesk"]  # members may name other people in the header From
+#
+# SQL: the default schema comes from `mailkeep user create-schema`; to use tables of your
+# own, replace the queries (login_query, account_query, address_query, addresses_query,
+# groups_query, app_passwords_query, app_password_used_query; see the README).
+# backend = "sql"
+# database = "users.sqlite3"   # SQLite, relative to this file; or PostgreSQL:
+# dsn = "postgresql://mailkeep@db.{first_domain}/mail"
+# password_file = "db.secret"  # the database password (mode 0600)
+# timeout = 5.0                # seconds before a login gets "try again later"
+# pool_size = 4
+#
+# LDAP / Active Directory: users are found with a service account and checked by binding
+# as themselves (their password hashes are never read), over LDAPS or StartTLS with the
+# server's certificate verified. Several URIs fail over in order.
+# backend = "ldap"
+# uri = ["ldaps://ldap1.{first_domain}", "ldap://ldap2.{first_domain}"]  # ldap:// = StartTLS
+# base_dn = "ou=people,dc=example,dc=test"
+# bind_dn = "cn=mailkeep,ou=services,dc=example,dc=test"
+# bind_password_file = "ldap.secret"
+# schema = "openldap"          # or "ad": the defaults of the filters and attributes below
+# ca_file = "ldap-ca.pem"      # default: the system's CAs
+# user_filter = "(&(objectClass=inetOrgPerson)(|(uid={{login}})(mail={{login}})))"
+# group_filter = "(&(objectClass=groupOfNames)(member={{dn}}))"   # "" for none
+# member_of_attribute = "memberOf"   # groups from the user entry (AD, memberof overlay)
+# timeout = 5.0
+# app_passwords = "app-passwords.sqlite3"  # app passwords of LDAP users, kept locally
 
 [submission]
 # max_message_size = 26214400   # bytes (25 MiB); SIZE is advertised and enforced (552 5.3.4)
@@ -109,6 +175,8 @@ path = "users.toml"
 # Every accepted message is first written to the spool (DATA_DIR/spool/) and acknowledged;
 # a delivery runner then delivers it: to local Maildirs at once, to other domains by a
 # route, retrying temporary failures and bouncing (RFC 3464 DSN) permanent ones.
+# `mailkeep queue list|show|retry|hold|release|delete|flush --config FILE` works on the
+# queue, whether the daemon runs or not.
 # default_route = "mx"          # "mx" (each domain's MX hosts) or a route name below
 # retry_schedule = [60, 300, 900, 1800, 3600, 7200, 14400]  # seconds between attempts;
 #                               # after the last, that interval repeats
@@ -148,13 +216,16 @@ path = "users.toml"
 # [delivery.local_domains."{first_domain}"]
 # fallback_route = "legacy"
 
-# DKIM signing of mail from local domains (create a key with `mailkeep dkim keygen`):
+# DKIM signing of mail from local domains. `mailkeep dkim keygen DOMAIN --config FILE`
+# writes the key (dkim/DOMAIN.SELECTOR.key, mode 0600) and prints the DNS TXT record to
+# publish and these lines; `mailkeep dkim show --config FILE` checks them.
 # [dkim.domains."{first_domain}"]
-# selector = "mk1"
-# key = "dkim/{first_domain}.key"
+# selector = "mailkeep"
+# key = "dkim/{first_domain}.mailkeep.key"
 
-# Listeners: each has a name, a protocol (submission, smtp, relay, imap or pop3), a TLS
-# mode and one or more bind addresses ("host:port", IPv6 as "[::]:587"). A listener may
+# Listeners: each has a name, a protocol (submission, smtp, relay, imap, pop3 or
+# autoconfig), a TLS mode and one or more bind addresses ("host:port", IPv6 as "[::]:587").
+# A listener may
 # name its own cert and key. AUTH is only ever offered inside TLS. The SMTP kinds are
 # connectors with their own policy: submission (people: AUTH, any destination, own
 # addresses only), smtp (the internet's mail for local domains) and relay (applications).
@@ -173,6 +244,9 @@ bind = [{bind_465}]
 # cert = "certs/submissions.crt"   # optional: this listener's own certificate
 # key = "certs/submissions.key"
 # max_message_size = 26214400      # optional: this listener's own SIZE limit
+# proxy_protocol = true            # any listener: a PROXY header (HAProxy v1/v2) first,
+#                                  # from trusted_proxies only; the real client address
+#                                  # then drives limits, logs and Received headers
 
 # Port 25: inbound mail from the internet for the local domains (an MX). Anonymous;
 # STARTTLS offered; recipients in other domains are refused (554 5.7.1 relay access
@@ -196,9 +270,29 @@ bind = [{bind_465}]
 # auth = "none"                    # none | optional | required (AUTH only inside TLS)
 # senders = ["@{first_domain}"]    # addresses or @domain; required unless auth = "required"
 # may_relay = true
+# auth_groups = ["printers"]       # only members of these directory groups may log in here
+#                                  # (also for submission listeners)
 # rate = "60/min"                  # messages per minute from one client address
 # max_message_size = 10485760
-{pop3_listeners}{imap_listeners}"""
+{pop3_listeners}{imap_listeners}
+# Account autoconfiguration over HTTP: Thunderbird's config-v1.1.xml (at
+# /mail/config-v1.1.xml and /.well-known/autoconfig/mail/config-v1.1.xml), Outlook's
+# autodiscover (/autodiscover/autodiscover.xml) and an Apple profile
+# (/email.mobileconfig?emailaddress=...), made from the listeners above. Nothing else is
+# served there. tls = "none" is plain HTTP (Thunderbird asks http://autoconfig.DOMAIN/;
+# no password crosses it) and "implicit" is HTTPS with the certificate above (which should
+# then cover autoconfig.DOMAIN and autodiscover.DOMAIN: check-config warns). Publish the
+# names with the records `mailkeep dns DOMAIN --config {config_name}` prints.
+# [listeners.autoconfig]
+# protocol = "autoconfig"
+# tls = "none"
+# bind = ["0.0.0.0:80", "[::]:80"]
+#
+# [listeners.autoconfig-https]
+# protocol = "autoconfig"
+# tls = "implicit"
+# bind = ["0.0.0.0:443", "[::]:443"]
+"""
 
 POP3_LISTENERS = """
 # Port 995: POP3 inside TLS from the first byte (RFC 8314 "pop3s"). USER/PASS and
@@ -255,7 +349,7 @@ def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: 
            ports: tuple[int, int], hosts: tuple[str, ...] = ("0.0.0.0", "[::]"),
            config_name: str = "mailkeep.toml",
            pop3_ports: tuple[int, ...] | None = None,
-           imap_ports: tuple[int, ...] | None = None) -> str:
+           imap_ports: tuple[int, ...] | None = None, run_as: str | None = None) -> str:
     """`pop3_ports` (implicit TLS, STLS example): add the POP3 listeners, e.g. (995, 110);
     `imap_ports` likewise for IMAP, e.g. (993, 143)."""
     def binds(port: int) -> str:
@@ -272,5 +366,9 @@ def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: 
         hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
         cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
         first_domain=domains[0] if domains else "example.test",
+        run_as_line=(f'run_as = "{run_as}"            # started as root: bind, then become this '
+                     'user\n' if run_as else
+                     '# run_as = "mailkeep"       # started as root: bind the ports, then become '
+                     'this user\n'),
         config_name=config_name,
     )

@@ -1,4 +1,11 @@
-"""The UserDirectory protocol and backend discovery (entry-point group mailkeep.directories)."""
+"""The UserDirectory protocol and backend discovery (entry-point group mailkeep.directories).
+
+A backend is a class registered under the entry-point group; `load_directory` builds it from
+the `[directory]` table and puts the shared layers in front of it (directory/front.py: the
+verified-credentials cache and the group policy), so every backend behaves the same at the
+doors. A backend that can be administered from the command line also offers `admin()`
+returning a UserAdmin (directory/admin.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mailkeep.proto.address import canonical
+
+if TYPE_CHECKING:
+    from mailkeep.directory.admin import UserAdmin
 
 ENTRY_POINT_GROUP = "mailkeep.directories"
 
@@ -28,14 +38,21 @@ SERVICES = ("imap", "pop3", "submission", "smtp", "relay")
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """One mail account. `name` is its login and the folder name of its Maildir."""
+    """One mail account. `name` is its login and the folder name of its Maildir.
+
+    `groups` are the directory groups it belongs to (lower-case names), which policy can
+    name: a relay connector's `auth_groups`, `[directory] send_as_groups`."""
 
     name: str
     addresses: tuple[str, ...]
     send_as_others: bool = False
+    groups: tuple[str, ...] = ()
 
     def owns(self, address: str) -> bool:
         return canonical(address) in self.addresses
+
+    def in_any_group(self, groups: tuple[str, ...] | frozenset[str]) -> bool:
+        return any(g.lower() in self.groups for g in groups)
 
     def __repr__(self) -> str:  # never any secret in here, but keep reprs short
         return f"Account({self.name!r})"
@@ -48,8 +65,9 @@ class UserDirectory(Protocol):
     async def authenticate(self, login: str, password: str, service: str) -> Account | None:
         """The account for a login (name or any address) and password, or None.
 
-        `service` is the door (one of SERVICES). Unknown logins cost the same time as wrong
-        passwords. Raises DirectoryUnavailable when the backend cannot answer now."""
+        `service` is the door (one of SERVICES): an app password only opens the doors it
+        was made for. Unknown logins cost the same time as wrong passwords. Raises
+        DirectoryUnavailable when the backend cannot answer now."""
         ...
 
     async def lookup(self, address: str) -> Account | None:
@@ -61,14 +79,40 @@ class UserDirectory(Protocol):
     async def close(self) -> None: ...
 
 
-def load_directory(backend: str, options: Mapping[str, object], base_dir: Path) -> UserDirectory:
-    """Instantiate a backend named in the entry-point group; raise DirectoryError."""
+def _backend_class(backend: str) -> Any:
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if backend not in found:
         known = ", ".join(sorted(found)) or "none installed"
         raise DirectoryError(f"directory.backend: unknown backend {backend!r} (known: {known})")
-    factory = found[backend].load()
+    return found[backend].load()
+
+
+def load_backend(backend: str, options: Mapping[str, object], base_dir: Path) -> UserDirectory:
+    """Instantiate a backend alone (no cache, no policy); raise DirectoryError."""
+    factory = _backend_class(backend)
     directory = factory(options, base_dir)
     if not isinstance(directory, UserDirectory):
         raise DirectoryError(f"directory.backend: {backend!r} does not provide UserDirectory")
     return directory
+
+
+def load_directory(backend: str, options: Mapping[str, object], base_dir: Path) -> UserDirectory:
+    """The directory the daemon uses: the backend behind the shared layers
+    (credentials cache, group policy). Raise DirectoryError listing the problem."""
+    from mailkeep.directory.front import DirectoryFront, split_front_options  # noqa: PLC0415
+
+    front, rest = split_front_options(options)
+    return DirectoryFront(load_backend(backend, rest, base_dir), front)
+
+
+def load_admin(backend: str, options: Mapping[str, object], base_dir: Path) -> UserAdmin:
+    """The administration interface of a backend (for `mailkeep user ...`)."""
+    from mailkeep.directory.front import split_front_options  # noqa: PLC0415
+
+    factory = _backend_class(backend)
+    admin = getattr(factory, "admin", None)
+    if admin is None:
+        raise DirectoryError(f"directory.backend: {backend!r} cannot be administered by "
+                             "mailkeep; manage its users where they live")
+    _, rest = split_front_options(options)
+    return admin(rest, base_dir)  # type: ignore[no-any-return]

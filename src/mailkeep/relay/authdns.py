@@ -28,6 +28,7 @@ from typing import Any
 
 import dns.exception
 import dns.name
+import dns.nameserver
 import dns.resolver
 import spf
 
@@ -39,11 +40,17 @@ class DnsTempError(Exception):
     """A lookup that may work later: time-out, SERVFAIL, no reachable server."""
 
 
-def make_resolver(nameservers: Sequence[str], port: int = 53,
+def make_resolver(nameservers: Sequence[str | tuple[str, int]], port: int = 53,
                   timeout: float = DNS_QUERY_TIMEOUT) -> dns.resolver.Resolver:
-    """A resolver that asks only `nameservers` (IP addresses) on `port`."""
+    """A resolver that asks only `nameservers`: IP addresses (on `port`) or (address, port)
+    pairs, each asked on its own port."""
     resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [str(ipaddress.ip_address(ns)) for ns in nameservers]
+    servers: list[str | dns.nameserver.Nameserver] = []
+    for ns in nameservers:
+        host, own_port = (ns, port) if isinstance(ns, str) else ns
+        servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)),
+                                                     own_port))
+    resolver.nameservers = servers
     resolver.port = port
     resolver.timeout = timeout
     resolver.lifetime = timeout

@@ -32,6 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailkeep.proto.message import parse_header_fields, split_message
 
 RSA_KEY_BITS = 2048  # RFC 8301 §3.2
+# The selector `mailkeep dkim keygen` uses unless told (rotate with a new one: the old key
+# must stay published while mail signed with it is in flight).
+DEFAULT_SELECTOR = "mailkeep"
 RSA_PUBLIC_EXPONENT = 65537
 # RFC 1035 §3.3.14: a TXT record is a list of character-strings of at most 255 octets each.
 TXT_STRING_MAX = 255
@@ -72,7 +75,8 @@ class DkimError(Exception):
     """A key or message that cannot be signed: configuration, or a message without From."""
 
 
-def _ascii_domain(domain: str) -> str:
+def ascii_domain(domain: str) -> str:
+    """The domain as DNS and the d= tag carry it: lower-case A-labels, no final dot."""
     domain = domain.strip().rstrip(".")
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
@@ -83,7 +87,8 @@ def _ascii_domain(domain: str) -> str:
     return ascii_domain.lower()
 
 
-def _check_selector(selector: str) -> str:
+def check_selector(selector: str) -> str:
+    """The selector, if RFC 6376 §3.1 allows it (DkimError otherwise)."""
     if _DOMAIN.fullmatch(selector) is None or len(selector) > 63:
         raise DkimError(f"not a DKIM selector (RFC 6376 §3.1): {selector!r}")
     return selector
@@ -117,7 +122,7 @@ class DkimKey:
     def from_pem(cls, domain: str, selector: str, private_pem: bytes) -> DkimKey:
         key = _load_private(private_pem)
         key_type = KeyType.RSA if isinstance(key, rsa.RSAPrivateKey) else KeyType.ED25519
-        return cls(_ascii_domain(domain), _check_selector(selector), key_type, private_pem)
+        return cls(ascii_domain(domain), check_selector(selector), key_type, private_pem)
 
     @classmethod
     def load(cls, path: Path, domain: str, selector: str) -> DkimKey:
@@ -155,8 +160,8 @@ def signed_header_list(message: bytes) -> list[bytes]:
 def sign(message: bytes, domain: str, selector: str, key_pem: bytes) -> bytes:
     """Sign `message` for `domain` with the key published at `selector` (blocking)."""
     key = _load_private(key_pem)
-    d = _ascii_domain(domain).encode("ascii")
-    s = _check_selector(selector).encode("ascii")
+    d = ascii_domain(domain).encode("ascii")
+    s = check_selector(selector).encode("ascii")
     if isinstance(key, rsa.RSAPrivateKey):
         algorithm, private = b"rsa-sha256", key_pem
     else:
@@ -182,11 +187,11 @@ async def sign_async(message: bytes, key: DkimKey) -> bytes:
 
 # -- keys and DNS records -----------------------------------------------------------------------
 
-def keygen(domain: str, selector: str = "mailkeep",
+def keygen(domain: str, selector: str = DEFAULT_SELECTOR,
            key_type: KeyType = KeyType.RSA) -> tuple[bytes, str]:
     """A new key pair: (private key PEM, the DNS TXT record to publish as a zone-file line)."""
-    _ascii_domain(domain)
-    _check_selector(selector)
+    ascii_domain(domain)
+    check_selector(selector)
     private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if key_type is KeyType.RSA:
         private = rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT,
@@ -213,7 +218,7 @@ def txt_value(private_pem: bytes) -> str:
 
 def record_name(domain: str, selector: str) -> str:
     """RFC 6376 §3.6.2.1: the key lives at SELECTOR._domainkey.DOMAIN."""
-    return f"{_check_selector(selector)}._domainkey.{_ascii_domain(domain)}"
+    return f"{check_selector(selector)}._domainkey.{ascii_domain(domain)}"
 
 
 def txt_strings(value: str) -> list[str]:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from mailkeep.relay import reports
 from mailkeep.relay.client import OutboundClient
 from mailkeep.relay.dsn import Action, Dsn
 from mailkeep.relay.envelope import OutboundMessage, Recipient
+from mailkeep.relay.queue_admin import age_text
 from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError, SpoolRecipient, new_id
 from mailkeep.store.base import DeliveryError, DiskFull, StoreError
@@ -51,6 +53,9 @@ QUEUE_REPORT_INTERVAL = 300.0
 # An entry whose file cannot be read is retried this much later (an administrator may fix
 # it; it is never deleted on our own).
 BROKEN_ENTRY_RETRY = 3600.0
+# Seconds to wait for the spool's lock at start: a `mailkeep queue` command acting on a
+# stopped daemon's spool holds it for milliseconds; a daemon holding it never lets go.
+SPOOL_LOCK_WAIT = 5.0
 
 
 def local_name(entry: SpoolEntry, index: int, size: int) -> str:
@@ -95,14 +100,24 @@ class DeliveryRunner:
         self._stopping = False
         self._recovered: set[str] = set()          # loaded at start: check before redelivery
         self._last_report = 0.0
+        self._lock_fd: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        removed = await asyncio.to_thread(self.spool.prepare)
+        """Take the spool's lock (SpoolBusy: another daemon uses it), clean up, resume."""
+        # Held until stop(): `mailkeep queue` sees it and sends its requests here instead
+        # of changing the spool under our feet; a second daemon on this spool cannot start.
+        self._lock_fd = await asyncio.to_thread(self.spool.lock, SPOOL_LOCK_WAIT)
+        try:
+            removed = await asyncio.to_thread(self.spool.prepare)
+            loaded = await asyncio.to_thread(lambda: list(self.spool.entries()))
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
         if removed:
             log.info("removed %d half-written spool files", removed)
-        loaded = await asyncio.to_thread(lambda: list(self.spool.entries()))
         for item in loaded:
             if isinstance(item, SpoolError):
                 log.error("spool entry set aside: %s", item)
@@ -128,6 +143,9 @@ class DeliveryRunner:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the spool is the next daemon's (or the CLI's) now
+            self._lock_fd = None
 
     def kick(self) -> None:
         """Look at the queue now (tests after moving the clock; `queue flush`)."""
@@ -193,7 +211,7 @@ class DeliveryRunner:
         self._last_report = now
         oldest = min(e.arrival for e in self.entries.values())
         log.info("queue: %d messages, oldest %s old", len(self.entries),
-                 _age(now - oldest))
+                 age_text(now - oldest))
 
     def size(self) -> tuple[int, float]:
         """(messages queued, age in seconds of the oldest)."""
@@ -395,8 +413,12 @@ class DeliveryRunner:
                                     [entry.recipients[i] for i in entry.pending()]))
         fresh = [o for o in outcomes if "i" in o]
         failed = [entry.recipients[int(str(o["i"]))] for o in fresh if o["status"] == "failed"]
+        # RFC 3461 §5.2.1-5.2.3: a success report is ours to send for a final (local)
+        # delivery or a relay to a hop without DSN; a hop that offered DSN was given NOTIFY
+        # and reports the success itself (a report from us too would be a duplicate).
         succeeded = [entry.recipients[int(str(o["i"]))] for o in fresh
-                     if o["status"] in ("delivered", "relayed")
+                     if (o["status"] == "relayed" or (o["status"] == "delivered"
+                                                      and o.get("local")))
                      and "SUCCESS" in (entry.recipients[int(str(o["i"]))].notify or [])]
         if failed:
             notices.append((Action.FAILED, failed))
@@ -513,7 +535,9 @@ class DeliveryRunner:
             entry.hold = op == "hold"
             await asyncio.to_thread(self.spool.record, target, [{"hold": entry.hold}])
             if not entry.hold:
-                self._schedule(target, self.clock())
+                # Due now: the scheduler drops heap items older than next_attempt.
+                entry.next_attempt = self.clock()
+                self._schedule(target, entry.next_attempt)
             return True
         return False
 
@@ -546,12 +570,3 @@ def _status_of(reply: str) -> str:
         return parts[1]
     return ""
 
-
-def _age(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    return f"{hours // 24}d{hours % 24:02d}h"

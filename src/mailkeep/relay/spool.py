@@ -5,7 +5,9 @@ Layout under DATA_DIR/spool/:
     incoming/ID        being written (a crash leaves it here: removed at start-up)
     queue/ID           committed: a header line, the envelope as JSON, then the message
     queue/ID.log       per-recipient outcomes, appended (one JSON object per line, fsynced)
-    control/OP-ID      requests from `mailkeep queue ...` (retry, delete, flush)
+    control/OP-ID      requests from `mailkeep queue ...` (retry, delete, hold, release)
+    .lock              flock(LOCK_EX) by the daemon for its lifetime: one spool, one daemon;
+                       `mailkeep queue` tests it to know whether a daemon will take requests
 
 Writing an entry is tmp -> fsync -> rename into queue/ -> fsync of queue/, like a Maildir
 delivery: the rename is the commit, so a crash leaves either no entry or a whole one. The
@@ -21,16 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
+import math
 import os
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from mailkeep.fsmodes import make_private_dirs
+from mailkeep.fsmodes import create_file, make_private_dirs
 from mailkeep.store.base import DeliveryError, DiskFull
 from mailkeep.store.maildir.durable import fsync_dir
 
@@ -38,6 +42,9 @@ MAGIC = b"MAILKEEP-SPOOL 1\n"
 # A spool file whose envelope line is longer than this is corrupt (100 recipients with
 # DSN parameters need about 60 KiB).
 MAX_ENVELOPE_OCTETS = 1024 * 1024
+LOCK_NAME = ".lock"
+# How often a process waiting for the spool lock tries again.
+LOCK_POLL_INTERVAL = 0.05
 
 RecipientKind = Literal["local", "remote"]
 Status = Literal["pending", "delivered", "relayed", "failed"]
@@ -45,6 +52,10 @@ Status = Literal["pending", "delivered", "relayed", "failed"]
 
 class SpoolError(Exception):
     """A spool file cannot be read (corrupt or truncated): ours, logged and set aside."""
+
+
+class SpoolBusy(Exception):
+    """Another process holds the spool's lock: a second daemon on the same data_dir."""
 
 
 @dataclass(slots=True)
@@ -89,9 +100,71 @@ class SpoolEntry:
 
     @classmethod
     def from_json(cls, data: bytes) -> SpoolEntry:
-        raw: dict[str, Any] = json.loads(data)
-        recipients = [SpoolRecipient(**r) for r in raw.pop("recipients")]
-        return cls(recipients=recipients, **raw)
+        """The entry to_json() wrote; ValueError or TypeError for anything else (a file
+        that is valid JSON of another shape must not become an entry the runner trips on)."""
+        raw = json.loads(data)
+        _check_fields(raw, _ENTRY_FIELDS, "envelope")
+        recipients = raw.pop("recipients")
+        for r in recipients:
+            _check_fields(r, _RECIPIENT_FIELDS, "recipient")
+            if r.get("kind") not in get_args(RecipientKind):
+                raise ValueError(f"recipient kind {r.get('kind')!r}")
+            if r.get("status", "pending") not in get_args(Status):
+                raise ValueError(f"recipient status {r.get('status')!r}")
+            for key in ("notify", "orcpt"):
+                if r.get(key) is not None and not all(isinstance(v, str) for v in r[key]):
+                    raise ValueError(f"recipient {key}: not a list of strings")
+        if not all(isinstance(v, str) for v in raw.get("source", {}).values()):
+            raise ValueError("source: not a table of strings")
+        return cls(recipients=[SpoolRecipient(**r) for r in recipients], **raw)
+
+
+_NUMBER = (int, float)
+_TEXT_OR_NONE = (str, type(None))
+# The JSON types of each field as to_json() writes them (missing and unknown keys are left
+# to the dataclass constructor, which refuses them with TypeError).
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,), "mail_from": (str,), "recipients": (list,), "arrival": _NUMBER,
+    "size": (int,), "ret": _TEXT_OR_NONE, "envid": _TEXT_OR_NONE, "smtputf8": (bool,),
+    "body_8bit": (bool,), "source": (dict,), "attempts": (int,), "next_attempt": _NUMBER,
+    "delay_notified": (bool,), "hold": (bool,),
+}
+_RECIPIENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "address": (str,), "kind": (str,), "account": _TEXT_OR_NONE, "route": _TEXT_OR_NONE,
+    "notify": (list, type(None)), "orcpt": (list, type(None)), "status": (str,),
+    "reply": (str,), "remote_mta": (str,), "dsn_status": (str,),
+}
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    """isinstance, where a bool is not a number and a number is finite."""
+    if isinstance(value, bool) and bool not in types:
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, types)
+
+
+def _check_fields(raw: object, fields: dict[str, tuple[type, ...]], what: str) -> None:
+    if not isinstance(raw, dict):
+        raise TypeError(f"{what} is not a JSON object")
+    for key, types in fields.items():
+        if key in raw and not _is(raw[key], types):
+            raise TypeError(f"{what} {key}: {raw[key]!r} is not of the right type")
+
+
+def _valid_outcome(o: object) -> bool:
+    """Is `o` an outcome record() writes? (see record() for the shapes)"""
+    if not isinstance(o, dict):
+        return False
+    if "i" in o:
+        return (_is(o["i"], (int,)) and o.get("status", "pending") in get_args(Status)
+                and all(_is(o.get(k, ""), (str,)) for k in ("reply", "remote_mta",
+                                                              "dsn_status")))
+    if "attempts" in o and not (_is(o["attempts"], (int,))
+                                and _is(o.get("next", 0.0), _NUMBER)):
+        return False
+    return all(_is(o[k], (bool,)) for k in ("hold", "delay_notified") if k in o)
 
 
 def new_id(now: float | None = None) -> str:
@@ -110,6 +183,38 @@ class Spool:
         self.incoming = root / "incoming"
         self.queue = root / "queue"
         self.control = root / "control"
+        self.lock_path = root / LOCK_NAME
+
+    # -- the daemon's lock ----------------------------------------------------------------
+
+    def lock(self, wait: float = 0.0) -> int:
+        """Take the spool's exclusive lock, trying for up to `wait` seconds (a `mailkeep
+        queue` command acting on the spool holds it for a moment); the descriptor that holds
+        it (close it to let go). SpoolBusy when another process keeps it.
+
+        flock, not a pid file: the kernel lets go when the process dies, kill -9 included,
+        so a crash never leaves a stale lock behind."""
+        make_private_dirs(self.root)
+        fd = create_file(self.lock_path, os.O_RDWR | os.O_CLOEXEC)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_pid(fd)
+                    os.close(fd)
+                    raise SpoolBusy(f"{self.lock_path} is locked by another process"
+                                    + (f" (pid {holder})" if holder else "")) from None
+                time.sleep(LOCK_POLL_INTERVAL)
+            except BaseException:
+                os.close(fd)
+                raise
+        # Who holds it, for the administrator (the lock itself is the flock, not this).
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def prepare(self) -> int:
         """Create the folders (0700) and remove half-written entries; how many went."""
@@ -157,13 +262,27 @@ class Spool:
             return
         data = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n"
                         for o in outcomes)
-        fd = os.open(self.queue / f"{entry_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                     0o600)
+        path = self.queue / f"{entry_id}.log"
         try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            created = False
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A torn last line (a crash mid-append): glued to it, these outcomes would
+                # be skipped with it at the next load and their recipients tried again.
+                data = b"\n" + data
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:
+            # A new file's name is in the directory, which fsync(fd) does not make durable
+            # (fsync(2); the same reason accept() syncs queue/ after its rename).
+            fsync_dir(self.queue)
 
     def remove(self, entry_id: str) -> None:
         """Forget a finished entry (no fsync: an entry that comes back after a crash is
@@ -206,9 +325,12 @@ class Spool:
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                outcome = json.loads(line)
             except ValueError:
                 continue  # a torn last line (crash mid-append): not fsynced, not counted
+            if _valid_outcome(outcome):
+                yield outcome
+            # else: not a line record() wrote (damage): skipped like a torn line
 
     def message(self, entry_id: str) -> bytes:
         """The spooled message itself (after the envelope line)."""
@@ -223,6 +345,14 @@ class Spool:
                 yield self.load(entry_id)
             except SpoolError as exc:
                 yield exc
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
 
 
 def apply(entry: SpoolEntry, outcome: dict[str, Any]) -> None:

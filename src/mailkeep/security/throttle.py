@@ -7,11 +7,13 @@ Keying by address means a password-guesser is slowed down and then refused, whil
 user logging in from anywhere else is never locked out (no account lockout, which would hand
 attackers a denial-of-service switch).
 
-Attempts in flight count as failures until they end: otherwise a guesser opening twenty
+Attempts in flight are bounded: while the failures so far plus the attempts being checked
+could reach the block, a new attempt from the same address is not checked yet (begin()
+says BUSY and the caller waits for one to end). Otherwise a guesser opening twenty
 connections at once would have twenty passwords checked before the first failure is
-recorded (outside testing saw 29 checked where the limit was 10). An attempt is started
-with begin() and finished with end(); check() and failure() remain for callers that do not
-verify anything themselves.
+recorded (outside testing saw 29 checked where the limit was 10). Honest clients are not
+slowed down by this: a burst of good logins from one address (an office behind NAT,
+Thunderbird's five connections) runs ten at a time and none of them counts as a failure.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def client_key(address: str) -> str:
 class Verdict(Enum):
     ALLOW = "allow"
     BLOCKED = "blocked"
+    BUSY = "busy"  # begin(): enough attempts in flight to reach the block; wait for one
 
 
 @dataclass(slots=True)
@@ -100,24 +103,25 @@ class AuthThrottle:
         now = self.clock()
         if rec.blocked_until > now:
             return Verdict.BLOCKED, rec.blocked_until - now
-        pending = len(rec.failures) + rec.in_flight
-        if pending >= self.config.auth_failures_before_block:
-            # Enough attempts are in flight to reach the block if they all fail: wait for
-            # them rather than check one more password.
-            return Verdict.BLOCKED, self.config.auth_max_delay
-        extra = pending - self.config.auth_failures_before_delay
+        extra = len(rec.failures) - self.config.auth_failures_before_delay
         if extra < 0:
             return Verdict.ALLOW, 0.0
         delay = min(self.config.auth_failure_delay * (2 ** extra), self.config.auth_max_delay)
         return Verdict.ALLOW, delay
 
     def begin(self, address: str) -> tuple[Verdict, float]:
-        """check(), and when allowed count one attempt in flight until end(address, ok)."""
+        """check(); when allowed, one attempt is in flight until end(address, ok). BUSY when
+        the failures so far and the attempts in flight could already reach the block: the
+        caller waits for an attempt to end and asks again."""
         verdict, seconds = self.check(address)
-        if verdict is Verdict.ALLOW:
-            key = client_key(address)
-            rec = self._record(key) or self._new_record(key)
-            rec.in_flight += 1
+        if verdict is not Verdict.ALLOW:
+            return verdict, seconds
+        key = client_key(address)
+        rec = self._record(key) or self._new_record(key)
+        if len(rec.failures) + rec.in_flight >= self.config.auth_failures_before_block:
+            self._record(key)  # drop the record again if nothing else keeps it
+            return Verdict.BUSY, 0.0
+        rec.in_flight += 1
         return verdict, seconds
 
     def end(self, address: str, ok: bool) -> None:

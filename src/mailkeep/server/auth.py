@@ -22,6 +22,8 @@ log = logging.getLogger("mailkeep.auth")
 # (a temporary failure), so a slow LDAP server can never hang a client. argon2id takes
 # about 25 ms here; an LDAP bind a few ms on a LAN.
 VERIFY_TIMEOUT_SECONDS = 15.0
+# How often an attempt held back by the throttle (BUSY) looks again.
+BUSY_RETRY_SECONDS = 0.02
 
 
 class Failure(enum.Enum):
@@ -41,10 +43,23 @@ class LoginOutcome:
 
 
 async def login(services: Services, *, peer_ip: str, creds: Credentials, service: str,
-                mechanism: str, conn_id: str) -> LoginOutcome:
+                mechanism: str, conn_id: str,
+                required_groups: tuple[str, ...] = ()) -> LoginOutcome:
+    """`service` names the door (directory.base.SERVICES: app passwords are per door);
+    `required_groups`, when given, admits only members of one of those directory groups
+    (a connector's auth_groups). Not being a member is answered like a wrong password, and
+    counted like one: the reply never says that the password itself was right."""
     throttle = services.throttle
-    verdict, wait = throttle.begin(peer_ip)
-    if verdict is Verdict.BLOCKED:
+    deadline = asyncio.get_running_loop().time() + VERIFY_TIMEOUT_SECONDS
+    while True:
+        verdict, wait = throttle.begin(peer_ip)
+        if verdict is not Verdict.BUSY or asyncio.get_running_loop().time() > deadline:
+            break
+        # As many attempts from this address are being checked as could reach its block:
+        # wait for one to end (a guesser's parallel connections are checked a few at a
+        # time; an office's burst of good logins just queues for milliseconds).
+        await asyncio.sleep(BUSY_RETRY_SECONDS)
+    if verdict is not Verdict.ALLOW:
         log.warning("conn=%s %s auth refused: %s is blocked for %.0fs more", conn_id, service,
                     peer_ip, wait)
         return LoginOutcome(None, Failure.BLOCKED)
@@ -66,6 +81,11 @@ async def login(services: Services, *, peer_ip: str, creds: Credentials, service
                                                                account.name) \
                 and not account.owns(authzid):
             account = None  # RFC 4616 §2: nobody acts for another user
+        if account is not None and required_groups and \
+                not account.in_any_group(required_groups):
+            log.warning("conn=%s %s auth refused: %s is in none of the groups %s", conn_id,
+                        service, account.name, ", ".join(required_groups))
+            account = None
         if account is None:
             log.warning("conn=%s %s auth failed peer=%s mechanism=%s login=%r", conn_id,
                         service, peer_ip, mechanism, creds.login[:64])

@@ -17,6 +17,7 @@ import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Set
 from dataclasses import replace
 
+from mailkeep.proto.imap import condstore as cs
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import listing, mutf7
@@ -33,10 +34,17 @@ from mailkeep.proto.imap.render import (
     untagged,
     untagged_status,
 )
-from mailkeep.proto.imap.sequence import SequenceSet, uid_set
+from mailkeep.proto.imap.sequence import SequenceSet, compress, uid_set
 from mailkeep.proto.imap.session import Authenticated, Selected, SessionState
 from mailkeep.proto.imap.values import Atom, Value
-from mailkeep.server import imap_append, imap_folders, imap_move, imap_quota, imap_search
+from mailkeep.server import (
+    imap_append,
+    imap_folders,
+    imap_move,
+    imap_quota,
+    imap_search,
+    imap_sync,
+)
 from mailkeep.server.imap_folders import ImapOptions
 from mailkeep.server.slices import Slices, TooExpensive
 from mailkeep.server.stream import SessionFinished
@@ -164,6 +172,9 @@ class ImapExecutor:
         current = new if new is not None else session
         if isinstance(current, Authenticated | Selected):
             current.enabled = self.enabled  # ENABLEd extensions outlive SELECT and CLOSE
+        if isinstance(current, Selected):
+            current.view.condstore = cs.CONDSTORE in self.enabled
+            current.view.qresync = cs.QRESYNC in self.enabled
         if isinstance(current, Selected) and outcome.close is None and (
                 current is not selected or self.should_sync(command, current)):
             # RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH without UID.
@@ -241,7 +252,8 @@ class ImapExecutor:
             claimed = snap.unclaimed if view.readonly else \
                 await self.store.claim_recent(self.account, view.folder)
         for line in view.update(snap.messages, claimed=claimed, allow_expunge=allow_expunge,
-                                with_uid=with_uid):
+                                with_uid=with_uid, modseqs=snap.modseqs,
+                                highestmodseq=snap.highestmodseq):
             await self.emit(line)
         return None
 
@@ -323,6 +335,13 @@ class ImapExecutor:
 
     async def _open(self, command: g.CommandType, *, readonly: bool) -> Outcome:
         assert isinstance(command, g.Select | g.Examine)
+        params = command.params
+        if params.qresync is not None and cs.QRESYNC not in self.enabled:
+            # RFC 7162 §3.2.5: QRESYNC parameters without ENABLE QRESYNC are a BAD.
+            return Outcome("BAD", "QRESYNC parameter without ENABLE QRESYNC.")
+        if self.view is not None:
+            # RFC 7162 §3.2.11: CLOSED marks where the old mailbox's responses end.
+            await self.emit(untagged_status("OK", "Previous mailbox closed.", "CLOSED"))
         # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected (run() makes the
         # outcome say so whatever happens here).
         self.view = None
@@ -337,8 +356,13 @@ class ImapExecutor:
         except NoSuchFolder:
             return Outcome("NO", "Mailbox does not exist.", "NONEXISTENT",
                            session=Authenticated(self.account))
+        if params.condstore or params.qresync is not None:
+            self.enabled = self.enabled | {cs.CONDSTORE}  # RFC 7162 §3.1.8
         view = MailboxView(command.mailbox, readonly=readonly, uidvalidity=snap.uidvalidity,
-                           uidnext=snap.uidnext, records=snap.messages, recent=recent)
+                           uidnext=snap.uidnext, records=snap.messages, recent=recent,
+                           modseqs=snap.modseqs, highestmodseq=snap.highestmodseq)
+        view.condstore = cs.CONDSTORE in self.enabled
+        view.qresync = cs.QRESYNC in self.enabled
         await self.emit(view.flags_response())
         await self.emit(untagged(f"{len(view)} EXISTS"))
         await self.emit(untagged(f"{len(view.recent)} RECENT"))
@@ -351,6 +375,13 @@ class ImapExecutor:
         await self.emit(untagged_status("OK", "Predicted next UID.",
                                         response_code("UIDNEXT", snap.uidnext)))
         await self.emit(view.permanentflags_response())
+        if view.condstore:
+            # RFC 7162 §3.1.2.1 (NOMODSEQ never: every folder keeps mod-sequences).
+            await self.emit(view.highestmodseq_response())
+        qresync = params.qresync
+        if qresync is not None and qresync.uidvalidity == snap.uidvalidity:
+            # RFC 7162 §3.2.5: a UIDVALIDITY that changed makes the rest meaningless.
+            await imap_sync.qresync_select(self, view, qresync)
         code = "READ-ONLY" if readonly else "READ-WRITE"
         return Outcome("OK", f"{command.name} completed.", code,
                        session=Selected(self.account, view))
@@ -413,11 +444,14 @@ class ImapExecutor:
             "UIDNEXT": snap.uidnext,
             "UIDVALIDITY": snap.uidvalidity,
             "UNSEEN": sum(1 for m in snap.messages if SEEN not in m.flags),
+            "HIGHESTMODSEQ": snap.highestmodseq,  # RFC 7162 §3.1.6
             # RFC 9051 §6.3.11 DELETED; RFC 9208 §4.2 DELETED-STORAGE (in 1024 octets)
             "DELETED": sum(1 for m in snap.messages if DELETED in m.flags),
             "DELETED-STORAGE": -(-sum(m.size for m in snap.messages
                                       if DELETED in m.flags) // 1024),
         }
+        if "HIGHESTMODSEQ" in command.items:
+            await imap_sync.enable_condstore(self)
         data: list[Value] = []
         for item in command.items:
             data += [Atom(item), values[item]]
@@ -447,6 +481,13 @@ class ImapExecutor:
         removed = await self.store.expunge(self.account, view.folder, uids)
         for line in view.expunge(removed):
             await self.emit(line)
+        if view.qresync:
+            # RFC 7162 §3.2.7: the tagged OK of (UID) EXPUNGE carries the HIGHESTMODSEQ that
+            # the expunges were given (a snapshot gives it).
+            snap = await self.store.snapshot(self.account, view.folder)
+            view.highestmodseq = max(view.highestmodseq, snap.highestmodseq)
+            return Outcome("OK", "EXPUNGE completed.",
+                           response_code("HIGHESTMODSEQ", view.highestmodseq))
         return Outcome("OK", "EXPUNGE completed.")
 
     def _bad_numbers(self, numbers: SequenceSet, uid: bool) -> bool:
@@ -457,6 +498,9 @@ class ImapExecutor:
 
     async def _cmd_search(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Search)
+        with_modseq = imap_sync.uses_modseq(command.key)
+        if with_modseq:
+            await imap_sync.enable_condstore(self)
         try:
             hits = await imap_search.search(self._selected(), command.key, uid=command.uid,
                                             parts=self.parts)
@@ -464,7 +508,9 @@ class ImapExecutor:
             log.info("conn=%s SEARCH stopped after %s", self.conn_id, exc)
             # RFC 5530 §3 LIMIT; nothing else changed, the session goes on.
             return Outcome("NO", "SEARCH too expensive, narrow it down.", "LIMIT")
-        await self.emit(untagged("SEARCH", *hits))
+        await self.emit(imap_sync.search_response(self._selected(), command.tag, hits,
+                                                  uid=command.uid, returns=command.returns,
+                                                  with_modseq=with_modseq))
         return Outcome("OK", "SEARCH completed.")
 
     async def _cmd_fetch(self, command: g.CommandType) -> Outcome:
@@ -475,7 +521,22 @@ class ImapExecutor:
         items = list(command.items)
         if command.uid and not any(i.name == "UID" for i in items):
             items.insert(0, g.FetchItem("UID"))  # RFC 3501 §6.4.8
+        since = command.modifiers.changedsince
+        if command.modifiers.vanished and (not command.uid or cs.QRESYNC not in self.enabled):
+            # RFC 7162 §3.2.6: VANISHED only in UID FETCH, and only once QRESYNC is enabled.
+            return Outcome("BAD", "VANISHED needs UID FETCH and ENABLE QRESYNC.")
+        if since is not None or any(i.name == "MODSEQ" for i in items):
+            await imap_sync.enable_condstore(self)
+        if (since is not None or (view.condstore and any(i.name == "FLAGS" for i in items))) \
+                and not any(i.name == "MODSEQ" for i in items):
+            # RFC 7162 §3.1.4.1: CHANGEDSINCE answers with MODSEQ as if asked; once CONDSTORE
+            # is on, FLAGS come with their MODSEQ (so a client's cache stays consistent).
+            items.append(g.FetchItem("MODSEQ"))
         pairs = view.resolve(command.sequence_set, uid=command.uid)
+        if since is not None:
+            if command.modifiers.vanished:
+                await imap_sync.vanished_earlier(self, view, command.sequence_set, since)
+            pairs = [(s, u) for s, u in pairs if view.modseqs.get(u, 0) > since]
         changed: set[int] = set()
         if not view.readonly and any(i.sets_seen for i in items):
             # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen.
@@ -483,8 +544,9 @@ class ImapExecutor:
             if unseen:
                 result = await self.store.store_flags(self.account, view.folder, unseen,
                                                       FlagMode.ADD, [SEEN])
+                fresh = await imap_sync.fresh_modseqs(self, view) if view.condstore else {}
                 for u, flags in result.items():
-                    view.set_flags(u, flags)
+                    view.set_flags(u, flags, fresh.get(u))
                 changed = set(result)
         unique: dict[str, g.FetchItem] = {}
         for item in items:  # one value per response name, the first asked (fetch_items)
@@ -509,7 +571,7 @@ class ImapExecutor:
             for item in items:
                 values += fetch_items([item], uid=uid, flags=view.flags_of(uid),
                                       internaldate=record.internaldate, size=record.size,
-                                      part=part)
+                                      part=part, modseq=view.modseqs.get(uid, 0))
                 if isinstance(values[-1][1], bytes):
                     octets += len(values[-1][1])
                     if octets > limit:
@@ -523,9 +585,14 @@ class ImapExecutor:
                                       "fewer or smaller sections.", "LIMIT")
             if uid in changed and not wants_flags:
                 values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
+                if view.condstore and not any(name == "MODSEQ" for name, _ in values):
+                    values.append(cs.modseq_item(view.modseqs.get(uid, 0)))
             await self.emit(fetch_response(seq, values))
             if clock.due():  # FETCH 1:* of a big mailbox: let other sessions in
                 await clock.pause()
+        if view.condstore and pairs:
+            for line in view.floor_response():  # RFC 7162 §3.2 (expunges held back)
+                await self.emit(line)
         if missing:
             # RFC 2180 §4.1.3: some of the messages were expunged by another session.
             return Outcome("NO", "Some messages were expunged.")
@@ -541,8 +608,18 @@ class ImapExecutor:
         pairs = view.resolve(command.sequence_set, uid=command.uid)
         flags = [f for f in command.flags if f != RECENT]  # \Recent is the server's
         uids = [u for _, u in pairs if u not in view.gone]
+        modified: list[int] = []
+        if command.unchangedsince is not None:
+            await imap_sync.enable_condstore(self)
+            uids, modified = await imap_sync.unchanged_since(self, view, uids,
+                                                             command.unchangedsince)
         result = await self.store.store_flags(self.account, view.folder, uids,
-                                              _STORE_MODES[command.mode], flags)
+                                              _STORE_MODES[command.mode], flags) \
+            if uids else {}
+        # A change gets its MODSEQ when a snapshot first sees it: look, so the FETCH
+        # responses carry the new value (RFC 7162 §3.1.3).
+        fresh = await imap_sync.fresh_modseqs(self, view) if view.condstore and result \
+            else {}
         # RFC 3501 §7.2.6: a keyword new to the mailbox is announced (FLAGS, PERMANENTFLAGS)
         # before any FETCH shows it, .SILENT or not.
         for line in view.announce(result.values()):
@@ -552,14 +629,23 @@ class ImapExecutor:
         for seq, uid in pairs:
             if uid not in result:
                 continue
-            view.set_flags(uid, result[uid])
-            if not command.silent:
-                values: list[tuple[str, Value]] = [("FLAGS", flag_atoms(view.flags_of(uid)))]
-                if command.uid:
-                    values.append(("UID", uid))
-                await self.emit(fetch_response(seq, values))
+            view.set_flags(uid, result[uid], fresh.get(uid))
+            answer = imap_sync.store_response(view, seq, uid, silent=command.silent,
+                                              with_uid=command.uid)
+            if answer is not None:
+                await self.emit(answer)
                 if clock.due():
                     await clock.pause()
+        if view.condstore and result:
+            for line in view.floor_response():  # RFC 7162 §3.2 (expunges held back)
+                await self.emit(line)
+        if modified:
+            # RFC 7162 §3.1.3: the messages not stored because they changed meanwhile, as
+            # UIDs for UID STORE and sequence numbers otherwise.
+            numbers = modified if command.uid else [n for u in modified
+                                                    if (n := view.seq_of(u)) is not None]
+            return Outcome("OK", "Conditional STORE failed.",
+                           f"MODIFIED {compress(sorted(numbers))}")
         return Outcome("OK", "STORE completed.")
 
     async def _cmd_copy(self, command: g.CommandType) -> Outcome:

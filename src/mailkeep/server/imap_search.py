@@ -48,6 +48,7 @@ class SearchMessage:
     internaldate: datetime
     size: int
     part: MimePart | None
+    modseq: int = 0  # RFC 7162 §3.1.5 SEARCH MODSEQ
 
     def header(self, name: str) -> Sequence[str]:
         return [] if self.part is None else textsearch.header_values(self.part, name)
@@ -83,7 +84,7 @@ async def search(view: MailboxView, key: SearchKey, *, uid: bool, parts: Parts) 
                 if part is None:
                     continue
             message = SearchMessage(seq, u, view.flags_of(u), record.internaldate,
-                                    record.size, part)
+                                    record.size, part, view.modseqs.get(u, 0))
             if part is None:
                 hit = program.matches(message)  # flags, sizes, dates, numbers only
             else:

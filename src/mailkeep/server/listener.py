@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from mailkeep.config.model import BindAddress, ListenerConfig
+from mailkeep.proto import proxy as proxy_header
 from mailkeep.proto.connector import client_allowed
 from mailkeep.security.budget import TOO_MANY
 from mailkeep.server.services import Services
@@ -35,6 +36,9 @@ BACKLOG = 511
 # accept() failing for lack of descriptors or memory: wait this long before trying again
 # rather than spin (asyncio's own server does the same for one second).
 ACCEPT_RETRY_SECONDS = 0.1
+# A trusted proxy sends its PROXY header at once (HAProxy: before any client data); one that
+# has not within this time is broken.
+PROXY_HEADER_TIMEOUT = 5.0
 # Refusals are logged at most once per this many seconds per reason and address, with a
 # count of the ones not logged (a flood must not flood the log as well).
 REFUSAL_LOG_INTERVAL = 10.0
@@ -128,6 +132,26 @@ class _RefusalLog:
 _refusals = _RefusalLog()
 
 
+async def _read_proxy_header(conn: socket.socket) -> bytes:
+    """Exactly the PROXY header: peek until it is complete, then read only its octets, so
+    the client's first bytes (a TLS ClientHello) stay for the TLS layer."""
+    loop = asyncio.get_running_loop()
+    while True:
+        ready = loop.create_future()
+        loop.add_reader(conn.fileno(), ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(conn.fileno())
+        peek = conn.recv(proxy_header.V2_MAX_PAYLOAD + 16, socket.MSG_PEEK)
+        if not peek:
+            raise proxy_header.ProxyError("the proxy closed the connection")
+        length = proxy_header.header_length(peek)
+        if length is not None and len(peek) >= length:
+            return conn.recv(length)
+        await asyncio.sleep(0.01)  # a header split across segments: wait for the rest
+
+
 def admit(services: Services, address: str, sock: socket.socket | None = None) -> Slot | str:
     """A slot for a new connection from `address`, or the reason it is refused. When the
     total cap is what refuses it, the longest-silent unauthenticated session is shed."""
@@ -202,6 +226,34 @@ class Listener:
 
     def _accepted(self, conn: socket.socket, peer: tuple[str, int] | str) -> None:
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if self.config.proxy_protocol:
+            if not client_allowed(address, self.services.config.trusted_proxies):
+                # A PROXY header is believed only from trusted_proxies: anyone else could
+                # claim any address and walk around every per-address limit.
+                _refusals.note(self.config.name, address, "PROXY header from an untrusted "
+                               "address (not in trusted_proxies)")
+                conn.close()
+                return
+            task = asyncio.get_running_loop().create_task(self._proxied(conn, address))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+            return
+        self._admit(conn, address)
+
+    async def _proxied(self, conn: socket.socket, proxy: str) -> None:
+        """Read the PROXY header (HAProxy's spec, v1 or v2), then go on with the real
+        client's address as if it had connected directly."""
+        try:
+            async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+                header = await _read_proxy_header(conn)
+            info = proxy_header.parse(header)
+        except (TimeoutError, OSError, proxy_header.ProxyError) as exc:
+            _refusals.note(self.config.name, proxy, f"no valid PROXY header: {exc}")
+            conn.close()
+            return
+        self._admit(conn, info.source or proxy)
+
+    def _admit(self, conn: socket.socket, address: str) -> None:
         clients = self.config.clients
         if clients and not client_allowed(address, clients):
             # An application connector serves its `clients` networks only: anyone else is

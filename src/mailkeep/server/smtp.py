@@ -500,8 +500,9 @@ class SmtpSession(SMTP):
     async def _verify(self, login: str, password: str, authzid: str) -> AuthResult:
         outcome = await auth.login(self.services, peer_ip=self.peer_ip,
                                    creds=sasl.Credentials(authzid, login, password),
-                                   service="submission", mechanism="AUTH",
-                                   conn_id=self.conn_id)
+                                   service=self.listener.protocol, mechanism="AUTH",
+                                   conn_id=self.conn_id,
+                                   required_groups=self.listener.auth_groups)
         if outcome.failure is auth.Failure.BLOCKED:
             await self.push("454 4.7.0 Too many failed logins from your address, "
                             "try again later")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -140,8 +141,10 @@ def inspect_certificate(cert_path: Path) -> CertificateInfo:
     )
 
 
-def check_serving(cert_path: Path, key_path: Path, hostname: str) -> CertificateInfo:
-    """Everything that stops a certificate from serving `hostname`, as one CertificateProblem."""
+def check_serving(cert_path: Path, key_path: Path, hostname: str | None,
+                  names: Sequence[str] = ()) -> CertificateInfo:
+    """Everything that stops a certificate from serving `hostname` (None: any name) and each
+    of `names` (the names that select it by SNI), as one CertificateProblem."""
     info = inspect_certificate(cert_path)
     problems: list[str] = []
     now = dt.datetime.now(dt.UTC)
@@ -150,11 +153,15 @@ def check_serving(cert_path: Path, key_path: Path, hostname: str) -> Certificate
     if info.not_before > now:
         problems.append(f"not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
     # RFC 6125 §6.4.4: clients match SAN names only; the CN is not consulted when a SAN exists.
-    if not info.covers(hostname):
+    if hostname is not None and not info.covers(hostname):
         problems.append(
             f"does not cover hostname {hostname!r} (SAN: {', '.join(info.names) or 'none'}); "
             f"issue one for it or run `mailkeep cert selfsigned`"
         )
+    uncovered = [n for n in names if not info.covers(n)]
+    if uncovered:
+        problems.append(f"does not cover {', '.join(map(repr, uncovered))}, which select it "
+                        f"(SAN: {', '.join(info.names) or 'none'})")
     try:
         key_data = key_path.read_bytes()
     except OSError as exc:

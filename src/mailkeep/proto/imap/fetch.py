@@ -21,7 +21,7 @@ from mailkeep.proto.imap.mime import MimePart
 from mailkeep.proto.imap.values import Value
 
 # Items answered from the index alone (store.base.MessageRecord).
-INDEX_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE"})
+INDEX_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -53,7 +53,7 @@ def section_data(item: FetchItem, part: MimePart) -> Value:
 
 def fetch_items(items: Sequence[FetchItem], *, uid: int, flags: frozenset[str],
                 internaldate: dt.datetime, size: int,
-                part: MimePart | None) -> list[tuple[str, Value]]:
+                part: MimePart | None, modseq: int = 0) -> list[tuple[str, Value]]:
     """The (name, value) pairs for one message, in the order asked (duplicates dropped)."""
     out: list[tuple[str, Value]] = []
     seen: set[str] = set()
@@ -62,6 +62,9 @@ def fetch_items(items: Sequence[FetchItem], *, uid: int, flags: frozenset[str],
         if name in seen:
             continue
         seen.add(name)
+        if name == "MODSEQ":  # RFC 7162 §3.1.4.2: MODSEQ (n)
+            out.append((name, [modseq]))
+            continue
         out.append((name, _value(item, uid=uid, flags=flags, internaldate=internaldate,
                                  size=size, part=part)))
     return out

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, TypeAlias
 
+from mailkeep.proto.imap import condstore
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap.arguments import (
     date_time,
@@ -86,6 +87,7 @@ class Select:
     name: ClassVar[str] = "SELECT"
     tag: str
     mailbox: str
+    params: condstore.SelectParams = condstore.NO_SELECT_PARAMS  # RFC 7162 select-params
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class Examine:
     name: ClassVar[str] = "EXAMINE"
     tag: str
     mailbox: str
+    params: condstore.SelectParams = condstore.NO_SELECT_PARAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ class Lsub:
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",  # RFC 3501 §6.3.10
+                "HIGHESTMODSEQ",  # RFC 7162 §3.1.6
                 "DELETED", "DELETED-STORAGE")  # RFC 9051 §6.3.11, RFC 9208 §4.2
 
 
@@ -213,6 +217,7 @@ class Search:
     charset: str | None
     key: SearchKey
     uid: bool = False
+    returns: tuple[str, ...] | None = None  # RFC 4731 SEARCH RETURN (...): ESEARCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +278,8 @@ FETCH_MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 _SIMPLE_FETCH = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
-                           "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE", "UID"})
+                           "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE", "UID",
+                           "MODSEQ"})  # RFC 7162 §3.1.4.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +289,7 @@ class Fetch:
     sequence_set: SequenceSet
     items: tuple[FetchItem, ...]  # macros expanded
     uid: bool = False
+    modifiers: condstore.FetchModifiers = condstore.NO_FETCH_MODIFIERS  # RFC 7162
 
 
 class StoreMode(Enum):
@@ -300,6 +307,7 @@ class Store:
     silent: bool
     flags: tuple[str, ...]
     uid: bool = False
+    unchangedsince: int | None = None  # RFC 7162 §3.1.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +447,16 @@ def _login(cur: Cursor, tag: str) -> CommandType:
     return Login(tag, userid, cur.astring("password"))
 
 
+def _select(cls: type[Select] | type[Examine]) -> Callable[[Cursor, str], CommandType]:
+    def parse(cur: Cursor, tag: str) -> CommandType:
+        cur.sp()
+        box = mailbox(cur)
+        if cur.skip_sp():
+            return cls(tag, box, condstore.select_params(cur))  # RFC 7162 §3.1.8, §3.2.5
+        return cls(tag, box)
+    return parse
+
+
 def _rename(cur: Cursor, tag: str) -> CommandType:
     cur.sp()
     old = mailbox(cur)
@@ -514,21 +532,36 @@ def _append(cur: Cursor, tag: str) -> CommandType:
 
 def _search(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
     cur.sp()
+    returns = None
+    start = cur.pos
+    if cur.take(_ITEM_NAME_CHARS).upper() == b"RETURN" and cur.peek() == ord(" "):
+        cur.sp()
+        returns = condstore.search_return(cur)  # RFC 4731 §3.1
+        cur.sp()
+    else:
+        cur.pos = start
     charset, key = parse_search(cur)
-    return Search(tag, charset, key, uid)
+    return Search(tag, charset, key, uid, returns)
 
 
 def _fetch(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
     cur.sp()
     numbers = sequence_set(cur)
     cur.sp()
-    return Fetch(tag, numbers, fetch_items(cur), uid)
+    items = fetch_items(cur)
+    if cur.skip_sp():
+        return Fetch(tag, numbers, items, uid, condstore.fetch_modifiers(cur))
+    return Fetch(tag, numbers, items, uid)
 
 
 def _store(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
     cur.sp()
     numbers = sequence_set(cur)
     cur.sp()
+    unchangedsince = None
+    if cur.peek() == ord("("):
+        unchangedsince = condstore.store_modifiers(cur)
+        cur.sp()
     mode = StoreMode.REPLACE
     if cur.peek() in (ord("+"), ord("-")):
         mode = StoreMode(chr(cur.peek()))
@@ -544,7 +577,7 @@ def _store(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
         while cur.skip_sp():
             found.append(flag(cur))
         flags = tuple(dict.fromkeys(found))
-    return Store(tag, numbers, mode, item == "FLAGS.SILENT", flags, uid)
+    return Store(tag, numbers, mode, item == "FLAGS.SILENT", flags, uid, unchangedsince)
 
 
 def _copy(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
@@ -579,7 +612,7 @@ def _enable(cur: Cursor, tag: str) -> CommandType:
 _PARSERS: dict[str, Callable[[Cursor, str], CommandType]] = {
     "CAPABILITY": _no_args(Capability), "NOOP": _no_args(Noop), "LOGOUT": _no_args(Logout),
     "STARTTLS": _no_args(StartTls), "AUTHENTICATE": _authenticate, "LOGIN": _login,
-    "SELECT": _one_mailbox(Select), "EXAMINE": _one_mailbox(Examine),
+    "SELECT": _select(Select), "EXAMINE": _select(Examine),
     "CREATE": _create, "DELETE": _one_mailbox(Delete), "RENAME": _rename,
     "SUBSCRIBE": _one_mailbox(Subscribe), "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
     "LIST": _list, "LSUB": _lsub, "STATUS": _status,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailkeep.proto import sasl
-from mailkeep.proto.imap import enable, extensions
+from mailkeep.proto.imap import condstore, enable, extensions
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import receiver as rx
 from mailkeep.proto.imap.events import (
@@ -235,7 +235,7 @@ class ImapMachine:
         # octets, which is all we accept then), LITERAL+ once logged in.
         literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
         caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
-                "UIDPLUS", "IDLE", "ENABLE"]
+                "UIDPLUS", "IDLE", "ENABLE", "CONDSTORE", "QRESYNC", "ESEARCH"]
         caps += extensions.capabilities(self.state, max_literal=self.max_literal)
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
@@ -378,8 +378,8 @@ class ImapMachine:
         assert isinstance(command, Enable)
         session = self.session
         assert isinstance(session, Authenticated)  # the state table admits ENABLE only there
-        session.enabled, listed = enable.enable(command.capabilities, session.enabled)
-        self._reply(enable.enabled_response(listed))
+        session.enabled, listed = condstore.enable(command.capabilities, session.enabled)
+        self._reply(condstore.enabled_response(listed))
         self._tagged(command.tag, "OK", "ENABLE completed.")
 
     def _cmd_capability(self, command: CommandType) -> None:

@@ -16,6 +16,15 @@ another session) is announced with a new FLAGS and OK [PERMANENTFLAGS] before an
 shows it (RFC 3501 §7.2.6: FLAGS "MUST be recorded by the client" and tells it which flags
 exist; a FETCH naming one it was never told of confuses strict clients).
 
+MODSEQ (RFC 7162): the view keeps each message's mod-sequence as the session last saw it
+and the folder's HIGHESTMODSEQ. Once the session has CONDSTORE on (`condstore`), FETCH
+responses for changes made by others carry MODSEQ (§3.1: in all unsolicited FETCH responses
+once enabled); once QRESYNC is on (`qresync`), expunges are told as "* VANISHED uid-set"
+instead of EXPUNGE (§3.2.10), followed by "* OK [HIGHESTMODSEQ n]". While expunges are held
+back (above) and FETCH responses with higher MODSEQs go out, "* OK [HIGHESTMODSEQ n]" with
+the value from before those expunges follows them (RFC 7162 §3.2: a client that is cut off
+then must not think it has seen the expunges).
+
 Pure data: the records come from the store via the driver, duck-typed by `Record`.
 """
 
@@ -23,11 +32,11 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from mailkeep.proto.imap.render import fetch_response, response_code, untagged, untagged_status
-from mailkeep.proto.imap.sequence import SequenceSet
+from mailkeep.proto.imap.sequence import SequenceSet, compress
 from mailkeep.proto.imap.values import Atom, Value
 
 RECENT = "\\Recent"
@@ -60,7 +69,8 @@ def flag_atoms(flags: Iterable[str]) -> list[Value]:
 
 class MailboxView:
     def __init__(self, folder: str, *, readonly: bool, uidvalidity: int, uidnext: int,
-                 records: Sequence[Record], recent: Iterable[int]) -> None:
+                 records: Sequence[Record], recent: Iterable[int],
+                 modseqs: Mapping[int, int] | None = None, highestmodseq: int = 0) -> None:
         self.folder = folder
         self.readonly = readonly
         self.uidvalidity = uidvalidity
@@ -72,6 +82,14 @@ class MailboxView:
         self.gone: set[int] = set()  # removed in the store; EXPUNGE not yet sent
         # The keywords the client has been told of (FLAGS, PERMANENTFLAGS); only grows.
         self.announced: set[str] = set(self.keywords())
+        # RFC 7162: each message's MODSEQ and the folder's HIGHESTMODSEQ, as last seen.
+        known = modseqs or {}
+        self.modseqs: dict[int, int] = {u: known.get(u, 0) for u in self.uids}
+        self.highestmodseq = highestmodseq
+        self.condstore = False  # MODSEQ in FETCH responses (the session enabled CONDSTORE)
+        self.qresync = False    # VANISHED instead of EXPUNGE (the session enabled QRESYNC)
+        # HIGHESTMODSEQ from before the expunges now held back (None: none held back).
+        self.pending_floor: int | None = None
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -134,9 +152,23 @@ class MailboxView:
             return out
         return [(n, self.uids[n - 1]) for n in numbers.iterate(len(self.uids))]
 
-    def set_flags(self, uid: int, flags: frozenset[str]) -> None:
+    def set_flags(self, uid: int, flags: frozenset[str], modseq: int | None = None) -> None:
         if uid in self.flags:
             self.flags[uid] = flags
+            if modseq is not None:
+                self.modseqs[uid] = modseq
+
+    def highestmodseq_response(self, value: int | None = None) -> bytes:
+        """* OK [HIGHESTMODSEQ n] (RFC 7162 §3.1.2.1)."""
+        n = self.highestmodseq if value is None else value
+        return untagged_status("OK", "Highest", response_code("HIGHESTMODSEQ", n))
+
+    def floor_response(self) -> list[bytes]:
+        """After FETCH responses with MODSEQ while expunges are held back: the HIGHESTMODSEQ
+        the client may safely keep (RFC 7162 §3.2, errata 1810)."""
+        if self.condstore and self.pending_floor is not None:
+            return [self.highestmodseq_response(self.pending_floor)]
+        return []
 
     def expunge(self, uids: Iterable[int]) -> list[bytes]:
         """Remove these UIDs from the view; "* n EXPUNGE" lines, highest number first so
@@ -145,38 +177,62 @@ class MailboxView:
         if not doomed:
             return []
         out: list[bytes] = []
-        for i in range(len(self.uids) - 1, -1, -1):
-            u = self.uids[i]
-            if u in doomed:
-                out.append(untagged(f"{i + 1} EXPUNGE"))
+        if self.qresync:
+            # RFC 7162 §3.2.10: once QRESYNC is enabled, VANISHED replaces EXPUNGE.
+            out.append(untagged(f"VANISHED {compress(sorted(doomed))}"))
+        else:
+            for i in range(len(self.uids) - 1, -1, -1):
+                u = self.uids[i]
+                if u in doomed:
+                    out.append(untagged(f"{i + 1} EXPUNGE"))
         self.uids = [u for u in self.uids if u not in doomed]
         for u in doomed:
             del self.records[u]
             del self.flags[u]
+            self.modseqs.pop(u, None)
             self.recent.discard(u)
             self.gone.discard(u)
+        if not self.gone:
+            self.pending_floor = None
         return out
 
     def update(self, records: Sequence[Record], *, claimed: Iterable[int] = (),
-               allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
+               allow_expunge: bool, with_uid: bool = False,
+               modseqs: Mapping[int, int] | None = None,
+               highestmodseq: int | None = None) -> list[bytes]:
         """Untagged responses that bring the client from the view to `records` (a fresh
-        snapshot). `claimed`: new messages this session holds \\Recent for."""
+        snapshot; `modseqs` and `highestmodseq` its MODSEQs). `claimed`: new messages this
+        session holds \\Recent for."""
         current = {r.uid: r for r in records}
+        known = modseqs or {}
         out: list[bytes] = []
-        self.gone |= {u for u in self.uids if u not in current}
+        newly_gone = {u for u in self.uids if u not in current and u not in self.gone}
+        if newly_gone and self.pending_floor is None:
+            self.pending_floor = self.highestmodseq
+        self.gone |= newly_gone
+        expunged = False
         if allow_expunge and self.gone:
             out += self.expunge(set(self.gone))
+            expunged = True
         fetches: list[bytes] = []
         changed: list[frozenset[str]] = []
         for seq, u in enumerate(self.uids, 1):
             rec = current.get(u)
-            if rec is not None and rec.flags != self.flags[u]:
+            if rec is None:
+                continue
+            modseq = known.get(u, self.modseqs.get(u, 0))
+            if rec.flags == self.flags[u] and not self.condstore:
+                self.modseqs[u] = modseq  # learnt quietly: nobody asked for MODSEQs yet
+            if rec.flags != self.flags[u] or modseq != self.modseqs.get(u, 0):
                 changed.append(rec.flags)
                 self.flags[u] = rec.flags
                 self.records[u] = rec
+                self.modseqs[u] = modseq
                 items: list[tuple[str, Value]] = [("FLAGS", flag_atoms(self.flags_of(u)))]
                 if with_uid:
                     items.append(("UID", u))
+                if self.condstore:
+                    items.append(("MODSEQ", [modseq]))
                 fetches.append(fetch_response(seq, items))
         largest = self.largest_uid
         new = [r for r in records if r.uid > largest]
@@ -189,10 +245,19 @@ class MailboxView:
                 self.uids.append(r.uid)
                 self.records[r.uid] = r
                 self.flags[r.uid] = r.flags
+                self.modseqs[r.uid] = known.get(r.uid, 0)
                 if r.uid in claimed_set:
                     self.recent.add(r.uid)
             out.append(untagged(f"{len(self.uids)} EXISTS"))
             out.append(untagged(f"{len(self.recent)} RECENT"))
         if records:
             self.uidnext = max(self.uidnext, records[-1].uid + 1)
+        if highestmodseq is not None:
+            self.highestmodseq = max(self.highestmodseq, highestmodseq)
+        if self.condstore:
+            if expunged:
+                # RFC 7162 §3.2.7 / §3.2.10: after expunges, the HIGHESTMODSEQ that covers them.
+                out.append(self.highestmodseq_response())
+            elif fetches:
+                out += self.floor_response()
         return out

@@ -105,6 +105,15 @@ class Seq:
 
 
 @dataclass(frozen=True, slots=True)
+class Modseq:
+    """RFC 7162 §3.1.5 MODSEQ [entry-name entry-type-req] mod-sequence-valzer: messages whose
+    mod-sequence is at least `modseq`. Metadata entries are accepted and not told apart
+    (one mod-sequence per message here: §3.1.5 lets a server without per-flag ones use it)."""
+
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Not:
     key: SearchKey
 
@@ -121,7 +130,8 @@ class And:
 
 
 SearchKey: TypeAlias = (
-    "All | Flag | Header | Envelope | Body | Text | Date | Size | Uid | Seq | Not | Or | And")
+    "All | Flag | Header | Envelope | Body | Text | Date | Size | Uid | Seq | Modseq | Not | Or"
+    " | And")
 
 _FLAG_KEYS = {"ANSWERED": (ANSWERED, True), "DELETED": (DELETED, True),
               "DRAFT": (DRAFT, True), "FLAGGED": (FLAGGED, True), "RECENT": (RECENT, True),
@@ -243,6 +253,8 @@ def _key(cur: Cursor, depth: int, count: _KeyCount) -> SearchKey:
         return Size(name == "LARGER", cur.number("a size"))
     if name == "UID":
         return Uid(_sequence_set(cur))
+    if name == "MODSEQ":
+        return _modseq(cur)
     if name == "NOT":
         return Not(_key(cur, depth + 1, count))
     if name == "OR":
@@ -258,3 +270,21 @@ def _sequence_set(cur: Cursor) -> SequenceSet:
         return SequenceSet.parse(raw.decode("ascii"))
     except SequenceError as exc:
         raise cur.error(str(exc)) from None
+
+
+# RFC 7162 §7 entry-type-req.
+_ENTRY_TYPES = frozenset({"PRIV", "SHARED", "ALL"})
+
+
+def _modseq(cur: Cursor) -> Modseq:
+    """After "MODSEQ" SP: [entry-name SP entry-type-req SP] mod-sequence-valzer."""
+    if cur.peek() == ord('"'):
+        cur.quoted()  # entry-name = entry-flag-name: "/flags/" attr-flag, as a quoted string
+        cur.sp()
+        if cur.keyword() not in _ENTRY_TYPES:
+            raise cur.error("expected priv, shared or all after the MODSEQ entry name")
+        cur.sp()
+    digits = cur.take(frozenset(b"0123456789"))
+    if not digits or len(digits) > 19 or int(digits) > 2**63 - 1:
+        raise cur.error("expected a mod-sequence after MODSEQ")
+    return Modseq(int(digits))

@@ -37,6 +37,7 @@ from mailkeep.proto.imap.search import (
     Envelope,
     Flag,
     Header,
+    Modseq,
     Not,
     Or,
     SearchKey,
@@ -240,6 +241,10 @@ def _plan(key: SearchKey, messages: int, largest_uid: int) -> _Plan:
         if isinstance(key, Uid):
             return _index(lambda m: within(m.uid))
         return _index(lambda m: within(m.seq))
+    if isinstance(key, Modseq):
+        # RFC 7162 §3.1.5; a view without MODSEQs (modseq absent) counts as 0.
+        floor = key.modseq
+        return _index(lambda m: int(getattr(m, "modseq", 0)) >= floor)
     if isinstance(key, Date):
         relation, day = key.relation, key.date
         if key.sent:

@@ -198,22 +198,26 @@ class Dotlock:
                 raise NoSpace(f"cannot write {self.path.name}: {exc.strerror}") from exc
             raise LockError(f"cannot write {self.path.name}: {exc.strerror}") from exc
 
-    def replace(self, data: bytes) -> None:
+    def replace(self, data: bytes, *, durable: bool = True) -> None:
         """Make `data` the new target: into the lock file, fsync, rename over the target.
-        NoSpace when it does not fit (the old target stays as it was)."""
+        NoSpace when it does not fit (the old target stays as it was). `durable=False`
+        skips the fsyncs (readers still see the old file or the new one, never a mix; a
+        crash may bring back the old one: only for files whose content copes with that)."""
         try:
             os.ftruncate(self.fd, 0)
             _write_all(self.fd, data, at=0)
-            os.fsync(self.fd)
+            if durable:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             os.rename(self.path, self.root / self.target)
             self.owned = False
-            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            if durable:
+                dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
         except OSError as exc:
             if no_space(exc):
                 raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc

@@ -33,7 +33,7 @@ from mailkeep.store import mutf7
 from mailkeep.store.base import FolderExists, FolderInfo, FolderNotAllowed, NoSuchFolder
 from mailkeep.store.maildir import uidlist
 from mailkeep.store.maildir.dotlock import Dotlock, NoSpace
-from mailkeep.store.maildir.layout import ensure_maildir
+from mailkeep.store.maildir.layout import ensure_maildir, forget_maildirs
 from mailkeep.store.names import INBOX, folder_name, is_inferior, parent_names
 
 UIDVALIDITY_NAME = "dovecot-uidvalidity"
@@ -162,6 +162,7 @@ def delete(root: Path, name: str) -> None:
         os.rename(path, trash)
     except FileNotFoundError:
         raise NoSuchFolder(f"mailbox {name} does not exist") from None
+    forget_maildirs(path)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -193,5 +194,6 @@ def rename(root: Path, old: str, new: str) -> list[tuple[str, str]]:
         if folder_path(root, dst).exists():
             raise FolderExists(f"mailbox {dst} exists")
         os.rename(folder_path(root, src), folder_path(root, dst))
+        forget_maildirs(folder_path(root, src))
         pairs.append((src, dst))
     return pairs

@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -19,10 +20,11 @@ SUBDIRS = ("tmp", "new", "cur")
 _counter = itertools.count()
 
 
-def account_root(data_dir: Path, account: str) -> Path:
+def account_root(mail_dir: Path, account: str) -> Path:
+    """The Maildir of an account: MAIL_DIR/<account> (MAIL_DIR defaults to DATA_DIR/mail)."""
     if not account or account.startswith(".") or "/" in account or "\0" in account:
         raise ValueError(f"unsafe account name {account!r}")
-    return data_dir / "mail" / account
+    return mail_dir / account
 
 
 def _safe_hostname() -> str:
@@ -44,10 +46,33 @@ def unique_name(size: int) -> str:
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{HOSTNAME},S={size},W={size}"
 
 
+# Maildirs known to have tmp/ new/ cur/: every store operation asks, and three mkdir()
+# calls answering EEXIST each time add up (issue 10 profile). A folder deleted or renamed
+# through the store is forgotten; one removed behind our back fails its next write instead.
+_complete: set[str] = set()
+_complete_guard = threading.Lock()
+MAX_KNOWN_MAILDIRS = 100_000
+
+
 def ensure_maildir(root: Path) -> None:
     """tmp/ new/ cur/ (and any missing parent) with mode 0700, whatever the umask."""
+    key = str(root)
+    if key in _complete:
+        return
     for sub in SUBDIRS:
         make_private_dirs(root / sub)
+    with _complete_guard:
+        if len(_complete) >= MAX_KNOWN_MAILDIRS:
+            _complete.clear()
+        _complete.add(key)
+
+
+def forget_maildirs(prefix: Path) -> None:
+    """A folder (tree) was deleted or renamed: ask the filesystem again next time."""
+    start = str(prefix)
+    with _complete_guard:
+        for key in [k for k in _complete if k == start or k.startswith(start)]:
+            _complete.discard(key)
 
 
 # "sec.M<usec>P<pid>Q<n>.host" (ours and Dovecot's); other writers use "sec.<pid>_<n>.host".

@@ -15,11 +15,16 @@ the gone ones go into the expunge log. So changes made by anyone (this process, 
 worker, Dovecot, a script renaming files) get a MODSEQ the first time a snapshot sees them,
 and a client resyncing later is told exactly what changed since its MODSEQ.
 
-Crash-safe like the UID index: written under the dotlock `mailkeep-modseq.lock` into the
-lock file, fsynced, renamed over the sidecar. A sidecar that is missing or belongs to an old
-UIDVALIDITY starts over at the current time in microseconds, which is above any MODSEQ handed
-out before (a folder would need more than a million changes per second to overtake it), so a
-client's remembered MODSEQ never looks newer than the folder.
+MODSEQs follow the clock: each new value is max(HIGHESTMODSEQ + 1, now in microseconds).
+That makes the sidecar cheap to keep safe. It is written under the dotlock
+`mailkeep-modseq.lock` into the lock file and renamed over the sidecar (readers see the old
+file or the new one), but not fsynced: if a crash brings back an older sidecar, the changes
+it forgot are found again by the next snapshot and get new values from the clock, which are
+above anything handed out before the crash (a folder would need more than a million changes
+per second to overtake the clock). So a client's remembered MODSEQ never looks newer than
+the folder and no value is ever given to two different changes, without an fsync on every
+flag change. A sidecar that is missing or belongs to an old UIDVALIDITY starts over the
+same way.
 """
 
 from __future__ import annotations
@@ -171,7 +176,7 @@ def update(folder: Path, uidvalidity: int,
             changed, gone = _differences(index, flags_by_uid, signatures)
             if not changed and not gone:
                 return index
-            index.highest += 1
+            index.highest = max(index.highest + 1, time.time_ns() // 1000)
             modseq = index.highest
             for uid in changed:
                 index.entries[uid] = (modseq, signatures[flags_by_uid[uid]])
@@ -182,7 +187,7 @@ def update(folder: Path, uidvalidity: int,
                 dropped = index.expunged[:-MAX_EXPUNGE_LOG]
                 index.lowwater = max(index.lowwater, *(m for m, _ in dropped))
                 del index.expunged[:-MAX_EXPUNGE_LOG]
-            lock.replace(render(index))
+            lock.replace(render(index), durable=False)
             return index
     except (LockError, OSError) as exc:
         raise ModseqError(f"{SIDECAR_NAME}: {exc}") from None

@@ -65,8 +65,10 @@ SNAPSHOT_CACHE_FOLDERS = 1024
 
 
 class MaildirStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, mail_dir: Path | None = None) -> None:
         self.data_dir = data_dir
+        # Where the accounts' Maildirs live (config `mail_dir`; DATA_DIR/mail by default).
+        self.mail_dir = mail_dir if mail_dir is not None else data_dir / "mail"
         self._pool = ThreadPoolExecutor(IO_WORKERS, thread_name_prefix="mailkeep-io")
         # (mailbox, key) -> last known location ("new/NAME", "cur/NAME:2,S"): a hint that
         # saves a folder scan per message; a wrong hint costs one scan, never a wrong answer.
@@ -105,7 +107,7 @@ class MaildirStore:
             await self.watcher.close()
 
     def root(self, mailbox: str) -> Path:
-        return account_root(self.data_dir, mailbox)
+        return account_root(self.mail_dir, mailbox)
 
     def deliver_sync(self, mailbox: str, message: bytes) -> str:
         """Blocking delivery. When it returns, the message survives a crash or power loss."""
@@ -538,7 +540,7 @@ class MaildirStore:
         """Remove crash leftovers older than 36 hours from every tmp/. Returns the count."""
         removed = 0
         cutoff = time.time() - STALE_TMP_SECONDS
-        base = self.data_dir / "mail"
+        base = self.mail_dir
         if not base.is_dir():
             return 0
         # INBOX tmp/ and every Maildir++ folder's tmp/ (".Sent/tmp", ".Archive.2026/tmp").
