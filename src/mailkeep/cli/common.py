@@ -1,0 +1,42 @@
+"""What every command shares: exit codes, standard ports, errors, config loading, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from mailkeep.config import ConfigError, load_config
+from mailkeep.config.model import Config
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: the daemon did not take a queue request; retry
+# submission (587), submissions (465), pop3s (995), pop3 with STLS (110, commented out),
+# imaps (993), imap with STARTTLS (143, commented out)
+STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
+UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110, 10993, 10143)
+# What a healthy listener says first, by protocol.
+GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK",
+             "autoconfig": b"HTTP/1.1 200"}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_or_exit(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(exc.report(), EXIT_CONFIG) from None
+
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd would log AUTH lines

@@ -1,0 +1,255 @@
+"""Commands about the site as a whole: init, serve, check-config, dns, health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import pwd
+import secrets
+import sys
+from pathlib import Path
+
+from mailkeep.cli.common import (
+    EXIT_CONFIG,
+    EXIT_USAGE,
+    GREETINGS,
+    STANDARD_PORTS,
+    UNPRIVILEGED_PORTS,
+    CliError,
+    load_or_exit,
+    setup_logging,
+)
+from mailkeep.config.model import Config
+from mailkeep.config.template import render
+from mailkeep.directory.base import Account, DirectoryError, load_directory
+from mailkeep.directory.file import UserRecord, read_users_file, write_users_file
+from mailkeep.directory.passwords import hash_password
+from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
+from mailkeep.tls.certs import CertificateProblem, generate_selfsigned, inspect_certificate
+from mailkeep.tls.inventory import problems as certificate_problems
+
+# -- init -----------------------------------------------------------------------------------
+
+def _system_user_for_root() -> str | None:
+    """`init` as root on a machine with a "mailkeep" user: the daemon should become it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("mailkeep")
+    except KeyError:
+        return None
+    return "mailkeep"
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    hostname = args.hostname.lower().rstrip(".")
+    domains = args.domain or [hostname.partition(".")[2] or hostname]
+    config_path = target / "mailkeep.toml"
+    users_path = target / "users.toml"
+    cert_path = target / "certs" / "mailkeep.crt"
+    key_path = target / "certs" / "mailkeep.key"
+    existing = [p for p in (config_path, users_path, cert_path, key_path) if p.exists()]
+    if existing and not args.force:
+        names = ", ".join(str(p) for p in existing)
+        raise CliError(f"refusing to overwrite {names} (use --force)")
+    if args.ports == "auto":
+        ports = STANDARD_PORTS if os.geteuid() == 0 else UNPRIVILEGED_PORTS
+    else:
+        ports = STANDARD_PORTS if args.ports == "standard" else UNPRIVILEGED_PORTS
+    # Ours alone whatever the umask (umask 000 would make it world-writable): whoever can
+    # write here can replace the users file.
+    make_private_dirs(target)
+    data_dir = args.data_dir or "data"
+    text = render(hostname=hostname, domains=domains, data_dir=data_dir,
+                  cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
+                  pop3_ports=ports[2:4], imap_ports=ports[4:6],
+                  hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")),
+                  run_as=_system_user_for_root())
+    info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
+                               rsa_bits=args.rsa_bits)
+    write_file(config_path, text.encode("utf-8"), PRIVATE_FILE)
+    records: dict[str, UserRecord] = {}
+    password = None
+    if not args.no_demo_user:
+        password = secrets.token_urlsafe(12)
+        name = "demo"
+        records[name] = UserRecord(Account(name, (f"{name}@{domains[0]}",)),
+                                   hash_password(password))
+    write_users_file(users_path, records)
+    print(f"wrote {config_path}")
+    print(f"wrote {users_path}")
+    print(f"wrote {cert_path} ({info.key_type}, SAN {', '.join(info.names)}, "
+          f"expires {info.not_after:%Y-%m-%d})")
+    print(f"listeners: submission on port {ports[0]} (STARTTLS), submissions on {ports[1]} "
+          f"(TLS), pop3s on {ports[2]} (TLS), imaps on {ports[4]} (TLS)")
+    if password is not None:
+        print(f"demo account: login demo@{domains[0]}  password {password}")
+        print("  (shown once; change it with `mailkeep user passwd demo`)")
+    return 0
+
+
+# -- serve / check-config -------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailkeep.app import StartupError, serve  # noqa: PLC0415 (keep `--help` fast)
+
+    config = load_or_exit(args.config)
+    if args.allow_root:
+        config = dataclasses.replace(config, allow_root=True)
+    setup_logging(args.log_level or config.log_level)
+    use_uvloop = args.loop in ("auto", "uvloop")
+    runner: asyncio.Runner
+    if use_uvloop:
+        try:
+            import uvloop  # noqa: PLC0415
+
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:
+            if args.loop == "uvloop":
+                raise CliError("--loop uvloop: uvloop is not installed") from None
+            runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner()
+    ready = Path(args.ready_file) if args.ready_file else None
+    try:
+        with runner:
+            runner.run(serve(config, ready_file=ready))
+    except StartupError as exc:
+        print(f"mailkeep: cannot start ({config.path}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_or_exit(args.config)
+    problems = certificate_problems(config)
+    try:
+        users_path = config.directory.base_dir / str(config.directory.options.get("path",
+                                                                                  "users.toml"))
+        if config.directory.backend != "file":
+            # The options are checked (and a SQLite file looked for); servers are not
+            # contacted: the daemon starts while they are down, and says so per login.
+            directory = load_directory(config.directory.backend, config.directory.options,
+                                       config.directory.base_dir)
+            asyncio.run(directory.close())
+        else:
+            records = read_users_file(users_path)
+            for name, rec in records.items():
+                for addr in rec.account.addresses:
+                    if not config.is_local_domain(addr.rpartition("@")[2]):
+                        problems.append(f"users.{name}.addresses: {addr} is not in a local "
+                                        f"domain ({', '.join(config.domains)})")
+    except DirectoryError as exc:
+        problems.append(f"directory: {exc}")
+    if config.dkim:
+        from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
+
+        problems += key_problems(config)
+    for warning in _autoconfig_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    if problems:
+        print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{config.path}: OK ({len(config.listeners)} listeners)")
+    return 0
+
+
+def _autoconfig_warnings(config: Config) -> list[str]:
+    """An HTTPS autoconfig listener is reached as autoconfig.DOMAIN and autodiscover.DOMAIN
+    (the CNAMEs of `mailkeep dns`): a certificate without those names makes Thunderbird fall
+    back to plain HTTP and Outlook warn or give up. Worth a warning, not a refusal: the
+    documents still work over HTTP, and the certificate may be renewed with the names."""
+    warnings: list[str] = []
+    for lst in config.listeners:
+        if lst.protocol != "autoconfig" or lst.tls != "implicit":
+            continue
+        try:
+            info = inspect_certificate(lst.cert)
+        except CertificateProblem:
+            continue  # reported above as a problem
+        missing = [f"{prefix}.{domain}" for domain in config.domains
+                   for prefix in ("autoconfig", "autodiscover")
+                   if not info.covers(f"{prefix}.{domain}")]
+        if missing:
+            warnings.append(f"listeners.{lst.name}: the certificate {lst.cert} does not cover "
+                            f"{', '.join(missing)} (SAN: {', '.join(info.names) or 'none'}); "
+                            "HTTPS clients fetching those names will refuse it: add them "
+                            "to the certificate (mailkeep cert selfsigned --san NAME ...)")
+    return warnings
+
+
+# -- dns ------------------------------------------------------------------------------------
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """Zone-file lines for one local domain: MX, SRV, autoconfig CNAMEs, SPF, DKIM."""
+    from mailkeep.proto.zone import AutoconfigSite, records  # noqa: PLC0415
+    from mailkeep.relay.dkim import DkimError, txt_record  # noqa: PLC0415
+    from mailkeep.server.autoconfig import mail_setup  # noqa: PLC0415
+
+    config = load_or_exit(args.config)
+    domain = args.domain.lower().rstrip(".")
+    if not config.is_local_domain(domain):
+        raise CliError(f"{domain} is not a local domain ({', '.join(config.domains)})",
+                       EXIT_USAGE)
+    sites = tuple(AutoconfigSite(addr.port, lst.tls == "implicit")
+                  for lst in config.listeners if lst.protocol == "autoconfig"
+                  for addr in lst.bind)
+    dkim_txt = dkim_note = None
+    setting = config.dkim.get(domain)
+    if setting is None:
+        dkim_note = ("no key configured for this domain (add [dkim.domains."
+                     f'"{domain}"] with a selector and key)')
+    else:
+        try:
+            dkim_txt = txt_record(domain, setting.selector, setting.key.read_bytes())
+        except (OSError, DkimError, ValueError) as exc:
+            dkim_note = f"the key {setting.key} cannot be read: {exc}"
+    lines = records(mail_setup(config), domain,
+                    inbound_mx=any(lst.protocol == "smtp" for lst in config.listeners),
+                    sites=sites, dkim_txt=dkim_txt, dkim_note=dkim_note)
+    print("\n".join(lines))
+    return 0
+
+
+# -- health ---------------------------------------------------------------------------------
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Container HEALTHCHECK: every listener answers with its greeting (220, +OK)."""
+    import socket  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    config = load_or_exit(args.config)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # a health probe checks liveness, not identity
+    failed = 0
+    for lst in config.listeners:
+        for addr in lst.bind:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
+            try:
+                with socket.create_connection((host, addr.port), timeout=5) as raw:
+                    sock: socket.socket = raw
+                    if lst.tls == "implicit":
+                        sock = ctx.wrap_socket(raw, server_hostname=config.hostname)
+                    if lst.protocol == "autoconfig":
+                        sock.sendall(f"HEAD /mail/config-v1.1.xml HTTP/1.1\r\nHost: "
+                                     f"{config.hostname}\r\nConnection: close\r\n\r\n"
+                                     .encode())
+                    greeting = sock.recv(512)
+                    if not greeting.startswith(GREETINGS[lst.protocol]):
+                        raise OSError(f"unexpected greeting {greeting[:60]!r}")
+                    if lst.protocol != "autoconfig":
+                        sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap"
+                                     else b"QUIT\r\n")
+                print(f"ok {lst.name} {addr}")
+            except OSError as exc:
+                print(f"FAIL {lst.name} {addr}: {exc}")
+                failed += 1
+    return 1 if failed else 0
