@@ -9,11 +9,12 @@ MOVE undone, the messages under their old UIDs in the source."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from mailkeep.store import FlagMode, NewMessage, NoSuchFolder, StoreFull, Usage
 from mailkeep.store.maildir import MaildirStore, uidlist
 from mailkeep.store.maildir import special_use as sidecar
-from mailkeep.store.maildir.dotlock import NoSpace
+from mailkeep.store.maildir.dotlock import Dotlock, NoSpace
 
 A = "alice"
 WHEN = datetime(2020, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -46,6 +47,26 @@ def files(folder: Path) -> dict[str, str]:
 
 def body(i: int) -> bytes:
     return f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode()
+
+
+@contextlib.contextmanager
+def disk_full(monkeypatch: pytest.MonkeyPatch, folder: str) -> Iterator[None]:
+    """The UID index of `folder` (a Maildir directory name) cannot be written: both ways an
+    index is written (appended to in place, or rewritten and renamed over) fail as a full
+    disk makes them fail."""
+    real_replace, real_append = Dotlock.replace, Dotlock.append
+
+    def full(real: Callable[..., None]) -> Callable[..., None]:
+        def write(self: Dotlock, data: bytes, *, durable: bool = True) -> None:
+            if self.root.name == folder and self.target == uidlist.UIDLIST_NAME:
+                raise NoSpace("no space")
+            real(self, data, durable=durable)
+        return write
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Dotlock, "replace", full(real_replace))
+        patch.setattr(Dotlock, "append", full(real_append))
+        yield
 
 
 async def seed(store: MaildirStore, n: int = 3) -> None:
@@ -109,17 +130,8 @@ async def test_move_undone_when_target_index_cannot_be_written(
         store: MaildirStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     await seed(store)
     inbox_files = files(root(tmp_path))
-    real = uidlist._replace
-
-    def full(lock: object, where: Path, index: uidlist.Uidlist) -> None:
-        if where.name == ".Archive":
-            raise NoSpace("no space")
-        real(lock, where, index)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(uidlist, "_replace", full)
-    with pytest.raises(StoreFull):
+    with disk_full(monkeypatch, ".Archive"), pytest.raises(StoreFull):
         await store.move(A, "INBOX", [1, 2, 3], "Archive")
-    monkeypatch.setattr(uidlist, "_replace", real)
     assert files(root(tmp_path)) == inbox_files  # back in place, same names
     assert files(root(tmp_path) / ".Archive") == {}
     assert [m.uid for m in (await store.snapshot(A, "INBOX")).messages] == [1, 2, 3]
@@ -161,12 +173,12 @@ CHILD = textwrap.dedent("""
             os._exit(9)
         move._sync_dirs = crash
     elif point == "after-target-index":
-        real_replace = uidlist._replace
-        def crash(lock, root, index):
-            real_replace(lock, root, index)
+        real_write_back = uidlist._write_back  # appended or rewritten: both come here
+        def crash(lock, root, before, index):
+            real_write_back(lock, root, before, index)
             if root.name == ".Archive":
                 os._exit(9)
-        uidlist._replace = crash
+        uidlist._write_back = crash
     store = MaildirStore(data_dir)
     asyncio.run(store.move("alice", "INBOX", [1, 2, 3], "Archive"))
     os._exit(0)
@@ -206,15 +218,8 @@ async def test_append_many_all_or_none(store: MaildirStore, tmp_path: Path,
     uids = await store.append_many(A, "INBOX", [NewMessage(body(1), ("\\Seen",), WHEN),
                                                 NewMessage(body(2)), NewMessage(body(3))])
     assert uids == [1, 2, 3]
-    real = uidlist._replace
-
-    def full(lock: object, where: Path, index: uidlist.Uidlist) -> None:
-        raise NoSpace("no space")
-
-    monkeypatch.setattr(uidlist, "_replace", full)
-    with pytest.raises(StoreFull):
+    with disk_full(monkeypatch, A), pytest.raises(StoreFull):
         await store.append_many(A, "INBOX", [NewMessage(body(4)), NewMessage(body(5))])
-    monkeypatch.setattr(uidlist, "_replace", real)
     assert len(files(root(tmp_path))) == 3
     assert not list((root(tmp_path) / "tmp").iterdir())
     snap = await store.snapshot(A, "INBOX")
