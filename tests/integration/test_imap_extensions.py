@@ -275,6 +275,8 @@ def test_utf8_accept_names_and_messages(imapd: RunningDaemon) -> None:
     c.send(body + b")\r\n")
     assert c.until_tagged(tag).status == "OK"
     c.ok('SELECT "Entwürfe"'.encode())
+    # the message is what was inside "UTF8 (~{n}...)", byte for byte: no marker, no ")"
+    assert c.ok("FETCH 1 BODY.PEEK[]").fetches()[1]["BODY[]"] == body
     assert c.ok('SEARCH SUBJECT "Köln"'.encode()).search() == [1]
     assert c.command("SEARCH CHARSET UTF-8 ALL").status == "BAD"
     c.ok("LOGOUT")
@@ -285,3 +287,50 @@ def test_utf8_accept_names_and_messages(imapd: RunningDaemon) -> None:
     (line,) = plain.ok('LIST "" "Entw*"').untagged_named("LIST")
     assert parse(line)[-1] == b"Entw&APw-rfe"
     plain.ok("LOGOUT")
+
+
+def test_utf8_accept_with_imaplib(imapd: RunningDaemon) -> None:
+    """imaplib after ENABLE UTF8=ACCEPT (it then encodes commands as UTF-8): UTF-8 names are
+    created, listed, looked at, selected, renamed and deleted, and a message with 8-bit
+    headers comes back byte for byte."""
+    im = login(imapd)
+    typ, data = im.enable("UTF8=ACCEPT")
+    assert (typ, im.utf8_enabled) == ("OK", True), data
+    assert im.create('"Entwürfe"')[0] == "OK"
+    assert im.create('"Entwürfe.Grüße"')[0] == "OK"
+    typ, listed = im.list('""', '"Entw*"')
+    assert typ == "OK"
+    # Non-ASCII names come as literals: imaplib hands them over as (line, name) pairs.
+    names = sorted(item[1].decode() for item in listed if isinstance(item, tuple))
+    assert names == ["Entwürfe", "Entwürfe.Grüße"], listed
+    typ, status = im.status('"Entwürfe"', "(MESSAGES)")
+    assert typ == "OK" and b"MESSAGES 0" in b"".join(
+        p if isinstance(p, bytes) else b"".join(p) for p in status), status
+    body = "Subject: Grüße aus Köln\r\nFrom: jörg@example.test\r\n\r\nÄrger\r\n".encode()
+    # DEVIATION (imaplib, CPython gh-78319): with UTF-8 enabled imaplib's append() sends
+    # "{n}" around b"UTF8 (" + message + b")" instead of RFC 6855's "UTF8 (~{n}...)", so the
+    # server cannot but store those bytes; the message goes as a plain literal here (8-bit
+    # is allowed in one, RFC 3501 §4.3) and "UTF8 (~{n}" is tested with the raw client above.
+    im.utf8_enabled = False
+    try:
+        typ, data = im.append('"Entwürfe"', "(\\Draft)", None, body)
+    finally:
+        im.utf8_enabled = True
+    assert typ == "OK" and b"APPENDUID" in data[0], data
+    typ, data = im.select('"Entwürfe"')
+    assert (typ, data) == ("OK", [b"1"])
+    typ, data = im.search(None, "SUBJECT", '"Köln"')
+    assert (typ, data) == ("OK", [b"1"])
+    typ, data = im.fetch("1", "(FLAGS BODY.PEEK[])")
+    assert typ == "OK" and isinstance(data[0], tuple)
+    assert data[0][1] == body and b"\\Draft" in data[0][0]
+    im.close()
+    assert im.rename('"Entwürfe.Grüße"', '"Entwürfe.Größe"')[0] == "OK"
+    typ, listed = im.list('""', '"*Gr*"')
+    assert [item[1].decode() for item in listed if isinstance(item, tuple)] == \
+        ["Entwürfe.Größe"], listed
+    assert im.delete('"Entwürfe.Größe"')[0] == "OK"
+    im.logout()
+    # Dovecot's name for them on disk: modified UTF-7, "." as the separator.
+    assert (account_dir(imapd) / ".Entw&APw-rfe" / "cur").is_dir()
+    assert not list(account_dir(imapd).glob(".Entw&APw-rfe.*"))
