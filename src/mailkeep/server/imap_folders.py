@@ -1,4 +1,5 @@
-"""LIST with its extensions, CREATE with a special use, and the folders a new account gets.
+"""The folder commands: LIST with its extensions, CREATE with a special use, DELETE, RENAME,
+(UN)SUBSCRIBE, LSUB, STATUS, and the folders a new account gets.
 
     LIST                 RFC 3501 §6.3.8, plus special-use attributes (RFC 6154 §2)
     LIST (...) ... RETURN (...)   RFC 5258 LIST-EXTENDED: selection options SUBSCRIBED,
@@ -23,9 +24,11 @@ from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import listing, specialuse
 from mailkeep.proto.imap.events import Outcome
+from mailkeep.proto.imap.mailboxview import SEEN
 from mailkeep.proto.imap.mutf7 import InvalidMailboxName
 from mailkeep.proto.imap.render import untagged
 from mailkeep.proto.imap.values import Atom, Value
+from mailkeep.server import imap_sync
 from mailkeep.store.base import FolderExists, FolderInfo, StoreError, StoreRefusal
 from mailkeep.store.names import parent_names
 from mailkeep.store.quota import Quota
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from mailkeep.server.imap_commands import ImapExecutor
 
 log = logging.getLogger("mailkeep.imap")
+DELETED = "\\Deleted"
 
 # RFC 6154 §2: uses we can give a real folder (\All and \Flagged are virtual mailboxes).
 SUPPORTED_USES = frozenset(specialuse.USES)
@@ -186,7 +190,7 @@ async def _extended(ex: ImapExecutor, options: ext.ListOptions, folders: list[Fo
 async def _status(ex: ImapExecutor, tag: str, name: str, items: tuple[str, ...]) -> None:
     """RFC 5819 §2: the mailbox's STATUS right after its LIST (nothing if it has gone)."""
     try:
-        await ex._cmd_status(g.Status(tag, name, items))
+        await cmd_status(ex, g.Status(tag, name, items))
     except StoreRefusal:
         return
 
@@ -214,3 +218,84 @@ async def cmd_create(ex: ImapExecutor, command: g.CommandType) -> Outcome:
             await ex.store.delete_folder(ex.account, created)
             raise
     return Outcome("OK", "CREATE completed.")
+
+
+# -- the folder commands of RFC 3501 §6.3 ---------------------------------------------------
+
+
+async def cmd_delete(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Delete)
+    await ex.store.delete_folder(ex.account, command.mailbox)
+    return Outcome("OK", "DELETE completed.")
+
+
+async def cmd_rename(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Rename)
+    await ex.store.rename_folder(ex.account, command.mailbox,
+                                   command.new_name.rstrip(listing.DELIMITER))
+    return Outcome("OK", "RENAME completed.")
+
+
+async def cmd_subscribe(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Subscribe)
+    await ex.store.subscribe(ex.account, command.mailbox)
+    return Outcome("OK", "SUBSCRIBE completed.")
+
+
+async def cmd_unsubscribe(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Unsubscribe)
+    if not await ex.store.unsubscribe(ex.account, command.mailbox):
+        return Outcome("NO", "Not subscribed to that name.")
+    return Outcome("OK", "UNSUBSCRIBE completed.")
+
+
+async def cmd_lsub(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Lsub)
+    if command.pattern == "":
+        await ex.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER, ""))
+        return Outcome("OK", "LSUB completed.")
+    regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
+                                                              command.pattern))
+    subscribed = await ex.store.subscriptions(ex.account)
+    shown = set(subscribed)
+    for name in subscribed:
+        if listing.matches(regex, name):
+            await ex.emit(untagged("LSUB", [], listing.DELIMITER, ex.wire_name(name)))
+            continue
+        # RFC 3501 §6.3.9: with "%", a subscribed "foo.bar" under an unsubscribed "foo"
+        # shows as "foo" flagged \Noselect (once), since "foo.bar" itself does not match.
+        parts = name.split(listing.DELIMITER)
+        for i in range(len(parts) - 1, 0, -1):
+            parent = listing.DELIMITER.join(parts[:i])
+            if parent in shown:
+                break
+            if listing.matches(regex, parent):
+                shown.add(parent)
+                await ex.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER,
+                                         ex.wire_name(parent)))
+                break
+    return Outcome("OK", "LSUB completed.")
+
+
+async def cmd_status(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Status)
+    snap = await ex.store.snapshot(ex.account, command.mailbox)
+    values = {
+        "MESSAGES": len(snap.messages),
+        "RECENT": len(snap.unclaimed),
+        "UIDNEXT": snap.uidnext,
+        "UIDVALIDITY": snap.uidvalidity,
+        "UNSEEN": sum(1 for m in snap.messages if SEEN not in m.flags),
+        "HIGHESTMODSEQ": snap.highestmodseq,  # RFC 7162 §3.1.6
+        # RFC 9051 §6.3.11 DELETED; RFC 9208 §4.2 DELETED-STORAGE (in 1024 octets)
+        "DELETED": sum(1 for m in snap.messages if DELETED in m.flags),
+        "DELETED-STORAGE": -(-sum(m.size for m in snap.messages
+                                  if DELETED in m.flags) // 1024),
+    }
+    if "HIGHESTMODSEQ" in command.items:
+        await imap_sync.enable_condstore(ex)
+    data: list[Value] = []
+    for item in command.items:
+        data += [Atom(item), values[item]]
+    await ex.emit(untagged("STATUS", ex.wire_name(command.mailbox), data))
+    return Outcome("OK", "STATUS completed.")
