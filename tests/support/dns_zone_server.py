@@ -16,6 +16,7 @@ The zone may be changed while the server runs. Built on dnspython's message and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import struct
 import threading
@@ -33,6 +34,7 @@ import dns.rrset
 
 Zone = Mapping[str, Mapping[str, Sequence[str]]]
 TTL = 300
+BIND_ATTEMPTS = 20  # bounded: a port free for UDP whose TCP twin is taken is rare
 _POLL = 0.1  # how often the serving threads look at the stop flag, in seconds
 
 
@@ -57,15 +59,31 @@ class DnsZoneServer:
         self.tcp_queries = 0
         self.host = host
         self._stop = threading.Event()
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((host, 0))
+        self._udp, self._tcp = self._bind_pair(host)
         self.port: int = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind((host, self.port))
         self._tcp.listen(16)
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
+
+    @staticmethod
+    def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
+        """A UDP and a TCP socket on one free port. The kernel picks a port free for UDP;
+        on a shared machine its TCP twin may be taken (EADDRINUSE): then try another."""
+        for _ in range(BIND_ATTEMPTS):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind((host, 0))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((host, udp.getsockname()[1]))
+            except OSError as exc:
+                udp.close()
+                tcp.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            return udp, tcp
+        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
