@@ -16,7 +16,6 @@ The zone may be changed while the server runs. Built on dnspython's message and 
 from __future__ import annotations
 
 import contextlib
-import errno
 import socket
 import struct
 import threading
@@ -34,7 +33,6 @@ import dns.rrset
 
 Zone = Mapping[str, Mapping[str, Sequence[str]]]
 TTL = 300
-BIND_ATTEMPTS = 20  # bounded: a port free for UDP whose TCP twin is taken is rare
 _POLL = 0.1  # how often the serving threads look at the stop flag, in seconds
 
 
@@ -61,29 +59,28 @@ class DnsZoneServer:
         self._stop = threading.Event()
         self._udp, self._tcp = self._bind_pair(host)
         self.port: int = self._udp.getsockname()[1]
-        self._tcp.listen(16)
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
 
     @staticmethod
     def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
-        """A UDP and a TCP socket on one free port. The kernel picks a port free for UDP;
-        on a shared machine its TCP twin may be taken (EADDRINUSE): then try another."""
-        for _ in range(BIND_ATTEMPTS):
+        """One port number for UDP and TCP (a resolver falls back to TCP on the same port).
+        The kernel picks a free UDP port; its TCP twin may be taken by another test's
+        connection, so another pair is tried."""
+        for _ in range(50):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             udp.bind((host, 0))
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 tcp.bind((host, udp.getsockname()[1]))
-            except OSError as exc:
+            except OSError:
                 udp.close()
                 tcp.close()
-                if exc.errno != errno.EADDRINUSE:
-                    raise
                 continue
+            tcp.listen(16)
             return udp, tcp
-        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+        raise OSError("no port free for both UDP and TCP on " + host)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
