@@ -22,6 +22,7 @@ from mailkeep.config.model import (
     SubmissionConfig,
 )
 from mailkeep.config.template import render
+from mailkeep.proto.imap import specialuse
 from mailkeep.relay.routes import _DELIVERY_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -467,7 +468,12 @@ def test_template_documents_every_known_key() -> None:
     for table in tables:
         assert re.search(rf"^\[{table.name}\]$", text, re.MULTILINE), table.name
         for name in dataclasses.fields(table.default_factory()):  # type: ignore[misc]
+            if name.name == "special_use":  # a sub-table: [imap.special_use], checked below
+                continue
             assert re.search(rf"^# {name.name} = ", text, re.MULTILINE), (table.name, name.name)
+    assert re.search(r"^\[imap\.special_use\]$", text, re.MULTILINE)
+    for key in ("create", *specialuse.CONFIG_KEYS.values()):
+        assert re.search(rf"^# {key} = ", text, re.MULTILINE), key
     # [delivery] (routes and the queue): every key, as "# key = " or as a sub-table.
     assert re.search(r"^\[delivery\]$", text, re.MULTILINE)
     for key in sorted(_DELIVERY_KEYS):

@@ -24,14 +24,19 @@ from mailkeep.config.model import (
     Protocol,
     Rate,
     SecurityConfig,
+    SpecialUseConfig,
+    StoreConfig,
     SubmissionConfig,
     TlsConfig,
     TlsMode,
 )
 from mailkeep.config.tls_table import check_tls_listeners, parse_tls
 from mailkeep.proto.address import is_numeric_domain
+from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import parse_queue
 from mailkeep.relay.routes import parse_delivery
+from mailkeep.store.base import InvalidName
+from mailkeep.store.names import folder_name
 
 # Protocols that this version can serve; the others are reserved names in the schema.
 IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "smtp", "relay", "pop3",
@@ -53,8 +58,8 @@ _LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "log_format",
-             "shutdown_grace",
-             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir"}
+             "shutdown_grace", "delivery", "dkim", "trusted_proxies", "run_as", "allow_root",
+             "mail_dir", "store"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -186,6 +191,8 @@ def _positive_record(reader: _Reader, cls: type[T], table: dict[str, Any], prefi
     values: dict[str, Any] = {}
     for name in names:
         default = getattr(defaults, name)
+        if not isinstance(default, int | float):
+            continue  # a sub-table (e.g. [imap.special_use]): its own parser reads it
         value = reader.get(table, name, type(default), prefix, default)
         if value is not None and value <= 0:
             reader.problem(prefix + name, f"must be greater than 0, got {value}")
@@ -237,7 +244,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if pop3.max_line_length < MIN_POP3_LINE_LENGTH:
         r.problem("pop3.max_line_length", f"must be at least {MIN_POP3_LINE_LENGTH} "
                   f"(RFC 2449 §4), got {pop3.max_line_length}")
-    imap = _positive_record(r, ImapConfig, r.table(raw, "imap"), "imap.")
+    imap_raw = r.table(raw, "imap")
+    imap = _positive_record(r, ImapConfig, imap_raw, "imap.")
+    imap = replace(imap, special_use=_parse_special_use(
+        r, r.table(imap_raw, "special_use", "imap."), "imap.special_use."))
+    store = _parse_store(r, r.table(raw, "store"), "store.")
     if imap.unauthenticated_max_literal_size > imap.max_literal_size:
         r.problem("imap.unauthenticated_max_literal_size", "must not exceed "
                   f"imap.max_literal_size ({imap.max_literal_size})")
@@ -284,11 +295,60 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
-        pop3=pop3, imap=imap, log_level=log_level,
+        pop3=pop3, imap=imap, store=store, log_level=log_level,
         log_format=cast(LogFormat, log_format), shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
         run_as=run_as, allow_root=allow_root, mail_dir=mail_dir,
     )
+
+
+def _parse_special_use(r: _Reader, table: dict[str, Any], prefix: str) -> SpecialUseConfig:
+    """[imap.special_use]: create = bool, and per use a list of folder names (non-empty,
+    valid folder names) replacing that use's defaults."""
+    keys = {key: use for use, key in specialuse.CONFIG_KEYS.items()}
+    r.unknown(table, {"create", *keys}, prefix)
+    create = r.get(table, "create", bool, prefix, True)
+    names = dict(specialuse.DEFAULT_NAMES)
+    for key, use in keys.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(v, str) for v in value):
+            r.problem(prefix + key, 'expected a non-empty list of folder names, e.g. '
+                      '["Sent", "Sent Items"]')
+            continue
+        bad = [v for v in value if not _valid_folder(v)]
+        if bad:
+            r.problem(prefix + key, f"{bad[0]!r} is not a valid folder name (no leading '.', "
+                      "'/', control characters or empty levels; '.' separates levels)")
+            continue
+        names[use] = tuple(value)
+    return SpecialUseConfig(bool(create), MappingProxyType(names))
+
+
+def _valid_folder(name: str) -> bool:
+    try:
+        canonical = folder_name(name)
+    except InvalidName:
+        return False
+    return canonical != "INBOX"
+
+
+def _parse_store(r: _Reader, table: dict[str, Any], prefix: str) -> StoreConfig:
+    """[store]: quota and quota_messages (0 or more; 0 = no limit), quota_full_retry > 0."""
+    defaults = StoreConfig()
+    r.unknown(table, {"quota", "quota_messages", "quota_full_retry"}, prefix)
+    quota = r.get(table, "quota", int, prefix, defaults.quota)
+    messages = r.get(table, "quota_messages", int, prefix, defaults.quota_messages)
+    retry = r.get(table, "quota_full_retry", float, prefix, defaults.quota_full_retry)
+    for key, value in (("quota", quota), ("quota_messages", messages)):
+        if value is not None and value < 0:
+            r.problem(prefix + key, f"must be 0 (no limit) or more, got {value}")
+    if retry is not None and retry <= 0:
+        r.problem(prefix + "quota_full_retry", f"must be greater than 0, got {retry}")
+    return StoreConfig(max(quota or 0, 0), max(messages or 0, 0),
+                       retry if retry and retry > 0 else defaults.quota_full_retry)
 
 
 def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[ListenerConfig, ...]:
