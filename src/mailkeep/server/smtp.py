@@ -29,7 +29,7 @@ from mailkeep.proto.smtp_reply import enhance, reply_code
 from mailkeep.proto.submission import (
     TlsInfo,
 )
-from mailkeep.server import auth, smtp_data, smtp_transaction, starttls
+from mailkeep.server import auth, smtp_data, smtp_setup, smtp_transaction, starttls
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 from mailkeep.server.stream import TLS_CLOSE_LINGER
@@ -85,8 +85,9 @@ class SmtpSession(SMTP):
         self.auth_required = listener.auth == "required"
         self.rate_limiter = services.rate_limiters.get(listener.name)
         self.txn: smtp_transaction.Transaction | None = None
-        super().__init__(
-            SmtpHandler(self),
+        # aiosmtpd's SMTP.__init__, without its per-connection introspection.
+        smtp_setup.init_smtp(
+            self, SmtpHandler(self),
             # DATA is read by our own smtp_DATA (server/smtp_data.py), with exact limits.
             data_size_limit=self.max_message_size,
             enable_SMTPUTF8=True,          # RFC 6531
