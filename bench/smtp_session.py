@@ -27,7 +27,8 @@ Figures per door and mode, one line each (nothing asserted):
 Passwords are SHA512-CRYPT with 5,000 rounds, as `openssl passwd -6` makes them for the
 Dovecot/Postfix anchor (../shared/anchors): like-for-like login cost. The daemon logs at
 --log-level (default info, as deployed). --py-spy FILE records the daemon with py-spy during
-the first door and mode measured (py-spy must be on PATH; it needs ptrace rights).
+the first door and mode measured: a flame graph if FILE ends in .svg, else collapsed stacks
+(py-spy on PATH or beside this Python; it needs ptrace rights).
 """
 
 from __future__ import annotations
@@ -206,16 +207,23 @@ def worker(args: argparse.Namespace) -> None:
                       "lat": lat, "samples": samples}), flush=True)
 
 
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 def run_level(door: str, mode: str, args: argparse.Namespace, *, pid: int, port: int,
-              cafile: Path, spy: str | None) -> None:
+              cafile: Path, spy: str | None) -> tuple[float, float]:
+    """One door and mode for --seconds: prints its line, returns (sessions/s, CPU ms per
+    session)."""
     spy_proc = None
     if spy:
-        spy_proc = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--output", spy,
-                                     "--duration", str(int(args.seconds)), "--rate", "200",
-                                     "--nonblocking"], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.STDOUT)
+        fmt = "flamegraph" if spy.endswith(".svg") else "raw"  # raw: collapsed stacks
+        spy_proc = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--output", spy,
+                                     "--format", fmt, "--duration", str(int(args.seconds)),
+                                     "--rate", "200", "--nonblocking"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(1)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     procs = [subprocess.Popen(
@@ -237,6 +245,7 @@ def run_level(door: str, mode: str, args: argparse.Namespace, *, pid: int, port:
           f"srv_cpu_ms_per_session={cpu * 1000 / max(n, 1):.2f} srv_cpu%={cpu * 100 / wall:.0f} "
           f"p50_ms={p50:.1f} p99_ms={p99:.1f}"
           + (f" errors: {' | '.join(samples)}" if samples else ""), flush=True)
+    return n / wall, cpu * 1000 / max(n, 1)
 
 
 def main() -> int:
@@ -261,8 +270,9 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
-    if args.py_spy and shutil.which("py-spy") is None:
-        raise SystemExit("--py-spy: py-spy is not on PATH (pip install py-spy)")
+    if args.py_spy and not Path(py_spy()).exists():
+        raise SystemExit("--py-spy: py-spy is neither on PATH nor beside this Python "
+                         "(pip install py-spy)")
     with tempfile.TemporaryDirectory(prefix="mailkeep-bench-session-") as tmp:
         root = Path(tmp)
         cfg = prepare(root, args.clients)
@@ -273,15 +283,22 @@ def main() -> int:
               f"loop={args.loop} clients={args.clients} seconds={args.seconds} "
               f"log_level={args.log_level} openssl={ssl.OPENSSL_VERSION!r}", flush=True)
         spy = args.py_spy or None
+        figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
         try:
             for _ in range(args.rounds):
                 for door in args.doors.split(","):
                     for mode in args.modes.split(","):
-                        run_level(door, mode, args, pid=proc.pid, port=ports[door],
-                                  cafile=root / "certs" / "mailkeep.crt", spy=spy)
+                        figures.setdefault((door, mode), []).append(run_level(
+                            door, mode, args, pid=proc.pid, port=ports[door],
+                            cafile=root / "certs" / "mailkeep.crt", spy=spy))
                         spy = None
         finally:
             sub_bench.stop_daemon(proc)
+        if args.rounds > 1:  # rounds alternate the doors and modes: medians of the rounds
+            for (door, mode), runs in figures.items():
+                print(f"session.{door}.median tls={mode} rounds={len(runs)} "
+                      f"sessions_per_s={statistics.median(r[0] for r in runs):.1f} "
+                      f"srv_cpu_ms_per_session={statistics.median(r[1] for r in runs):.2f}")
     return 0
 
 
