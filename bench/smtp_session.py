@@ -28,7 +28,9 @@ Passwords are SHA512-CRYPT with 5,000 rounds, as `openssl passwd -6` makes them 
 Dovecot/Postfix anchor (../shared/anchors): like-for-like login cost. The daemon logs at
 --log-level (default info, as deployed). --py-spy FILE records the daemon with py-spy during
 the first door and mode measured: a flame graph if FILE ends in .svg, else collapsed stacks
-(py-spy on PATH or beside this Python; it needs ptrace rights).
+(py-spy on PATH or beside this Python; it needs ptrace rights). --syscalls FILE counts the
+daemon's system calls per session with strace -c: a figure the machine's other load does not
+change (the CPU figures above vary by tens of percent on a shared machine).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -207,6 +210,22 @@ def worker(args: argparse.Namespace) -> None:
                       "lat": lat, "samples": samples}), flush=True)
 
 
+def syscalls_line(door: str, mode: str, summary: Path, n: int) -> str:
+    """strace -c's table as calls per session: all, and the ones that send or receive."""
+    calls: dict[str, int] = {}
+    for line in summary.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[-1].isidentifier() and f[3].isdigit():
+            calls[f[-1]] = int(f[3])
+    io = {k: v for k, v in calls.items() if k in SEND_RECV}
+    return (f"session.{door}.syscalls tls={mode} sessions={n} per_session="
+            f"{sum(calls.values()) / n:.1f} "
+            + " ".join(f"{k}={v / n:.1f}" for k, v in sorted(io.items())))
+
+
+SEND_RECV = frozenset({"sendto", "sendmsg", "write", "writev", "recvfrom", "recvmsg", "read"})
+
+
 def py_spy() -> str:
     return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
@@ -225,6 +244,13 @@ def run_level(door: str, mode: str, args: argparse.Namespace, *, pid: int, port:
                                      "--rate", "200", "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(1)
+    tracer = None
+    if args.syscalls:
+        # strace slows the daemon down a lot; the counts per session do not depend on it.
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(args.syscalls), "-p",
+                                   str(pid)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(1)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     procs = [subprocess.Popen(
         [sys.executable, __file__, "--worker", "--door", door, "--tls", mode, "--port",
@@ -234,6 +260,9 @@ def run_level(door: str, mode: str, args: argparse.Namespace, *, pid: int, port:
     wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
     if spy_proc is not None:
         spy_proc.wait(60)
+    if tracer is not None:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(60)
     n = sum(r["sessions"] for r in results)
     lat = sorted(x for r in results for x in r["lat"])
     samples = [s for r in results for s in r["samples"]][:3]
@@ -245,6 +274,8 @@ def run_level(door: str, mode: str, args: argparse.Namespace, *, pid: int, port:
           f"srv_cpu_ms_per_session={cpu * 1000 / max(n, 1):.2f} srv_cpu%={cpu * 100 / wall:.0f} "
           f"p50_ms={p50:.1f} p99_ms={p99:.1f}"
           + (f" errors: {' | '.join(samples)}" if samples else ""), flush=True)
+    if tracer is not None:
+        print(syscalls_line(door, mode, Path(args.syscalls), max(n, 1)), flush=True)
     return n / wall, cpu * 1000 / max(n, 1)
 
 
@@ -257,6 +288,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat every door and mode")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--syscalls", default="", metavar="FILE",
+                   help="count the daemon's system calls per session with strace -c (into "
+                        "FILE; needs strace and ptrace rights; load-independent)")
     p.add_argument("--py-spy", default="", metavar="FILE",
                    help="py-spy record the first measurement into FILE (.svg or .txt)")
     # client process mode (internal)
