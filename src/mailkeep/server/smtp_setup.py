@@ -4,9 +4,9 @@ aiosmtpd's SMTP.__init__ walks inspect.getmembers() of the session and of its ha
 of both, and inspect.signature() of the EHLO hook, on every connection: about 0.25 ms of CPU
 per SMTP session on the bench machine (0.01 ms here; docs/benchmarks.md, issue 10), and a dict
 of some 20 bound methods kept by every idle session. What it finds depends only on the
-classes, so here it is found once per class, and a method is bound when aiosmtpd looks it up. init_smtp() sets exactly the
-attributes SMTP.__init__ sets (tests/unit/test_smtp_setup.py compares the two, so an aiosmtpd
-upgrade that adds one fails there, not in production).
+classes, so here it is found once per class, and a method is bound when aiosmtpd looks it
+up. init_smtp() sets exactly the attributes SMTP.__init__ sets (tests/unit/test_smtp_setup.py
+compares the two, so an aiosmtpd upgrade that adds one fails there, not in production).
 
 It also fixes what the instance walk got wrong: an instance attribute named auth_* (ours:
 auth_required) was taken for a SASL mechanism and advertised in EHLO ("AUTH LOGIN PLAIN
