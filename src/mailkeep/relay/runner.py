@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from mailkeep.config.model import Config
 from mailkeep.directory.base import DirectoryUnavailable, UserDirectory
+from mailkeep.observe.metrics import Metrics
 from mailkeep.proto.address import canonical
 from mailkeep.proto.printable import printable
 from mailkeep.relay import reports
@@ -81,7 +82,8 @@ class _Stats:
 class DeliveryRunner:
     def __init__(self, config: Config, spool: Spool, store: MaildirStore,
                  directory: UserDirectory, client: OutboundClient | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.queue_config = config.queue
         self.spool = spool
@@ -89,6 +91,8 @@ class DeliveryRunner:
         self.directory = directory
         self.client = client or OutboundClient(config.delivery)
         self.clock = clock
+        # Local delivery times and remote outcomes (the daemon's; a runner of its own alone).
+        self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.entries: dict[str, SpoolEntry] = {}
         self.stats = _Stats()
         self._due: list[tuple[float, str]] = []     # heap of (when, id); stale ones skipped
@@ -277,6 +281,7 @@ class DeliveryRunner:
         for account_name, indexes in by_account.items():
             data = head + message
             name = local_name(entry, indexes[0], len(data))
+            began = time.monotonic()
             try:
                 await self.store.deliver_once(account_name, data, name,
                                               check=entry.id in self._recovered)
@@ -288,6 +293,7 @@ class DeliveryRunner:
                 for i in indexes:
                     self._defer(entry, i, f"451 4.3.0 {exc}", outcomes)
                 continue
+            self.metrics.local_delivery(time.monotonic() - began)
             for i in indexes:
                 self._outcome(entry, i, "delivered", f"250 2.0.0 delivered to {account_name}",
                               "2.0.0", "", outcomes, log_it=False)
@@ -318,13 +324,16 @@ class DeliveryRunner:
             if isinstance(result, Delivered):
                 notify = entry.recipients[i].notify or []
                 relayed = not result.remote_dsn and "SUCCESS" in notify
+                self.metrics.remote_delivery("relayed" if relayed else "delivered")
                 self._outcome(entry, i, "relayed" if relayed else "delivered",
                               str(result.reply), result.reply.status, result.remote_host,
                               outcomes)
             elif isinstance(result, PermanentFailure):
+                self.metrics.remote_delivery("failed")
                 self._outcome(entry, i, "failed", str(result.reply), result.status,
                               result.remote_host or "", outcomes)
             else:
+                self.metrics.remote_delivery("deferred")
                 self._defer(entry, i, str(result.reply), outcomes,
                             status=result.reply.status, remote=result.remote_host or "")
 
