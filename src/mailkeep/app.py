@@ -16,6 +16,8 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.resolver
+
 from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
@@ -273,10 +275,20 @@ class Daemon:
                 problems.append(f'dkim.domains."{domain}".key: {setting.key}: {exc}')
         if problems:
             raise StartupError(problems)
-        servers = config.delivery.dns_servers
-        if servers and any(lst.protocol == "smtp" for lst in config.listeners):
-            # Each server on its own port, like the outbound resolver (relay/dns.py).
-            services.auth_resolver = make_resolver([(s.host, s.port) for s in servers])
+        delivery = config.delivery
+        if any(lst.protocol == "smtp" for lst in config.listeners):
+            # The inbound checks (SPF, DKIM, DMARC) ask the same servers as outbound delivery,
+            # each on its own port, within the same `delivery.dns_timeout` per lookup; no
+            # servers configured: the host's resolv.conf (read here, off the loop).
+            try:
+                services.auth_resolver = await asyncio.to_thread(
+                    make_resolver, [(s.host, s.port) for s in delivery.dns_servers],
+                    timeout=delivery.dns_timeout)
+            except dns.resolver.NoResolverConfiguration:
+                raise StartupError(["delivery.dns_servers: none set and this host has no "
+                                    "usable /etc/resolv.conf; the inbound SMTP listener "
+                                    "needs DNS for SPF/DKIM/DMARC: set delivery.dns_servers "
+                                    "= [\"192.0.2.53\"] (your resolver)"]) from None
         for lst in config.listeners:
             if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "

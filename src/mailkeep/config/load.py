@@ -29,6 +29,7 @@ from mailkeep.config.model import (
     TlsMode,
 )
 from mailkeep.config.tls_table import check_tls_listeners, parse_tls
+from mailkeep.proto.address import is_numeric_domain
 from mailkeep.relay.queue_config import parse_queue
 from mailkeep.relay.routes import parse_delivery
 
@@ -211,6 +212,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         for i, d in enumerate(raw_domains):
             if not isinstance(d, str) or not is_hostname(d):
                 r.problem(f"domains[{i}]", f"{d!r} is not a domain name")
+            elif is_numeric_domain(d):
+                # RFC 1123 §2.1: no top-level domain is all-numeric; this is an address.
+                r.problem(f"domains[{i}]", f"{d!r} is an IP address, not a mail domain")
             else:
                 domains.append(d.lower().rstrip("."))
 

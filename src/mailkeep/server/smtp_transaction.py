@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 from mailkeep.directory.base import DirectoryUnavailable
 from mailkeep.observe.metrics import MessageRefusal
 from mailkeep.proto.address import canonical
-from mailkeep.proto.connector import SenderRule, envelope_sender_refusal, relay_refusal
+from mailkeep.proto.connector import (
+    SenderRule,
+    envelope_sender_refusal,
+    fallback_refusal,
+    relay_refusal,
+)
 from mailkeep.proto.dsn import (
     DsnParameterError,
     MailDsnParams,
@@ -169,6 +174,11 @@ async def rcpt(session: SmtpSession, txn: Transaction, path: PathArgument) -> st
                            "451 4.3.0 Cannot look up the recipient now, try again later")
         if account is None:
             if domain in config.queue.fallback_routes:
+                refusal = fallback_refusal(address)
+                if refusal is not None:
+                    log.warning("conn=%s source-routed recipient not forwarded: <%s> peer=%s",
+                                session.conn_id, printable(address), session.peer_ip)
+                    return refusal
                 kind, account_name = "remote", None  # split delivery: the old server's user
             else:
                 return refused(session, "unknown_recipient",
