@@ -70,14 +70,20 @@ _SENDER_PATTERN = re.compile(r"^([^@\s<>\"]{1,64})?@[a-z0-9.-]{1,253}$")
 class ConfigError(Exception):
     """Every problem found in a configuration file, one per line."""
 
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
+    def __init__(self, path: Path | str, problems: list[str],
+                 files: list[str] | None = None) -> None:
         self.path = Path(path)
         self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
+        # Certificate and key files that cannot be opened, found beside the configuration's
+        # own problems (checked in depth only once the rest is valid, tls/inventory.py):
+        # kept apart so `problems` says what the text gets wrong whatever the disk holds.
+        self.files = files or []
+        super().__init__(f"{path}: " + "; ".join(self.problems + self.files))
 
     def report(self) -> str:
-        lines = [f"{self.path}: {len(self.problems)} problem(s):"]
-        lines += [f"  {p}" for p in self.problems]
+        every = self.problems + self.files
+        lines = [f"{self.path}: {len(every)} problem(s):"]
+        lines += [f"  {p}" for p in every]
         return "\n".join(lines)
 
 
@@ -278,7 +284,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if r.problems:
         # Certificates are checked in depth once the rest is valid (tls/inventory.py); a
         # missing or unreadable file is worth saying now, with the rest, not one run later.
-        raise ConfigError(path, r.problems + unreadable_files(tls, listeners))
+        raise ConfigError(path, r.problems, unreadable_files(tls, listeners))
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
