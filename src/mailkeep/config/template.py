@@ -191,7 +191,13 @@ path = "users.toml"
 # "bank.example" = "verify"     # may | encrypt | verify
 #
 # Split delivery while migrating: local parts without an account here go to the old
-# server instead of being refused.
+# server (a route like any other, here "legacy") instead of being refused.
+# [delivery.routes.legacy]
+# type = "smarthost"
+# host = "old-mail.{first_domain}"   # the server that still has those mailboxes
+# port = 25
+# tls = "starttls"
+#
 # [delivery.local_domains."{first_domain}"]
 # fallback_route = "legacy"
 
@@ -249,10 +255,20 @@ bind = [{bind_465}]
 # auth = "none"                    # none | optional | required (AUTH only inside TLS)
 # senders = ["@{first_domain}"]    # addresses or @domain; required unless auth = "required"
 # may_relay = true
-# auth_groups = ["printers"]       # only members of these directory groups may log in here
-#                                  # (also for submission listeners)
 # rate = "60/min"                  # messages per minute from one client address
 # max_message_size = 10485760
+#
+# The same for applications that can log in: STARTTLS, then AUTH as an account (or an
+# app password made for "relay"), which may then send as its own addresses.
+# [listeners.apps-login]
+# protocol = "relay"
+# tls = "starttls"
+# bind = ["0.0.0.0:2587"]
+# clients = ["10.0.0.0/8"]
+# auth = "required"
+# may_relay = true
+# auth_groups = ["printers"]       # only members of these directory groups may log in here
+#                                  # (also for submission listeners)
 {pop3_listeners}{imap_listeners}
 # Account autoconfiguration over HTTP: Thunderbird's config-v1.1.xml (at
 # /mail/config-v1.1.xml and /.well-known/autoconfig/mail/config-v1.1.xml), Outlook's
