@@ -12,10 +12,19 @@ Format (Dovecot wiki "MailboxFormat/Maildir", section "dovecot-uidlist"):
 The filename base is the file's name up to the maildir info separator (":2,FLAGS"), so a
 message keeps its UID when it moves from new/ to cur/ or its flags change.
 
-Writers hold the dotlock `dovecot-uidlist.lock` (dotlock.py); like Dovecot's
-file_dotlock_replace() we write the new index into the lock file itself, fsync it and rename
-it over `dovecot-uidlist`: readers see the old index or the new one, never half of one, and
-readers need no lock at all.
+Writers hold the dotlock `dovecot-uidlist.lock` (dotlock.py). New records (APPEND, COPY,
+deliveries) are appended to `dovecot-uidlist` in place and fdatasynced, as Dovecot does
+(maildir_uidlist_sync_update()): the header's N then lags behind, and readers take the next
+UID as the larger of N and the highest UID listed + 1, as Dovecot's reader does. Anything
+else (records dropped after an expunge, a new folder, a new UIDVALIDITY) rewrites the whole
+index like Dovecot's file_dotlock_replace(): into the lock file, renamed over
+`dovecot-uidlist`. Readers need no lock: they see the old index or the new one, and a last
+line still being appended is ignored (it has no newline yet).
+
+What must be on disk before a client hears of it is a UID handed out (RFC 3501 §2.3.1.1: a
+UID names one message for good), so appends and rewrites that hand out UIDs are synced. A
+rewrite that only drops records of removed files is not: if a crash brings back the older
+index, its extra records name files that are gone and the next sync drops them again.
 """
 
 from __future__ import annotations
@@ -26,11 +35,11 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailkeep.store.maildir.appendcache import AppendCache
 from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace
 from mailkeep.store.maildir.layout import delivery_order
 
@@ -90,6 +99,9 @@ def parse(data: bytes) -> Uidlist:
     except UnicodeDecodeError:
         raise UidlistError("dovecot-uidlist is not UTF-8") from None
     lines = text.split("\n")
+    if len(lines) > 1 and lines[-1]:
+        # A record still being appended by a writer (or cut short by a crash): not there yet.
+        lines.pop()
     header = lines[0].split()
     if not header:
         raise UidlistError("dovecot-uidlist has no header")
@@ -180,15 +192,7 @@ def read(root: Path) -> Uidlist | None:
     return parse(data)
 
 
-# Parsed indexes kept between lock-free reads: path -> (identity of the file parsed, index).
-# The index is only ever replaced by rename (a new inode) or appended to (Dovecot: a new
-# size and mtime), so an unchanged (inode, size, mtime, ctime) is an unchanged file. Times
-# are coarse, so a parse is kept only when the file was last changed at least SETTLE_NS
-# before it was looked at: a later change cannot then carry the same times.
-SETTLE_NS = 1_000_000_000
 PARSE_CACHE_ENTRIES = 256
-_parsed: OrderedDict[str, tuple[tuple[int, int, int, int], Uidlist]] = OrderedDict()
-_parsed_guard = threading.Lock()
 
 
 def _copy(index: Uidlist) -> Uidlist:
@@ -196,33 +200,44 @@ def _copy(index: Uidlist) -> Uidlist:
                    index.header_extra)
 
 
-def read_cached(root: Path) -> Uidlist | None:
-    """read(), without parsing the file again when it is the one parsed last time (the
-    result is the caller's to change)."""
-    path = f"{root}/{UIDLIST_NAME}"
-    now = time.time_ns()
+def _parse_more(index: Uidlist, more: bytes) -> Uidlist | None:
+    """Records appended since `index` was parsed (what Dovecot and we append: new UIDs above
+    every one listed), added to it; None for anything else (then the file is parsed whole)."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            with _parsed_guard:
-                hit = _parsed.get(path)
-                if hit is not None and hit[0] == identity:
-                    _parsed.move_to_end(path)
-                    return _copy(hit[1])
-            data = f.read()
-    except FileNotFoundError:
+        text = more.decode("utf-8")
+    except UnicodeDecodeError:
         return None
+    top = next(reversed(index.records.values())).uid if index.records else 0
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        head, sep, name = line.partition(" :")
+        if not sep:
+            return None
+        uid_text, *ext = head.split(" ")
+        try:
+            uid = int(uid_text)
+        except ValueError:
+            return None
+        base = filename_base(name)
+        if uid <= top or base in index.records:
+            return None
+        index.records[base] = UidRecord(uid, base, tuple(x for x in ext if x))
+        index.next_uid = max(index.next_uid, uid + 1)
+        top = uid
+    return index
+
+
+_parsed = AppendCache(_copy, PARSE_CACHE_ENTRIES)
+
+
+def read_cached(root: Path) -> Uidlist | None:
+    """read(), parsing only the records appended since the last look (appendcache.py); the
+    result is the caller's to change."""
+    try:
+        return _parsed.read(f"{root}/{UIDLIST_NAME}", parse, _parse_more)
     except OSError as exc:
         raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
-    index = parse(data)
-    if max(st.st_mtime_ns, st.st_ctime_ns) <= now - SETTLE_NS and len(data) == st.st_size:
-        with _parsed_guard:
-            _parsed[path] = (identity, _copy(index))
-            _parsed.move_to_end(path)
-            while len(_parsed) > PARSE_CACHE_ENTRIES:
-                _parsed.popitem(last=False)
-    return index
 
 
 def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool:
@@ -268,11 +283,36 @@ def _first_index(root: Path, clock: Callable[[], float]) -> Uidlist:
     return found if found is not None else Uidlist.fresh(clock())
 
 
-def _replace(lock: Dotlock, root: Path, index: Uidlist) -> None:
-    lock.replace(render(index))
+def _replace(lock: Dotlock, root: Path, index: Uidlist, *, durable: bool = True) -> None:
+    lock.replace(render(index), durable=durable)
     if _placeholders:
         with _placeholders_guard:
             _placeholders.pop(str(root), None)
+
+
+def _write_back(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlist) -> None:
+    """Put `index` on disk, `before` being what the file holds now (None: no file yet):
+    new records only are appended (synced), records only dropped rewrite it unsynced, and
+    anything else rewrites it synced (see the module docstring)."""
+    if before is None or (before.uidvalidity, before.guid, before.header_extra) != (
+            index.uidvalidity, index.guid, index.header_extra):
+        _replace(lock, root, index)
+        return
+    kept = all(index.records.get(base) == rec for base, rec in before.records.items())
+    added = [rec for base, rec in index.records.items() if base not in before.records]
+    if not added:
+        if len(index.records) != len(before.records) or index.next_uid != before.next_uid:
+            _replace(lock, root, index, durable=False)
+        return
+    if not kept:
+        _replace(lock, root, index)
+        return
+    added.sort(key=lambda r: r.uid)
+    lines = "".join(" ".join((str(r.uid), *r.extensions, ":" + r.base)) + "\n" for r in added)
+    try:
+        lock.append(lines.encode("utf-8"))
+    except FileNotFoundError:  # removed behind our back (by hand): write it whole
+        _replace(lock, root, index)
 
 
 def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, dict[str, str]]:
@@ -294,7 +334,8 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
             return current, files
         try:
             with Dotlock(root, UIDLIST_NAME) as lock:
-                current = read(root) or _first_index(root, clock)
+                on_disk = read(root)
+                current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
                 files = scan(root)
                 missing = [b for b in current.records if b not in files]
                 if missing:
@@ -302,7 +343,7 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
                     # twice before forgetting a UID (a forgotten UID is never handed out again).
                     files = scan(root)
                 if _assign(current, files, drop_missing=True):
-                    _replace(lock, root, current)
+                    _write_back(lock, root, on_disk, current)
                 return current, files
         except NoSpace:
             return read(root) or placeholder(root, clock), scan(root)
@@ -359,12 +400,13 @@ def publish(root: Path, move_in: Callable[[], Sequence[str]],
     taken, nothing was moved in. Raises NoSpace / UidlistError."""
     try:
         with Dotlock(root, UIDLIST_NAME) as lock:
-            current = read(root) or _first_index(root, clock)
+            on_disk = read(root)
+            current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
             bases = move_in()
             try:
                 files = scan(root)
                 _assign_ordered(current, files, bases)
-                _replace(lock, root, current)
+                _write_back(lock, root, on_disk, current)
             except BaseException:
                 withdraw(bases)
                 raise
