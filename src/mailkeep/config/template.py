@@ -11,8 +11,9 @@ TEMPLATE = """\
 # in the SMTP greeting and in Received headers.
 hostname = "{hostname}"
 
-# Local domains: mail to these is delivered to Maildirs. Mail to any other domain is
-# refused (5.7.1 relay not configured): mailkeep is not an open relay.
+# Local domains: mail to these is delivered to Maildirs. Mail to other domains is taken
+# only from logged-in accounts and connectors with may_relay, and delivered by [delivery];
+# anyone else gets 554 5.7.1 relay access denied: mailkeep is not an open relay.
 domains = [{domains}]
 
 # Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible); the queue
