@@ -331,6 +331,25 @@ def test_read_only_config_gives_a_clear_error(tmp_path: Path, argv: tuple[str, .
     assert {p: p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
 
 
+def test_read_only_sqlite_gives_a_clear_error(tmp_path: Path, ca: trustme.CA,
+                                              readonly_mk: object) -> None:
+    cfg = write_config(tmp_path, ca)
+    cfg.write_text(cfg.read_text().replace('backend = "file"\npath = "users.toml"',
+                                           'backend = "sql"\ndatabase = "db/users.sqlite3"'))
+    (tmp_path / "db").mkdir()
+    assert mk("user", "create-schema", "--config", str(cfg)).returncode == 0
+    assert mk("user", "add", "carol", "--config", str(cfg), stdin="carol-pw-1\n").returncode == 0
+    r = readonly_mk(tmp_path / "db", "user", "add", "bob", "--config", str(cfg),  # type: ignore[operator]
+                    stdin="bob-password-1\n")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"mailkeep: cannot write {tmp_path / 'db' / 'users.sqlite3'}: "
+                               "attempt to write a readonly database"), r.stderr
+    assert "mount it read-write" in r.stderr
+    assert "carol" in mk("user", "list", "--config", str(cfg)).stdout
+    assert "bob" not in mk("user", "list", "--config", str(cfg)).stdout
+
+
 def test_read_only_init_gives_a_clear_error(tmp_path: Path, readonly_mk: object) -> None:
     tmp_path.joinpath("etc").mkdir()
     r = readonly_mk(tmp_path / "etc", "init", str(tmp_path / "etc" / "mailkeep"),  # type: ignore[operator]

@@ -99,11 +99,10 @@ class SqliteDriver:
                 return await loop.run_in_executor(self._pool, fn, *args)
         except sqlite3.IntegrityError as exc:
             raise AdminError(f"refused by the database: {exc}") from None
-        except sqlite3.OperationalError as exc:
-            if "readonly" not in str(exc):
-                raise DirectoryUnavailable(f"sqlite {self.path}: {exc}") from None
-            raise AdminError(readonly_sqlite(self.path, exc)) from None
         except (sqlite3.Error, TimeoutError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                # A write (`mailkeep user ...`) on a read-only file or folder: say what to do.
+                raise AdminError(readonly_sqlite(self.path, exc)) from None
             # Locked past the busy timeout, the file gone or unreadable, a broken query
             # (logged: an administrator's fix), or too slow.
             raise DirectoryUnavailable(f"sqlite {self.path}: {exc or 'timed out'}") from None
