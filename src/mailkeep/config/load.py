@@ -11,6 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
 
+from mailkeep.config.hints import admin_command, command, config_in_use
 from mailkeep.config.model import (
     AuthMode,
     BindAddress,
@@ -30,7 +31,7 @@ from mailkeep.config.model import (
     TlsConfig,
     TlsMode,
 )
-from mailkeep.config.tls_table import check_tls_listeners, parse_tls
+from mailkeep.config.tls_table import check_tls_listeners, parse_tls, unreadable_files
 from mailkeep.proto.address import is_numeric_domain
 from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import parse_queue
@@ -79,14 +80,20 @@ _SENDER_PATTERN = re.compile(r"^([^@\s<>\"]{1,64})?@[a-z0-9.-]{1,253}$")
 class ConfigError(Exception):
     """Every problem found in a configuration file, one per line."""
 
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
+    def __init__(self, path: Path | str, problems: list[str],
+                 files: list[str] | None = None) -> None:
         self.path = Path(path)
         self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
+        # Certificate and key files that cannot be opened, found beside the configuration's
+        # own problems (checked in depth only once the rest is valid, tls/inventory.py):
+        # kept apart so `problems` says what the text gets wrong whatever the disk holds.
+        self.files = files or []
+        super().__init__(f"{path}: " + "; ".join(self.problems + self.files))
 
     def report(self) -> str:
-        lines = [f"{self.path}: {len(self.problems)} problem(s):"]
-        lines += [f"  {p}" for p in self.problems]
+        every = self.problems + self.files
+        lines = [f"{self.path}: {len(every)} problem(s):"]
+        lines += [f"  {p}" for p in every]
         return "\n".join(lines)
 
 
@@ -96,11 +103,18 @@ def load_config(path: Path | str) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found: create one with `mailkeep init DIR`"]) from None
+        init = command("init", str(path.parent), "--hostname", "HOSTNAME").replace(
+            "HOSTNAME", '"$(hostname -f)"')
+        written = "" if path.name == "mailkeep.toml" else \
+            f" (it writes {path.parent / 'mailkeep.toml'})"
+        raise ConfigError(path, [f"file not found: create one with `{init}`{written}, "
+                                 "or give --config (or MAILKEEP_CONFIG) the right file"]) \
+            from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"cannot read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    config_in_use(path)
     return parse_config(raw, path)
 
 
@@ -278,7 +292,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         # Unknown local parts of these domains are routed like remote mail of the domain.
         delivery = replace(delivery, domains=MappingProxyType(
             {**delivery.domains, **queue.fallback_routes}))
-    dkim = _parse_dkim(r, r.table(raw, "dkim"), path.parent, domains)
+    dkim = _parse_dkim(r, r.table(raw, "dkim"), path, domains)
     trusted = _networks(r, raw.get("trusted_proxies", []), "trusted_proxies")
     run_as = r.get(raw, "run_as", str, "", "") or None
     if run_as is not None and not _RUN_AS.fullmatch(run_as):
@@ -291,7 +305,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                       'addresses, e.g. trusted_proxies = ["10.0.0.0/8"]')
 
     if r.problems:
-        raise ConfigError(path, r.problems)
+        # Certificates are checked in depth once the rest is valid (tls/inventory.py); a
+        # missing or unreadable file is worth saying now, with the rest, not one run later.
+        raise ConfigError(path, r.problems, unreadable_files(tls, listeners))
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
@@ -551,7 +567,7 @@ def _size(r: _Reader, table: dict[str, Any], prefix: str) -> int | None:
     return value
 
 
-def _parse_dkim(r: _Reader, raw: dict[str, Any], base: Path,
+def _parse_dkim(r: _Reader, raw: dict[str, Any], config_path: Path,
                 domains: list[str]) -> dict[str, DkimDomain]:
     """[dkim.domains."example.test"] selector = "mk1", key = "dkim/example.test.key"."""
     r.unknown(raw, {"domains"}, "dkim.")
@@ -573,8 +589,10 @@ def _parse_dkim(r: _Reader, raw: dict[str, Any], base: Path,
             r.problem(prefix + "selector", f"{selector!r} is not a DNS label")
             continue
         if key is not None and not key.is_file():
-            r.problem(prefix + "key", f"{key} does not exist: create it with "
-                      f"`mailkeep dkim keygen {normal} --config ...`")
+            keygen = admin_command("dkim", "keygen", normal, *(
+                ("--selector", selector) if selector else ()), config=config_path)
+            r.problem(prefix + "key", f"{key} does not exist: create it with `{keygen}` "
+                      "(it writes dkim/DOMAIN.SELECTOR.key beside the config)")
             continue
         if selector is not None and key is not None:
             out[normal] = DkimDomain(selector, key)

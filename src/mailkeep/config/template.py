@@ -15,8 +15,9 @@ TEMPLATE = """\
 # in the SMTP greeting and in Received headers.
 hostname = "{hostname}"
 
-# Local domains: mail to these is delivered to Maildirs. Mail to any other domain is
-# refused (5.7.1 relay not configured): mailkeep is not an open relay.
+# Local domains: mail to these is delivered to Maildirs. Mail to other domains is taken
+# only from logged-in accounts and connectors with may_relay, and delivered by [delivery];
+# anyone else gets 554 5.7.1 relay access denied: mailkeep is not an open relay.
 domains = [{domains}]
 
 # Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible); the queue
@@ -214,7 +215,13 @@ path = "users.toml"
 # "bank.example" = "verify"     # may | encrypt | verify
 #
 # Split delivery while migrating: local parts without an account here go to the old
-# server instead of being refused.
+# server (a route like any other, here "legacy") instead of being refused.
+# [delivery.routes.legacy]
+# type = "smarthost"
+# host = "old-mail.{first_domain}"   # the server that still has those mailboxes
+# port = 25
+# tls = "starttls"
+#
 # [delivery.local_domains."{first_domain}"]
 # fallback_route = "legacy"
 
@@ -272,10 +279,20 @@ bind = [{bind_465}]
 # auth = "none"                    # none | optional | required (AUTH only inside TLS)
 # senders = ["@{first_domain}"]    # addresses or @domain; required unless auth = "required"
 # may_relay = true
-# auth_groups = ["printers"]       # only members of these directory groups may log in here
-#                                  # (also for submission listeners)
 # rate = "60/min"                  # messages per minute from one client address
 # max_message_size = 10485760
+#
+# The same for applications that can log in: STARTTLS, then AUTH as an account (or an
+# app password made for "relay"), which may then send as its own addresses.
+# [listeners.apps-login]
+# protocol = "relay"
+# tls = "starttls"
+# bind = ["0.0.0.0:2587"]
+# clients = ["10.0.0.0/8"]
+# auth = "required"
+# may_relay = true
+# auth_groups = ["printers"]       # only members of these directory groups may log in here
+#                                  # (also for submission listeners)
 {pop3_listeners}{imap_listeners}
 # Account autoconfiguration over HTTP: Thunderbird's config-v1.1.xml (at
 # /mail/config-v1.1.xml and /.well-known/autoconfig/mail/config-v1.1.xml), Outlook's
