@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
@@ -82,16 +83,48 @@ class ConfigError(Exception):
 
 def load_config(path: Path | str) -> Config:
     """Read and validate a configuration file; raise ConfigError listing every problem."""
+    reading = read_config(path)
+    if reading.problems or reading.config is None:
+        raise ConfigError(reading.path, reading.problems)
+    return reading.config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReading:
+    """One reading of a configuration file. `config` is the best reading of it even when
+    there are `problems` (defaults stand in for wrong values): good for further checks that
+    list every problem at once (certificates, keys), never for serving. None when the file
+    could not be read as TOML at all. `sha256`: of the bytes read (which version was read)."""
+
+    path: Path
+    config: Config | None
+    problems: list[str]
+    sha256: str
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None and not self.problems
+
+
+def read_config(path: Path | str) -> ConfigReading:
+    """Read and validate a configuration file, recording every problem (never raising)."""
     path = Path(path).absolute()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found: create one with `mailkeep init DIR`"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, [f"cannot read: {exc}"]) from None
+        return ConfigReading(path, None, ["file not found: create one with `mailkeep init DIR`"],
+                             "")
+    except OSError as exc:
+        return ConfigReading(path, None, [f"cannot read: {exc}"], "")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return ConfigReading(path, None, [f"cannot read: {exc}"], digest)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
-    return parse_config(raw, path)
+        return ConfigReading(path, None, [f"not valid TOML: {exc}"], digest)
+    config, problems = _parse(raw, path)
+    return ConfigReading(path, config, problems, digest)
 
 
 def is_hostname(value: str) -> bool:
@@ -191,6 +224,14 @@ def _positive_record(reader: _Reader, cls: type[T], table: dict[str, Any], prefi
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document. Paths are relative to the config file's folder."""
+    config, problems = _parse(raw, path)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _parse(raw: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
+    """The configuration (defaults where values are wrong) and every problem found."""
     r = _Reader(path.parent)
     r.unknown(raw, _TOP_KEYS, "")
 
@@ -267,15 +308,13 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                       "only from trusted_proxies, which is empty: list your proxies' "
                       'addresses, e.g. trusted_proxies = ["10.0.0.0/8"]')
 
-    if r.problems:
-        raise ConfigError(path, r.problems)
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
         run_as=run_as, allow_root=allow_root, mail_dir=mail_dir,
-    )
+    ), r.problems
 
 
 def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[ListenerConfig, ...]:
