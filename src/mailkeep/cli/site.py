@@ -117,7 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ready = Path(args.ready_file) if args.ready_file else None
     try:
         with runner:
-            runner.run(serve(config, ready_file=ready))
+            runner.run(serve(config, ready_file=ready,
+                             log_level_pinned=args.log_level is not None))
     except StartupError as exc:
         print(f"mailkeep: cannot start ({config.path}):", file=sys.stderr)
         for problem in exc.problems:

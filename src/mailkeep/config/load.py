@@ -50,7 +50,8 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
-             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir"}
+             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir",
+             "pid_file"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -253,6 +254,7 @@ def _parse(raw: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
 
     data_dir = r.path(raw, "data_dir", "") or path.parent
     mail_dir = r.path(raw, "mail_dir", "") if "mail_dir" in raw else None
+    pid_file = r.path(raw, "pid_file", "") if "pid_file" in raw else None
 
     tls = parse_tls(r, raw, data_dir=data_dir, hostname=hostname)
 
@@ -313,7 +315,7 @@ def _parse(raw: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
-        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir,
+        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, pid_file=pid_file,
     ), r.problems
 
 
