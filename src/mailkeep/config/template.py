@@ -5,6 +5,11 @@ from __future__ import annotations
 TEMPLATE = """\
 # mailkeep configuration. Paths are relative to this file's folder.
 # Check it with:  mailkeep check-config --config {config_name}
+# Apply a change without a restart:  mailkeep reload --config {config_name}  (or SIGHUP):
+# listeners, limits, certificates, relay and directory settings change without dropping a
+# session; a file with any problem is refused (every problem listed) and the running
+# configuration stays. data_dir, mail_dir, pid_file, run_as, allow_root and [tls.acme]
+# take effect at restart.
 # Every key is listed here; unknown keys are errors (so typos never go unnoticed).
 
 # The name clients connect to. The certificate must cover it (SAN), and it is the name
@@ -22,6 +27,8 @@ data_dir = "{data_dir}"
 #                            # with a second mailkeep that has its own data_dir)
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
+# pid_file = "/run/mailkeep/mailkeep.pid"  # default DATA_DIR/mailkeep.pid: for `mailkeep
+#                            # reload`; in a folder writable by the user mailkeep runs as
 {run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)
 # trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
 #                            # protocol headers are believed (listeners with proxy_protocol)
