@@ -332,6 +332,13 @@ def test_dovecot_reads_what_we_wrote(dovecot: Dovecot) -> None:
         assert dates == {int(when.timestamp())}
         body = dv.adm("fetch", "-u", USER, "text", "mailbox", "Entwürfe", "uid", "1")
         assert "Subject: draft" in body
+        # A record appended in place (header N left behind, as Dovecot itself does).
+        uid = asyncio.run(store.append(USER, "INBOX", b"Subject: 5\r\n\r\nfive\r\n", [],
+                                       when))
+        lines = (dv.maildir / "dovecot-uidlist").read_bytes().split(b"\n")
+        assert lines[-2].startswith(b"5 :") and b" N5 " in lines[0] + b" "
+        assert (uid, dv.status("INBOX")["uidnext"]) == (5, 6)
+        assert [u for u, *_ in dv.messages("INBOX")] == [1, 2, 3, 5]
     finally:
         store.close()
 

@@ -93,10 +93,45 @@ def test_the_expunge_log_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatc
     assert index.vanished_since(start)[1] is False  # older than the log reaches
 
 
-def test_a_corrupt_sidecar_is_an_error_not_a_crash(folder: Path) -> None:
+def test_a_corrupt_sidecar_is_an_error_not_a_crash_and_starts_over(folder: Path) -> None:
+    first = modseq.update(folder, 7, {1: NONE}).highest
     (folder / modseq.SIDECAR_NAME).write_bytes(b"garbage\n")
     with pytest.raises(modseq.ModseqError):
         modseq.read(folder)
+    # The next snapshot starts over from the clock: above anything handed out before.
+    again = modseq.update(folder, 7, {1: NONE})
+    assert again.highest > first and again.entries[1][0] == again.highest
+
+
+def test_updates_are_appended_and_compacted_now_and_then(folder: Path) -> None:
+    """A flag change appends a line (no rename per change); the file is rewritten once it
+    holds COMPACT_FACTOR times the lines it needs, so it stays bounded."""
+    modseq.update(folder, 7, {1: NONE, 2: NONE})
+    path = folder / modseq.SIDECAR_NAME
+    inode = path.stat().st_ino
+    modseq.update(folder, 7, {1: SEEN, 2: NONE})
+    modseq.update(folder, 7, {2: NONE})  # 1 expunged
+    assert path.stat().st_ino == inode
+    text = path.read_bytes().decode()
+    assert text.count("\n") == 5 and "\nX " in text
+    index = modseq.read(folder)
+    assert index is not None and list(index.entries) == [2]
+    assert index.highest == max(m for m, _ in index.expunged)  # the header's H lags
+    flags = [NONE, SEEN]
+    for i in range(3 * modseq.COMPACT_SLACK):
+        modseq.update(folder, 7, {2: flags[i % 2]})
+    lines = path.read_bytes().count(b"\n")
+    assert lines <= modseq.COMPACT_FACTOR * 2 + modseq.COMPACT_SLACK + 1
+    after = modseq.read(folder)
+    assert after is not None and after.vanished_since(0)[0] == [1]
+
+
+def test_a_line_cut_short_by_a_crash_is_ignored(folder: Path) -> None:
+    index = modseq.update(folder, 7, {1: NONE})
+    with (folder / modseq.SIDECAR_NAME).open("ab") as f:
+        f.write(b"1 99999999999999999")  # no newline: a write a crash interrupted
+    again = modseq.read(folder)
+    assert again is not None and again.entries == index.entries
 
 
 def test_store_snapshots_carry_modseqs_and_vanished(tmp_path: Path) -> None:

@@ -222,3 +222,65 @@ def test_size_of_a_foreign_lf_file_is_its_crlf_size(tmp_path: Path) -> None:
     finally:
         store.close()
     assert [m.size for m in drop.messages] == [len(b"A: b\r\n\r\nline\r\nx\r\n")]
+
+
+def test_new_records_are_appended_in_place_like_dovecot(tmp_path: Path) -> None:
+    """Dovecot appends new records to dovecot-uidlist (header N left behind) and reads the
+    next UID as max(N, highest + 1); so do we, and the file is never rewritten for it."""
+    make_maildir(tmp_path, ["1.M1P1Q0.h"])
+    uidlist.sync(tmp_path)
+    path = tmp_path / "dovecot-uidlist"
+    inode, header = path.stat().st_ino, path.read_bytes().split(b"\n")[0]
+    for n in (2, 3):
+        make_maildir(tmp_path, [f"{n}.M1P1Q0.h"])
+        u, _ = uidlist.sync(tmp_path)
+        assert u.records[f"{n}.M1P1Q0.h"].uid == n
+    assert path.stat().st_ino == inode
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0] == header and b"N2" in header  # the header as first written
+    assert lines[-3:] == [b"2 :2.M1P1Q0.h", b"3 :3.M1P1Q0.h", b""]
+    assert uidlist.read(tmp_path).next_uid == 4  # type: ignore[union-attr]
+
+
+def test_an_expunge_rewrites_the_index_without_the_gone_records(tmp_path: Path) -> None:
+    make_maildir(tmp_path, ["1.M1P1Q0.h", "2.M1P1Q0.h"])
+    uidlist.sync(tmp_path)
+    make_maildir(tmp_path, ["3.M1P1Q0.h"])
+    uidlist.sync(tmp_path)  # appended
+    (tmp_path / "new/3.M1P1Q0.h").unlink()
+    uidlist.sync(tmp_path)
+    text = (tmp_path / "dovecot-uidlist").read_bytes()
+    assert text.startswith(b"3 V") and b" N4 " in text  # the next UID kept in the header
+    assert b"3.M1P1Q0.h" not in text and text.count(b"\n") == 3
+    make_maildir(tmp_path, ["4.M1P1Q0.h"])
+    u, _ = uidlist.sync(tmp_path)
+    assert u.records["4.M1P1Q0.h"].uid == 4  # UID 3 is never handed out again
+
+
+def test_a_record_still_being_appended_is_not_read(tmp_path: Path) -> None:
+    """A reader without the lock may catch a writer mid-line: the line without its newline
+    is not there yet (a cut-short base name would otherwise name no file)."""
+    data = DOVECOT_V3 + b"5 :1700000004.M5P1"
+    u = uidlist.parse(data)
+    assert sorted(r.uid for r in u.records.values()) == [1, 3, 4] and u.next_uid == 5
+
+
+def test_a_failed_append_is_cut_off_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """The write went in but could not be synced (I/O error, quota): the file is cut back to
+    what it was, so the next append does not glue a record onto half of one."""
+    make_maildir(tmp_path, ["1.M1P1Q0.h"])
+    uidlist.sync(tmp_path)
+    before = (tmp_path / "dovecot-uidlist").read_bytes()
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(dotlock.os, "fdatasync", failing)
+    make_maildir(tmp_path, ["2.M1P1Q0.h"])
+    with pytest.raises(uidlist.UidlistError):
+        uidlist.sync(tmp_path)
+    assert (tmp_path / "dovecot-uidlist").read_bytes() == before
+    monkeypatch.undo()
+    u, _ = uidlist.sync(tmp_path)
+    assert u.records["2.M1P1Q0.h"].uid == 2

@@ -133,12 +133,18 @@ class StreamSession:
             self.log.exception("conn=%s internal error", self.conn_id)
             reason = "internal error"
             with contextlib.suppress(Exception):
+                self.flush_pending()
                 writer.write(self.internal_error_reply())
         finally:
             await self._finish(writer, reason)
 
+    def flush_pending(self) -> None:
+        """Doors that buffer their output hand it to the transport here."""
+
     async def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
         self.closed = True
+        with contextlib.suppress(Exception):
+            self.flush_pending()  # the last words (BYE) of a session that ends in a raise
         try:
             await self._release()
         except Exception:

@@ -10,7 +10,8 @@ The message, when needed, is a parsed mime.MimePart (the driver caches them).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from mailkeep.proto.imap import sections
 from mailkeep.proto.imap.bodystructure import body, bodystructure
@@ -70,6 +71,11 @@ def fetch_items(items: Sequence[FetchItem], *, uid: int, flags: frozenset[str],
     return out
 
 
+# FETCH items computed from the parsed message alone: kept on it (MimePart.derived).
+_DERIVED: dict[str, Callable[[MimePart], Value]] = {
+    "ENVELOPE": envelope, "BODYSTRUCTURE": bodystructure, "BODY": body}
+
+
 def _value(item: FetchItem, *, uid: int, flags: frozenset[str], internaldate: dt.datetime,
            size: int, part: MimePart | None) -> Value:
     name = item.name
@@ -85,12 +91,11 @@ def _value(item: FetchItem, *, uid: int, flags: frozenset[str], internaldate: dt
         raise ValueError(f"{name} needs the message")
     if item.section is not None:
         return section_data(item, part)
-    if name == "ENVELOPE":
-        return envelope(part)
-    if name == "BODYSTRUCTURE":
-        return bodystructure(part)
-    if name == "BODY":
-        return body(part)
+    if name in _DERIVED:
+        found = part.derived.get(name)
+        if found is None:
+            found = part.derived[name] = _DERIVED[name](part)
+        return cast(Value, found)
     if name == "RFC822":
         return sections.rfc822(part)
     if name == "RFC822.HEADER":

@@ -81,6 +81,10 @@ class MimePart:
     md5: str | None = None
     children: list[MimePart] = field(default_factory=list)  # multipart body parts
     message: MimePart | None = None  # the encapsulated message of a message/rfc822 part
+    # FETCH values derived from this part (ENVELOPE, BODYSTRUCTURE, BODY) by fetch.py, kept
+    # with the parsed message in the cache: a client refreshing its message list asks for
+    # the same envelopes again and again.
+    derived: dict[str, object] = field(default_factory=dict)
 
     # -- derived views -------------------------------------------------------------------
 

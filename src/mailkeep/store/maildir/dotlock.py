@@ -223,6 +223,29 @@ class Dotlock:
                 raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
             raise
 
+    def append(self, data: bytes, *, durable: bool = True) -> None:
+        """Add `data` at the end of TARGET in place, under the lock (Dovecot appends new
+        dovecot-uidlist records so: maildir_uidlist_sync_update()). Readers without the lock
+        may see a last line still being written, so formats appended to must ignore a final
+        line without its newline. A failed write is cut off again: the file never keeps half
+        a line. `durable` fdatasyncs it (Dovecot does, unless fsync_mode = never). NoSpace
+        when it does not fit; FileNotFoundError when TARGET does not exist."""
+        fd = os.open(self.root / self.target, os.O_WRONLY)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                _write_all(fd, data, at=size)
+                if durable:
+                    os.fdatasync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                if no_space(exc):
+                    raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
+                raise
+        finally:
+            os.close(fd)
+
     def _drop(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -16,15 +16,19 @@ worker, Dovecot, a script renaming files) get a MODSEQ the first time a snapshot
 and a client resyncing later is told exactly what changed since its MODSEQ.
 
 MODSEQs follow the clock: each new value is max(HIGHESTMODSEQ + 1, now in microseconds).
-That makes the sidecar cheap to keep safe. It is written under the dotlock
-`mailkeep-modseq.lock` into the lock file and renamed over the sidecar (readers see the old
-file or the new one), but not fsynced: if a crash brings back an older sidecar, the changes
-it forgot are found again by the next snapshot and get new values from the clock, which are
-above anything handed out before the crash (a folder would need more than a million changes
-per second to overtake the clock). So a client's remembered MODSEQ never looks newer than
-the folder and no value is ever given to two different changes, without an fsync on every
-flag change. A sidecar that is missing or belongs to an old UIDVALIDITY starts over the
-same way.
+That makes the sidecar cheap to keep safe. Under the dotlock `mailkeep-modseq.lock`, an
+update appends its lines to the sidecar (later lines win: a message's new line replaces its
+old one, an X line removes it; the header's H lags and readers take the highest value
+listed), and once the file holds more than COMPACT_FACTOR times the lines it needs it is
+rewritten whole into the lock file and renamed over it. Nothing is fsynced, and appending
+avoids a rename per flag change (ext4 flushes a file renamed over another at once): if a
+crash loses lines or leaves half of one (ignored: it has no newline), the changes it forgot
+are found again by the next snapshot and get new values from the clock, which are above
+anything handed out before the crash (a folder would need more than a million changes per
+second to overtake the clock). So a client's remembered MODSEQ never looks newer than the
+folder and no value is ever given to two different changes, without an fsync on every flag
+change. A sidecar that is missing, unreadable or of an old UIDVALIDITY starts over the same
+way.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ _MAGIC = "mailkeep-modseq 1"
 # the low-water mark, below which a resync is answered from the UID range instead.
 MAX_EXPUNGE_LOG = 20_000
 PARSE_CACHE_ENTRIES = 256
+# Appended lines are compacted away (one rewrite) once the file has this many times the
+# lines its state needs, plus COMPACT_SLACK: a bounded file, one rename per many updates.
+COMPACT_FACTOR = 2
+COMPACT_SLACK = 64
 
 
 class ModseqError(Exception):
@@ -64,6 +72,7 @@ class ModseqIndex:
     lowwater: int
     entries: dict[int, tuple[int, int]] = field(default_factory=dict)  # uid -> (modseq, sig)
     expunged: list[tuple[int, int]] = field(default_factory=list)      # (modseq, uid)
+    lines: int = 0  # lines in the file it was read from (appended ones included)
 
     @classmethod
     def fresh(cls, uidvalidity: int) -> ModseqIndex:
@@ -83,29 +92,42 @@ class ModseqIndex:
 def parse(data: bytes) -> ModseqIndex:
     try:
         lines = data.decode("ascii").split("\n")
+        if len(lines) > 1 and lines[-1]:
+            lines.pop()  # still being appended, or cut short by a crash: not there yet
         head = lines[0].split(" ")
         if " ".join(head[:2]) != _MAGIC:
             raise ModseqError("not a mailkeep-modseq file")
         fields = {item[0]: int(item[1:]) for item in head[2:] if item}
         index = ModseqIndex(fields["V"], fields["H"], fields.get("L", fields["H"]))
+        highest = index.highest
         for line in lines[1:]:
             if not line:
                 continue
+            index.lines += 1
             parts = line.split(" ")
             if parts[0] == "X":
-                index.expunged.append((int(parts[1]), int(parts[2])))
+                modseq, uid = int(parts[1]), int(parts[2])
+                index.expunged.append((modseq, uid))
+                index.entries.pop(uid, None)
             else:
-                index.entries[int(parts[0])] = (int(parts[1]), int(parts[2], 16))
+                modseq = int(parts[1])
+                index.entries[int(parts[0])] = (modseq, int(parts[2], 16))
+            highest = max(highest, modseq)
+        index.highest = highest
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
         raise ModseqError(f"corrupt {SIDECAR_NAME}: {exc}") from None
     return index
 
 
+def _entry_line(uid: int, modseq: int, sig: int) -> str:
+    return f"{uid} {modseq} {sig:x}\n"
+
+
 def render(index: ModseqIndex) -> bytes:
-    out = [f"{_MAGIC} V{index.uidvalidity} H{index.highest} L{index.lowwater}"]
-    out += [f"{uid} {m} {sig:x}" for uid, (m, sig) in sorted(index.entries.items())]
-    out += [f"X {m} {uid}" for m, uid in index.expunged]
-    return ("\n".join(out) + "\n").encode("ascii")
+    out = [f"{_MAGIC} V{index.uidvalidity} H{index.highest} L{index.lowwater}\n"]
+    out += [_entry_line(uid, m, sig) for uid, (m, sig) in sorted(index.entries.items())]
+    out += [f"X {m} {uid}\n" for m, uid in index.expunged]
+    return "".join(out).encode("ascii")
 
 
 _parsed: OrderedDict[str, tuple[tuple[int, int, int, int], ModseqIndex]] = OrderedDict()
@@ -114,7 +136,7 @@ _guard = threading.Lock()
 
 def _copy(index: ModseqIndex) -> ModseqIndex:
     return ModseqIndex(index.uidvalidity, index.highest, index.lowwater, dict(index.entries),
-                       list(index.expunged))
+                       list(index.expunged), index.lines)
 
 
 def read(folder: Path) -> ModseqIndex | None:
@@ -134,7 +156,9 @@ def read(folder: Path) -> ModseqIndex | None:
     except OSError as exc:
         raise ModseqError(f"cannot read {SIDECAR_NAME}: {exc.strerror}") from None
     index = parse(data)
-    # Replaced by rename only (a new inode each time), so the identity cannot repeat.
+    if len(data) != st.st_size or not data.endswith(b"\n"):
+        return index  # caught while being appended to: not worth keeping
+    # Renamed over (a new inode) or appended to (a new size), so the identity cannot repeat.
     with _guard:
         _parsed[path] = (identity, _copy(index))
         while len(_parsed) > PARSE_CACHE_ENTRIES:
@@ -161,14 +185,21 @@ def update(folder: Path, uidvalidity: int,
     """The folder's MODSEQ index brought up to date with a snapshot (uid -> flags, without
     \\Recent). Blocking; writes only when something changed. ModseqError."""
     signatures: dict[frozenset[str], int] = {}
-    current = read(folder)
+    try:
+        current = read(folder)
+    except ModseqError:
+        current = None  # looked at again under the lock, and started over
     if current is not None and current.uidvalidity == uidvalidity:
         changed, gone = _differences(current, flags_by_uid, signatures)
         if not changed and not gone:
             return current
     try:
         with Dotlock(folder, SIDECAR_NAME) as lock:
-            index = read(folder)
+            try:
+                index = read(folder)
+            except ModseqError:
+                index = None  # unreadable: starts over from the clock (module docstring)
+            rewrite = index is None or index.uidvalidity != uidvalidity
             if index is None or index.uidvalidity != uidvalidity:
                 previous = index.highest if index is not None else 0
                 index = ModseqIndex.fresh(uidvalidity)
@@ -178,16 +209,31 @@ def update(folder: Path, uidvalidity: int,
                 return index
             index.highest = max(index.highest + 1, time.time_ns() // 1000)
             modseq = index.highest
+            added: list[str] = []
             for uid in changed:
-                index.entries[uid] = (modseq, signatures[flags_by_uid[uid]])
+                sig = signatures[flags_by_uid[uid]]
+                index.entries[uid] = (modseq, sig)
+                added.append(_entry_line(uid, modseq, sig))
             for uid in gone:
                 del index.entries[uid]
                 index.expunged.append((modseq, uid))
+                added.append(f"X {modseq} {uid}\n")
             if len(index.expunged) > MAX_EXPUNGE_LOG:
                 dropped = index.expunged[:-MAX_EXPUNGE_LOG]
                 index.lowwater = max(index.lowwater, *(m for m, _ in dropped))
                 del index.expunged[:-MAX_EXPUNGE_LOG]
-            lock.replace(render(index), durable=False)
+                rewrite = True
+            index.lines += len(added)
+            needed = len(index.entries) + len(index.expunged)
+            if rewrite or index.lines > COMPACT_FACTOR * needed + COMPACT_SLACK:
+                index.lines = needed
+                lock.replace(render(index), durable=False)
+            else:
+                try:
+                    lock.append("".join(added).encode("ascii"), durable=False)
+                except FileNotFoundError:  # removed by hand meanwhile: write it whole
+                    index.lines = needed
+                    lock.replace(render(index), durable=False)
             return index
     except (LockError, OSError) as exc:
         raise ModseqError(f"{SIDECAR_NAME}: {exc}") from None

@@ -12,10 +12,19 @@ Format (Dovecot wiki "MailboxFormat/Maildir", section "dovecot-uidlist"):
 The filename base is the file's name up to the maildir info separator (":2,FLAGS"), so a
 message keeps its UID when it moves from new/ to cur/ or its flags change.
 
-Writers hold the dotlock `dovecot-uidlist.lock` (dotlock.py); like Dovecot's
-file_dotlock_replace() we write the new index into the lock file itself, fsync it and rename
-it over `dovecot-uidlist`: readers see the old index or the new one, never half of one, and
-readers need no lock at all.
+Writers hold the dotlock `dovecot-uidlist.lock` (dotlock.py). New records (APPEND, COPY,
+deliveries) are appended to `dovecot-uidlist` in place and fdatasynced, as Dovecot does
+(maildir_uidlist_sync_update()): the header's N then lags behind, and readers take the next
+UID as the larger of N and the highest UID listed + 1, as Dovecot's reader does. Anything
+else (records dropped after an expunge, a new folder, a new UIDVALIDITY) rewrites the whole
+index like Dovecot's file_dotlock_replace(): into the lock file, renamed over
+`dovecot-uidlist`. Readers need no lock: they see the old index or the new one, and a last
+line still being appended is ignored (it has no newline yet).
+
+What must be on disk before a client hears of it is a UID handed out (RFC 3501 §2.3.1.1: a
+UID names one message for good), so appends and rewrites that hand out UIDs are synced. A
+rewrite that only drops records of removed files is not: if a crash brings back the older
+index, its extra records name files that are gone and the next sync drops them again.
 """
 
 from __future__ import annotations
@@ -90,6 +99,9 @@ def parse(data: bytes) -> Uidlist:
     except UnicodeDecodeError:
         raise UidlistError("dovecot-uidlist is not UTF-8") from None
     lines = text.split("\n")
+    if len(lines) > 1 and lines[-1]:
+        # A record still being appended by a writer (or cut short by a crash): not there yet.
+        lines.pop()
     header = lines[0].split()
     if not header:
         raise UidlistError("dovecot-uidlist has no header")
@@ -268,11 +280,36 @@ def _first_index(root: Path, clock: Callable[[], float]) -> Uidlist:
     return found if found is not None else Uidlist.fresh(clock())
 
 
-def _replace(lock: Dotlock, root: Path, index: Uidlist) -> None:
-    lock.replace(render(index))
+def _replace(lock: Dotlock, root: Path, index: Uidlist, *, durable: bool = True) -> None:
+    lock.replace(render(index), durable=durable)
     if _placeholders:
         with _placeholders_guard:
             _placeholders.pop(str(root), None)
+
+
+def _write_back(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlist) -> None:
+    """Put `index` on disk, `before` being what the file holds now (None: no file yet):
+    new records only are appended (synced), records only dropped rewrite it unsynced, and
+    anything else rewrites it synced (see the module docstring)."""
+    if before is None or (before.uidvalidity, before.guid, before.header_extra) != (
+            index.uidvalidity, index.guid, index.header_extra):
+        _replace(lock, root, index)
+        return
+    kept = all(index.records.get(base) == rec for base, rec in before.records.items())
+    added = [rec for base, rec in index.records.items() if base not in before.records]
+    if not added:
+        if len(index.records) != len(before.records) or index.next_uid != before.next_uid:
+            _replace(lock, root, index, durable=False)
+        return
+    if not kept:
+        _replace(lock, root, index)
+        return
+    added.sort(key=lambda r: r.uid)
+    lines = "".join(" ".join((str(r.uid), *r.extensions, ":" + r.base)) + "\n" for r in added)
+    try:
+        lock.append(lines.encode("utf-8"))
+    except FileNotFoundError:  # removed behind our back (by hand): write it whole
+        _replace(lock, root, index)
 
 
 def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, dict[str, str]]:
@@ -294,7 +331,8 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
             return current, files
         try:
             with Dotlock(root, UIDLIST_NAME) as lock:
-                current = read(root) or _first_index(root, clock)
+                on_disk = read(root)
+                current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
                 files = scan(root)
                 missing = [b for b in current.records if b not in files]
                 if missing:
@@ -302,7 +340,7 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
                     # twice before forgetting a UID (a forgotten UID is never handed out again).
                     files = scan(root)
                 if _assign(current, files, drop_missing=True):
-                    _replace(lock, root, current)
+                    _write_back(lock, root, on_disk, current)
                 return current, files
         except NoSpace:
             return read(root) or placeholder(root, clock), scan(root)
@@ -359,12 +397,13 @@ def publish(root: Path, move_in: Callable[[], Sequence[str]],
     taken, nothing was moved in. Raises NoSpace / UidlistError."""
     try:
         with Dotlock(root, UIDLIST_NAME) as lock:
-            current = read(root) or _first_index(root, clock)
+            on_disk = read(root)
+            current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
             bases = move_in()
             try:
                 files = scan(root)
                 _assign_ordered(current, files, bases)
-                _replace(lock, root, current)
+                _write_back(lock, root, on_disk, current)
             except BaseException:
                 withdraw(bases)
                 raise
