@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.support.daemon import USERS, RunningDaemon, start_process_daemon, write_config
+from tests.support.daemon import (
+    HOSTNAME,
+    USERS,
+    RunningDaemon,
+    start_process_daemon,
+    write_config,
+)
 from tests.support.wait import eventually
 
 # Every wait below is a bound, never a measurement.
@@ -289,3 +295,43 @@ def test_stale_pid_file_is_not_signalled(tmp_path: Path, ca: trustme.CA) -> None
             assert sleeper.poll() is None  # SIGHUP would have ended it
         finally:
             sleeper.kill()
+
+
+def test_listener_certificate_changed_by_reload(running: RunningDaemon, ca: trustme.CA) -> None:
+    """A listener's own cert/key set by a reload: new connections get it, a TLS session
+    opened before goes on with the old one."""
+    d = running
+    other = ca.issue_cert(HOSTNAME, "127.0.0.1", "other.example.test")
+    other.private_key_pem.write_to_path(str(d.root / "certs" / "other.key"))
+    other.cert_chain_pems[0].write_to_path(str(d.root / "certs" / "other.crt"))
+    config = d.root / "mailkeep.toml"
+    header = '[listeners.submissions]\nprotocol = "submission"\ntls = "implicit"\n'
+    text = config.read_text()
+    assert text.count(header) == 1
+    before = served_names(d, d.submissions_port)
+    assert "other.example.test" not in before
+    with d.smtps() as smtp:
+        config.write_text(text.replace(header, header + 'cert = "certs/other.crt"\n'
+                                                        'key = "certs/other.key"\n'))
+        outcome = sighup(d)
+        assert outcome["status"] == "applied", outcome
+        assert "listener submissions: cert, key changed (for new connections)" in \
+            outcome["changes"]
+        assert "other.example.test" in served_names(d, d.submissions_port)
+        assert smtp.login("alice", USERS["alice"][0])[0] == 235  # the open one goes on
+    assert "other.example.test" not in served_names(d, d.submission_port)  # only that door
+
+
+def served_names(d: RunningDaemon, port: int) -> set[str]:
+    """The DNS names of the certificate the daemon serves on `port` (after STARTTLS on the
+    submission port)."""
+    ctx = d.client_context()
+    if port == d.submission_port:
+        with d.smtp() as smtp:
+            cert = smtp.sock.getpeercert()  # type: ignore[union-attr]
+    else:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname=HOSTNAME) as tls:
+            cert = tls.getpeercert()
+    assert cert is not None
+    return {value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"}
