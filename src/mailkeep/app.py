@@ -297,6 +297,7 @@ class Daemon:
         """SIGHUP: re-read the whole configuration and apply it (app_reload.py): refused
         with every problem when it is wrong. Certificates are re-read either way, and ACME
         looks at its certificate now (users files are re-read on change anyway)."""
+        log.info("SIGHUP: reloading the configuration from %s", self.config.path)
         self.reloader.request()
 
     async def apply(self, config: Config,

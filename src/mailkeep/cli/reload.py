@@ -97,7 +97,12 @@ def find_daemon(config: Config) -> int:
 
 
 def _status_of(config: Config, pid: int) -> dict[str, Any] | None:
-    status = read_status(config.data_dir)
+    try:
+        status = read_status(config.data_dir)
+    except PermissionError:
+        raise CliError(f"cannot read the daemon's reload status in {config.data_dir}: "
+                       "permission denied (run this as the user mailkeep runs as, or as "
+                       "root)") from None
     return status if status is not None and status.get("pid") == pid else None
 
 
