@@ -34,6 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Imported now, before run_as gives up root: config/check.py imports these lazily (for the
+# command line's start-up time), and once unprivileged the interpreter's own folder may be
+# unreadable, so a first import during a reload could fail.
+import mailkeep.directory.file
+import mailkeep.relay.dkim_admin
+import mailkeep.tls.inventory  # noqa: F401
 from mailkeep.config.check import problems as check_problems
 from mailkeep.config.diff import (
     SocketPlan,
@@ -271,7 +277,14 @@ async def apply(daemon: Daemon, config: Config, report: ReloadReport) -> list[st
     for warning in report.warnings:
         log.warning("reload: %s", warning)
     if daemon.ready_file is not None:
-        await asyncio.to_thread(write_ready_file, daemon.ready_file, daemon.bound)
+        # Applied already: a ready file that cannot be rewritten (its folder is root's and
+        # run_as gave root up) is worth a warning, never a refusal.
+        try:
+            await asyncio.to_thread(write_ready_file, daemon.ready_file, daemon.bound)
+        except OSError as exc:
+            warning = f"cannot rewrite the ready file {daemon.ready_file}: {exc.strerror or exc}"
+            log.warning("reload: %s", warning)
+            report.warnings.append(warning)
     return []
 
 

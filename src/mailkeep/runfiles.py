@@ -51,7 +51,9 @@ def read_pid(path: Path) -> int | None:
     """The pid in the file; None when there is no file or it holds no pid. PermissionError
     is left to the caller (it says who may run the command)."""
     try:
-        text = path.read_text(encoding="ascii").strip()
+        # Bytes decoded without a codec lookup: after run_as, importing an encodings module
+        # may no longer be possible (the interpreter's folder may be root's).
+        text = path.read_bytes().decode("ascii").strip()
     except FileNotFoundError:
         return None
     except (UnicodeDecodeError, IsADirectoryError):

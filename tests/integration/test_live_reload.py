@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -335,3 +338,33 @@ def served_names(d: RunningDaemon, port: int) -> set[str]:
             cert = tls.getpeercert()
     assert cert is not None
     return {value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+def test_reload_after_run_as_gave_up_root(ca: trustme.CA) -> None:
+    """Started as root with run_as: the unprivileged daemon still reloads (a listener added,
+    served), though the ready file's folder is root's (a warning, not a refusal), and it
+    removes its pid file at stop."""
+    root = Path(tempfile.mkdtemp(prefix="mailkeep-reload-", dir="/var/tmp"))
+    try:
+        root.chmod(0o755)
+        config = write_config(root, ca, extra_top={"run_as": "nobody"})
+        d = start_process_daemon(config, ca)
+        try:
+            reloadable(d)
+            write_config(root, ca, extra_top={"run_as": "nobody"}, imap_listeners=True)
+            r = mk("reload", "--config", str(config))
+            assert r.returncode == 0, r
+            assert "listener imaps added" in r.stdout
+            assert "cannot rewrite the ready file" in r.stderr
+            port = int(next(line for line in r.stdout.splitlines()
+                            if "listener imaps added" in line).rsplit(":", 1)[1])
+            d.ports["imaps"] = port
+            with d.imaps() as imap:
+                imap.login("alice", USERS["alice"][0])
+                imap.logout()
+        finally:
+            d.stop()
+        assert not pid_file(d).exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
