@@ -15,11 +15,15 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.resolver
+
 from mailkeep import app_reload, runfiles
+from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.observe.metrics import Metrics, ScrapeSources
 from mailkeep.proto.autoconfig import MailSetup
-from mailkeep.relay.authdns import make_resolver
+from mailkeep.relay.authdns import NO_INBOUND_RESOLVER, inbound_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.relay.runner import DeliveryRunner
 from mailkeep.relay.spool import Spool, SpoolBusy
@@ -35,7 +39,7 @@ from mailkeep.security.privileges import (
     running_as_root,
 )
 from mailkeep.security.rate import RateLimiter
-from mailkeep.server import autoconfig, imap, pop3, smtp
+from mailkeep.server import admin, autoconfig, imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_hint, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
@@ -125,6 +129,10 @@ class Daemon:
             raise StartupError([f"data_dir: {config.data_dir} is not writable: {exc.strerror}"]) \
                 from None
         self.store = MaildirStore(config.data_dir, config.maildirs)
+        metrics = Metrics()
+        metrics.declare_listeners((lst.name, lst.protocol, lst.tls)
+                                  for lst in config.listeners)
+        self.store.on_error = metrics.store_error
         self.store.start_feed()
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
@@ -147,8 +155,15 @@ class Daemon:
             input_budget=InputBudget(security.max_buffered_input),
             rate_limiters={lst.name: RateLimiter(lst.rate.count, lst.rate.seconds)
                            for lst in config.listeners if lst.rate is not None},
+            metrics=metrics,
         )
         await self._start_relay(self.services)
+        assert self.runner is not None
+        metrics.sources = ScrapeSources(
+            sessions=self.services.open_sessions, idle=self.services.idle_sessions,
+            queue=self.runner.size, certificates=self.tls.served)
+        for warning in admin_exposure_warnings(config):
+            log.warning("%s", warning)
         problems: list[str] = []
         for lst in config.listeners:
             for i, addr in enumerate(lst.bind):
@@ -232,10 +247,17 @@ class Daemon:
                 problems.append(f'dkim.domains."{domain}".key: {setting.key}: {exc}')
         if problems:
             raise StartupError(problems)
-        servers = config.delivery.dns_servers
-        if servers and any(lst.protocol == "smtp" for lst in config.listeners):
-            # Each server on its own port, like the outbound resolver (relay/dns.py).
-            services.auth_resolver = make_resolver([(s.host, s.port) for s in servers])
+        if any(lst.protocol == "smtp" for lst in config.listeners):
+            # The inbound checks (SPF, DKIM, DMARC) ask the same servers as outbound delivery,
+            # each on its own port, within the same `delivery.dns_timeout` per lookup; no
+            # servers configured: the host's resolv.conf (read here, off the loop).
+            delivery = config.delivery
+            try:
+                services.auth_resolver = await asyncio.to_thread(
+                    inbound_resolver, [(s.host, s.port) for s in delivery.dns_servers],
+                    delivery.dns_timeout)
+            except dns.resolver.NoResolverConfiguration:
+                raise StartupError([NO_INBOUND_RESOLVER]) from None
         for lst in config.listeners:
             if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
@@ -243,7 +265,8 @@ class Daemon:
                             ", ".join(str(n) for n in lst.clients))
         spool = Spool(config.data_dir / "spool")
         self.runner = services.runner = DeliveryRunner(config, spool, self.store_or_fail(),
-                                                       services.directory)
+                                                       services.directory,
+                                                       metrics=services.metrics)
         try:
             await self.runner.start()
         except SpoolBusy as exc:
@@ -271,6 +294,11 @@ class Daemon:
         elif lst.protocol == "autoconfig":
             factory = autoconfig.session_factory(services, lst, context, self.mail_setup)
             refusal = autoconfig.refusal_line
+        elif lst.protocol == "admin":
+            readiness = admin.Readiness(services, lambda: self.listeners,
+                                        self.runner.spool.root if self.runner else None)
+            factory = admin.session_factory(services, lst, context, readiness)
+            refusal = admin.refusal_line
         else:
             factory = smtp.session_factory(services, lst, context)
             refusal = functools.partial(smtp.refusal_line, self.config.hostname)

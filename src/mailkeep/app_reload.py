@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dns.resolver
+
 # Imported now, before run_as gives up root: config/check.py imports these lazily (for the
 # command line's start-up time), and once unprivileged the interpreter's own folder may be
 # unreadable, so a first import during a reload could fail.
@@ -49,10 +51,10 @@ from mailkeep.config.diff import (
     restart_only_changes,
     setting_changes,
 )
-from mailkeep.config.load import ConfigReading, read_config
+from mailkeep.config.load import ConfigReading, admin_exposure_warnings, read_config
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
-from mailkeep.relay.authdns import make_resolver
+from mailkeep.relay.authdns import NO_INBOUND_RESOLVER, inbound_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.runfiles import write_ready_file, write_status
 from mailkeep.security.descriptors import connection_capacity
@@ -221,6 +223,7 @@ class _Change:
     fronts: dict[str, ssl.SSLContext]
     directory: UserDirectory | None     # None: [directory] unchanged
     dkim_keys: dict[str, DkimKey]
+    resolver: dns.resolver.Resolver | None  # the inbound checks' new one (None: keep, or none)
     problems: list[str]
     plan: SocketPlan = field(default_factory=SocketPlan)
     managed: list[Listener] = field(default_factory=list)  # the sockets the plan indexes
@@ -239,13 +242,20 @@ def _stage(running: Config, new: Config, tls: TlsContexts, report: ReloadReport)
                                        new.directory.base_dir)
         except DirectoryError as exc:
             problems.append(str(exc))
+    resolver: dns.resolver.Resolver | None = None
+    if _has_smtp(new) and (not _has_smtp(running) or _dns(new) != _dns(running)):
+        try:
+            resolver = inbound_resolver([(s.host, s.port) for s in new.delivery.dns_servers],
+                                        new.delivery.dns_timeout)
+        except dns.resolver.NoResolverConfiguration:
+            problems.append(NO_INBOUND_RESOLVER)
     keys: dict[str, DkimKey] = {}
     for domain, setting in new.dkim.items():
         try:
             keys[domain] = DkimKey.load(setting.key, domain, setting.selector)
         except (OSError, DkimError) as exc:
             problems.append(f'dkim.domains."{domain}".key: {setting.key}: {exc}')
-    return _Change(running, new, report, contexts, fronts, directory, keys, problems)
+    return _Change(running, new, report, contexts, fronts, directory, keys, resolver, problems)
 
 
 async def apply(daemon: Daemon, config: Config, report: ReloadReport) -> list[str]:
@@ -254,6 +264,8 @@ async def apply(daemon: Daemon, config: Config, report: ReloadReport) -> list[st
         return ["the daemon is stopping"]
     running = daemon.config
     report.warnings += restart_only_changes(running, config)
+    said = admin_exposure_warnings(running)
+    report.warnings += [w for w in admin_exposure_warnings(config) if w not in said]
     change = await asyncio.to_thread(_stage, running, effective(running, config), daemon.tls,
                                      report)
     current: list[tuple[str, BindAddress]] = []
@@ -346,11 +358,13 @@ def _commit(daemon: Daemon, change: _Change) -> None:
         daemon.directory = change.directory  # the one shutdown closes
         daemon.reloader.retire(retired)
     services.dkim_keys = change.dkim_keys
-    if new.delivery.dns_servers != running.delivery.dns_servers or \
-            _has_smtp(new) != _has_smtp(running):
-        services.auth_resolver = make_resolver(
-            [(s.host, s.port) for s in new.delivery.dns_servers]) \
-            if new.delivery.dns_servers and _has_smtp(new) else None
+    if not _has_smtp(new):
+        services.auth_resolver = None
+    elif change.resolver is not None:
+        services.auth_resolver = change.resolver
+    services.metrics.declare_listeners((lst.name, lst.protocol, lst.tls)
+                                       for lst in new.listeners)
+    services.metrics.sources.certificates = change.contexts.served
     if daemon.runner is not None:
         daemon.runner.reconfigure(new, services.directory)
     daemon.tls = change.contexts
@@ -368,6 +382,11 @@ def _commit(daemon: Daemon, change: _Change) -> None:
 
 def _has_smtp(config: Config) -> bool:
     return any(lst.protocol == "smtp" for lst in config.listeners)
+
+
+def _dns(config: Config) -> tuple[object, ...]:
+    """What the inbound checks' resolver is made of."""
+    return (config.delivery.dns_servers, config.delivery.dns_timeout)
 
 
 def _swap_listeners(daemon: Daemon, change: _Change) -> None:

@@ -159,6 +159,23 @@ def test_dot_stuffing_round_trip(pop3d: RunningDaemon) -> None:
     raw.close()
 
 
+def test_login_right_after_quit_finds_the_maildrop_free(pop3d: RunningDaemon) -> None:
+    # The lock of a session is let go before its QUIT is answered: a client that logs in again
+    # the moment it reads +OK is not told [IN-USE] by its own previous session.
+    submit(pop3d, message("again"))
+    for _ in range(10):
+        p = login(pop3d)
+        raw = RawPop3(pop3d, tls=True)
+        raw.line()
+        p.quit()
+        raw.send(b"USER bob\r\nPASS bob-secret-pw-2\r\n")
+        assert raw.line().startswith(b"+OK")
+        assert raw.line().startswith(b"+OK"), "maildrop still locked after QUIT was answered"
+        raw.send(b"QUIT\r\n")
+        raw.line()
+        raw.close()
+
+
 def test_four_megabyte_message(pop3d: RunningDaemon) -> None:
     line = b"0123456789" * 7 + b"\r\n"
     body = line * (4 * 1024 * 1024 // len(line))

@@ -57,15 +57,30 @@ class DnsZoneServer:
         self.tcp_queries = 0
         self.host = host
         self._stop = threading.Event()
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((host, 0))
+        self._udp, self._tcp = self._bind_pair(host)
         self.port: int = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind((host, self.port))
-        self._tcp.listen(16)
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
+
+    @staticmethod
+    def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
+        """One port number for UDP and TCP (a resolver falls back to TCP on the same port).
+        The kernel picks a free UDP port; its TCP twin may be taken by another test's
+        connection, so another pair is tried."""
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind((host, 0))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((host, udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            tcp.listen(16)
+            return udp, tcp
+        raise OSError("no port free for both UDP and TCP on " + host)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

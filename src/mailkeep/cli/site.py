@@ -1,4 +1,4 @@
-"""Commands about the site as a whole: init, serve, check-config, dns, health."""
+"""Commands about the site as a whole: init, serve, check-config, dns (health: health.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pathlib import Path
 from mailkeep.cli.common import (
     EXIT_CONFIG,
     EXIT_USAGE,
-    GREETINGS,
     STANDARD_PORTS,
     UNPRIVILEGED_PORTS,
     CliError,
@@ -100,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     if args.allow_root:
         config = dataclasses.replace(config, allow_root=True)
-    setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     use_uvloop = args.loop in ("auto", "uvloop")
     runner: asyncio.Runner
     if use_uvloop:
@@ -174,40 +173,3 @@ def cmd_dns(args: argparse.Namespace) -> int:
                     sites=sites, dkim_txt=dkim_txt, dkim_note=dkim_note)
     print("\n".join(lines))
     return 0
-
-
-# -- health ---------------------------------------------------------------------------------
-
-def cmd_health(args: argparse.Namespace) -> int:
-    """Container HEALTHCHECK: every listener answers with its greeting (220, +OK)."""
-    import socket  # noqa: PLC0415
-    import ssl  # noqa: PLC0415
-
-    config = load_or_exit(args.config)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # a health probe checks liveness, not identity
-    failed = 0
-    for lst in config.listeners:
-        for addr in lst.bind:
-            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
-            try:
-                with socket.create_connection((host, addr.port), timeout=5) as raw:
-                    sock: socket.socket = raw
-                    if lst.tls == "implicit":
-                        sock = ctx.wrap_socket(raw, server_hostname=config.hostname)
-                    if lst.protocol == "autoconfig":
-                        sock.sendall(f"HEAD /mail/config-v1.1.xml HTTP/1.1\r\nHost: "
-                                     f"{config.hostname}\r\nConnection: close\r\n\r\n"
-                                     .encode())
-                    greeting = sock.recv(512)
-                    if not greeting.startswith(GREETINGS[lst.protocol]):
-                        raise OSError(f"unexpected greeting {greeting[:60]!r}")
-                    if lst.protocol != "autoconfig":
-                        sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap"
-                                     else b"QUIT\r\n")
-                print(f"ok {lst.name} {addr}")
-            except OSError as exc:
-                print(f"FAIL {lst.name} {addr}: {exc}")
-                failed += 1
-    return 1 if failed else 0

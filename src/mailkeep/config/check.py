@@ -72,12 +72,14 @@ def _directory_problems(config: Config) -> list[str]:
 
 
 def warnings(config: Config) -> list[str]:
-    """What is worth saying but does not stop the daemon.
+    """What is worth saying but does not stop the daemon (and admin listeners exposed in
+    plain HTTP, config/load.py).
 
     An HTTPS autoconfig listener is reached as autoconfig.DOMAIN and autodiscover.DOMAIN
     (the CNAMEs of `mailkeep dns`): a certificate without those names makes Thunderbird fall
     back to plain HTTP and Outlook warn or give up. Worth a warning, not a refusal: the
     documents still work over HTTP, and the certificate may be renewed with the names."""
+    from mailkeep.config.load import admin_exposure_warnings  # noqa: PLC0415
     from mailkeep.tls.certs import CertificateProblem, inspect_certificate  # noqa: PLC0415
 
     found: list[str] = []
@@ -96,4 +98,4 @@ def warnings(config: Config) -> list[str]:
                          f"{', '.join(missing)} (SAN: {', '.join(info.names) or 'none'}); "
                          "HTTPS clients fetching those names will refuse it: add them "
                          "to the certificate (mailkeep cert selfsigned --san NAME ...)")
-    return found
+    return found + admin_exposure_warnings(config)

@@ -21,7 +21,9 @@ from mailkeep.config.model import BindAddress, Config, ListenerConfig
 # run_as, allow_root: root privileges are given up for good at start and cannot come back.
 # tls.acme: the ACME account, placeholder certificate and renewal schedule are set up at start.
 # pid_file: written at start; `mailkeep reload` would look for the new one and not find it.
-RESTART_ONLY = ("data_dir", "mail_dir", "pid_file", "run_as", "allow_root", "tls.acme")
+# log_format: the log handlers are set up once, before the daemon starts (cli/common.py).
+RESTART_ONLY = ("data_dir", "mail_dir", "pid_file", "log_format", "run_as", "allow_root",
+                "tls.acme")
 # Records whose changed fields are listed with their values (nothing secret in them).
 _RECORDS = ("submission", "security", "pop3", "imap")
 # Listed by the names of the changed fields only: values may be long, or carry secrets
@@ -56,7 +58,7 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
 def effective(old: Config, new: Config) -> Config:
     """The new configuration with the restart-only keys of the running one."""
     return replace(new, data_dir=old.data_dir, mail_dir=old.mail_dir, pid_file=old.pid_file,
-                   run_as=old.run_as, allow_root=old.allow_root,
+                   log_format=old.log_format, run_as=old.run_as, allow_root=old.allow_root,
                    tls=replace(new.tls, acme=old.tls.acme))
 
 

@@ -8,8 +8,8 @@ TEMPLATE = """\
 # Apply a change without a restart:  mailkeep reload --config {config_name}  (or SIGHUP):
 # listeners, limits, certificates, relay and directory settings change without dropping a
 # session; a file with any problem is refused (every problem listed) and the running
-# configuration stays. data_dir, mail_dir, pid_file, run_as, allow_root and [tls.acme]
-# take effect at restart.
+# configuration stays. data_dir, mail_dir, pid_file, log_format, run_as, allow_root and
+# [tls.acme] take effect at restart.
 # Every key is listed here; unknown keys are errors (so typos never go unnoticed).
 
 # The name clients connect to. The certificate must cover it (SAN), and it is the name
@@ -27,6 +27,8 @@ data_dir = "{data_dir}"
 #                            # with a second mailkeep that has its own data_dir)
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
+# log_format = "text"        # text | json (one JSON object a line: time, level, logger,
+#                            # message, and conn/peer/listener/user where a line names them)
 # pid_file = "/run/mailkeep/mailkeep.pid"  # default DATA_DIR/mailkeep.pid: for `mailkeep
 #                            # reload`; in a folder writable by the user mailkeep runs as
 {run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)
@@ -278,6 +280,17 @@ bind = [{bind_465}]
 # protocol = "autoconfig"
 # tls = "implicit"
 # bind = ["0.0.0.0:443", "[::]:443"]
+
+# The admin listener, for monitoring: /metrics (Prometheus text format; docs/metrics.md),
+# /healthz (200 while the daemon runs) and /readyz (200 when every listener is bound, the
+# Maildirs and the spool are writable and the user directory answers; else 503 and why).
+# Nothing there asks for a password or changes anything: keep it on loopback (a warning at
+# start otherwise), or use tls = "implicit" (HTTPS with the certificate above) behind a
+# firewall. `mailkeep health` asks /readyz when there is one.
+# [listeners.admin]
+# protocol = "admin"
+# tls = "none"                     # the default for admin: plain HTTP
+# bind = ["127.0.0.1:9587"]
 """
 
 POP3_LISTENERS = """

@@ -43,18 +43,39 @@ class DnsTempError(Exception):
 def make_resolver(nameservers: Sequence[str | tuple[str, int]], port: int = 53,
                   timeout: float = DNS_QUERY_TIMEOUT) -> dns.resolver.Resolver:
     """A resolver that asks only `nameservers`: IP addresses (on `port`) or (address, port)
-    pairs, each asked on its own port."""
-    resolver = dns.resolver.Resolver(configure=False)
-    servers: list[str | dns.nameserver.Nameserver] = []
-    for ns in nameservers:
-        host, own_port = (ns, port) if isinstance(ns, str) else ns
-        servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)),
-                                                     own_port))
-    resolver.nameservers = servers
-    resolver.port = port
+    pairs, each asked on its own port. No servers: the host's (/etc/resolv.conf, read here:
+    call it off the event loop). `timeout` bounds each lookup, retries included (the
+    operator's `delivery.dns_timeout`): no library's default stretches it."""
+    if not nameservers:
+        resolver = dns.resolver.Resolver()
+    else:
+        resolver = dns.resolver.Resolver(configure=False)
+        servers: list[str | dns.nameserver.Nameserver] = []
+        for ns in nameservers:
+            host, own_port = (ns, port) if isinstance(ns, str) else ns
+            servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)),
+                                                         own_port))
+        resolver.nameservers = servers
+        resolver.port = port
     resolver.timeout = timeout
     resolver.lifetime = timeout
     return resolver
+
+
+# When make_resolver() finds neither servers nor a usable resolv.conf for the inbound checks.
+NO_INBOUND_RESOLVER = (
+    "delivery.dns_servers: none set and this host has no usable /etc/resolv.conf; the "
+    "inbound SMTP listener needs DNS for SPF/DKIM/DMARC: set delivery.dns_servers = "
+    "[\"192.0.2.53\"] (your resolver)")
+
+
+def inbound_resolver(servers: Sequence[tuple[str, int]],
+                     timeout: float) -> dns.resolver.Resolver:
+    """The inbound checks' (SPF, DKIM, DMARC) resolver: the same servers as outbound
+    delivery, each on its own port, within the same `delivery.dns_timeout` per lookup; none
+    configured: the host's resolv.conf (read here: call it off the loop).
+    dns.resolver.NoResolverConfiguration when there is none (NO_INBOUND_RESOLVER says why)."""
+    return make_resolver(list(servers), timeout=timeout)
 
 
 _system: dns.resolver.Resolver | None = None

@@ -83,10 +83,15 @@ class Pop3Session(StreamSession):
 
     async def _release(self) -> None:
         # No UPDATE state here: DELE marks are dropped, nothing is removed (RFC 1939 §6).
+        await self._unlock()
+
+    async def _unlock(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
-        if self.lock is not None:
-            await self.lock.release()
+            self._refresher = None
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            await lock.release()
 
     def close_summary(self) -> str:
         c = self.counts
@@ -214,7 +219,8 @@ class Pop3Session(StreamSession):
                         reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await starttls.upgrade(reader, writer, self.front_context,
-                                   self.services.config.tls.handshake_timeout, request.reply)
+                                   self.services.config.tls.handshake_timeout, request.reply,
+                                   metrics=self.services.metrics, listener=self.listener.name)
         except starttls.PipelinedPlaintext:
             log.warning("conn=%s plaintext pipelined behind STLS: refused, closing",
                         self.conn_id)
@@ -285,6 +291,9 @@ class Pop3Session(StreamSession):
                 log.error("conn=%s removing %d messages of %s failed: %s", self.conn_id,
                           len(request.deleted), self.account.name, exc)
                 failed = len(request.deleted)
+        # The maildrop is let go before QUIT is answered: a client that logs in again as soon
+        # as it reads the +OK must not find its own old session's lock ([IN-USE]).
+        await self._unlock()
         machine.update_done(failed)
 
 
