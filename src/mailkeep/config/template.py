@@ -8,8 +8,8 @@ TEMPLATE = """\
 # Apply a change without a restart:  mailkeep reload --config {config_name}  (or SIGHUP):
 # listeners, limits, certificates, relay and directory settings change without dropping a
 # session; a file with any problem is refused (every problem listed) and the running
-# configuration stays. data_dir, mail_dir, pid_file, log_format, run_as, allow_root and
-# [tls.acme] take effect at restart.
+# configuration stays. Restart for: data_dir, mail_dir, pid_file, log_format, run_as,
+# allow_root, tls.acme.
 # Every key is listed here; unknown keys are errors (so typos never go unnoticed).
 
 # The name clients connect to. The certificate must cover it (SAN), and it is the name
