@@ -32,6 +32,12 @@ class TooExpensive(Exception):
     """The work used up its CPU budget."""
 
 
+# The first this many seconds of a command's slices are charged at their wall time (an upper
+# bound of their CPU time, read from the fast clock); after that each slice reads the thread
+# CPU clock, a system call. Most commands end well within it and never pay for that call.
+UNMETERED_SECONDS = SLICE_SECONDS
+
+
 class Slices:
     def __init__(self, budget: float = float("inf"),
                  slice_seconds: float = SLICE_SECONDS) -> None:
@@ -40,16 +46,22 @@ class Slices:
         self.spent = 0.0
         self._wall = 0.0
         self._cpu = 0.0
+        self._metered = False
 
     def start(self) -> None:
         self._wall = time.perf_counter()
-        if self.budget != float("inf"):  # a thread CPU clock read is a system call: only
-            self._cpu = time.thread_time()  # when there is a budget to charge it to
+        if self._metered:
+            self._cpu = time.thread_time()
 
     def stop(self) -> None:
         """End a slice (before awaiting anything else): its CPU time is charged."""
-        if self.budget != float("inf"):
+        if self.budget == float("inf"):
+            return
+        if self._metered:
             self.charge(time.thread_time() - self._cpu)
+            return
+        self.charge(time.perf_counter() - self._wall)
+        self._metered = self.spent >= UNMETERED_SECONDS
 
     def charge(self, cpu_seconds: float) -> None:
         self.spent += cpu_seconds
