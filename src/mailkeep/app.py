@@ -41,8 +41,12 @@ from mailkeep.store.maildir import MaildirStore
 from mailkeep.tls.certs import CertificateProblem
 from mailkeep.tls.context import TlsContexts
 from mailkeep.tls.renewal import AcmeManager
+from mailkeep.workers.link import WorkerLink
 
 log = logging.getLogger("mailkeep")
+
+# How often a worker checks that its supervisor is still there.
+PARENT_CHECK_INTERVAL = 1.0
 
 
 class StartupError(Exception):
@@ -65,8 +69,10 @@ def _bind_hint(exc: OSError, addr: BindAddress) -> str:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, link: WorkerLink | None = None) -> None:
         self.config = config
+        # One of several workers (workers/): counters shared through the parent.
+        self.link = link
         self.tls = TlsContexts(config.hostname)
         self.listeners: list[Listener] = []
         self.bound: dict[str, list[str]] = {}
@@ -77,6 +83,7 @@ class Daemon:
         self.ready_file: Path | None = None  # where `serve --ready-file` wants the ports
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._mail_setup: MailSetup | None = None
         self.acme: AcmeManager | None = None
 
@@ -169,21 +176,28 @@ class Daemon:
                         "(raise `ulimit -n` or lower security.max_connections)",
                         security.max_connections, capacity, open_files,
                         security.descriptor_reserve)
+        budget = ConnectionBudget(security, capacity)
+        throttle = AuthThrottle(security)
+        sessions = SessionCounter(config.imap.max_connections_per_user,
+                                  config.imap.max_connections_per_user_ip)
+        rates = {lst.name: RateLimiter(lst.rate.count, lst.rate.seconds)
+                 for lst in config.listeners if lst.rate is not None}
+        if self.link is not None:
+            budget, throttle, sessions, rates = self.link.shared(budget, throttle, sessions,
+                                                                 rates)
         self.services = Services(
             config=config, directory=self.directory, store=self.store,
-            throttle=AuthThrottle(security), budget=ConnectionBudget(security, capacity),
-            imap_sessions=SessionCounter(config.imap.max_connections_per_user,
-                                         config.imap.max_connections_per_user_ip),
+            throttle=throttle, budget=budget, imap_sessions=sessions,
+            # Memory is per process: so is the budget of input held in it.
             input_budget=InputBudget(security.max_buffered_input),
-            rate_limiters={lst.name: RateLimiter(lst.rate.count, lst.rate.seconds)
-                           for lst in config.listeners if lst.rate is not None},
+            rate_limiters=rates,
         )
         await self._start_relay(self.services)
         problems: list[str] = []
         for lst in config.listeners:
             for i, addr in enumerate(lst.bind):
                 try:
-                    sock = bind_socket(addr)
+                    sock = bind_socket(addr, reuse_port=self.link is not None)
                 except OSError as exc:
                     problems.append(f"listeners.{lst.name}.bind[{i}]: {addr}: "
                                     f"{_bind_hint(exc, addr)}")
@@ -198,7 +212,9 @@ class Daemon:
             if self.runner is not None:
                 await self.runner.stop(grace=0)  # and let go of the spool's lock
             raise StartupError(problems)
-        if self.ready_file is not None:
+        if self.link is not None:
+            self.link.ready(self.bound)  # the supervisor writes --ready-file
+        elif self.ready_file is not None:
             # Written before any switch of user: its folder may be root's.
             write_ready_file(self.ready_file, self.bound)
         if identity is not None:
@@ -206,6 +222,8 @@ class Daemon:
         for listener in self.listeners:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
+        if self.link is not None:
+            self._watch_task = asyncio.create_task(self._watch_parent(self.link))
         if self.acme is not None:
             self.acme.start([int(a.rsplit(":", 1)[1]) for lst in config.listeners
                              if lst.tls == "implicit" for a in self.bound.get(lst.name, [])])
@@ -271,7 +289,8 @@ class Daemon:
                             ", ".join(str(n) for n in lst.clients))
         spool = Spool(config.data_dir / "spool")
         self.runner = services.runner = DeliveryRunner(config, spool, self.store_or_fail(),
-                                                       services.directory)
+                                                       services.directory,
+                                                       shared=self.link is not None)
         try:
             await self.runner.start()
         except SpoolBusy as exc:
@@ -308,6 +327,13 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.tls.reload_interval)
             await asyncio.to_thread(self.tls.reload)
+
+    async def _watch_parent(self, link: WorkerLink) -> None:
+        """A worker whose supervisor is gone stops (nobody would restart or reload it)."""
+        while link.parent_alive():  # noqa: ASYNC110 (no event to wait for: a pid to poll)
+            await asyncio.sleep(PARENT_CHECK_INTERVAL)
+        log.error("worker %d: the supervisor is gone: stopping", os.getpid())
+        self.request_stop()
 
     def reload(self) -> None:
         """SIGHUP: re-read certificates now (users files are re-read on change anyway)."""
@@ -351,8 +377,9 @@ class Daemon:
                 if not services.sessions:
                     break
                 await asyncio.sleep(0.05)
-        if self._reload_task is not None:
-            self._reload_task.cancel()
+        for task in (self._reload_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         if self.acme is not None:
             self.acme.stop()
         if self.runner is not None:
@@ -374,8 +401,8 @@ def write_ready_file(path: Path, bound: dict[str, list[str]]) -> None:
 
 async def serve(config: Config, ready_file: Path | None = None,
                 on_started: Callable[[Daemon], None] | None = None,
-                install_signals: bool = True) -> None:
-    daemon = Daemon(config)
+                install_signals: bool = True, link: WorkerLink | None = None) -> None:
+    daemon = Daemon(config, link)
     daemon.ready_file = ready_file
     await daemon.start()
     loop = asyncio.get_running_loop()

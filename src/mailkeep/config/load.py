@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
 
 from mailkeep.config.model import (
+    MAX_WORKERS,
     AuthMode,
     BindAddress,
     Config,
@@ -26,6 +27,7 @@ from mailkeep.config.model import (
     SubmissionConfig,
     TlsConfig,
     TlsMode,
+    default_workers,
 )
 from mailkeep.config.tls_table import check_tls_listeners, parse_tls
 from mailkeep.relay.queue_config import parse_queue
@@ -49,7 +51,8 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
-             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir"}
+             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir",
+             "workers"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -245,6 +248,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         r.problem("shutdown_grace", f"must be 0 or more seconds, got {grace}")
         grace = 10.0
 
+    workers = _workers(r, raw.get("workers", "auto"))
+
     delivery_raw = r.table(raw, "delivery")
     delivery, delivery_problems = parse_delivery(delivery_raw, path.parent, hostname=hostname)
     r.problems.extend(delivery_problems)
@@ -274,8 +279,19 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
-        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir,
+        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, workers=workers,
     )
+
+
+def _workers(r: _Reader, value: object) -> int:
+    """`workers`: 1..MAX_WORKERS, or "auto" (one per core)."""
+    if value == "auto":
+        return default_workers()
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    r.problem("workers", f'must be a number of processes from 1 to {MAX_WORKERS} or "auto", '
+              f"got {value!r}")
+    return 1
 
 
 def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[ListenerConfig, ...]:

@@ -33,12 +33,13 @@ from mailkeep.config.model import Config
 from mailkeep.directory.base import DirectoryUnavailable, UserDirectory
 from mailkeep.proto.address import canonical
 from mailkeep.proto.printable import printable
-from mailkeep.relay import reports
+from mailkeep.relay import claims, reports
 from mailkeep.relay.client import OutboundClient
 from mailkeep.relay.dsn import Action, Dsn
 from mailkeep.relay.envelope import OutboundMessage, Recipient
 from mailkeep.relay.queue_admin import age_text
 from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
+from mailkeep.relay.sharing import SharedSpoolMixin
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError, SpoolRecipient, new_id
 from mailkeep.store.base import DeliveryError, DiskFull
 from mailkeep.store.maildir import MaildirStore
@@ -78,10 +79,10 @@ class _Stats:
     deferred: int = 0
 
 
-class DeliveryRunner:
+class DeliveryRunner(SharedSpoolMixin):
     def __init__(self, config: Config, spool: Spool, store: MaildirStore,
                  directory: UserDirectory, client: OutboundClient | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, shared: bool = False) -> None:
         self.config = config
         self.queue_config = config.queue
         self.spool = spool
@@ -100,11 +101,19 @@ class DeliveryRunner:
         self._recovered: set[str] = set()          # loaded at start: check before redelivery
         self._last_report = 0.0
         self._lock_fd: int | None = None
+        # One of several workers on this spool (relay/claims.py): only the primary (the
+        # spool lock's holder) retries and adopts; the others make first attempts only.
+        self.shared = shared
+        self.primary = not shared
+        self._claims: dict[str, int] = {}          # entry id -> its claim's descriptor
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Take the spool's lock (SpoolBusy: another daemon uses it), clean up, resume."""
+        if self.shared:
+            await self._start_shared()
+            return
         # Held until stop(): `mailkeep queue` sees it and sends its requests here instead
         # of changing the spool under our feet; a second daemon on this spool cannot start.
         self._lock_fd = await asyncio.to_thread(self.spool.lock, SPOOL_LOCK_WAIT)
@@ -145,6 +154,9 @@ class DeliveryRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the spool is the next daemon's (or the CLI's) now
             self._lock_fd = None
+        for fd in self._claims.values():
+            os.close(fd)  # pending entries: the next primary adopts them
+        self._claims.clear()
 
     def kick(self) -> None:
         """Look at the queue now (tests after moving the clock; `queue flush`)."""
@@ -158,7 +170,14 @@ class DeliveryRunner:
         Returns a future that is done when the local recipients have been attempted (the
         SMTP session waits for it briefly, so a sender's 250 normally means "in the INBOX"
         for local mail, as users expect); remote deliveries go on without it."""
-        await asyncio.to_thread(self.spool.accept, entry, message)
+        if self.shared:
+            self._claims[entry.id] = await asyncio.to_thread(claims.claim_new, self.spool,
+                                                             entry.id)
+        try:
+            await asyncio.to_thread(self.spool.accept, entry, message)
+        except BaseException:
+            await self._release(entry.id)
+            raise
         self.entries[entry.id] = entry
         log.info("queued id=%s from=<%s> rcpts=%d size=%d", entry.id, printable(entry.mail_from),
                  len(entry.recipients), entry.size)
@@ -172,6 +191,8 @@ class DeliveryRunner:
     # -- scheduling ------------------------------------------------------------------------
 
     def _schedule(self, entry_id: str, when: float) -> None:
+        if not self.primary:
+            return  # a worker's first attempt is over: the primary adopts the rest
         heapq.heappush(self._due, (when, entry_id))
         self._wake.set()
 
@@ -181,8 +202,9 @@ class DeliveryRunner:
             if local_done is not None and not local_done.done():
                 local_done.set_result(None)
             return
-        task = asyncio.create_task(self._attempt(entry_id, message, local_done),
-                                   name=f"deliver-{entry_id}")
+        attempt = self._attempt(entry_id, message, local_done)
+        task = asyncio.create_task(self._claimed(entry_id, attempt) if self.shared
+                                   else attempt, name=f"deliver-{entry_id}")
         self._running[entry_id] = task
         task.add_done_callback(lambda _t: self._running.pop(entry_id, None))
 
