@@ -91,7 +91,7 @@ def test_connections_per_address_are_counted_across_workers(tmp_path: Path,
         # Two on each worker: four in all, the address's limit.
         held = [imap_on(d, a, plain=True), imap_on(d, a, plain=True),
                 imap_on(d, b, plain=True), imap_on(d, b, plain=True)]
-        for pid in (a, b):  # the fifth is refused, whichever worker takes it
+        for _ in range(2):  # the fifth is refused, whichever worker takes it
             fifth = RawImap.plain(d)
             line = fifth.read_response()
             assert line is not None and b"too many connections" in line, line
