@@ -60,6 +60,9 @@ RESTART_DELAY_MAX = 60.0
 # Exit status of a worker that failed in a way no restart fixes (its own report is on stderr).
 EXIT_SOFTWARE = 70
 
+# The signals the supervisor handles (SIGCHLD: a worker exited).
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
 WorkerMain = Callable[[Config, WorkerLink], int]
 
 
@@ -100,7 +103,7 @@ class Supervisor:
             print(f"mailkeep: cannot start ({self.config.path}):\n  {problem}", file=sys.stderr)
             return 78
         self.config = self._fix_ports(self.config)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -158,10 +161,16 @@ class Supervisor:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            ours.close()
-            self._become_worker(index, theirs)
+        # Signals wait until each side has its own handlers (a SIGTERM in between would
+        # otherwise be taken by the child for the parent's).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                ours.close()
+                self._become_worker(index, theirs, blocked)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         theirs.close()
         ours.setblocking(False)
         worker = _Worker(index, pid, ours, time.monotonic())
@@ -169,12 +178,14 @@ class Supervisor:
         self.selector.register(ours, selectors.EVENT_READ, worker)
         log.info("worker %d started (pid %d)", index, pid)
 
-    def _become_worker(self, index: int, sock: socket.socket) -> None:
+    def _become_worker(self, index: int, sock: socket.socket,
+                       mask: set[int | signal.Signals]) -> None:
         code = EXIT_SOFTWARE
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.selector.close()
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
