@@ -13,6 +13,8 @@ import poplib
 import re
 import signal
 import smtplib
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,6 +240,9 @@ def test_sigterm_stops_every_worker_gracefully(two: RunningDaemon) -> None:
 
 def test_a_second_daemon_on_the_same_data_dir_is_refused(two: RunningDaemon,
                                                          ca: trustme.CA) -> None:
+    # The supervisor holds the spool's lock: `mailkeep queue` sees the daemon there too.
+    assert two.proc is not None
+    assert (two.data_dir / "spool" / ".lock").read_text().strip() == str(two.proc.pid)
     with pytest.raises(RuntimeError, match="another mailkeep daemon"):
         start_process_daemon(two.root / "mailkeep.toml", ca, timeout=WAIT)
 
@@ -319,7 +324,7 @@ def test_a_killed_primary_is_replaced_and_its_deferred_mail_still_goes(
     with DnsStub(mx_zone()) as dns, Upstream(later, Behaviour()) as up:
         d = start(tmp_path, ca, delivery=daemon_delivery(dns, up.port, retry=3.0))
         try:
-            lock = d.data_dir / "spool" / ".lock"
+            lock = d.data_dir / "spool" / ".primary"
             primary = int(lock.read_text().split()[0])
             assert primary in worker_pids(d)
             with d.smtp() as s:
@@ -337,3 +342,25 @@ def test_a_killed_primary_is_replaced_and_its_deferred_mail_still_goes(
         finally:
             d.stop()
     assert ids_in([m.data for m in up.messages]) == Counter({"late": 1})
+
+
+def test_queue_requests_reach_the_primary_worker(tmp_path: Path, ca: trustme.CA) -> None:
+    """`mailkeep queue` finds the daemon by the supervisor's spool lock; the primary worker
+    takes the request from spool/control/."""
+    with DnsStub(mx_zone()) as dns, Upstream(Behaviour(mail="451 4.3.0 later")) as up:
+        d = start(tmp_path, ca, delivery=daemon_delivery(dns, up.port, retry=600.0))
+        try:
+            with d.smtp() as s:
+                s.login("alice", "alice-secret-pw")
+                s.sendmail("alice@example.test", ["carol@partner.test"], crash_message("q"))
+            queue = d.data_dir / "spool" / "queue"
+            assert eventually(lambda: any(p.name.endswith(".log") for p in queue.iterdir()),
+                              WAIT)
+            [entry_id] = spool_ids(d.data_dir)
+            r = subprocess.run([sys.executable, "-m", "mailkeep", "queue", "hold", entry_id,
+                                "--config", str(d.root / "mailkeep.toml")],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0 and "(by the daemon)" in r.stdout, r.stdout + r.stderr
+            assert '"hold":true' in (queue / f"{entry_id}.log").read_text()
+        finally:
+            d.stop()

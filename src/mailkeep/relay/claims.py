@@ -2,9 +2,9 @@
 
 Every worker accepts mail into the same spool and makes the first attempt of what it
 accepted itself (local mail is in the INBOX when the client hears 250, as with one
-process). One worker, the primary (the one holding the spool's lock, Spool.lock), does
-everything else: recovery, retries, `mailkeep queue` requests, and adopting the entries
-other workers leave pending.
+process). One worker, the primary (the one holding spool/.primary; the supervisor holds
+the spool's own lock, spool/.lock, for the whole daemon), does everything else: recovery,
+retries, `mailkeep queue` requests, and adopting the entries other workers leave pending.
 
 An entry is attempted only under its claim: flock(LOCK_EX) on spool/locks/ID. A worker
 takes the claim of a new entry before the entry appears in queue/ and keeps it for its
@@ -27,6 +27,7 @@ from mailkeep.fsmodes import make_private_dirs
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError
 
 LOCKS = "locks"
+PRIMARY = ".primary"
 # incoming/ files and claims without an entry older than this are leftovers of a crash;
 # younger ones may be another worker's message being written (a few milliseconds).
 STALE_AFTER = 600.0
@@ -34,6 +35,21 @@ STALE_AFTER = 600.0
 
 def _path(spool: Spool, entry_id: str) -> str:
     return str(spool.root / LOCKS / entry_id)
+
+
+def take_primary(spool: Spool) -> int | None:
+    """Become the spool's primary: the descriptor holding spool/.primary (with our pid in it,
+    for the administrator), or None while another worker is."""
+    make_private_dirs(spool.root)
+    fd = os.open(spool.root / PRIMARY, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def claim_new(spool: Spool, entry_id: str) -> int:

@@ -1,6 +1,6 @@
 """The delivery runner's part in a spool shared by several workers (relay/claims.py).
 
-A worker's runner is the primary when it holds the spool's lock: it then adopts entries the
+A worker's runner is the primary when it holds spool/.primary: it then adopts entries the
 other workers leave pending, retries, and takes `mailkeep queue` requests. Any other worker's
 runner makes the first attempt of what its worker accepted, under the entry's claim, then
 forgets the entry; it tries now and then to become the primary (the primary died).
@@ -16,7 +16,7 @@ from typing import Any
 
 from mailkeep.fsmodes import make_private_dirs
 from mailkeep.relay import claims
-from mailkeep.relay.spool import Spool, SpoolBusy, SpoolEntry, SpoolError
+from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger("mailkeep.queue")
 
@@ -51,9 +51,8 @@ class SharedSpoolMixin:
 
     async def _start_shared(self) -> None:
         """A worker: primary if the spool's lock is free, else try again now and then."""
-        try:
-            fd = await asyncio.to_thread(self.spool.lock)
-        except SpoolBusy:
+        fd = await asyncio.to_thread(claims.take_primary, self.spool)
+        if fd is None:
             self._tasks = [asyncio.create_task(self._takeover(), name="queue-takeover")]
             return
         await self._become_primary(fd)
@@ -83,13 +82,12 @@ class SharedSpoolMixin:
         while not self.primary:
             await asyncio.sleep(TAKEOVER_INTERVAL)
             try:
-                fd = await asyncio.to_thread(self.spool.lock)
-            except SpoolBusy:
-                continue
+                fd = await asyncio.to_thread(claims.take_primary, self.spool)
             except OSError as exc:
-                log.error("spool lock: %s", exc)
+                log.error("spool: cannot take %s: %s", claims.PRIMARY, exc)
                 continue
-            await self._become_primary(fd)
+            if fd is not None:
+                await self._become_primary(fd)
 
     async def _adopt_loop(self) -> None:
         while True:

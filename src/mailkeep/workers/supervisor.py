@@ -93,6 +93,7 @@ class Supervisor:
         self.exit_code = 0
         self.announced = False
         self._reserved: list[socket.socket] = []
+        self._spool_lock: int | None = None
         self._wake_r, self._wake_w = os.pipe()
 
     # -- start ------------------------------------------------------------------------------
@@ -117,21 +118,23 @@ class Supervisor:
         finally:
             for sock in self._reserved:
                 sock.close()
+            if self._spool_lock is not None:
+                os.close(self._spool_lock)
         log.info("supervisor %d: stopped", os.getpid())
         return self.exit_code
 
     def _check_spool(self) -> str | None:
-        """One spool, one daemon: a worker that misses the spool's lock is not primary (and
-        goes on), so a second daemon on this data_dir must be refused here."""
+        """One spool, one daemon: the supervisor holds the spool's lock for the whole daemon
+        (`mailkeep queue` and `reload` find it there; a second daemon is refused); the
+        workers decide among themselves who delivers the queue (relay/claims.py)."""
         spool = Spool(self.config.data_dir / "spool")
         try:
-            fd = spool.lock(SPOOL_LOCK_WAIT)
+            self._spool_lock = spool.lock(SPOOL_LOCK_WAIT)
         except SpoolBusy as exc:
             return (f"data_dir: {exc}: another mailkeep daemon uses this data_dir (one "
                     "spool, one daemon); stop it first")
         except OSError as exc:
             return f"data_dir: the spool in {spool.root} cannot be used: {exc.strerror or exc}"
-        os.close(fd)
         return None
 
     def _fix_ports(self, config: Config) -> Config:
@@ -193,6 +196,8 @@ class Supervisor:
                 other.sock.close()
             for reserved in self._reserved:
                 reserved.close()
+            if self._spool_lock is not None:
+                os.close(self._spool_lock)  # the supervisor's (still held through its own)
             parent = os.getppid()
             code = self.worker_main(self.config, WorkerLink(Channel(sock), index, parent))
         except BaseException:
