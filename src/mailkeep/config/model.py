@@ -276,7 +276,8 @@ class Config:
     log_level: str = "info"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     # Processes serving every listener (SO_REUSEPORT); 1 is one process, no supervisor.
-    workers: int = field(default_factory=default_workers)
+    # A config file without the key gets default_workers() (config/load.py).
+    workers: int = 1
     # Where the accounts' Maildirs live (None: DATA_DIR/mail). Two daemons (or Dovecot) may
     # share Maildirs; each daemon keeps its own spool under its own data_dir.
     mail_dir: Path | None = None
