@@ -16,8 +16,12 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.resolver
+
+from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
+from mailkeep.observe.metrics import Metrics, ScrapeSources
 from mailkeep.proto.autoconfig import MailSetup
 from mailkeep.relay.authdns import make_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
@@ -34,7 +38,7 @@ from mailkeep.security.privileges import (
     running_as_root,
 )
 from mailkeep.security.rate import RateLimiter
-from mailkeep.server import autoconfig, imap, pop3, smtp
+from mailkeep.server import admin, autoconfig, imap, pop3, smtp
 from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
@@ -162,6 +166,10 @@ class Daemon:
             raise StartupError([f"data_dir: {config.data_dir} is not writable: {exc.strerror}"]) \
                 from None
         self.store = MaildirStore(config.data_dir, config.maildirs)
+        metrics = Metrics()
+        metrics.declare_listeners((lst.name, lst.protocol, lst.tls)
+                                  for lst in config.listeners)
+        self.store.on_error = metrics.store_error
         self.store.start_feed()
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
@@ -191,8 +199,15 @@ class Daemon:
             # Memory is per process: so is the budget of input held in it.
             input_budget=InputBudget(security.max_buffered_input),
             rate_limiters=rates,
+            metrics=metrics,
         )
         await self._start_relay(self.services)
+        assert self.runner is not None
+        metrics.sources = ScrapeSources(
+            sessions=self.services.open_sessions, idle=self.services.idle_sessions,
+            queue=self.runner.size, certificates=self.tls.served)
+        for warning in admin_exposure_warnings(config):
+            log.warning("%s", warning)
         problems: list[str] = []
         for lst in config.listeners:
             for i, addr in enumerate(lst.bind):
@@ -278,10 +293,20 @@ class Daemon:
                 problems.append(f'dkim.domains."{domain}".key: {setting.key}: {exc}')
         if problems:
             raise StartupError(problems)
-        servers = config.delivery.dns_servers
-        if servers and any(lst.protocol == "smtp" for lst in config.listeners):
-            # Each server on its own port, like the outbound resolver (relay/dns.py).
-            services.auth_resolver = make_resolver([(s.host, s.port) for s in servers])
+        delivery = config.delivery
+        if any(lst.protocol == "smtp" for lst in config.listeners):
+            # The inbound checks (SPF, DKIM, DMARC) ask the same servers as outbound delivery,
+            # each on its own port, within the same `delivery.dns_timeout` per lookup; no
+            # servers configured: the host's resolv.conf (read here, off the loop).
+            try:
+                services.auth_resolver = await asyncio.to_thread(
+                    make_resolver, [(s.host, s.port) for s in delivery.dns_servers],
+                    timeout=delivery.dns_timeout)
+            except dns.resolver.NoResolverConfiguration:
+                raise StartupError(["delivery.dns_servers: none set and this host has no "
+                                    "usable /etc/resolv.conf; the inbound SMTP listener "
+                                    "needs DNS for SPF/DKIM/DMARC: set delivery.dns_servers "
+                                    "= [\"192.0.2.53\"] (your resolver)"]) from None
         for lst in config.listeners:
             if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
@@ -290,6 +315,7 @@ class Daemon:
         spool = Spool(config.data_dir / "spool")
         self.runner = services.runner = DeliveryRunner(config, spool, self.store_or_fail(),
                                                        services.directory,
+                                                       metrics=services.metrics,
                                                        shared=self.link is not None)
         try:
             await self.runner.start()
@@ -317,6 +343,11 @@ class Daemon:
         elif lst.protocol == "autoconfig":
             factory = autoconfig.session_factory(services, lst, context, self.mail_setup)
             refusal = autoconfig.refusal_line
+        elif lst.protocol == "admin":
+            readiness = admin.Readiness(services, lambda: self.listeners,
+                                        self.runner.spool.root if self.runner else None)
+            factory = admin.session_factory(services, lst, context, readiness)
+            refusal = admin.refusal_line
         else:
             factory = smtp.session_factory(services, lst, context)
             refusal = functools.partial(smtp.refusal_line, self.config.hostname)

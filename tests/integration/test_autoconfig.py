@@ -21,7 +21,7 @@ import pytest
 import trustme
 
 from mailkeep.cli import main
-from mailkeep.server.autoconfig import (
+from mailkeep.server.http import (
     MAX_BODY_OCTETS,
     MAX_HEAD_OCTETS,
     MAX_REQUESTS_PER_CONNECTION,

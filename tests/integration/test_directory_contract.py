@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from mailkeep.directory.apppasswords import AppPassword, new_app_password
-from mailkeep.directory.base import SERVICES, DirectoryUnavailable, UserDirectory
+from mailkeep.directory.base import (
+    SERVICES,
+    CheckedDirectory,
+    DirectoryUnavailable,
+    UserDirectory,
+)
 from mailkeep.directory.front import DirectoryFront
 from mailkeep.directory.passwords import hash_password
 from tests.support.blackhole import blackhole, refused_port
@@ -240,13 +245,44 @@ async def test_file_backend_cache_is_cleared_when_the_file_changes(tmp_path: Pat
 # -- down, slow, misconfigured ----------------------------------------------------------------
 
 
-async def _expect_unavailable(d: UserDirectory, *, lookup: bool = True) -> None:
+async def _expect_unavailable(d: UserDirectory, *, lookup: bool = True,
+                              check: bool = False) -> None:
     async with asyncio.timeout(BOUND):
         with pytest.raises(DirectoryUnavailable):
             await d.authenticate("alice", "alice-pw-1", "imap")
         if lookup:
             with pytest.raises(DirectoryUnavailable):
                 await d.lookup("alice@example.test")
+        if check:  # the admin listener's /readyz asks this
+            assert isinstance(d, CheckedDirectory)
+            with pytest.raises(DirectoryUnavailable):
+                await d.check()
+
+
+async def test_check_passes_while_reachable_and_says_why_when_not(
+        setup: BackendSetup) -> None:
+    """CheckedDirectory: every backend has a cheap reachability check, seen through the
+    front as well; it fails while the users file or database is gone, and passes again."""
+    front, raw = setup.directory(), setup.raw()
+    assert isinstance(front, CheckedDirectory) and isinstance(raw, CheckedDirectory)
+    async with asyncio.timeout(BOUND):
+        await front.check()
+        await raw.check()
+    if setup.kind in ("postgresql", "ldap"):
+        return  # a server that is down: the refused and blackhole tests below
+    name = "users.sqlite3" if setup.kind == "sqlite" else setup.options["path"]
+    stored = setup.base_dir / name
+    stored.rename(stored.with_name(name + ".away"))
+    try:
+        for d in (front, raw):
+            with pytest.raises(DirectoryUnavailable, match=r"users|sqlite"):
+                async with asyncio.timeout(BOUND):
+                    await d.check()
+    finally:
+        stored.with_name(name + ".away").rename(stored)
+    async with asyncio.timeout(BOUND):
+        await front.check()
+        await raw.check()
 
 
 async def test_a_server_that_never_answers_is_a_temporary_failure(setup: BackendSetup) -> None:
@@ -269,7 +305,7 @@ async def test_a_server_that_never_answers_is_a_temporary_failure(setup: Backend
             d = setup.raw(dsn=dsn, timeout=1.0)
         else:
             d = setup.raw(uri=[f"ldaps://127.0.0.1:{port}"], timeout=1.0)
-        await _expect_unavailable(d)
+        await _expect_unavailable(d, check=True)
 
 
 async def test_a_refused_connection_is_a_temporary_failure(setup: BackendSetup) -> None:
@@ -282,7 +318,7 @@ async def test_a_refused_connection_is_a_temporary_failure(setup: BackendSetup) 
         d = setup.raw(dsn=dsn, timeout=1.0)
     else:
         d = setup.raw(uri=[f"ldap://127.0.0.1:{port}"], timeout=1.0)
-    await _expect_unavailable(d)
+    await _expect_unavailable(d, check=True)
 
 
 # -- LDAP specifics (the other backends have no such parts) --------------------------------------

@@ -232,3 +232,38 @@ def test_every_configured_dns_server_is_asked_on_its_own_port(
     (ours,) = [h for h in results_of(msg) if h.authserv_id == HOSTNAME]
     got = methods(ours)
     assert (got["spf"], got["dkim"], got["dmarc"]) == ("pass", "pass", "pass"), str(ours)
+
+
+@pytest.mark.parametrize("servers", [True, False])
+def test_inbound_checks_keep_to_delivery_dns_timeout(tmp_path: Path, ca: trustme.CA,
+                                                     dns: DnsStub, servers: bool) -> None:
+    # `delivery.dns_timeout` bounds every lookup of the inbound checks as it does outbound
+    # ones, whether the servers are configured or the host's resolv.conf is used.
+    delivery: dict[str, object] = {**FAST, "dns_timeout": 1.25, "mta_sts": False}
+    if servers:
+        delivery["dns_servers"] = [dns.address]
+    config = write_config(tmp_path, ca, delivery=delivery,
+                          listeners={"inbound": {"protocol": "smtp", "tls": "starttls"}})
+    d = start_thread_daemon(config, ca)
+    try:
+        assert d.daemon is not None
+        resolver = d.daemon.services.auth_resolver
+        assert resolver is not None
+        assert (resolver.lifetime, resolver.timeout) == (1.25, 1.25)
+        if servers:
+            assert [(ns.address, ns.port) for ns in resolver.nameservers  # type: ignore[union-attr]
+                    ] == [(dns.host, dns.port)]
+            # And it is the one the checks use: the stub hears the SPF and DMARC lookups.
+            before = dns.asked("_dmarc.sender.test")
+            with smtplib.SMTP("127.0.0.1", d.ports["inbound"], local_hostname=HELO,
+                              timeout=30) as s:
+                assert s.sendmail("bounces@sender.test", ["bob@example.test"],
+                                  simple(f"timeout-{servers}@t")) == {}
+            assert dns.asked("_dmarc.sender.test") > before
+    finally:
+        d.stop()
+
+
+def simple(message_id: str) -> bytes:
+    return (f"From: news@sender.test\r\nTo: bob@example.test\r\nSubject: s\r\n"
+            f"Message-ID: <{message_id}>\r\n\r\nbody\r\n").encode()

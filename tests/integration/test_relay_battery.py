@@ -86,7 +86,17 @@ TRICKS = [
     Trick(b"<carol@[192.0.2.1]>"),
     Trick(b"<carol@[IPv6:::1]>"),
     Trick(b"<carol%[192.0.2.1]@example.test>"),
-    Trick(b"<carol@127.0.0.1>", plain_remote=True),  # a (numeric) domain, not a literal
+    # A bare IP address is no domain (RFC 5321 §4.1.3 brackets literals): refused even for
+    # a logged-in user, who could otherwise reach any host (the loopback one included)
+    # through a resolver that reads it as an address.
+    Trick(b"<carol@127.0.0.1>"),
+    Trick(b"<bob@127.0.0.1>"),
+    Trick(b"carol@192.0.2.1"),
+    Trick(b"<carol@127.1>"),
+    Trick(b"<carol@2130706433>"),
+    Trick(b"<carol@0x7f000001>"),
+    Trick(b"<carol%remote.test@127.0.0.1>"),
+    Trick(b"<@example.test:carol@127.0.0.1>"),
     # Control characters: NUL, CR, LF inside and around the address.
     Trick(b"<carol@remote.test\x00@example.test>"),
     Trick(b"<bob@example.test\x00carol@remote.test>"),

@@ -246,9 +246,13 @@ async def test_bad_addresses_fail_before_connecting(tmp_path: Path, dns: DnsStub
     up = ups()
     results = await send(client_for(tmp_path, dns, up),
                          ["no-at-sign", "a b@partner.test", "x@[127.0.0.1]",
-                          "evil@partner.test> NOTIFY=NEVER"])
+                          "evil@partner.test> NOTIFY=NEVER",
+                          # RFC 5321 §4.1.3: a bare IP address is no domain to look up.
+                          "x@127.0.0.1", "x@2130706433", "x@127.1", "x@0x7f000001"])
+    assert len(results) == 8
     assert all(isinstance(r, PermanentFailure) and r.status == "5.1.3" for r in results)
     assert up.connections == 0
+    assert dns.queries == []
 
 
 # -- dropped connections and stalls -----------------------------------------------------------

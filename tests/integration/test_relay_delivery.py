@@ -20,6 +20,7 @@ import trustme
 
 from tests.support.daemon import RunningDaemon, start_thread_daemon, write_config
 from tests.support.dnsstub import DnsStub
+from tests.support.rawsmtp import RawSMTP, ready_session
 from tests.support.relay import (
     daemon_delivery,
     mailbox_messages,
@@ -308,3 +309,62 @@ def test_split_delivery_unknown_local_part_goes_to_the_legacy_server(
     assert got.rcpt_tos == ["olduser@example.test"]  # the known user is not sent away
     assert message_ids(inbox(d, "bob")) == ["split-dlv@t"]
     assert inbox(d, "alice") == []
+
+
+# Local parts that carry a route: a legacy server handed these may relay them on.
+SOURCE_ROUTED = [
+    "carol%remote.test@example.test",
+    "CAROL%REMOTE.TEST@EXAMPLE.TEST",
+    "carol%remote.test%example.test@example.test",
+    "remote.test!carol@example.test",
+    "example.test!remote.test!carol@example.test",
+    '"carol@remote.test"@example.test',
+    '"carol\\@remote.test"@example.test',
+    '"carol%remote.test"@example.test',
+    "@example.test:carol%remote.test@example.test",
+]
+
+
+def test_split_delivery_forwards_no_source_route_from_any_door(
+        start: Starter, dns: DnsStub, ups: Upstreams) -> None:
+    # The attacker's side: the legacy server behind fallback_route may well be the old open
+    # relay that reads "%" and "!" as routes. On every door (the anonymous MX, a logged-in
+    # user, an application connector without may_relay) such a recipient is refused at
+    # RCPT, and the legacy server is handed only the plain unknown local part.
+    legacy = ups()
+    d = start(delivery=daemon_delivery(dns, 25, routes={"legacy": {
+        "type": "smarthost", "host": "127.0.0.1", "port": legacy.port, "tls": "none"}},
+        local_domains={"example.test": {"fallback_route": "legacy"}}),
+        listeners={"inbound": {"protocol": "smtp", "tls": "starttls"},
+                   "apps": {"protocol": "relay", "tls": "none", "clients": ["127.0.0.1/32"],
+                            "senders": ["@example.test"]}})
+    ctx = d.client_context()
+    doors = {
+        "inbound": (lambda: _raw(d.ports["inbound"]), "someone@elsewhere.test"),
+        "submission": (lambda: ready_session(d.submission_port, ctx), "alice@example.test"),
+        "apps": (lambda: _raw(d.ports["apps"]), "app@example.test"),
+    }
+    for door, (connect, sender) in doors.items():
+        with connect() as c:
+            assert c.cmd(f"MAIL FROM:<{sender}>").code == 250
+            for address in SOURCE_ROUTED:
+                r = c.cmd(f"RCPT TO:<{address}>")
+                assert (r.code, r.enhanced) == (550, "5.7.1"), (door, address, r)
+            # The oracle: a plain unknown local part does go to the legacy server.
+            assert c.cmd("RCPT TO:<olduser@example.test>").code == 250
+            assert c.cmd("DATA").code == 354
+            c.send(simple_message(f"routed-{door}@t", sender=sender,
+                                  to="olduser@example.test") + b".\r\n")
+            assert c.reply().code == 250
+    assert eventually(lambda: drained(d), WAIT)
+    assert sorted(m.rcpt_tos[0] for m in legacy.messages) == ["olduser@example.test"] * 3
+    assert all(len(m.rcpt_tos) == 1 for m in legacy.messages)
+    received = legacy.received().lower()
+    assert b"remote.test" not in received and b"%" not in received and b"!carol" not in received
+
+
+def _raw(port: int) -> RawSMTP:
+    c = RawSMTP(port)
+    c.greeting()
+    c.ehlo("client.test")
+    return c

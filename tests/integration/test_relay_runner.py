@@ -19,7 +19,7 @@ import trustme
 
 from mailkeep.config import load_config
 from mailkeep.config.model import Config
-from mailkeep.directory.base import UserDirectory, load_directory
+from mailkeep.directory.base import DirectoryUnavailable, UserDirectory, load_directory
 from mailkeep.relay.client import OutboundClient
 from mailkeep.relay.envelope import OutboundMessage
 from mailkeep.relay.nexthop import Destination
@@ -357,3 +357,64 @@ async def test_queue_control_through_files(harness: HarnessFactory, ups: Upstrea
     await until(lambda: entry.id not in runner.entries, bound)
     assert spool_ids(h.config.data_dir) == [other.id]
     await until(lambda: not any(control.iterdir()), bound)  # every request consumed
+
+
+async def test_no_bounce_through_split_delivery_to_a_source_routed_sender(
+        harness: HarnessFactory, ups: Upstreams) -> None:
+    # A sender like "x%victim.test@example.test" (an application connector's `senders =
+    # ["@example.test"]` allows it) has no account here; split delivery would hand its
+    # bounce to the legacy server, which may route on the "%": backscatter through the old
+    # relay. No report is sent to such an address; a plain unknown one still gets its own.
+    mx = ups(Behaviour(rcpt={"gone@partner.test": "550 5.1.1 no such user"}))
+    legacy = ups()
+    h = await harness(mx, routes={"legacy": {"type": "smarthost", "host": "127.0.0.1",
+                                             "port": legacy.port, "tls": "none"}},
+                      local_domains={"example.test": {"fallback_route": "legacy"}})
+    runner = await h.runner()
+    routed = await runner.new_entry(mail_from="x%victim.test@example.test",
+                                    recipients=["x%victim.test@example.test"], size=1)
+    assert routed is None  # nor may it be a recipient of mail we make ourselves
+    await h.submit(runner, ["gone@partner.test"], "routed@t",
+                   mail_from="x%victim.test@example.test")
+    await until(lambda: not runner.entries)
+    assert legacy.connections == 0 and legacy.messages == []
+    await h.submit(runner, ["gone@partner.test"], "plain@t", mail_from="olduser@example.test")
+    await until(lambda: not runner.entries and len(legacy.messages) == 1)
+    (bounce,) = legacy.messages
+    assert bounce.rcpt_tos == ["olduser@example.test"] and bounce.mail_from == ""
+
+
+async def test_a_bounce_that_cannot_be_queued_keeps_its_message(
+        harness: HarnessFactory, ups: Upstreams, monkeypatch: pytest.MonkeyPatch) -> None:
+    # carol's 550 calls for a bounce to alice, but the directory is down when it is built
+    # (the DSN's local recipient cannot be resolved). The failed message must not be
+    # removed with the report unsent: it stays queued, owing it, across a restart too, and
+    # the report goes out once (and only once) when the directory is back.
+    up = ups(Behaviour(rcpt={"carol@partner.test": "550 5.1.1 carol is gone"}))
+    h = await harness(up, retry_schedule=[60])
+    lookup = h.directory.lookup
+
+    async def down(_name: str) -> None:
+        raise DirectoryUnavailable("down for the test")
+
+    monkeypatch.setattr(h.directory, "lookup", down)
+    first = await h.runner()
+    entry = await h.submit(first, ["carol@partner.test"], "owed@t")
+    kept = first.entries[entry.id]
+    await until(lambda: kept.done() and not first._running)
+    assert not kept.finished() and entry.id in first.entries
+    assert [(n.action, n.done) for n in kept.notices] == [("failed", False)]
+    assert spool_ids(h.config.data_dir) == [entry.id]  # only the original: no DSN yet
+    await first.stop(grace=1.0)
+    h.runners.remove(first)
+
+    monkeypatch.setattr(h.directory, "lookup", lookup)
+    second = await h.runner()  # a restart settles what the log says is owed, at once
+    await until(lambda: not second.entries and len(h.inbox("alice")) == 1)
+    await h.move_to(second, T0 + 3600)  # later attempts add nothing
+    await asyncio.sleep(0.2)
+    (report,) = h.inbox("alice")
+    carol = parse_dsn(report).recipient("carol@partner.test")
+    assert carol["Action"] == "failed" and carol["Status"] == "5.1.1"
+    assert spool_ids(h.config.data_dir) == []
+    assert len(up.messages) == 0 and up.connections == 1  # carol was not asked again

@@ -279,14 +279,18 @@ def start_thread_daemon(config_path: Path, ca: trustme.CA,
 
 def start_process_daemon(config_path: Path, ca: trustme.CA, *args: str,
                          timeout: float = 30,
-                         preexec_fn: Callable[[], None] | None = None) -> RunningDaemon:
+                         preexec_fn: Callable[[], None] | None = None,
+                         launcher: list[str] | None = None) -> RunningDaemon:
     """`mailkeep serve` as a real process; ports come from its --ready-file.
-    `preexec_fn` runs in the child before exec (e.g. to lower its open-files limit)."""
+    `preexec_fn` runs in the child before exec (e.g. to lower its open-files limit).
+    `launcher`: the command before "serve" (default `python -m mailkeep`), e.g.
+    tests/support/killpoint.py with a point to die at."""
     ready = config_path.parent / "ready.json"
     ready.unlink(missing_ok=True)
     log = open(config_path.parent / "daemon.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailkeep", "serve", "--config", str(config_path),
+        [*(launcher or [sys.executable, "-m", "mailkeep"]), "serve", "--config",
+         str(config_path),
          "--ready-file", str(ready), *args],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
     )

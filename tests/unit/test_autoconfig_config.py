@@ -187,9 +187,10 @@ def test_shipped_example_is_the_template_rendering() -> None:
 
 def test_template_autoconfig_example_parses_when_uncommented(tmp_path: Path) -> None:
     text = _shipped_rendering()
-    block = text[text.index("# [listeners.autoconfig]"):]
+    start = text.index("# [listeners.autoconfig]")
+    block = text[start:text.index("\n\n", start)]  # up to the next example's prose
     uncommented = re.sub(r"^# ?", "", block, flags=re.MULTILINE)
-    cfg = load(tmp_path, text[:text.index("# [listeners.autoconfig]")] + uncommented)
+    cfg = load(tmp_path, text[:start] + uncommented)
     found = {lst.name: (lst.tls, [str(b) for b in lst.bind])
              for lst in cfg.listeners if lst.protocol == "autoconfig"}
     assert found == {"autoconfig": ("none", ["0.0.0.0:80", "[::]:80"]),

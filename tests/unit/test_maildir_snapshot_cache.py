@@ -31,7 +31,6 @@ def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trust timestamps at once (the real rule waits a second after each change), so the
     reuse paths run without sleeping."""
     monkeypatch.setattr(mailbox, "SETTLE_NS", 0)
-    monkeypatch.setattr(uidlist, "SETTLE_NS", 0)
 
 
 def inbox(tmp_path: Path) -> Path:

@@ -210,6 +210,15 @@ def test_bad_name_servers(text: str) -> None:
         parse_name_server(text)
 
 
+@pytest.mark.parametrize("domain", ["127.0.0.1", "192.0.2.1", "2130706433", "mail.42"])
+def test_an_ip_address_is_not_a_domain_to_route(tmp_path: Path, domain: str) -> None:
+    # RFC 1123 §2.1: an all-numeric top label is an address (RCPT refuses such recipients,
+    # so a route or TLS policy keyed by one could never apply).
+    _, problems = parse({"domains": {domain: "mx"}, "tls_policy": {domain: "verify"}},
+                        tmp_path)
+    assert len(problems) == 2 and all("IP address" in p for p in problems), problems
+
+
 def test_domain_key() -> None:
     assert domain_key("Example.TEST.") == "example.test"
     with pytest.raises(ValueError):

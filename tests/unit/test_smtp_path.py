@@ -128,6 +128,29 @@ def test_bad_domains(domain: str) -> None:
     assert refused(f"TO:<bob@{domain}>") == "553 5.1.3"
 
 
+@pytest.mark.parametrize("domain", [
+    "127.0.0.1", "192.0.2.1", "10.1.2.3", "0.0.0.0", "255.255.255.255",
+    "127.1", "2130706433", "0x7f000001", "0x7f.0.0.1", "0177.0.0.1",  # inet_aton spellings
+    "1.2.3.4.5", "mail.123", "example.42",                             # numeric top label
+])
+@pytest.mark.parametrize("kind", ["rcpt", "mail"])
+def test_a_bare_ip_address_is_not_a_domain(domain: str, kind: str) -> None:
+    # RFC 5321 §4.1.3: an IP address is written as a bracketed literal; RFC 1123 §2.1 and
+    # RFC 3696 §2: no top-level domain is all-numeric. "user@127.0.0.1" is refused like a
+    # malformed address, at MAIL and at RCPT alike.
+    keyword = "TO" if kind == "rcpt" else "FROM"
+    assert refused(f"{keyword}:<bob@{domain}>", kind=kind) == "553 5.1.3"
+    assert refused(f"{keyword}:bob@{domain}", kind=kind) == "553 5.1.3"
+    assert refused(f"{keyword}:<@example.test:bob@{domain}>", kind=kind) == "553 5.1.3"
+
+
+@pytest.mark.parametrize("domain", ["123.example", "1.example.test", "0x7f.example",
+                                    "3com.test", "x1.y2", "example.test"])
+def test_digits_inside_a_domain_are_fine(domain: str) -> None:
+    assert rcpt(f"TO:<bob@{domain}>") == f"bob@{domain}"
+    assert mail(f"FROM:<bob@{domain}>")[0] == f"bob@{domain}"
+
+
 # -- the relay tricks of the module docstring (RFC 2505 §2.3 lists them) ---------------------------
 
 def test_two_at_signs_are_a_syntax_error() -> None:

@@ -21,6 +21,7 @@ from mailkeep.relay.spool import (
     SpoolError,
     SpoolRecipient,
     new_id,
+    notice_id,
 )
 from mailkeep.store.base import DeliveryError, DiskFull
 from tests.support.fullfs import SmallFs, small_tmpfs
@@ -117,6 +118,37 @@ def test_recorded_outcomes_are_applied_in_order(spool: Spool) -> None:
     assert loaded.recipients[1].dsn_status == "4.4.1"  # kept: not in the last outcome
 
 
+def test_notices_are_owed_until_logged_done(spool: Spool) -> None:
+    # A report is logged with the failure that calls for it, then logged done once its DSN
+    # is spooled: in between, the entry is done but not finished (it must not be removed).
+    e = entry()
+    spool.accept(e, MESSAGE)
+    spool.record(e.id, [{"i": 0, "status": "delivered"},
+                        {"i": 1, "status": "failed", "reply": "550 5.1.1 no"},
+                        {"notice": 0, "action": "failed", "rcpts": [1], "at": 1_800_000_010.5}])
+    loaded = spool.load(e.id)
+    assert loaded.done() and not loaded.finished()
+    (owed,) = loaded.owed_notices()
+    assert (owed.n, owed.action, owed.recipients, owed.at) == (0, "failed", [1], 1_800_000_010.5)
+    spool.record(e.id, [{"notice": 0, "action": "failed", "rcpts": [1], "at": 1.0},  # a replay
+                        {"notice": 1, "action": "delivered", "rcpts": [0, 9], "at": 2.0},
+                        {"notice_done": 0}, {"notice_done": 7}])
+    loaded = spool.load(e.id)
+    assert [(n.n, n.done, n.at) for n in loaded.notices] == [(0, True, 1_800_000_010.5),
+                                                             (1, False, 2.0)]
+    assert loaded.notices[1].recipients == [0]  # an index past the recipients is dropped
+    spool.record(e.id, [{"notice_done": 1}])
+    assert spool.load(e.id).finished()
+
+
+def test_a_notice_id_is_fixed_and_never_a_new_id() -> None:
+    base = new_id()
+    assert notice_id(base, 0) == notice_id(base, 0) == base + "0000"
+    assert notice_id(base, 0) != notice_id(base, 1)
+    assert len(notice_id(base, 300)) != len(new_id()) and len(notice_id(base, 300)) <= 64
+    assert all(c in "0123456789abcdef" for c in notice_id(base, 65535))
+
+
 def test_outcome_for_a_recipient_that_does_not_exist_is_ignored(spool: Spool) -> None:
     e = entry()
     spool.accept(e, MESSAGE)
@@ -175,6 +207,12 @@ def test_torn_last_log_line_is_ignored(spool: Spool) -> None:
     b'{"attempts": "many"}', b'{"attempts": 1, "next": "soon"}',
     b'{"i": 0, "status": "exploded"}', b'{"i": 0, "status": 5}',
     b'{"i": 0, "reply": ["not", "text"]}',
+    b'{"notice": 0, "action": "exploded", "rcpts": [1], "at": 1}',  # notices
+    b'{"notice": 0, "action": "failed", "rcpts": 1, "at": 1}',
+    b'{"notice": 0, "action": "failed", "rcpts": [true], "at": 1}',
+    b'{"notice": "0", "action": "failed", "rcpts": [1], "at": 1}',
+    b'{"notice": 0, "action": "failed", "rcpts": [1]}',
+    b'{"notice_done": "all"}',
 ])
 def test_a_log_line_that_is_no_outcome_is_skipped(spool: Spool, line: bytes) -> None:
     e = entry()
@@ -230,6 +268,8 @@ def good_envelope() -> dict[str, object]:
     (("mail_from",), None),
     (("source",), ["listener"]),
     (("hold",), "no"),
+    (("notices",), "none"),
+    (("notices",), [{"n": 0, "action": "failed", "recipients": [1], "at": 1.0}]),  # log only
 ])
 def test_an_envelope_of_the_wrong_shape_is_a_spool_error(
         spool: Spool, path: tuple[object, ...], value: object) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from mailkeep import __version__
 from mailkeep.cli.common import EXIT_CONFIG, CliError
+from mailkeep.cli.health import cmd_health
 from mailkeep.cli.ops import (
     cmd_cert_selfsigned,
     cmd_cert_show,
@@ -19,7 +20,6 @@ from mailkeep.cli.ops import (
 from mailkeep.cli.site import (
     cmd_check_config,
     cmd_dns,
-    cmd_health,
     cmd_init,
     cmd_serve,
 )
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_dns)
 
-    q = sub.add_parser("health", help="probe every listener (for container health checks)")
+    q = sub.add_parser("health", help="probe every listener (for container health checks; "
+                       "with an admin listener, its /readyz)")
     q.add_argument("--config", required=True)
     q.set_defaults(func=cmd_health)
 

@@ -7,6 +7,7 @@ import sys
 
 from mailkeep.config import ConfigError, load_config
 from mailkeep.config.model import Config
+from mailkeep.observe.logformat import formatter
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
@@ -15,9 +16,6 @@ EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: the daemon did not take a queue re
 # imaps (993), imap with STARTTLS (143, commented out)
 STANDARD_PORTS = (587, 465, 995, 110, 993, 143)
 UNPRIVILEGED_PORTS = (10587, 10465, 10995, 10110, 10993, 10143)
-# What a healthy listener says first, by protocol.
-GREETINGS = {"submission": b"220", "pop3": b"+OK", "imap": b"* OK",
-             "autoconfig": b"HTTP/1.1 200"}
 
 
 class CliError(Exception):
@@ -33,10 +31,9 @@ def load_or_exit(path: str) -> Config:
         raise CliError(exc.report(), EXIT_CONFIG) from None
 
 
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """The daemon's log on stderr: text lines, or one JSON object a line (log_format)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd would log AUTH lines

@@ -1,4 +1,4 @@
-"""Commands about the site as a whole: init, serve, check-config, dns, health."""
+"""Commands about the site as a whole: init, serve, check-config, dns (health: health.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 from mailkeep.cli.common import (
     EXIT_CONFIG,
     EXIT_USAGE,
-    GREETINGS,
     STANDARD_PORTS,
     UNPRIVILEGED_PORTS,
     CliError,
@@ -23,12 +22,14 @@ from mailkeep.cli.common import (
     setup_logging,
 )
 from mailkeep.config import load_config
+from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import Config
 from mailkeep.config.template import render
 from mailkeep.directory.base import Account, DirectoryError, load_directory
 from mailkeep.directory.file import UserRecord, read_users_file, write_users_file
 from mailkeep.directory.passwords import hash_password
 from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
+from mailkeep.observe.logformat import formatter
 from mailkeep.tls.certs import CertificateProblem, generate_selfsigned, inspect_certificate
 from mailkeep.tls.inventory import problems as certificate_problems
 
@@ -101,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     if args.allow_root:
         config = dataclasses.replace(config, allow_root=True)
-    setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     use_uvloop = args.loop in ("auto", "uvloop")
     runner: asyncio.Runner
     if use_uvloop:
@@ -155,8 +156,7 @@ def _serve_workers(args: argparse.Namespace, config: Config, runner: asyncio.Run
         return 0
 
     for handler in logging.getLogger().handlers:  # which worker said it
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        handler.setFormatter(formatter(config.log_format, pid=True))
     return Supervisor(config, reload_config, worker_main, ready).run()
 
 
@@ -185,7 +185,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
 
         problems += key_problems(config)
-    for warning in _autoconfig_warnings(config):
+    for warning in _autoconfig_warnings(config) + admin_exposure_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     if problems:
         print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
@@ -251,40 +251,3 @@ def cmd_dns(args: argparse.Namespace) -> int:
                     sites=sites, dkim_txt=dkim_txt, dkim_note=dkim_note)
     print("\n".join(lines))
     return 0
-
-
-# -- health ---------------------------------------------------------------------------------
-
-def cmd_health(args: argparse.Namespace) -> int:
-    """Container HEALTHCHECK: every listener answers with its greeting (220, +OK)."""
-    import socket  # noqa: PLC0415
-    import ssl  # noqa: PLC0415
-
-    config = load_or_exit(args.config)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # a health probe checks liveness, not identity
-    failed = 0
-    for lst in config.listeners:
-        for addr in lst.bind:
-            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
-            try:
-                with socket.create_connection((host, addr.port), timeout=5) as raw:
-                    sock: socket.socket = raw
-                    if lst.tls == "implicit":
-                        sock = ctx.wrap_socket(raw, server_hostname=config.hostname)
-                    if lst.protocol == "autoconfig":
-                        sock.sendall(f"HEAD /mail/config-v1.1.xml HTTP/1.1\r\nHost: "
-                                     f"{config.hostname}\r\nConnection: close\r\n\r\n"
-                                     .encode())
-                    greeting = sock.recv(512)
-                    if not greeting.startswith(GREETINGS[lst.protocol]):
-                        raise OSError(f"unexpected greeting {greeting[:60]!r}")
-                    if lst.protocol != "autoconfig":
-                        sock.sendall(b"h LOGOUT\r\n" if lst.protocol == "imap"
-                                     else b"QUIT\r\n")
-                print(f"ok {lst.name} {addr}")
-            except OSError as exc:
-                print(f"FAIL {lst.name} {addr}: {exc}")
-                failed += 1
-    return 1 if failed else 0

@@ -20,6 +20,7 @@ from mailkeep.config.model import (
     DkimDomain,
     ImapConfig,
     ListenerConfig,
+    LogFormat,
     Pop3Config,
     Protocol,
     Rate,
@@ -30,15 +31,17 @@ from mailkeep.config.model import (
     default_workers,
 )
 from mailkeep.config.tls_table import check_tls_listeners, parse_tls
+from mailkeep.proto.address import is_numeric_domain
 from mailkeep.relay.queue_config import parse_queue
 from mailkeep.relay.routes import parse_delivery
 
 # Protocols that this version can serve; the others are reserved names in the schema.
 IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "smtp", "relay", "pop3",
-                                                   "imap", "autoconfig"})
-# tls = "none" is for legacy devices on an application connector, and for plain HTTP on an
-# autoconfig listener (Thunderbird fetches http://autoconfig.DOMAIN/: no password crosses it).
-_PLAINTEXT_PROTOCOLS = ("relay", "autoconfig")
+                                                   "imap", "autoconfig", "admin"})
+# tls = "none" is for legacy devices on an application connector, for plain HTTP on an
+# autoconfig listener (Thunderbird fetches http://autoconfig.DOMAIN/: no password crosses it)
+# and on the admin listener (metrics and health for a scraper on loopback; the default).
+_PLAINTEXT_PROTOCOLS = ("relay", "autoconfig", "admin")
 # RFC 2449 §4: clients may send POP3 commands of up to 255 octets including CRLF.
 MIN_POP3_LINE_LENGTH = 255
 # RFC 7162 §4: IMAP servers SHOULD accept command lines of at least 8192 octets.
@@ -48,9 +51,11 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _LISTENER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
-             "submission", "security", "pop3", "imap", "log_level", "shutdown_grace",
+             "submission", "security", "pop3", "imap", "log_level", "log_format",
+             "shutdown_grace",
              "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir",
              "workers"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
@@ -210,6 +215,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         for i, d in enumerate(raw_domains):
             if not isinstance(d, str) or not is_hostname(d):
                 r.problem(f"domains[{i}]", f"{d!r} is not a domain name")
+            elif is_numeric_domain(d):
+                # RFC 1123 §2.1: no top-level domain is all-numeric; this is an address.
+                r.problem(f"domains[{i}]", f"{d!r} is an IP address, not a mail domain")
             else:
                 domains.append(d.lower().rstrip("."))
 
@@ -243,6 +251,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     log_level = r.get(raw, "log_level", str, "", "info") or "info"
     if log_level not in _LOG_LEVELS:
         r.problem("log_level", f"{log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    log_format = r.get(raw, "log_format", str, "", "text") or "text"
+    if log_format not in _LOG_FORMATS:
+        r.problem("log_format", f"{log_format!r} is not one of {', '.join(_LOG_FORMATS)}")
+        log_format = "text"
     grace = r.get(raw, "shutdown_grace", float, "", 10.0)
     if grace is None or grace < 0:
         r.problem("shutdown_grace", f"must be 0 or more seconds, got {grace}")
@@ -277,7 +289,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
-        pop3=pop3, imap=imap, log_level=log_level, shutdown_grace=grace, delivery=delivery,
+        pop3=pop3, imap=imap, log_level=log_level,
+        log_format=cast(LogFormat, log_format), shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
         run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, workers=workers,
     )
@@ -316,17 +329,21 @@ def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[L
         elif protocol is not None and protocol not in IMPLEMENTED_PROTOCOLS:
             r.problem(prefix + "protocol",
                       f"{protocol!r} is not available in this version yet; remove this listener")
-        mode = r.get(table, "tls", str, prefix)
+        # The admin listener is plain HTTP on loopback unless it says otherwise.
+        mode = r.get(table, "tls", str, prefix, "none" if protocol == "admin" else None)
         if mode is not None and mode not in get_args(TlsMode):
             r.problem(prefix + "tls", f"{mode!r} is not one of starttls, implicit, none")
             mode = None
         if mode == "none" and protocol not in (None, *_PLAINTEXT_PROTOCOLS):
             r.problem(prefix + "tls", 'tls = "none" is only for protocol = "relay" (legacy '
-                      'devices that cannot do TLS) and protocol = "autoconfig" (plain HTTP); '
+                      'devices that cannot do TLS), "autoconfig" and "admin" (plain HTTP); '
                       "this listener needs starttls or implicit")
         if protocol == "autoconfig" and mode == "starttls":
             r.problem(prefix + "tls", 'HTTP has no STARTTLS: an autoconfig listener is '
                       'tls = "none" (plain HTTP, port 80) or "implicit" (HTTPS, port 443)')
+        if protocol == "admin" and mode == "starttls":
+            r.problem(prefix + "tls", 'HTTP has no STARTTLS: an admin listener is '
+                      'tls = "none" (plain HTTP, the default) or "implicit" (HTTPS)')
         if protocol == "smtp" and mode == "implicit":
             r.problem(prefix + "tls", 'an inbound MX (protocol = "smtp") is reached on port 25 '
                       'with STARTTLS (RFC 3207): use tls = "starttls"')
@@ -518,3 +535,32 @@ def _parse_dkim(r: _Reader, raw: dict[str, Any], base: Path,
         if selector is not None and key is not None:
             out[normal] = DkimDomain(selector, key)
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """A bind host reachable from this machine only (127.0.0.0/8, ::1, "localhost")."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def admin_exposure_warnings(config: Config) -> list[str]:
+    """Admin listeners in plain HTTP on an address others can reach: worth a warning at start
+    and in check-config, not a refusal (a private management network is a fair choice).
+    The metrics name listeners, counts and certificate files, nothing secret, and the
+    endpoints change nothing; still, whoever reaches them learns the daemon's shape."""
+    warnings: list[str] = []
+    for lst in config.listeners:
+        if lst.protocol != "admin" or lst.tls != "none":
+            continue
+        for i, addr in enumerate(lst.bind):
+            if not is_loopback(addr.host):
+                warnings.append(
+                    f"listeners.{lst.name}.bind[{i}]: the admin listener serves {addr} in "
+                    'plain HTTP (tls = "none") beyond loopback: anyone who reaches it reads '
+                    'the metrics; bind it to 127.0.0.1 or use tls = "implicit" behind a '
+                    "firewall")
+    return warnings

@@ -13,10 +13,12 @@ from typing import Literal
 from mailkeep.relay.queue_config import QueueConfig
 from mailkeep.relay.routes import DeliveryConfig
 
-Protocol = Literal["submission", "smtp", "relay", "imap", "pop3", "autoconfig"]
+Protocol = Literal["submission", "smtp", "relay", "imap", "pop3", "autoconfig", "admin"]
 TlsMode = Literal["starttls", "implicit", "none"]
 AuthMode = Literal["none", "optional", "required"]
 SMTP_PROTOCOLS = ("submission", "smtp", "relay")
+# The daemon's log lines: "text" (one line each, as always) or "json" (one object a line).
+LogFormat = Literal["text", "json"]
 
 # RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -274,6 +276,7 @@ class Config:
     pop3: Pop3Config = field(default_factory=Pop3Config)
     imap: ImapConfig = field(default_factory=ImapConfig)
     log_level: str = "info"
+    log_format: LogFormat = "text"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     # Processes serving every listener (SO_REUSEPORT); 1 is one process, no supervisor.
     # A config file without the key gets default_workers() (config/load.py).

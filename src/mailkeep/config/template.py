@@ -22,6 +22,8 @@ data_dir = "{data_dir}"
 #                            # with a second mailkeep that has its own data_dir)
 
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
+# log_format = "text"        # text | json (one JSON object a line: time, level, logger,
+#                            # message, and conn/peer/listener/user where a line names them)
 {run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)
 # trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
 #                            # protocol headers are believed (listeners with proxy_protocol)
@@ -274,6 +276,17 @@ bind = [{bind_465}]
 # protocol = "autoconfig"
 # tls = "implicit"
 # bind = ["0.0.0.0:443", "[::]:443"]
+
+# The admin listener, for monitoring: /metrics (Prometheus text format; docs/metrics.md),
+# /healthz (200 while the daemon runs) and /readyz (200 when every listener is bound, the
+# Maildirs and the spool are writable and the user directory answers; else 503 and why).
+# Nothing there asks for a password or changes anything: keep it on loopback (a warning at
+# start otherwise), or use tls = "implicit" (HTTPS with the certificate above) behind a
+# firewall. `mailkeep health` asks /readyz when there is one.
+# [listeners.admin]
+# protocol = "admin"
+# tls = "none"                     # the default for admin: plain HTTP
+# bind = ["127.0.0.1:9587"]
 """
 
 POP3_LISTENERS = """

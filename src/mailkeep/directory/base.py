@@ -79,6 +79,17 @@ class UserDirectory(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class CheckedDirectory(Protocol):
+    """A backend that can say cheaply whether it can answer now (the admin listener's
+    /readyz): the users file readable, the database answering SELECT 1, the LDAP server
+    taking the service account's bind. Optional: a backend without it counts as ready."""
+
+    async def check(self) -> None:
+        """Return when the backend is reachable; raise DirectoryUnavailable saying why."""
+        ...
+
+
 def _backend_class(backend: str) -> Any:
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if backend not in found:

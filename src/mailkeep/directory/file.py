@@ -41,7 +41,7 @@ from mailkeep.directory.apppasswords import (
     is_supported_app_hash,
     verify_login,
 )
-from mailkeep.directory.base import SERVICES, Account, DirectoryError
+from mailkeep.directory.base import SERVICES, Account, DirectoryError, DirectoryUnavailable
 from mailkeep.directory.names import (
     ACCOUNT_NAME,
     ADDRESS,
@@ -353,6 +353,18 @@ class FileDirectory:
         if rec is None or address.strip().lower() not in rec.account.addresses:
             return None
         return rec.account
+
+    def _check(self) -> None:
+        with self.path.open("rb") as f:
+            f.read(1)
+
+    async def check(self) -> None:
+        """The users file can be read (CheckedDirectory)."""
+        try:
+            await asyncio.to_thread(self._check)
+        except OSError as exc:
+            raise DirectoryUnavailable(f"users file {self.path}: {exc.strerror or exc}") \
+                from None
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -23,7 +23,12 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from mailkeep.directory.base import Account, DirectoryError, UserDirectory
+from mailkeep.directory.base import (
+    Account,
+    CheckedDirectory,
+    DirectoryError,
+    UserDirectory,
+)
 from mailkeep.directory.cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, CredentialsCache
 from mailkeep.directory.names import MAX_LOGIN_LENGTH, clean_groups
 
@@ -110,6 +115,11 @@ class DirectoryFront:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up (timeout)
+
+    async def check(self) -> None:
+        """The backend's own reachability check (CheckedDirectory), if it has one."""
+        if isinstance(self.backend, CheckedDirectory):
+            await self.backend.check()
 
     async def lookup(self, address: str) -> Account | None:
         if len(address) > MAX_LOGIN_LENGTH:

@@ -8,9 +8,8 @@ GET and HEAD everywhere; POST only where Outlook uses it (autodiscover).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from mailkeep.proto.autoconfig import (
     AUTODISCOVER_INVALID_REQUEST,
@@ -29,60 +28,19 @@ from mailkeep.proto.autoconfig import (
     outlook_response,
     thunderbird_config,
 )
+from mailkeep.proto.http import READ_METHODS, Answer, allow, plain, split_target
 
-TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 # Exchange answers autodiscover as text/xml; Outlook and Thunderbird accept it.
 AUTODISCOVER_CONTENT_TYPE = "text/xml; charset=utf-8"
 # Query parameters parsed at most (urllib's max_num_fields): a query of thousands of
 # "&a=b" pairs is refused, not parsed.
 MAX_QUERY_FIELDS = 16
-READ_METHODS = ("GET", "HEAD")
 # RFC 8555 §8.3: the CA fetches http://<domain>/.well-known/acme-challenge/<token> on port 80.
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 ACME_CONTENT_TYPE = "application/octet-stream"
 # path -> key authorization bytes of a pending HTTP-01 challenge, or None.
 ChallengeLookup = Callable[[str], bytes | None]
 KNOWN_METHODS = ("GET", "HEAD", "POST")
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An HTTP response to send: status, body (left out for HEAD by the driver), headers."""
-
-    status: int
-    body: bytes
-    content_type: str = TEXT_CONTENT_TYPE
-    headers: tuple[tuple[str, str], ...] = field(default=())
-    # The request was not understood: the connection is closed after the answer.
-    close: bool = False
-
-    @property
-    def reason(self) -> str:
-        return HTTPStatus(self.status).phrase
-
-
-def plain(status: int, *, close: bool = False,
-          headers: tuple[tuple[str, str], ...] = ()) -> Answer:
-    """A short text answer for errors: the status line again, nothing about the server."""
-    text = f"{status} {HTTPStatus(status).phrase}\n".encode()
-    return Answer(status, text, headers=headers, close=close)
-
-
-def _allow(methods: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    return (("Allow", ", ".join(methods)),)
-
-
-def _split_target(target: str) -> tuple[str, str] | None:
-    """(path, query) of an origin-form or absolute-form request target, else None.
-    RFC 9112 §3.2.2: a server MUST accept the absolute-form, which clients send through
-    proxies; the host it names is not ours to check (every name of ours gets the same)."""
-    if target.startswith("/"):
-        path, _, query = target.partition("?")
-        return path, query
-    if target[:7].lower() == "http://" or target[:8].lower() == "https://":
-        parts = urlsplit(target)
-        return parts.path or "/", parts.query
-    return None
 
 
 def _query_address(query: str) -> str | None:
@@ -95,7 +53,7 @@ def route(method: str, target: str, body: bytes, setup: MailSetup,
     """The answer to one complete request. ValueError from a query with too many fields is
     the caller's 400 (see answer()). `challenge` serves pending ACME HTTP-01 tokens."""
     allowed: tuple[str, ...]
-    split = _split_target(target)
+    split = split_target(target)
     path = split[0] if split else ""
     if path.startswith(ACME_CHALLENGE_PREFIX) and method in READ_METHODS:
         # Before every other route and never redirected (RFC 8555 §8.3).
@@ -112,7 +70,7 @@ def route(method: str, target: str, body: bytes, setup: MailSetup,
     # RFC 9110 §15.5.6: 405 names the methods the resource has (Allow); an unknown method
     # anywhere gets the same treatment (Allow: GET, HEAD for paths we do not serve).
     if method not in KNOWN_METHODS or (allowed and method not in allowed):
-        return plain(HTTPStatus.METHOD_NOT_ALLOWED, headers=_allow(allowed or READ_METHODS))
+        return plain(HTTPStatus.METHOD_NOT_ALLOWED, headers=allow(allowed or READ_METHODS))
     if split is None:
         return plain(HTTPStatus.BAD_REQUEST, close=True)
     if not allowed:

@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mailkeep.proto.address import canonical, split_address
+from mailkeep.proto.address import canonical, has_routing_characters, split_address
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,3 +65,17 @@ def envelope_sender_refusal(rule: SenderRule, mail_from: str) -> str | None:
 def relay_refusal(address: str) -> str:
     """An address in another domain on a connector that may not relay."""
     return f"554 5.7.1 <{address}>: relay access denied"
+
+
+def fallback_refusal(address: str) -> str | None:
+    """Split delivery hands unknown local parts of a domain to another server (the legacy
+    one). An address that carries a route in its local part ("carol%remote.example@local",
+    "remote.example!carol@local", '"carol@remote.example"@local') is refused instead: that
+    server may read the route and relay the message on (the percent hack, RFC 1123
+    §5.2.16; bang paths), which would make us the front door of an open relay. RFC 5321
+    §3.6.1: a server MAY decline addresses that specify source routes; we do, here."""
+    if not has_routing_characters(address):
+        return None
+    # RFC 3463 X.7.1: delivery not authorized, message refused.
+    return (f"550 5.7.1 <{address}>: source-routed addresses (% ! or a quoted @) are not "
+            "forwarded")

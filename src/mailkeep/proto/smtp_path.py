@@ -8,7 +8,8 @@ quoted string) and one domain (a host name or an address literal), so the classi
 tricks cannot hide a second destination: "user@remote@local" and an unbalanced quote are
 syntax errors, a source route ("@local:user@remote") is dropped as RFC 5321 §4.1.1.3 tells
 servers to (the mailbox after it is what counts), "user%remote@local" and "remote!user@local"
-are just local parts (no such user), and control characters are refused. Parameter values
+are just local parts (no such user), a bare IP address as a domain ("user@192.0.2.1") is
+refused (an address literal is bracketed), and control characters are refused. Parameter values
 keep their case (ENVID and ORCPT are case-sensitive xtext); keywords do not.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from mailkeep.proto.address import is_numeric_domain
 
 # RFC 5321 §4.5.3.1.1-3: local part 64 octets, domain 255, a whole path 256.
 MAX_LOCAL_PART = 64
@@ -76,6 +79,12 @@ def _mailbox(text: str, utf8: bool) -> str:
     if not ((_DOMAIN_UTF8 if utf8 else _DOMAIN).fullmatch(domain)
             or _ADDRESS_LITERAL.fullmatch(domain)):
         raise PathError("553 5.1.3 Malformed address: bad domain")
+    if not domain.startswith("[") and is_numeric_domain(domain):
+        # RFC 5321 §4.1.3 (and RFC 1123 §2.1): an IP address as a domain is written as an
+        # address literal, "[192.0.2.1]"; bare, it must not reach a resolver or a relay
+        # that would read it as an address (Postfix: resolve_numeric_domain = no).
+        raise PathError(f"553 5.1.3 Malformed address: {domain} is an IP address, not a "
+                        "domain (an address literal needs brackets)")
     return f"{local}@{domain}"
 
 

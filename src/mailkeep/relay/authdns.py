@@ -43,15 +43,20 @@ class DnsTempError(Exception):
 def make_resolver(nameservers: Sequence[str | tuple[str, int]], port: int = 53,
                   timeout: float = DNS_QUERY_TIMEOUT) -> dns.resolver.Resolver:
     """A resolver that asks only `nameservers`: IP addresses (on `port`) or (address, port)
-    pairs, each asked on its own port."""
-    resolver = dns.resolver.Resolver(configure=False)
-    servers: list[str | dns.nameserver.Nameserver] = []
-    for ns in nameservers:
-        host, own_port = (ns, port) if isinstance(ns, str) else ns
-        servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)),
-                                                     own_port))
-    resolver.nameservers = servers
-    resolver.port = port
+    pairs, each asked on its own port. No servers: the host's (/etc/resolv.conf, read here:
+    call it off the event loop). `timeout` bounds each lookup, retries included (the
+    operator's `delivery.dns_timeout`): no library's default stretches it."""
+    if not nameservers:
+        resolver = dns.resolver.Resolver()
+    else:
+        resolver = dns.resolver.Resolver(configure=False)
+        servers: list[str | dns.nameserver.Nameserver] = []
+        for ns in nameservers:
+            host, own_port = (ns, port) if isinstance(ns, str) else ns
+            servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)),
+                                                         own_port))
+        resolver.nameservers = servers
+        resolver.port = port
     resolver.timeout = timeout
     resolver.lifetime = timeout
     return resolver

@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from mailkeep.proto.address import is_numeric_domain
 from mailkeep.relay.dns import DnsFailure, MxHost, Resolver
 from mailkeep.relay.envelope import Recipient
 from mailkeep.relay.mtasts import MtaSts
@@ -91,6 +92,10 @@ def address_problem(address: str) -> str | None:
         return str(exc)
     if not is_hostname(key):
         return f"{domain!r} is not a domain name"
+    if is_numeric_domain(key):
+        # RFC 5321 §4.1.3, RFC 1123 §2.1: an IP address without brackets is neither a
+        # domain nor a literal; never looked up or connected to (refused at RCPT as well).
+        return f"{domain!r} is an IP address, not a domain name"
     return None
 
 

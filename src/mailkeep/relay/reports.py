@@ -12,7 +12,7 @@ import datetime as dt
 
 from mailkeep.proto.dsn import MailDsnParams, NotifyOn, OriginalRecipient, Ret
 from mailkeep.relay.dsn import Action, Dsn, NoDsn, OriginalMessage, RecipientReport, build_dsn
-from mailkeep.relay.spool import SpoolEntry, SpoolRecipient
+from mailkeep.relay.spool import Notice, SpoolEntry, SpoolRecipient
 
 
 def notify_of(rcpt: SpoolRecipient) -> frozenset[NotifyOn] | None:
@@ -52,3 +52,17 @@ def build(entry: SpoolEntry, content: bytes, reports: list[RecipientReport], *,
                            envid=entry.envid)
     original = OriginalMessage(entry.mail_from, content, _when(entry.arrival), params)
     return build_dsn(original, reports, reporting_mta=hostname, now=_when(now))
+
+
+def for_notice(entry: SpoolEntry, content: bytes, notice: Notice, *, hostname: str,
+               max_lifetime: float) -> Dsn | NoDsn:
+    """The report a logged notice stands for, as of the notice's own time: the same report
+    whenever it is built (at the attempt that decided it, or at a restart after a crash)."""
+    action = Action(notice.action)
+    until = entry.arrival + max_lifetime if action is Action.DELAYED else None
+    recipients = [entry.recipients[i] for i in notice.recipients]
+    return build(entry, content,
+                 [report(r, Action.RELAYED if action is Action.DELIVERED
+                         and r.status == "relayed" else action, now=notice.at,
+                         will_retry_until=until) for r in recipients],
+                 hostname=hostname, now=notice.at)

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, get_args
 import dns.exception
 import dns.name
 
+from mailkeep.proto.address import is_numeric_domain
+
 TlsPolicy = Literal["may", "encrypt", "verify"]
 SmarthostTls = Literal["starttls", "implicit", "none"]
 
@@ -360,6 +362,11 @@ def _domain_or_problem(p: _Problems, key: str, domain: str) -> str | None:
         return None
     if not is_hostname(normal):
         p.add(key, f"{domain!r} is not a domain name")
+        return None
+    if is_numeric_domain(normal):
+        # RFC 1123 §2.1: an all-numeric top label makes it an IP address, never a domain
+        # (recipients like that are refused at RCPT, so such a key would never match).
+        p.add(key, f"{domain!r} is an IP address, not a domain name")
         return None
     return normal
 

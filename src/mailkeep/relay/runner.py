@@ -11,7 +11,8 @@ is a separate agent that can be stopped and restarted at any point. Here:
   (fsynced) before it counts, so a restart resumes where the log ends;
 * temporary failures are retried on `[delivery] retry_schedule` until `max_lifetime`, with
   one delay notice after `delay_warning`; permanent failures and expiry bounce (RFC 3464 DSN
-  to the sender, from <>, never to <>);
+  to the sender, from <>, never to <>). A report is logged with the outcome that calls for
+  it and spooled before the entry can be forgotten, so a crash never loses a bounce;
 * start() loads the queue left by the last run (kill -9 included) and resumes it.
 
 The clock is injectable (tests move time instead of sleeping).
@@ -31,16 +32,18 @@ from dataclasses import dataclass
 
 from mailkeep.config.model import Config
 from mailkeep.directory.base import DirectoryUnavailable, UserDirectory
+from mailkeep.observe.metrics import Metrics
 from mailkeep.proto.address import canonical
+from mailkeep.proto.connector import fallback_refusal
 from mailkeep.proto.printable import printable
-from mailkeep.relay import claims, reports
 from mailkeep.relay.client import OutboundClient
-from mailkeep.relay.dsn import Action, Dsn
+from mailkeep.relay.dsn import Action
 from mailkeep.relay.envelope import OutboundMessage, Recipient
+from mailkeep.relay.notices import Notices
 from mailkeep.relay.queue_admin import age_text
 from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
 from mailkeep.relay.sharing import SharedSpoolMixin
-from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError, SpoolRecipient, new_id
+from mailkeep.relay.spool import Notice, Spool, SpoolEntry, SpoolError, SpoolRecipient
 from mailkeep.store.base import DeliveryError, DiskFull
 from mailkeep.store.maildir import MaildirStore
 
@@ -82,7 +85,8 @@ class _Stats:
 class DeliveryRunner(SharedSpoolMixin):
     def __init__(self, config: Config, spool: Spool, store: MaildirStore,
                  directory: UserDirectory, client: OutboundClient | None = None, *,
-                 clock: Callable[[], float] = time.time, shared: bool = False) -> None:
+                 clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None, shared: bool = False) -> None:
         self.config = config
         self.queue_config = config.queue
         self.spool = spool
@@ -90,7 +94,11 @@ class DeliveryRunner(SharedSpoolMixin):
         self.directory = directory
         self.client = client or OutboundClient(config.delivery)
         self.clock = clock
+        # Local delivery times and remote outcomes (the daemon's; a runner of its own alone).
+        self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.entries: dict[str, SpoolEntry] = {}
+        self.notices = Notices(config, spool, directory, self.entries, clock,
+                               accept=self._accept)
         self.stats = _Stats()
         self._due: list[tuple[float, str]] = []     # heap of (when, id); stale ones skipped
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -132,6 +140,18 @@ class DeliveryRunner(SharedSpoolMixin):
                 continue
             self.entries[item.id] = item
             self._recovered.add(item.id)
+        # Reports the last run decided on but may not have spooled (a crash in between):
+        # settled before anything is delivered, so a DSN found in the queue now is known
+        # to be that report's (see _send_notices).
+        for entry in [e for e in self.entries.values() if e.owed_notices()]:
+            try:
+                await self._send_notices(entry, None)
+            except (OSError, SpoolError) as exc:
+                log.error("id=%s reports owed to the sender not queued yet: %s", entry.id, exc)
+            except Exception:
+                # One entry's report must not keep the daemon from starting; it stays owed.
+                log.exception("id=%s reports owed to the sender not queued yet", entry.id)
+        for item in list(self.entries.values()):
             self._schedule(item.id, min(item.next_attempt, self.clock()) if not item.attempts
                            else item.next_attempt)
         if self.entries:
@@ -170,14 +190,7 @@ class DeliveryRunner(SharedSpoolMixin):
         Returns a future that is done when the local recipients have been attempted (the
         SMTP session waits for it briefly, so a sender's 250 normally means "in the INBOX"
         for local mail, as users expect); remote deliveries go on without it."""
-        if self.shared:
-            self._claims[entry.id] = await asyncio.to_thread(claims.claim_new, self.spool,
-                                                             entry.id)
-        try:
-            await asyncio.to_thread(self.spool.accept, entry, message)
-        except BaseException:
-            await self._release(entry.id)
-            raise
+        await self._accept(entry, message)
         self.entries[entry.id] = entry
         log.info("queued id=%s from=<%s> rcpts=%d size=%d", entry.id, printable(entry.mail_from),
                  len(entry.recipients), entry.size)
@@ -287,8 +300,11 @@ class DeliveryRunner(SharedSpoolMixin):
             if account is None:
                 domain = rcpt.address.rpartition("@")[2].lower()
                 if domain in self.queue_config.fallback_routes:
-                    # Split delivery: no account here (any more): the legacy server's.
-                    rcpt.kind, rcpt.account = "remote", None
+                    refusal = fallback_refusal(rcpt.address)
+                    if refusal is not None:  # a route the legacy server might follow
+                        self._outcome(entry, i, "failed", refusal, "5.7.1", "", outcomes)
+                    else:  # split delivery: no account here (any more): the legacy server's
+                        rcpt.kind, rcpt.account = "remote", None
                     continue
                 # RFC 3463 X.1.1: the mailbox does not exist (removed since RCPT).
                 self._outcome(entry, i, "failed", "550 5.1.1 no such user here", "5.1.1",
@@ -299,6 +315,7 @@ class DeliveryRunner(SharedSpoolMixin):
         for account_name, indexes in by_account.items():
             data = head + message
             name = local_name(entry, indexes[0], len(data))
+            began = time.monotonic()
             try:
                 await self.store.deliver_once(account_name, data, name,
                                               check=entry.id in self._recovered)
@@ -310,6 +327,7 @@ class DeliveryRunner(SharedSpoolMixin):
                 for i in indexes:
                     self._defer(entry, i, f"451 4.3.0 {exc}", outcomes)
                 continue
+            self.metrics.local_delivery(time.monotonic() - began)
             for i in indexes:
                 self._outcome(entry, i, "delivered", f"250 2.0.0 delivered to {account_name}",
                               "2.0.0", "", outcomes, log_it=False)
@@ -340,13 +358,16 @@ class DeliveryRunner(SharedSpoolMixin):
             if isinstance(result, Delivered):
                 notify = entry.recipients[i].notify or []
                 relayed = not result.remote_dsn and "SUCCESS" in notify
+                self.metrics.remote_delivery("relayed" if relayed else "delivered")
                 self._outcome(entry, i, "relayed" if relayed else "delivered",
                               str(result.reply), result.reply.status, result.remote_host,
                               outcomes)
             elif isinstance(result, PermanentFailure):
+                self.metrics.remote_delivery("failed")
                 self._outcome(entry, i, "failed", str(result.reply), result.status,
                               result.remote_host or "", outcomes)
             else:
+                self.metrics.remote_delivery("deferred")
                 self._defer(entry, i, str(result.reply), outcomes,
                             status=result.reply.status, remote=result.remote_host or "")
 
@@ -383,9 +404,10 @@ class DeliveryRunner(SharedSpoolMixin):
 
     async def _settle(self, entry: SpoolEntry, message: bytes,
                       outcomes: list[dict[str, object]]) -> None:
-        """After an attempt: log outcomes, bounce, notify, reschedule or forget the entry."""
+        """After an attempt: log outcomes with the reports they call for, spool those
+        reports, then reschedule or forget the entry."""
         now = self.clock()
-        notices: list[tuple[Action, list[SpoolRecipient]]] = []
+        owed: list[tuple[Action, list[int]]] = []
         if not entry.done():
             if now - entry.arrival >= self.queue_config.max_lifetime:
                 for i in entry.pending():
@@ -401,89 +423,62 @@ class DeliveryRunner(SharedSpoolMixin):
                 if warning and not entry.delay_notified and now - entry.arrival >= warning:
                     entry.delay_notified = True
                     outcomes.append({"delay_notified": True})
-                    notices.append((Action.DELAYED,
-                                    [entry.recipients[i] for i in entry.pending()]))
-        fresh = [o for o in outcomes if "i" in o]
-        failed = [entry.recipients[int(str(o["i"]))] for o in fresh if o["status"] == "failed"]
+                    owed.append((Action.DELAYED, entry.pending()))
+        fresh = list(dict.fromkeys(int(str(o["i"])) for o in outcomes if "i" in o))
+        status = {int(str(o["i"])): o["status"] for o in outcomes if "i" in o}
+        failed = [i for i in fresh if status[i] == "failed"]
         # RFC 3461 §5.2.1-5.2.3: a success report is ours to send for a final (local)
         # delivery or a relay to a hop without DSN; a hop that offered DSN was given NOTIFY
         # and reports the success itself (a report from us too would be a duplicate).
-        succeeded = [entry.recipients[int(str(o["i"]))] for o in fresh
-                     if (o["status"] == "relayed" or (o["status"] == "delivered"
-                                                      and o.get("local")))
-                     and "SUCCESS" in (entry.recipients[int(str(o["i"]))].notify or [])]
+        local = {int(str(o["i"])) for o in outcomes if o.get("local")}
+        succeeded = [i for i in fresh
+                     if (status[i] == "relayed" or (status[i] == "delivered" and i in local))
+                     and "SUCCESS" in (entry.recipients[i].notify or [])]
         if failed:
-            notices.append((Action.FAILED, failed))
+            owed.append((Action.FAILED, failed))
         if succeeded:
-            notices.append((Action.DELIVERED, succeeded))
+            owed.append((Action.DELIVERED, succeeded))
+        for action, indexes in owed:
+            # Logged in the same append as the outcomes that call for it: a crash before
+            # its DSN is spooled leaves it owed, and the next start sends it.
+            notice = Notice(len(entry.notices), action.value,  # type: ignore[arg-type]
+                            indexes, now)
+            entry.notices.append(notice)
+            outcomes.append({"notice": notice.n, "action": notice.action,
+                             "rcpts": notice.recipients, "at": notice.at})
         # Log what a restart must not repeat. A fully delivered entry of local copies only
         # needs no log: it is removed next, and its copies are found by name if it is not.
-        only_local = all(o.get("local") and o["status"] == "delivered" for o in fresh)
-        if not (entry.done() and only_local and not notices):
+        only_local = all(o.get("local") and o["status"] == "delivered"
+                         for o in outcomes if "i" in o)
+        if not (entry.done() and only_local and not owed):
             await asyncio.to_thread(self.spool.record, entry.id,
                                     [{k: v for k, v in o.items() if k != "local"}
                                      for o in outcomes])
-        for action, recipients in notices:
-            await self._notify(entry, message, action, recipients, now)
-        if entry.done():
+        await self._send_notices(entry, message)
+        if entry.finished():
             await asyncio.to_thread(self.spool.remove, entry.id)
             self.entries.pop(entry.id, None)
             self._recovered.discard(entry.id)
+        elif entry.done():
+            # A report could not be spooled (disk full, directory down): it stays owed in
+            # the log and the entry waits; the next attempt tries to send it again.
+            entry.next_attempt = now + self.queue_config.retry_delay(1)
+            self._schedule(entry.id, entry.next_attempt)
         else:
             self._schedule(entry.id, entry.next_attempt)
 
-    async def _notify(self, entry: SpoolEntry, message: bytes, action: Action,
-                      recipients: list[SpoolRecipient], now: float) -> None:
-        until = entry.arrival + self.queue_config.max_lifetime
-        built = reports.build(
-            entry, message,
-            [reports.report(r, Action.RELAYED if action is Action.DELIVERED
-                            and r.status == "relayed" else action, now=now,
-                            will_retry_until=until if action is Action.DELAYED else None)
-             for r in recipients],
-            hostname=self.config.hostname, now=now)
-        if not isinstance(built, Dsn):
-            log.info("id=%s no %s notice: %s", entry.id, action.value, built.reason.value)
-            return
-        dsn_entry = await self.new_entry(mail_from="", recipients=[built.envelope_recipient],
-                                         size=len(built.message), smtputf8=built.needs_smtputf8,
-                                         body_8bit=built.needs_8bitmime,
-                                         source={"dsn_for": entry.id})
-        if dsn_entry is None:
-            log.warning("id=%s %s notice for <%s> not sent: the address cannot be used",
-                        entry.id, action.value, printable(built.envelope_recipient))
-            return
-        try:
-            await self.enqueue(dsn_entry, built.message)
-        except DeliveryError as exc:
-            log.error("id=%s %s notice not queued: %s", entry.id, action.value, exc)
-            return
-        log.info("id=%s %s notice queued as %s to <%s>", entry.id, action.value, dsn_entry.id,
-                 printable(built.envelope_recipient))
+    async def _send_notices(self, entry: SpoolEntry, message: bytes | None) -> None:
+        """Spool the reports `entry` owes (relay/notices.py), then start their DSNs."""
+        for dsn_id, data in (await self.notices.spool_owed(entry, message)).items():
+            self._start(dsn_id, data)
 
     async def new_entry(self, *, mail_from: str, recipients: list[str], size: int,
                         smtputf8: bool = False, body_8bit: bool = False,
                         source: dict[str, str] | None = None) -> SpoolEntry | None:
-        """An entry for mail we send ourselves (DSNs): local recipients resolved now."""
-        out: list[SpoolRecipient] = []
-        for address in recipients:
-            domain = address.rpartition("@")[2].lower().rstrip(".")
-            if not domain:
-                return None
-            if self.config.is_local_domain(domain):
-                account = await self.directory.lookup(canonical(address))
-                if account is None:
-                    if domain not in self.queue_config.fallback_routes:
-                        return None
-                    out.append(SpoolRecipient(address, "remote"))
-                    continue
-                out.append(SpoolRecipient(address, "local", account.name))
-            else:
-                out.append(SpoolRecipient(address, "remote"))
-        now = self.clock()
-        return SpoolEntry(id=new_id(now), mail_from=mail_from, recipients=out, arrival=now,
-                          size=size, smtputf8=smtputf8, body_8bit=body_8bit,
-                          source=source or {})
+        """An entry for mail we send ourselves (see Notices.new_entry)."""
+        return await self.notices.new_entry(mail_from=mail_from, recipients=recipients,
+                                            size=size, smtputf8=smtputf8, body_8bit=body_8bit,
+                                            source=source)
 
     # -- administrator requests (`mailkeep queue ...`) -------------------------------------
 
@@ -491,7 +486,7 @@ class DeliveryRunner(SharedSpoolMixin):
         while True:
             await asyncio.sleep(CONTROL_INTERVAL)
             try:
-                requests = await asyncio.to_thread(_read_control, self.spool)
+                requests = await asyncio.to_thread(self.spool.requests)
             except OSError as exc:
                 log.error("queue control folder unreadable: %s", exc)
                 continue
@@ -532,17 +527,6 @@ class DeliveryRunner(SharedSpoolMixin):
                 self._schedule(target, entry.next_attempt)
             return True
         return False
-
-
-def _read_control(spool: Spool) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for path in sorted(spool.control.iterdir()):
-        op, _, target = path.name.partition("-")
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        if op in ("retry", "delete", "hold", "release") and target:
-            out.append((op, target))
-    return out
 
 
 def _outbound_recipient(rcpt: SpoolRecipient) -> Recipient:

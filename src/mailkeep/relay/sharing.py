@@ -123,6 +123,18 @@ class SharedSpoolMixin:
                 self._recovered.discard(entry_id)
             await self._release(entry_id)
 
+    async def _accept(self, entry: SpoolEntry, message: bytes) -> None:
+        """Spool an entry (Spool.accept); a worker claims it first, so that nobody adopts
+        it while this worker makes its first attempt."""
+        if self.shared:
+            self._claims[entry.id] = await asyncio.to_thread(claims.claim_new, self.spool,
+                                                             entry.id)
+        try:
+            await asyncio.to_thread(self.spool.accept, entry, message)
+        except BaseException:
+            await self._release(entry.id)
+            raise
+
     async def _release(self, entry_id: str) -> None:
         fd = self._claims.pop(entry_id, None)
         if fd is not None:

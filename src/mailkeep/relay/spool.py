@@ -4,7 +4,8 @@ Layout under DATA_DIR/spool/:
 
     incoming/ID        being written (a crash leaves it here: removed at start-up)
     queue/ID           committed: a header line, the envelope as JSON, then the message
-    queue/ID.log       per-recipient outcomes, appended (one JSON object per line, fsynced)
+    queue/ID.log       per-recipient outcomes and the reports they call for, appended (one
+                       JSON object per line, fsynced)
     control/OP-ID      requests from `mailkeep queue ...` (retry, delete, hold, release)
     .lock              flock(LOCK_EX) by the daemon for its lifetime: one spool, one daemon;
                        `mailkeep queue` tests it to know whether a daemon will take requests
@@ -14,6 +15,13 @@ delivery: the rename is the commit, so a crash leaves either no entry or a whole
 outcome log is appended with fsync before an outcome counts, so a restart never repeats a
 recipient the log says is done; local deliveries are also made idempotent by their Maildir
 file name (relay/local.py), so even an unlogged delivery is not repeated.
+
+A report owed to the sender (a bounce, a delay notice, a success report) is logged in the
+same fsynced append as the outcomes that call for it, as a numbered notice; its DSN is
+spooled under an id derived from the entry's id and that number (notice_id), and only then
+is the notice logged as done. A crash anywhere in between leaves the notice owed, and the
+next start either finds the DSN already spooled (by its id) or builds it again from the
+log: a bounce is never lost and never spooled twice.
 
 Blocking file work: every function here runs off the event loop (the runner calls them in
 a thread).
@@ -48,6 +56,8 @@ LOCK_POLL_INTERVAL = 0.05
 
 RecipientKind = Literal["local", "remote"]
 Status = Literal["pending", "delivered", "relayed", "failed"]
+# What a notice reports (relay/dsn.py Action values the runner sends on its own).
+NoticeAction = Literal["failed", "delayed", "delivered"]
 
 
 class SpoolError(Exception):
@@ -73,6 +83,24 @@ class SpoolRecipient:
 
 
 @dataclass(slots=True)
+class Notice:
+    """A report owed to the sender: logged with the outcomes that call for it, then its DSN
+    is spooled (as notice_id(entry, n)), then it is logged done."""
+
+    n: int                             # 0, 1, ... in the entry's log
+    action: NoticeAction
+    recipients: list[int]              # indexes into SpoolEntry.recipients
+    at: float                          # when it was decided: the DSN's date and arrival
+    done: bool = False
+
+
+def notice_id(entry_id: str, n: int) -> str:
+    """The spool id of notice `n` of an entry: fixed, so a replayed notice finds its DSN.
+    Four hex digits after the entry's 19: never an id new_id() makes."""
+    return f"{entry_id}{n:04x}"
+
+
+@dataclass(slots=True)
 class SpoolEntry:
     id: str
     mail_from: str                     # "" for the null sender <>
@@ -88,12 +116,20 @@ class SpoolEntry:
     next_attempt: float = 0.0
     delay_notified: bool = False
     hold: bool = False                 # set aside by the administrator or a corrupt file
+    notices: list[Notice] = field(default_factory=list)  # from the log only (see Notice)
 
     def pending(self) -> list[int]:
         return [i for i, r in enumerate(self.recipients) if r.status == "pending"]
 
     def done(self) -> bool:
         return not self.pending()
+
+    def owed_notices(self) -> list[Notice]:
+        return [n for n in self.notices if not n.done]
+
+    def finished(self) -> bool:
+        """Nothing left to deliver and nothing left to tell the sender: removable."""
+        return self.done() and not self.owed_notices()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -104,6 +140,9 @@ class SpoolEntry:
         that is valid JSON of another shape must not become an entry the runner trips on)."""
         raw = json.loads(data)
         _check_fields(raw, _ENTRY_FIELDS, "envelope")
+        # Notices come from the log; the envelope is written before there are any.
+        if raw.pop("notices", []):
+            raise ValueError("notices in the envelope")
         recipients = raw.pop("recipients")
         for r in recipients:
             _check_fields(r, _RECIPIENT_FIELDS, "recipient")
@@ -127,7 +166,7 @@ _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
     "id": (str,), "mail_from": (str,), "recipients": (list,), "arrival": _NUMBER,
     "size": (int,), "ret": _TEXT_OR_NONE, "envid": _TEXT_OR_NONE, "smtputf8": (bool,),
     "body_8bit": (bool,), "source": (dict,), "attempts": (int,), "next_attempt": _NUMBER,
-    "delay_notified": (bool,), "hold": (bool,),
+    "delay_notified": (bool,), "hold": (bool,), "notices": (list,),
 }
 _RECIPIENT_FIELDS: dict[str, tuple[type, ...]] = {
     "address": (str,), "kind": (str,), "account": _TEXT_OR_NONE, "route": _TEXT_OR_NONE,
@@ -161,6 +200,12 @@ def _valid_outcome(o: object) -> bool:
         return (_is(o["i"], (int,)) and o.get("status", "pending") in get_args(Status)
                 and all(_is(o.get(k, ""), (str,)) for k in ("reply", "remote_mta",
                                                               "dsn_status")))
+    if "notice" in o:
+        return (_is(o["notice"], (int,)) and o.get("action") in get_args(NoticeAction)
+                and isinstance(o.get("rcpts"), list)
+                and all(_is(i, (int,)) for i in o["rcpts"]) and _is(o.get("at"), _NUMBER))
+    if "notice_done" in o:
+        return _is(o["notice_done"], (int,))
     if "attempts" in o and not (_is(o["attempts"], (int,))
                                 and _is(o.get("next", 0.0), _NUMBER)):
         return False
@@ -257,7 +302,8 @@ class Spool:
     def record(self, entry_id: str, outcomes: list[dict[str, Any]]) -> None:
         """Append outcomes to the entry's log and fsync: once this returns they survive a
         crash. Each outcome is {"i": recipient index, "status": ..., "reply": ..., ...} or
-        {"attempts": n, "next": t} / {"delay_notified": true} / {"hold": bool}."""
+        {"attempts": n, "next": t} / {"delay_notified": true} / {"hold": bool}, or a notice
+        {"notice": n, "action": ..., "rcpts": [i, ...], "at": t} / {"notice_done": n}."""
         if not outcomes:
             return
         data = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n"
@@ -290,6 +336,18 @@ class Spool:
         for name in (entry_id, f"{entry_id}.log"):
             with contextlib.suppress(FileNotFoundError):
                 (self.queue / name).unlink()
+
+    def requests(self) -> list[tuple[str, str]]:
+        """Take the `mailkeep queue` requests waiting in control/: (op, entry id or "all"),
+        each file removed as it is read; unknown names are dropped."""
+        out: list[tuple[str, str]] = []
+        for path in sorted(self.control.iterdir()):
+            op, _, target = path.name.partition("-")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            if op in ("retry", "delete", "hold", "release") and target:
+                out.append((op, target))
+        return out
 
     # -- reading --------------------------------------------------------------------------
 
@@ -365,6 +423,17 @@ def apply(entry: SpoolEntry, outcome: dict[str, Any]) -> None:
             rcpt.reply = outcome.get("reply", rcpt.reply)
             rcpt.remote_mta = outcome.get("remote_mta", rcpt.remote_mta)
             rcpt.dsn_status = outcome.get("dsn_status", rcpt.dsn_status)
+        return
+    if "notice" in outcome:
+        n = int(outcome["notice"])
+        if all(notice.n != n for notice in entry.notices):
+            rcpts = [int(i) for i in outcome["rcpts"] if 0 <= int(i) < len(entry.recipients)]
+            entry.notices.append(Notice(n, outcome["action"], rcpts, float(outcome["at"])))
+        return
+    if "notice_done" in outcome:
+        for notice in entry.notices:
+            if notice.n == int(outcome["notice_done"]):
+                notice.done = True
         return
     if "attempts" in outcome:
         entry.attempts = int(outcome["attempts"])

@@ -59,7 +59,9 @@ async def login(services: Services, *, peer_ip: str, creds: Credentials, service
         # wait for one to end (a guesser's parallel connections are checked a few at a
         # time; an office's burst of good logins just queues for milliseconds).
         await asyncio.sleep(BUSY_RETRY_SECONDS)
+    metrics = services.metrics
     if verdict is not Verdict.ALLOW:
+        metrics.login(service, "throttled")
         log.warning("conn=%s %s auth refused: %s is blocked for %.0fs more", conn_id, service,
                     peer_ip, wait)
         return LoginOutcome(None, Failure.BLOCKED)
@@ -75,6 +77,7 @@ async def login(services: Services, *, peer_ip: str, creds: Credentials, service
             log.error("conn=%s %s auth: directory unavailable: %s", conn_id, service,
                       str(exc) or "timed out")
             ok = True  # not the client's failure: it must not count towards a block
+            metrics.login(service, "unavailable")
             return LoginOutcome(None, Failure.UNAVAILABLE)
         authzid = creds.authzid.lower()
         if account is not None and authzid and authzid not in (creds.login.lower(),
@@ -87,10 +90,12 @@ async def login(services: Services, *, peer_ip: str, creds: Credentials, service
                         service, account.name, ", ".join(required_groups))
             account = None
         if account is None:
+            metrics.login(service, "failed")
             log.warning("conn=%s %s auth failed peer=%s mechanism=%s login=%r", conn_id,
                         service, peer_ip, mechanism, creds.login[:64])
             return LoginOutcome(None, Failure.CREDENTIALS)
         ok = True
+        metrics.login(service, "ok")
         log.info("conn=%s %s auth ok user=%s peer=%s mechanism=%s", conn_id, service,
                  account.name, peer_ip, mechanism)
         return LoginOutcome(account)

@@ -84,6 +84,11 @@ class ImapSession(StreamSession):
         if self.account is not None:
             self.services.imap_sessions.release(self.account.name, self.peer_ip)
 
+    @property
+    def idling(self) -> bool:
+        """In IDLE now (RFC 2177): counted by the metrics (Services.idle_sessions)."""
+        return self.machine is not None and self.machine.idling and not self.closed
+
     def close_summary(self) -> str:
         m = self.machine
         return (f"commands={m.commands if m else 0} errors={m.total_errors if m else 0} "
@@ -250,7 +255,8 @@ class ImapSession(StreamSession):
         self.flush_pending()  # answers to commands before STARTTLS go out first, in clear
         try:
             await starttls.upgrade(reader, writer, self.front_context,
-                                   self.services.config.tls.handshake_timeout, request.reply)
+                                   self.services.config.tls.handshake_timeout, request.reply,
+                                   metrics=self.services.metrics, listener=self.listener.name)
         except starttls.PipelinedPlaintext:
             log.warning("conn=%s plaintext pipelined behind STARTTLS: refused, closing",
                         self.conn_id)

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from mailkeep.config.model import BindAddress, ListenerConfig
+from mailkeep.observe.metrics import ConnectionRefusal
 from mailkeep.proto import proxy as proxy_header
 from mailkeep.proto.connector import client_allowed
-from mailkeep.security.budget import TOO_MANY
+from mailkeep.security.budget import TOO_MANY, TOO_MANY_FROM_YOU
 from mailkeep.server.services import Services
 
 log = logging.getLogger("mailkeep")
@@ -44,6 +45,11 @@ PROXY_HEADER_TIMEOUT = 5.0
 REFUSAL_LOG_INTERVAL = 10.0
 _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                             errno.ECONNABORTED, errno.EPROTO, errno.EAGAIN}
+SHUTTING_DOWN = "service shutting down"
+# admit()'s reasons as the metrics name them.
+_REFUSAL_KINDS: dict[str, ConnectionRefusal] = {
+    SHUTTING_DOWN: "shutting_down", TOO_MANY: "too_many",
+    TOO_MANY_FROM_YOU: "too_many_from_address"}
 
 
 class Slot:
@@ -156,7 +162,7 @@ def admit(services: Services, address: str, sock: socket.socket | None = None) -
     """A slot for a new connection from `address`, or the reason it is refused. When the
     total cap is what refuses it, the longest-silent unauthenticated session is shed."""
     if services.stopping:
-        return "service shutting down"
+        return SHUTTING_DOWN
     refusal = services.budget.acquire(address)
     if refusal == TOO_MANY and services.shed_one():
         refusal = services.budget.acquire(address)
@@ -208,6 +214,15 @@ class Listener:
         host, port = self.sock.getsockname()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+    @property
+    def serving(self) -> bool:
+        """Bound and accepting (the admin listener's /readyz asks)."""
+        return self._task is not None and not self._task.done() and self.sock.fileno() >= 0
+
+    def _refused(self, reason: ConnectionRefusal) -> None:
+        self.services.metrics.connection_refused(self.config.name, self.config.protocol,
+                                                 reason)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._accept_loop())
 
@@ -232,6 +247,7 @@ class Listener:
                 # claim any address and walk around every per-address limit.
                 _refusals.note(self.config.name, address, "PROXY header from an untrusted "
                                "address (not in trusted_proxies)")
+                self._refused("untrusted_proxy")
                 conn.close()
                 return
             task = asyncio.get_running_loop().create_task(self._proxied(conn, address))
@@ -249,6 +265,7 @@ class Listener:
             info = proxy_header.parse(header)
         except (TimeoutError, OSError, proxy_header.ProxyError) as exc:
             _refusals.note(self.config.name, proxy, f"no valid PROXY header: {exc}")
+            self._refused("bad_proxy_header")
             conn.close()
             return
         self._admit(conn, info.source or proxy)
@@ -259,6 +276,7 @@ class Listener:
             # An application connector serves its `clients` networks only: anyone else is
             # refused before any TLS or SMTP work (Exchange receive connectors do the same).
             _refusals.note(self.config.name, address, "not in this connector's clients")
+            self._refused("not_allowed")
             with contextlib.suppress(OSError):
                 if not self.implicit_tls:
                     conn.setblocking(False)
@@ -269,8 +287,10 @@ class Listener:
         admitted = admit(self.services, address, conn)
         if isinstance(admitted, str):
             _refusals.note(self.config.name, address, admitted)
+            self._refused(_REFUSAL_KINDS.get(admitted, "too_many"))
             self._refuse(conn, admitted)
             return
+        self.services.metrics.connection_accepted(self.config.name, self.config.protocol)
         task = asyncio.get_running_loop().create_task(self._connect(conn, admitted))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
@@ -290,17 +310,24 @@ class Listener:
         pending = PendingHandshake(conn, slot) if tls else None
         if pending is not None:
             self.services.sessions.add(pending)
+        metrics = self.services.metrics
         try:
-            await loop.connect_accepted_socket(
+            transport, _ = await loop.connect_accepted_socket(
                 lambda: self.factory(slot), conn, ssl=tls,
                 ssl_handshake_timeout=self.services.config.tls.handshake_timeout
                 if tls else None)
+            if tls is not None:
+                ssl_object = transport.get_extra_info("ssl_object")
+                metrics.tls_handshake(self.config.name,
+                                      ssl_object.version() if ssl_object else None)
         except asyncio.CancelledError:
             slot.release()
             conn.close()
             raise
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             # The handshake failed or timed out: the session never started.
+            if tls is not None:
+                metrics.tls_handshake_failed(self.config.name)
             slot.release()
             conn.close()
             log.debug("peer=%s listener=%s TLS handshake failed: %s", slot.address,

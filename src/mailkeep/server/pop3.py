@@ -219,7 +219,8 @@ class Pop3Session(StreamSession):
                         reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await starttls.upgrade(reader, writer, self.front_context,
-                                   self.services.config.tls.handshake_timeout, request.reply)
+                                   self.services.config.tls.handshake_timeout, request.reply,
+                                   metrics=self.services.metrics, listener=self.listener.name)
         except starttls.PipelinedPlaintext:
             log.warning("conn=%s plaintext pipelined behind STLS: refused, closing",
                         self.conn_id)

@@ -8,8 +8,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mailkeep.config.model import Config
+from mailkeep.config.model import Config, ListenerConfig
 from mailkeep.directory.base import UserDirectory
+from mailkeep.observe.metrics import Metrics
 from mailkeep.proto.imap.mimecache import MimeCache
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.rate import RateLimiter
@@ -83,6 +84,23 @@ class Services:
     rate_limiters: dict[str, RateLimiter] = field(default_factory=dict)
     # IMAP: parsed messages shared by all sessions.
     mime_cache: MimeCache = field(default_factory=MimeCache)
+    # Every counter and gauge of this daemon (observe/metrics.py).
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def open_sessions(self) -> dict[tuple[str, str], int]:
+        """(listener, protocol) -> sessions open now (for the metrics, on the loop).
+        Connections still in their TLS handshake have no session yet and are not counted."""
+        counts: dict[tuple[str, str], int] = {}
+        for session in self.sessions:
+            listener = getattr(session, "listener", None)
+            if isinstance(listener, ListenerConfig):
+                key = (listener.name, listener.protocol)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def idle_sessions(self) -> int:
+        """IMAP sessions in IDLE now (RFC 2177)."""
+        return sum(1 for session in self.sessions if getattr(session, "idling", False))
 
     def shed_one(self) -> bool:
         """The connection cap is reached: close the unauthenticated session that has been

@@ -354,7 +354,8 @@ class SmtpSession(SMTP):
         try:
             await starttls.upgrade(self._reader, self._writer, self.front_context,
                                    self.services.config.tls.handshake_timeout,
-                                   b"220 2.0.0 Ready to start TLS\r\n")
+                                   b"220 2.0.0 Ready to start TLS\r\n",
+                                   metrics=self.services.metrics, listener=self.listener.name)
         except starttls.PipelinedPlaintext:
             log.warning("conn=%s plaintext pipelined behind STARTTLS: refused, closing",
                         self.conn_id)
@@ -402,14 +403,16 @@ class SmtpSession(SMTP):
             if result.outcome is smtp_data.DataOutcome.TRUNCATED:
                 return  # the client went away; nothing to answer
             if result.outcome is smtp_data.DataOutcome.TOO_BIG:
-                reply = "552 5.3.4 Message too big for this server"
+                reply = smtp_transaction.refused(self, "size", "552 5.3.4 Message too big "
+                                                 "for this server")
             elif result.outcome is smtp_data.DataOutcome.LINE_TOO_LONG:
-                reply = self._line_too_long()
+                reply = smtp_transaction.refused(self, "line_too_long", self._line_too_long())
             elif result.outcome is smtp_data.DataOutcome.BUSY:
                 log.warning("conn=%s DATA refused: %d octets of uploads held by all sessions",
                             self.conn_id, budget.held)
                 # RFC 3463 X.3.1: the mail system is full (here: its memory for uploads).
-                reply = "452 4.3.1 Insufficient system resources, try again later"
+                reply = smtp_transaction.refused(self, "busy", "452 4.3.1 Insufficient "
+                                                 "system resources, try again later")
             else:
                 reply = await smtp_transaction.data(self, txn, result.content)
         finally:

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailkeep.directory.base import DirectoryUnavailable
+from mailkeep.observe.metrics import MessageRefusal
 from mailkeep.proto.address import canonical
-from mailkeep.proto.connector import SenderRule, envelope_sender_refusal, relay_refusal
+from mailkeep.proto.connector import (
+    SenderRule,
+    envelope_sender_refusal,
+    fallback_refusal,
+    relay_refusal,
+)
 from mailkeep.proto.dsn import (
     DsnParameterError,
     MailDsnParams,
@@ -68,6 +74,12 @@ class Transaction:
     seen: set[str] = field(default_factory=set)  # canonical recipient addresses
 
 
+def refused(session: SmtpSession, reason: MessageRefusal, reply: str) -> str:
+    """A refusal of policy or resources (not of syntax), counted by reason."""
+    session.services.metrics.message_refused(session.listener.name, reason)
+    return reply
+
+
 def sender_rule(session: SmtpSession) -> SenderRule:
     listener = session.listener
     account = session.account
@@ -90,7 +102,8 @@ def mail(session: SmtpSession, path: PathArgument) -> tuple[Transaction | None, 
             return None, "501 5.5.4 Syntax: SIZE=<octets>"
         if int(size) > session.max_message_size:
             # RFC 1870 §6.3: refuse at MAIL when the declared size is over the limit.
-            return None, "552 5.3.4 Message size exceeds fixed maximum message size"
+            return None, refused(session, "size", "552 5.3.4 Message size exceeds fixed "
+                                 "maximum message size")
     body = (params.get("BODY") or "7BIT").upper()
     if "BODY" in params and body not in ("7BIT", "8BITMIME"):
         return None, "501 5.5.4 BODY is 7BIT or 8BITMIME (RFC 6152)"
@@ -109,19 +122,21 @@ def mail(session: SmtpSession, path: PathArgument) -> tuple[Transaction | None, 
             session.services.config.is_local_domain(domain_of(path.address)):
         # Mail claiming a local sender from the internet is a spoof (our own users send on
         # submission); SPF and DMARC would say the same, late and only if published.
-        return None, (f"553 5.7.1 Sender address <{path.address}> is in a local domain: "
-                      "send through the submission port (587) with a login")
+        return None, refused(session, "local_sender",
+                             f"553 5.7.1 Sender address <{path.address}> is in a local "
+                             "domain: send through the submission port (587) with a login")
     refusal = envelope_sender_refusal(sender_rule(session), path.address)
     if refusal is not None:
         log.warning("conn=%s envelope sender refused: %s user=%s", session.conn_id,
                     printable(path.address), session.account.name if session.account else "-")
-        return None, refusal
+        return None, refused(session, "sender", refusal)
     limiter = session.rate_limiter
     if limiter is not None and not limiter.allow(session.peer_ip):
         # Postfix smtpd_client_message_rate_limit: 450 4.7.1, a temporary refusal.
         log.warning("conn=%s rate limit of %s reached for %s", session.conn_id,
                     listener.rate, session.peer_ip)
-        return None, f"450 4.7.1 Rate limit exceeded ({listener.rate}), try again later"
+        return None, refused(session, "rate_limit", f"450 4.7.1 Rate limit exceeded "
+                             f"({listener.rate}), try again later")
     txn = Transaction(path.address, "SMTPUTF8" in params, body == "8BITMIME", dsn)
     return txn, "250 2.1.0 Sender OK"
 
@@ -139,7 +154,8 @@ async def rcpt(session: SmtpSession, txn: Transaction, path: PathArgument) -> st
     limit = session.services.config.submission.max_recipients
     if len(txn.recipients) >= limit:
         # RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client sends the rest later.
-        return f"452 4.5.3 Too many recipients (at most {limit})"
+        return refused(session, "too_many_recipients",
+                       f"452 4.5.3 Too many recipients (at most {limit})")
     config = session.services.config
     address = path.address
     if address == "postmaster":  # RFC 5321 §4.1.1.3: <Postmaster> with no domain
@@ -148,17 +164,25 @@ async def rcpt(session: SmtpSession, txn: Transaction, path: PathArgument) -> st
     if domain.startswith("["):
         # DEVIATION (RFC 5321 §4.1.3 lets a server accept address literals): mail to an IP
         # address is never routed here; say so now rather than bounce it later.
-        return f"550 5.1.3 <{address}>: address literals are not accepted here"
+        return refused(session, "address_literal",
+                       f"550 5.1.3 <{address}>: address literals are not accepted here")
     if config.is_local_domain(domain):
         try:
             account = await session.services.directory.lookup(canonical(address))
         except DirectoryUnavailable:
-            return "451 4.3.0 Cannot look up the recipient now, try again later"
+            return refused(session, "directory_unavailable",
+                           "451 4.3.0 Cannot look up the recipient now, try again later")
         if account is None:
             if domain in config.queue.fallback_routes:
+                refusal = fallback_refusal(address)
+                if refusal is not None:
+                    log.warning("conn=%s source-routed recipient not forwarded: <%s> peer=%s",
+                                session.conn_id, printable(address), session.peer_ip)
+                    return refusal
                 kind, account_name = "remote", None  # split delivery: the old server's user
             else:
-                return f"550 5.1.1 <{address}>: no such user here"
+                return refused(session, "unknown_recipient",
+                               f"550 5.1.1 <{address}>: no such user here")
         else:
             kind, account_name = "local", account.name
     elif session.may_relay:
@@ -166,7 +190,7 @@ async def rcpt(session: SmtpSession, txn: Transaction, path: PathArgument) -> st
     else:
         log.warning("conn=%s relay refused to <%s> peer=%s", session.conn_id,
                     printable(address), session.peer_ip)
-        return relay_refusal(address)
+        return refused(session, "relay_denied", relay_refusal(address))
     key = canonical(address)
     if key not in txn.seen:  # the same mailbox twice gets one copy
         txn.seen.add(key)
@@ -183,7 +207,8 @@ async def data(session: SmtpSession, txn: Transaction, content: bytes) -> str:
     services = session.services
     config = services.config
     if has_bare_cr_or_lf(content):
-        return "550 5.6.0 Message refused: bare CR or LF in message (RFC 5321 §2.3.8)"
+        return refused(session, "bare_line_end", "550 5.6.0 Message refused: bare CR or LF "
+                       "in message (RFC 5321 §2.3.8)")
     account = session.account
     if listener.protocol == "submission" and account is not None:
         refusal = check_header_senders(account.addresses, account.send_as_others, content)
@@ -194,7 +219,7 @@ async def data(session: SmtpSession, txn: Transaction, content: bytes) -> str:
     if refusal is not None:
         log.warning("conn=%s header sender refused for %s: %s", session.conn_id,
                     account.name if account else session.peer_ip, printable(refusal.reply))
-        return refusal.reply
+        return refused(session, "header_sender", refusal.reply)
     entry_id = new_id()
     now = dt.datetime.now(dt.UTC).astimezone()
     received = received_field(
@@ -223,16 +248,19 @@ async def data(session: SmtpSession, txn: Transaction, content: bytes) -> str:
     except DiskFull as exc:
         log.error("conn=%s message refused, spool full: %s", session.conn_id, exc)
         # RFC 3463 X.3.1: mail system full.
-        return "452 4.3.1 Insufficient system storage, try again later"
+        return refused(session, "storage", "452 4.3.1 Insufficient system storage, try "
+                       "again later")
     except DeliveryError as exc:
         log.error("conn=%s message not spooled: %s", session.conn_id, exc)
-        return "451 4.3.0 Cannot queue the message now, try again later"
+        return refused(session, "storage", "451 4.3.0 Cannot queue the message now, try "
+                       "again later")
     # Spooled: the message is safe. Local recipients are usually in their INBOX a few
     # milliseconds later; wait that long so "sent" means "arrived" for local mail.
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(LOCAL_DELIVERY_WAIT):
             await asyncio.shield(local_done)
     session.messages += 1
+    services.metrics.message_accepted(listener.name)
     session.errors = 0  # like Postfix: errors are forgiven once mail is accepted
     log.info("conn=%s accepted id=%s from=<%s> rcpts=%d size=%d", session.conn_id, entry_id,
              printable(txn.mail_from), len(txn.recipients), len(message))
@@ -275,7 +303,7 @@ async def _inbound(session: SmtpSession, txn: Transaction, content: bytes,
     if refusal is not None:
         log.warning("conn=%s refused by DMARC policy: from=<%s> peer=%s", session.conn_id,
                     printable(txn.mail_from), session.peer_ip)
-        return refusal
+        return refused(session, "dmarc", refusal)
     return received + authresults.add_results(content, verdict)
 
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailkeep.observe.metrics import Metrics
 
 
 class PipelinedPlaintext(Exception):
@@ -35,8 +39,10 @@ def refuse_if_pipelined(reader: asyncio.StreamReader) -> None:
 
 async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   context: ssl.SSLContext, timeout: float,
-                  go_ahead: bytes) -> asyncio.BaseTransport:
-    """Refuse pipelined plaintext, write the go-ahead reply, run the server-side handshake.
+                  go_ahead: bytes, *, metrics: Metrics | None = None,
+                  listener: str = "") -> asyncio.BaseTransport:
+    """Refuse pipelined plaintext, write the go-ahead reply, run the server-side handshake
+    (counted in `metrics` under `listener`, like the implicit-TLS handshakes).
 
     Raises PipelinedPlaintext (nothing written yet if caught before the reply) or
     HandshakeFailed. Returns the new TLS transport; the writer and protocol already use it."""
@@ -47,7 +53,12 @@ async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     try:
         await writer.start_tls(context, ssl_handshake_timeout=timeout)
     except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
+        if metrics is not None:
+            metrics.tls_handshake_failed(listener)
         raise HandshakeFailed(str(exc) or type(exc).__name__) from exc
+    if metrics is not None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        metrics.tls_handshake(listener, ssl_object.version() if ssl_object else None)
     # No second check here: once reading was paused, every byte goes through TLS, and the
     # client may well have sent its (encrypted) EHLO before this coroutine resumes.
     return writer.transport

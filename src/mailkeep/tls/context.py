@@ -13,6 +13,7 @@ context negotiates only the acme-tls/1 protocol.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
 import tempfile
@@ -145,6 +146,12 @@ class TlsContexts:
 
     def info(self, cert: Path, key: Path) -> CertificateInfo:
         return self._slots[(cert, key)].info
+
+    def served(self) -> list[tuple[str, dt.datetime]]:
+        """(certificate file, notAfter) of every certificate loaded now, renewals included:
+        from memory, no file read (the metrics ask on the event loop at each scrape)."""
+        slots = self._slots.copy()  # one step under the GIL: a reload thread may replace
+        return sorted((str(slot.cert), slot.info.not_after) for slot in slots.values())
 
     def sni_names(self, cert: Path, key: Path) -> list[str]:
         """The server names that select this pair now."""

@@ -313,7 +313,24 @@ class LdapDirectory:
         return Account(entry.account.name, entry.account.addresses, False,
                        self._groups(entry))
 
+    def _check(self) -> None:
+        """A base-scope search of base_dn on a search connection (opened with the service
+        account's bind when there is one): a server that answers is reachable, whatever
+        the answer (a missing base_dn is a configuration matter, logged at login)."""
+        s = self.settings
+
+        def probe(conn: ldap3.Connection) -> None:
+            conn.search(s.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["1.1"],
+                        size_limit=1, time_limit=max(1, int(s.timeout)))
+            check_result(conn)
+
+        self.pool.run("search", probe)
+
     # -- the UserDirectory interface ------------------------------------------------------
+
+    async def check(self) -> None:
+        """The directory server answers (CheckedDirectory)."""
+        await self._run(self._check)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -203,6 +203,10 @@ class SqlDirectory:
             return None
         return await self._account(name)
 
+    async def check(self) -> None:
+        """The database answers (CheckedDirectory)."""
+        await self.driver.check()
+
     async def close(self) -> None:
         await self.driver.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

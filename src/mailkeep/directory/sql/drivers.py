@@ -35,6 +35,10 @@ class SqlDriver(Protocol):
         """Run the statements in one transaction; their row counts."""
         ...
 
+    async def check(self) -> None:
+        """The database answers (SELECT 1); DirectoryUnavailable when it does not."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -111,6 +115,16 @@ class SqliteDriver:
         counts: list[int] = await self._run(self._transaction, statements)
         return counts
 
+    def _check(self) -> None:
+        # A thread's connection keeps a removed file open and would answer from it: the
+        # file itself must still be there for the answer to mean anything.
+        if not self.path.is_file():
+            raise sqlite3.OperationalError("the database file is gone")
+        self._connection().execute("SELECT 1").fetchall()
+
+    async def check(self) -> None:
+        await self._run(self._check)
+
     async def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
@@ -161,6 +175,9 @@ class PostgresDriver:
             # caller: an administrator's fix): the client is told to try again later.
             raise self._unavailable(exc) from None
         return [tuple(r) for r in records]
+
+    async def check(self) -> None:
+        await self.fetch("SELECT 1", {})
 
     async def transaction(self, statements: Sequence[Statement]) -> list[int]:
         import asyncpg  # noqa: PLC0415

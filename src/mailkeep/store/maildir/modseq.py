@@ -34,15 +34,13 @@ way.
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailkeep.store.maildir.appendcache import AppendCache
 from mailkeep.store.maildir.dotlock import Dotlock, LockError
 
 SIDECAR_NAME = "mailkeep-modseq"
@@ -99,22 +97,35 @@ def parse(data: bytes) -> ModseqIndex:
             raise ModseqError("not a mailkeep-modseq file")
         fields = {item[0]: int(item[1:]) for item in head[2:] if item}
         index = ModseqIndex(fields["V"], fields["H"], fields.get("L", fields["H"]))
-        highest = index.highest
-        for line in lines[1:]:
-            if not line:
-                continue
-            index.lines += 1
-            parts = line.split(" ")
-            if parts[0] == "X":
-                modseq, uid = int(parts[1]), int(parts[2])
-                index.expunged.append((modseq, uid))
-                index.entries.pop(uid, None)
-            else:
-                modseq = int(parts[1])
-                index.entries[int(parts[0])] = (modseq, int(parts[2], 16))
-            highest = max(highest, modseq)
-        index.highest = highest
+        _apply(index, lines[1:])
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
+        raise ModseqError(f"corrupt {SIDECAR_NAME}: {exc}") from None
+    return index
+
+
+def _apply(index: ModseqIndex, lines: list[str]) -> None:
+    highest = index.highest
+    for line in lines:
+        if not line:
+            continue
+        index.lines += 1
+        parts = line.split(" ")
+        if parts[0] == "X":
+            modseq, uid = int(parts[1]), int(parts[2])
+            index.expunged.append((modseq, uid))
+            index.entries.pop(uid, None)
+        else:
+            modseq = int(parts[1])
+            index.entries[int(parts[0])] = (modseq, int(parts[2], 16))
+        highest = max(highest, modseq)
+    index.highest = highest
+
+
+def _parse_more(index: ModseqIndex, more: bytes) -> ModseqIndex:
+    """Lines appended since `index` was parsed, applied to it."""
+    try:
+        _apply(index, more.decode("ascii").split("\n"))
+    except (UnicodeDecodeError, ValueError, IndexError) as exc:
         raise ModseqError(f"corrupt {SIDECAR_NAME}: {exc}") from None
     return index
 
@@ -130,40 +141,21 @@ def render(index: ModseqIndex) -> bytes:
     return "".join(out).encode("ascii")
 
 
-_parsed: OrderedDict[str, tuple[tuple[int, int, int, int], ModseqIndex]] = OrderedDict()
-_guard = threading.Lock()
-
-
 def _copy(index: ModseqIndex) -> ModseqIndex:
     return ModseqIndex(index.uidvalidity, index.highest, index.lowwater, dict(index.entries),
                        list(index.expunged), index.lines)
 
 
+_parsed = AppendCache(_copy, PARSE_CACHE_ENTRIES)
+
+
 def read(folder: Path) -> ModseqIndex | None:
-    """The sidecar (parsed again only when the file changed); None when there is none."""
-    path = f"{folder}/{SIDECAR_NAME}"
+    """The sidecar (only lines appended since the last look are parsed: appendcache.py);
+    None when there is none."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            with _guard:
-                hit = _parsed.get(path)
-                if hit is not None and hit[0] == identity:
-                    return _copy(hit[1])
-            data = f.read()
-    except FileNotFoundError:
-        return None
+        return _parsed.read(f"{folder}/{SIDECAR_NAME}", parse, _parse_more)
     except OSError as exc:
         raise ModseqError(f"cannot read {SIDECAR_NAME}: {exc.strerror}") from None
-    index = parse(data)
-    if len(data) != st.st_size or not data.endswith(b"\n"):
-        return index  # caught while being appended to: not worth keeping
-    # Renamed over (a new inode) or appended to (a new size), so the identity cannot repeat.
-    with _guard:
-        _parsed[path] = (identity, _copy(index))
-        while len(_parsed) > PARSE_CACHE_ENTRIES:
-            _parsed.popitem(last=False)
-    return index
 
 
 def _differences(index: ModseqIndex, flags_by_uid: Mapping[int, frozenset[str]],

@@ -57,6 +57,9 @@ IO_WORKERS = 4
 SNAPSHOT_CACHE_FOLDERS = 1024
 
 
+def _no_report(kind: str) -> None:
+    pass
+
 
 class MaildirStore:
     def __init__(self, data_dir: Path, mail_dir: Path | None = None) -> None:
@@ -80,6 +83,16 @@ class MaildirStore:
         # The change feed and the watcher of other processes' changes (start_feed()).
         self.feed: ChangeFeed | None = None
         self.watcher: FolderWatcher | None = None
+        # Told of every failure on our side ("disk_full", "io", "lock"), from the I/O threads
+        # too: the daemon counts them (observe/metrics.py).
+        self.on_error: Callable[[str], None] = _no_report
+
+    def _failed(self, exc: OSError, what: str) -> DeliveryError:
+        if no_space(exc):
+            self.on_error("disk_full")
+            return DiskFull(f"{what} failed: disk full ({exc.strerror})")
+        self.on_error("io")
+        return DeliveryError(f"{what} failed: {exc.strerror}")
 
     def start_feed(self, *, use_inotify: bool = True) -> ChangeFeed:
         """Create the change feed on the running loop (call once, from the loop)."""
@@ -111,10 +124,7 @@ class MaildirStore:
             name = unique_name(len(message))
             write_message(root, name, f"new/{name}", message)
         except OSError as exc:
-            if no_space(exc):
-                raise DiskFull(f"delivery to {mailbox} failed: disk full ({exc.strerror})") \
-                    from exc
-            raise DeliveryError(f"delivery to {mailbox} failed: {exc.strerror}") from exc
+            raise self._failed(exc, f"delivery to {mailbox}") from exc
         finally:
             self._changed(mailbox, INBOX, ChangeKind.NEW)
         return name
@@ -138,10 +148,7 @@ class MaildirStore:
                 (root / "tmp" / base).unlink()  # left by an attempt that crashed
             write_message(root, base, f"new/{base}", message)
         except OSError as exc:
-            if no_space(exc):
-                raise DiskFull(f"delivery to {mailbox} failed: disk full ({exc.strerror})") \
-                    from exc
-            raise DeliveryError(f"delivery to {mailbox} failed: {exc.strerror}") from exc
+            raise self._failed(exc, f"delivery to {mailbox}") from exc
         finally:
             self._changed(mailbox, INBOX, ChangeKind.NEW)
         return True
@@ -174,12 +181,16 @@ class MaildirStore:
         except (MessageGone, StoreError):
             raise
         except NoSpace as exc:
+            self.on_error("disk_full")
             raise StoreFull(str(exc)) from exc
         except LockError as exc:
+            self.on_error("lock")
             raise StoreError(str(exc)) from exc
         except OSError as exc:
             if no_space(exc):
+                self.on_error("disk_full")
                 raise StoreFull(f"no space: {exc.strerror}") from exc
+            self.on_error("io")
             raise StoreError(f"{exc.strerror or exc}") from exc
 
     async def lock_maildrop(self, mailbox: str) -> _SessionLock | None:

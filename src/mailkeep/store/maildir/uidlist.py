@@ -35,11 +35,11 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailkeep.store.maildir.appendcache import AppendCache
 from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace
 from mailkeep.store.maildir.layout import delivery_order
 
@@ -192,15 +192,7 @@ def read(root: Path) -> Uidlist | None:
     return parse(data)
 
 
-# Parsed indexes kept between lock-free reads: path -> (identity of the file parsed, index).
-# The index is only ever replaced by rename (a new inode) or appended to (Dovecot: a new
-# size and mtime), so an unchanged (inode, size, mtime, ctime) is an unchanged file. Times
-# are coarse, so a parse is kept only when the file was last changed at least SETTLE_NS
-# before it was looked at: a later change cannot then carry the same times.
-SETTLE_NS = 1_000_000_000
 PARSE_CACHE_ENTRIES = 256
-_parsed: OrderedDict[str, tuple[tuple[int, int, int, int], Uidlist]] = OrderedDict()
-_parsed_guard = threading.Lock()
 
 
 def _copy(index: Uidlist) -> Uidlist:
@@ -208,33 +200,44 @@ def _copy(index: Uidlist) -> Uidlist:
                    index.header_extra)
 
 
-def read_cached(root: Path) -> Uidlist | None:
-    """read(), without parsing the file again when it is the one parsed last time (the
-    result is the caller's to change)."""
-    path = f"{root}/{UIDLIST_NAME}"
-    now = time.time_ns()
+def _parse_more(index: Uidlist, more: bytes) -> Uidlist | None:
+    """Records appended since `index` was parsed (what Dovecot and we append: new UIDs above
+    every one listed), added to it; None for anything else (then the file is parsed whole)."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            with _parsed_guard:
-                hit = _parsed.get(path)
-                if hit is not None and hit[0] == identity:
-                    _parsed.move_to_end(path)
-                    return _copy(hit[1])
-            data = f.read()
-    except FileNotFoundError:
+        text = more.decode("utf-8")
+    except UnicodeDecodeError:
         return None
+    top = next(reversed(index.records.values())).uid if index.records else 0
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        head, sep, name = line.partition(" :")
+        if not sep:
+            return None
+        uid_text, *ext = head.split(" ")
+        try:
+            uid = int(uid_text)
+        except ValueError:
+            return None
+        base = filename_base(name)
+        if uid <= top or base in index.records:
+            return None
+        index.records[base] = UidRecord(uid, base, tuple(x for x in ext if x))
+        index.next_uid = max(index.next_uid, uid + 1)
+        top = uid
+    return index
+
+
+_parsed = AppendCache(_copy, PARSE_CACHE_ENTRIES)
+
+
+def read_cached(root: Path) -> Uidlist | None:
+    """read(), parsing only the records appended since the last look (appendcache.py); the
+    result is the caller's to change."""
+    try:
+        return _parsed.read(f"{root}/{UIDLIST_NAME}", parse, _parse_more)
     except OSError as exc:
         raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
-    index = parse(data)
-    if max(st.st_mtime_ns, st.st_ctime_ns) <= now - SETTLE_NS and len(data) == st.st_size:
-        with _parsed_guard:
-            _parsed[path] = (identity, _copy(index))
-            _parsed.move_to_end(path)
-            while len(_parsed) > PARSE_CACHE_ENTRIES:
-                _parsed.popitem(last=False)
-    return index
 
 
 def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool:
