@@ -95,8 +95,8 @@ def test_every_worker_drops_to_run_as_and_so_does_a_restarted_one(open_path: Pat
 
     try:
         first = workers()
-        for pid in first:
-            assert _status_ids(pid)[0] == [nobody.pw_uid] * 4
+        for pid in first:  # (the ready file is written just before the switch)
+            assert eventually(lambda pid=pid: _status_ids(pid)[0] == [nobody.pw_uid] * 4, 30)
         os.kill(first[0], signal.SIGKILL)
         assert eventually(lambda: len(set(workers()) - set(first)) == 1, 30)
         restarted = next(iter(set(workers()) - set(first)))
