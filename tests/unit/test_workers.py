@@ -185,3 +185,18 @@ def test_workers_default_and_auto_are_one_per_core(tmp_path: Path) -> None:
     assert load_config(path).workers == default_workers() >= 1
     path.write_text('workers = "auto"\n' + MINIMAL)
     assert load_config(path).workers == default_workers()
+
+
+ACME = MINIMAL.replace('cert = "certs/mailkeep.crt"\nkey = "certs/mailkeep.key"\n',
+                       '[tls.acme]\ndirectory = "https://ca.invalid/dir"\n') + \
+    '[listeners.subs]\nprotocol = "submission"\ntls = "implicit"\nbind = ["127.0.0.1:465"]\n'
+
+
+def test_acme_keeps_one_process_unless_told_otherwise(tmp_path: Path) -> None:
+    path = tmp_path / "mailkeep.toml"
+    path.write_text(ACME)
+    assert load_config(path).workers == 1
+    path.write_text("workers = 2\n" + ACME)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(p.startswith("workers: ") and "[tls.acme]" in p for p in info.value.problems)

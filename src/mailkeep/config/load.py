@@ -261,6 +261,13 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         grace = 10.0
 
     workers = _workers(r, raw.get("workers", "auto"))
+    if workers > 1 and tls.acme is not None:
+        # ACME challenges are answered from the memory of the process that asked for the
+        # certificate, and the CA's validation may reach any worker.
+        if "workers" in raw:
+            r.problem("workers", f"{workers} workers cannot be used with [tls.acme] yet (the "
+                      "CA's challenge must reach the worker that asked): set workers = 1")
+        workers = 1
 
     delivery_raw = r.table(raw, "delivery")
     delivery, delivery_problems = parse_delivery(delivery_raw, path.parent, hostname=hostname)

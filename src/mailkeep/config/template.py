@@ -31,6 +31,7 @@ data_dir = "{data_dir}"
 # workers = "auto"           # processes serving every listener: "auto" (one per core) or
 #                            # 1..256; 1 is a single process. Connection, login-failure
 #                            # and session limits count across all of them.
+#                            # With [tls.acme]: 1 (the default there).
 
 [tls]
 # The default certificate for every service, unless a listener names its own cert/key.
