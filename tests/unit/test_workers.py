@@ -14,6 +14,7 @@ from mailkeep.config import ConfigError, load_config
 from mailkeep.config.model import MAX_WORKERS, Config, ImapConfig, SecurityConfig, default_workers
 from mailkeep.relay import claims
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolRecipient, new_id
+from mailkeep.security.rate import RateLimiter
 from mailkeep.workers.coordinator import Coordinator
 from mailkeep.workers.protocol import MAX_ARG, BadRequest, decode_request, encode
 from tests.unit.test_config import MINIMAL
@@ -200,3 +201,12 @@ def test_acme_keeps_one_process_unless_told_otherwise(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(p.startswith("workers: ") and "[tls.acme]" in p for p in info.value.problems)
+
+
+def test_connector_rates_count_across_workers() -> None:
+    c = coordinator()
+    c.rates["apps"] = RateLimiter(2, 60.0)
+    assert ask(c, 1, "rate.allow", "apps", "10.0.0.5") is True
+    assert ask(c, 2, "rate.allow", "apps", "10.0.0.5") is True
+    assert ask(c, 1, "rate.allow", "apps", "10.0.0.5") is False
+    assert ask(c, 2, "rate.allow", "apps", "10.0.0.6") is True
