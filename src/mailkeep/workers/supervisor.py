@@ -188,6 +188,8 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)
+            # A SIGHUP forwarded before this worker's loop handles it must not kill it.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.selector.close()
             for fd in (self._wake_r, self._wake_w):
