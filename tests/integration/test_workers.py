@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import trustme
 
+from mailkeep.relay import claims
+from mailkeep.relay.spool import Spool
 from tests.support.daemon import RunningDaemon, start_process_daemon, write_config
 from tests.support.dnsstub import DnsStub
 from tests.support.imap import RawImap, append, close_all, message, session
@@ -357,6 +359,15 @@ def test_queue_requests_reach_the_primary_worker(tmp_path: Path, ca: trustme.CA)
             assert eventually(lambda: any(p.name.endswith(".log") for p in queue.iterdir()),
                               WAIT)
             [entry_id] = spool_ids(d.data_dir)
+            spool = Spool(d.data_dir / "spool")
+
+            def first_attempt_over() -> bool:  # the accepting worker let go of its claim
+                fd = claims.claim(spool, entry_id)
+                if fd is not None:
+                    claims.release(spool, entry_id, fd)
+                return fd is not None
+            assert eventually(first_attempt_over, WAIT)
+            # The request may come before the primary has adopted the entry: it looks.
             r = subprocess.run([sys.executable, "-m", "mailkeep", "queue", "hold", entry_id,
                                 "--config", str(d.root / "mailkeep.toml")],
                                capture_output=True, text=True, timeout=60)

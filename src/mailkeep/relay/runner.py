@@ -495,6 +495,8 @@ class DeliveryRunner(SharedSpoolMixin):
 
     async def control(self, op: str, target: str) -> bool:
         """retry ID|all, delete ID, hold ID, release ID. True if it applied to something."""
+        if self.shared and target not in self.entries:
+            await self._adopt()  # another worker may have left it pending a moment ago
         if op == "retry":
             chosen = list(self.entries) if target == "all" else [target]
             found = False
