@@ -38,7 +38,9 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MAILKEEP_HOSTNAME=localhost \
-    MAILKEEP_DOMAINS=""
+    MAILKEEP_DOMAINS="" \
+    MAILKEEP_DEMO_USER=0 \
+    MAILKEEP_CONFIG=/etc/mailkeep/mailkeep.toml
 
 # /etc/mailkeep: mailkeep.toml, users.toml and certs/ (written by `mailkeep init` on first start)
 # /var/lib/mailkeep: data_dir, Maildirs under mail/<account>/

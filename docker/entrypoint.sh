@@ -1,9 +1,9 @@
 #!/bin/sh
 # Container entry point for mailkeep (see docs/container.md).
 #
-# First start (no /etc/mailkeep/mailkeep.toml yet): `mailkeep init` writes a config, a users
-# file with a "demo" account (its password is printed ONCE, to this container's log) and a
-# self-signed certificate for $MAILKEEP_HOSTNAME. Then the daemon runs in the foreground as
+# First start (no /etc/mailkeep/mailkeep.toml yet): `mailkeep init` writes a config, an empty
+# users file (with MAILKEEP_DEMO_USER=1 a "demo" account instead, its password printed ONCE
+# to this container's log) and a self-signed certificate for $MAILKEEP_HOSTNAME. Then the daemon runs in the foreground as
 # PID 1 (exec), so SIGTERM from `docker stop` / `podman stop` reaches it directly.
 #
 #   no arguments, or arguments starting with "-"  ->  mailkeep serve --config ... "$@"
@@ -13,7 +13,10 @@
 #   MAILKEEP_HOSTNAME  name clients connect to; certificate SAN and SMTP greeting (localhost)
 #   MAILKEEP_DOMAINS   local mail domains, separated by spaces or commas (default: derived
 #                      from the hostname by `mailkeep init`)
-# Both are only read on the first start; afterwards edit /etc/mailkeep/mailkeep.toml.
+#   MAILKEEP_DEMO_USER 1: create the "demo" account (read by `mailkeep init`; default 0)
+# These are only read on the first start; afterwards edit /etc/mailkeep/mailkeep.toml.
+#   MAILKEEP_CONFIG    set by the image to /etc/mailkeep/mailkeep.toml: every `mailkeep`
+#                      command (e.g. `docker exec NAME mailkeep user add alice`) uses it
 set -eu
 
 CONFIG_DIR=/etc/mailkeep

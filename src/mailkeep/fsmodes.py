@@ -10,6 +10,7 @@ as the administrator made it.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -57,3 +58,28 @@ def write_file(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     fd = create_file(path, os.O_WRONLY | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def cannot_write(path: Path, exc: OSError, what: str, instead: str = "") -> str:
+    """Why `path` (the file meant, not a temporary sibling) could not be written, and what
+    to do about it: one sentence for an administrator instead of a traceback. `instead`
+    names another way to do it (e.g. keeping users in SQL)."""
+    reason = exc.strerror or str(exc)
+    # The folder that refused: a temporary sibling's, or one that had to be created first.
+    folder = Path(exc.filename).parent if exc.filename else path.parent
+    if exc.errno == errno.EROFS:
+        fix = (f"{folder} is on a read-only file system (a read-only volume or mount?): "
+               "mount it read-write")
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = (f"run this as the user that owns {folder} (the user the daemon runs "
+               "as, or root), or let that user write there")
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space"
+    else:
+        fix = ""
+    text = f"cannot write {what + ' ' if what else ''}{path}: {reason}"
+    if fix:
+        text += f"; {fix}"
+    if instead:
+        text += f"{', or ' if fix else '; '}{instead}"
+    return text

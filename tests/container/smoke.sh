@@ -62,7 +62,8 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
 fi
 
 trap cleanup EXIT
-# Fresh named volumes, so the entrypoint runs `mailkeep init` and prints a new demo password.
+# Fresh named volumes, so the entrypoint runs `mailkeep init` and prints a new demo password
+# (MAILKEEP_DEMO_USER=1: the image creates no account by default).
 podman rm -f -t 5 "$NAME" >/dev/null 2>&1 || true
 podman volume rm -f "$VOL_CONFIG" "$VOL_DATA" >/dev/null 2>&1 || true
 
@@ -72,6 +73,7 @@ step "build and start $TAG as $NAME (waits for the ports and the HEALTHCHECK)"
 "$HARNESS" up -t "$TAG" -n "$NAME" -p "$SMTP_PORT:587" -p "$SMTPS_PORT:465" \
     -p "$POP3S_PORT:995" -p "$IMAPS_PORT:993" \
     --podman-arg "--sysctl=net.ipv4.ip_unprivileged_port_start=0" \
+    --podman-arg "--env=MAILKEEP_DEMO_USER=1" \
     --podman-arg "--volume=$VOL_CONFIG:/etc/mailkeep" \
     --podman-arg "--volume=$VOL_DATA:/var/lib/mailkeep" \
     "$ROOT"

@@ -31,7 +31,7 @@ def mk(*args: str, stdin: str | None = None,
 def site(tmp_path: Path) -> Path:
     r = mk("init", str(tmp_path / "site"), "--hostname", "mail.example.test",
            "--domain", "example.test", "--domain", "example.org", "--ports", "unprivileged",
-           "--bind-host", "127.0.0.1")
+           "--bind-host", "127.0.0.1", "--demo-user")
     assert r.returncode == 0, r.stderr
     return tmp_path / "site"
 
@@ -53,7 +53,7 @@ def test_init_writes_config_users_and_certificate(site: Path) -> None:
 
 def test_init_prints_demo_password_that_verifies(tmp_path: Path) -> None:
     r = mk("init", str(tmp_path / "s"), "--hostname", "mail.example.test", "--ports",
-           "unprivileged")
+           "unprivileged", "--demo-user")
     line = next(x for x in r.stdout.splitlines() if x.startswith("demo account:"))
     password = line.split()[-1]
     rec = read_users_file(tmp_path / "s" / "users.toml")["demo"]

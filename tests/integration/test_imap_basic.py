@@ -18,6 +18,7 @@ import trustme
 from tests.support.daemon import RunningDaemon
 from tests.support.imap import (
     ATTACHMENT_BODY,
+    BARE_ACCOUNT,
     HTML_BODY,
     MULTIPART,
     PLAIN_BODY,
@@ -39,7 +40,9 @@ from tests.support.imap import (
 
 @pytest.fixture
 def imapd(tmp_path: Path, ca: trustme.CA, loop_kind: str) -> Iterator[RunningDaemon]:
-    yield from running_imap_daemon(tmp_path, ca, loop_kind)
+    # A bare account: these tests count folders. The default folders a new account gets
+    # (RFC 6154) are tested in test_imap_extensions.py.
+    yield from running_imap_daemon(tmp_path, ca, loop_kind, imap=BARE_ACCOUNT)
 
 
 def internaldate(value: bytes | str) -> datetime:

@@ -15,6 +15,7 @@ import trustme
 
 from tests.support.daemon import HOSTNAME, RunningDaemon, start_thread_daemon, write_config
 from tests.support.imap import (
+    BARE_ACCOUNT,
     MULTIPART,
     ca_file,
     message,
@@ -27,7 +28,9 @@ from tests.support.imap import (
 
 @pytest.fixture
 def imapd(tmp_path: Path, ca: trustme.CA, loop_kind: str) -> Iterator[RunningDaemon]:
-    yield from running_imap_daemon(tmp_path, ca, loop_kind)
+    # A bare account: these tests count folders. The default folders a new account gets
+    # (RFC 6154) are tested in test_imap_extensions.py.
+    yield from running_imap_daemon(tmp_path, ca, loop_kind, imap=BARE_ACCOUNT)
 
 
 # -- aioimaplib (GPL-3.0: a test-only dependency, never imported by src/) ---------------------

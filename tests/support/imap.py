@@ -29,6 +29,9 @@ import trustme
 from tests.support.daemon import HOSTNAME, USERS, RunningDaemon, start_thread_daemon, write_config
 
 _OPEN: weakref.WeakSet[RawImap] = weakref.WeakSet()
+# [imap] for a daemon whose accounts get no default folders at their first LIST (RFC 6154
+# provisioning off), for tests that count folders.
+BARE_ACCOUNT = {"special_use": {"create": False}}
 
 # -- the daemon -------------------------------------------------------------------------------
 

@@ -12,21 +12,26 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailkeep.config.model import SpecialUseConfig
 from mailkeep.proto.imap.events import (
     NEED_DATA,
     PAUSED,
     AuthRequest,
+    ClientId,
     Close,
     Execute,
     Idle,
     IdleDone,
     Reply,
+    StartCompression,
     StartTls,
 )
 from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, ImapMachine
 from mailkeep.proto.imap.mimecache import MimeCache
 from mailkeep.server.imap_commands import ImapExecutor
+from mailkeep.server.imap_folders import ImapOptions
 from mailkeep.store.memory import MemoryStore
+from mailkeep.store.quota import Quota
 
 T = TypeVar("T")
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -78,6 +83,12 @@ class FakeImapDriver:
     closed: str | None = None
     tls_upgrades: int = 0
     executor: ImapExecutor | None = None
+    # Transcripts keep their folders as seeded unless they ask for the default folders
+    # (%options provision=1); a quota only when they set one.
+    options: ImapOptions = field(default_factory=lambda: ImapOptions(
+        special_use=SpecialUseConfig(create=False)))
+    client_ids: list[object] = field(default_factory=list)
+    compressing: bool = False
 
     def pump(self) -> None:
         m = self.machine
@@ -95,7 +106,8 @@ class FakeImapDriver:
                     m.auth_failed(ev.tag, AUTHENTICATIONFAILED, "Authentication failed.")
                 else:
                     self.executor = ImapExecutor(self.store, creds.login, MimeCache(),
-                                                 self.out.extend, self._flush)
+                                                 self.out.extend, self._flush,
+                                                 options=self.options)
                     m.auth_succeeded(ev.tag, creds.login)
             elif isinstance(ev, StartTls):
                 self.out += ev.reply
@@ -105,6 +117,14 @@ class FakeImapDriver:
                 assert self.executor is not None
                 outcome = run_sync(self.executor.run(ev.command, ev.session))
                 m.executed(outcome)
+            elif isinstance(ev, StartCompression):
+                # No DEFLATE here (tests/integration/test_imap_compress.py has the real
+                # thing): the machine's side of the switch only.
+                self.out += ev.reply
+                self.compressing = True
+                m.compression_started()
+            elif isinstance(ev, ClientId):
+                self.client_ids.append(ev.fields)
             elif isinstance(ev, Idle | IdleDone):
                 pass  # no change feed here: the transcript sends DONE itself
             elif isinstance(ev, Close):
@@ -121,9 +141,12 @@ class FakeImapDriver:
 
 def new_driver(*, tls: bool = True, starttls: bool = False, max_errors: int = 20,
                max_line: int = 65_536, max_literal: int = 25 * 1024 * 1024,
-               store: MemoryStore | None = None) -> FakeImapDriver:
+               store: MemoryStore | None = None, provision: bool = False,
+               quota: Quota | None = None) -> FakeImapDriver:
     m = ImapMachine(tls_active=tls, starttls_offered=starttls, max_errors=max_errors,
                     max_line=max_line, max_literal=max_literal)
     d = FakeImapDriver(m, store if store is not None else seeded_store())
+    d.options = ImapOptions(quota=quota or Quota(),
+                            special_use=SpecialUseConfig(create=provision))
     d.out += m.greeting()
     return d

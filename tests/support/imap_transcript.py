@@ -1,7 +1,8 @@
 """C:/S: transcript files for the IMAP machine (tests/unit/transcripts/imap/*.txt).
 
     # comment
-    %options tls=1 starttls=0 [max_errors=N] [max_literal=N] [nopipeline]
+    %options tls=1 starttls=0 [max_errors=N] [max_literal=N] [nopipeline] [provision=1]
+             [quota=OCTETS] [quota_messages=N]
     S: * OK [CAPABILITY ...] mailkeep IMAP4rev1 ready.
     C: a1 LOGIN alice alice-pw
     S: a1 OK [CAPABILITY ...] Logged in.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailkeep.store.quota import Quota
 from tests.support.imap_driver import FakeImapDriver, new_driver
 
 
@@ -38,7 +40,10 @@ class Transcript:
         o = self.options
         return new_driver(tls=o.get("tls", "1") == "1", starttls=o.get("starttls") == "1",
                           max_errors=int(o.get("max_errors", "20")),
-                          max_literal=int(o.get("max_literal", str(25 * 1024 * 1024))))
+                          max_literal=int(o.get("max_literal", str(25 * 1024 * 1024))),
+                          provision=o.get("provision") == "1",
+                          quota=Quota(int(o.get("quota", "0")),
+                                      int(o.get("quota_messages", "0"))))
 
     @property
     def pipelining_ok(self) -> bool:

@@ -22,6 +22,7 @@ from mailkeep.config.model import (
     SubmissionConfig,
 )
 from mailkeep.config.template import render
+from mailkeep.proto.imap import specialuse
 from mailkeep.relay.routes import _DELIVERY_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,9 +154,21 @@ def test_config_error_report_lists_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     report = info.value.report()
-    assert "2 problem(s)" in report
+    assert "4 problem(s)" in report
     assert "bogus" in report and "log_level" in report
     assert str(tmp_path) in report
+    # A certificate file that cannot be read is listed with them (apart from the text's).
+    assert info.value.files == [f"tls.cert: {tmp_path / 'certs' / 'mailkeep.crt'}: cannot "
+                                "read certificate: No such file or directory",
+                                f"tls.key: {tmp_path / 'certs' / 'mailkeep.key'}: cannot "
+                                "read key: No such file or directory"]
+    (tmp_path / "certs").mkdir()
+    for name in ("mailkeep.crt", "mailkeep.key"):
+        (tmp_path / "certs" / name).write_text("not checked here, only opened\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    report = info.value.report()
+    assert "2 problem(s)" in report and info.value.files == []
 
 
 def test_missing_required_keys_each_reported(tmp_path: Path) -> None:
@@ -467,7 +480,12 @@ def test_template_documents_every_known_key() -> None:
     for table in tables:
         assert re.search(rf"^\[{table.name}\]$", text, re.MULTILINE), table.name
         for name in dataclasses.fields(table.default_factory()):  # type: ignore[misc]
+            if name.name == "special_use":  # a sub-table: [imap.special_use], checked below
+                continue
             assert re.search(rf"^# {name.name} = ", text, re.MULTILINE), (table.name, name.name)
+    assert re.search(r"^\[imap\.special_use\]$", text, re.MULTILINE)
+    for key in ("create", *specialuse.CONFIG_KEYS.values()):
+        assert re.search(rf"^# {key} = ", text, re.MULTILINE), key
     # [delivery] (routes and the queue): every key, as "# key = " or as a sub-table.
     assert re.search(r"^\[delivery\]$", text, re.MULTILINE)
     for key in sorted(_DELIVERY_KEYS):
@@ -565,3 +583,42 @@ def test_check_config_reports_every_bad_hardening_key(
                 "imap.unauthenticated_max_literal_size:"):
         assert key in err, (key, err)
     assert "unknown key" not in err, err
+
+
+def _uncommented(text: str, starts: tuple[str, ...]) -> str:
+    """The template with the commented examples starting with `starts` made live (up to the
+    next blank line or lone "#")."""
+    out, active = [], False
+    for line in text.splitlines():
+        if line.startswith(starts):
+            active = True
+        elif line.strip() in ("", "#"):
+            active = False
+        out.append(line[2:] if active and line.startswith("# ") else line)
+    return "\n".join(out) + "\n"
+
+
+def test_template_split_delivery_example_is_consistent(tmp_path: Path) -> None:
+    """The split-delivery example names a route: the template defines it right there, so
+    uncommenting the example gives a valid configuration that routes to it."""
+    text = render(hostname="mail.example.test", domains=["example.test"], data_dir="data",
+                  cert="c.crt", key="c.key", ports=(587, 465))
+    live = _uncommented(text, ("# [delivery.routes.legacy]",
+                               '# [delivery.local_domains."example.test"]'))
+    assert '[delivery.routes.legacy]\n' in live and 'fallback_route = "legacy"' in live
+    path = tmp_path / "mailkeep.toml"
+    path.write_text(live)
+    cfg = load_config(path)
+    assert cfg.queue.fallback_routes == {"example.test": "legacy"}
+    assert "legacy" in cfg.delivery.routes
+
+
+def test_template_relay_listener_examples_parse(tmp_path: Path) -> None:
+    text = render(hostname="mail.example.test", domains=["example.test"], data_dir="data",
+                  cert="c.crt", key="c.key", ports=(587, 465))
+    live = _uncommented(text, ("# [listeners.apps]", "# [listeners.apps-login]"))
+    path = tmp_path / "mailkeep.toml"
+    path.write_text(live)
+    cfg = load_config(path)
+    found = {lst.name: lst.tls for lst in cfg.listeners if lst.protocol == "relay"}
+    assert found == {"apps": "none", "apps-login": "starttls"}

@@ -217,7 +217,7 @@ def test_parse_users_reports_every_problem(hashes: dict[str, str]) -> None:
         "stray: unknown key",
         "users.Bad Name: name must be",
         "users.nopw.password: missing",
-        "users.plain.password: unsupported hash scheme",
+        "users.plain.password: not a hash in a scheme mailkeep verifies",
         "users.badaddr.addresses: expected a list of strings",
         "users.badaddr2.addresses[0]: 'no-at-sign' is not an address",
         "users.typo.adresses: unknown key",

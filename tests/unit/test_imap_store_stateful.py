@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from mailkeep.store import FlagMode, StoreRefusal
+from mailkeep.store import FlagMode, NewMessage, StoreRefusal
 from mailkeep.store.maildir import MaildirStore
 from mailkeep.store.memory import MemoryStore
 
@@ -119,6 +119,22 @@ class ImapStoreMachine(RuleBasedStateMachine):
         if out:
             assert out[0] == out[1]
 
+    @rule(src=LIVE, uids=UIDS, dst=LIVE)
+    def move(self, src: str, uids: list[int], dst: str) -> None:
+        out = self.both("move", src, uids, dst)
+        if out:
+            assert out[0] == out[1]
+
+    @rule(folder=LIVE, messages=st.lists(st.tuples(BODIES, FLAGS, DATES), min_size=1,
+                                         max_size=3))
+    def append_many(self, folder: str,
+                    messages: list[tuple[bytes, list[str], datetime | None]]) -> None:
+        out = self.both("append_many", folder, [
+            NewMessage(b, tuple(f), d or datetime(2024, 5, 6, tzinfo=UTC))
+            for b, f, d in messages])
+        if out:
+            assert out[0] == out[1]
+
     @rule(folder=LIVE, uids=st.one_of(st.none(), UIDS))
     def expunge(self, folder: str, uids: list[int] | None) -> None:
         out = self.both("expunge", folder, uids)
@@ -144,6 +160,8 @@ class ImapStoreMachine(RuleBasedStateMachine):
         assert folders_md == folders_mem
         subs = self.both("subscriptions")
         assert subs is not None and subs[0] == subs[1]
+        usage = self.both("usage")
+        assert usage is not None and usage[0] == usage[1]
         for info in folders_md:
             if not info.selectable:
                 continue

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from mailkeep import __version__
-from mailkeep.cli.common import EXIT_CONFIG, CliError
+from mailkeep.cli.common import EXIT_CONFIG, CliError, resolve_config
 from mailkeep.cli.health import cmd_health
 from mailkeep.cli.ops import (
     cmd_cert_selfsigned,
@@ -24,12 +24,22 @@ from mailkeep.cli.site import (
     cmd_serve,
 )
 from mailkeep.cli.users import cmd_user
+from mailkeep.config.hints import CONFIG_ENV, DEFAULT_CONFIG
 from mailkeep.directory.base import SERVICES
 
 __all__ = ["EXIT_CONFIG", "build_parser", "main"]
 
 
 # -- parser ---------------------------------------------------------------------------------
+
+def config_option(q: argparse.ArgumentParser, *, required: bool = True,
+                  text: str = "the configuration file") -> None:
+    """--config FILE; when left out, $MAILKEEP_CONFIG, else /etc/mailkeep/mailkeep.toml if
+    it exists (main() resolves it; `required` commands stop with a clear error without)."""
+    q.add_argument("--config", metavar="FILE",
+                   help=f"{text} (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG} if it exists)")
+    q.set_defaults(config_required=required)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailkeep", description="secure mail daemon")
@@ -52,13 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="587/465/995, or 10587/10465/10995; auto picks standard only as root")
     q.add_argument("--bind-host", action="append", metavar="HOST",
                    help='listen address (default "0.0.0.0" and "[::]"); repeatable')
-    q.add_argument("--no-demo-user", action="store_true", help="do not create the demo account")
+    q.add_argument("--demo-user", action="store_true", default=None,
+                   help="also create a 'demo' account and print its password once (default: "
+                        "no accounts; also MAILKEEP_DEMO_USER=1)")
+    q.add_argument("--no-demo-user", action="store_false", dest="demo_user",
+                   help=argparse.SUPPRESS)  # the default now; kept for existing scripts
     q.add_argument("--force", action="store_true", help="overwrite existing files")
     key_opts(q)
     q.set_defaults(func=cmd_init)
 
     q = sub.add_parser("serve", help="run the daemon in the foreground")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     q.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     q.add_argument("--ready-file", help="write the bound addresses here (JSON) once listening")
@@ -67,17 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("check-config", help="report every problem in a config")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_check_config)
 
     q = sub.add_parser("dns", help="print the DNS records to publish for a local domain")
     q.add_argument("domain")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_dns)
 
     q = sub.add_parser("health", help="probe every listener (for container health checks; "
                        "with an admin listener, its /readyz)")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_health)
 
     users = sub.add_parser("user", help="manage accounts (file and sql backends) and app "
@@ -88,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                          ("del", "delete an account (its Maildir is kept)")):
         q = usub.add_parser(action, help=text)
         q.add_argument("name")
-        q.add_argument("--config", required=True)
+        config_option(q)
         if action == "add":
             q.add_argument("--address", action="append",
                            help="an extra address or alias; repeatable")
@@ -100,16 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = usub.add_parser("groups", help="set an account's groups (none: no groups)")
     q.add_argument("name")
     q.add_argument("groups", nargs="*")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_user)
     q = usub.add_parser("list", help="list accounts and their addresses")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_user)
     q = usub.add_parser("create-schema", help="sql backend: create the default tables")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_user)
     q = usub.add_parser("import", help="add accounts from a Dovecot passwd-file or a CSV file")
-    q.add_argument("--config", required=True)
+    config_option(q)
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--dovecot-passwd", metavar="FILE",
                      help="user:{SCHEME}hash:... lines (hashes kept as they are)")
@@ -130,14 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("label", help='e.g. "phone"')
     q.add_argument("--services", required=True,
                    help=f"comma-separated: {', '.join(SERVICES)}")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q = asub.add_parser("list", help="an account's app passwords, with last use")
     q.add_argument("name")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q = asub.add_parser("revoke", help="remove one")
     q.add_argument("name")
     q.add_argument("label")
-    q.add_argument("--config", required=True)
+    config_option(q)
     for parser in asub.choices.values():
         parser.set_defaults(func=cmd_user, user_command="app-password")
 
@@ -145,10 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     csub = cert.add_subparsers(dest="cert_command", required=True)
     q = csub.add_parser("show", help="every certificate (listener defaults, SNI, ACME): names, "
                                          "doors, expiry, fingerprint")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_cert_show)
     q = csub.add_parser("selfsigned", help="(re)generate a self-signed certificate")
-    q.add_argument("--config", help="write to this config's tls.cert and tls.key")
+    config_option(q, required=False, text="write to this config's tls.cert and tls.key")
     q.add_argument("--hostname")
     q.add_argument("--cert")
     q.add_argument("--key")
@@ -162,19 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     wait_help = ("seconds to wait for a running daemon to take the request (default 5); "
                  "without a daemon the spool is changed directly")
     q = qsub.add_parser("list", help="one line per queued message, and a summary")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_queue)
     q = qsub.add_parser("show", help="a message's envelope, recipients and header")
     q.add_argument("id")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.add_argument("--body", action="store_true", help="the body too")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_queue)
     q = qsub.add_parser("retry", help="try a message (or --all) now")
     q.add_argument("id", nargs="?")
     q.add_argument("--all", action="store_true", help="every message not on hold")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.add_argument("--wait", type=float, help=wait_help)
     q.set_defaults(func=cmd_queue)
     for action, text in (("delete", "remove a message from the queue (no notice is sent)"),
@@ -182,11 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                          ("release", "let a held message be tried again, at once")):
         q = qsub.add_parser(action, help=text)
         q.add_argument("id")
-        q.add_argument("--config", required=True)
+        config_option(q)
         q.add_argument("--wait", type=float, help=wait_help)
         q.set_defaults(func=cmd_queue)
     q = qsub.add_parser("flush", help="try every message not on hold now (retry --all)")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.add_argument("--wait", type=float, help=wait_help)
     q.set_defaults(func=cmd_queue)
 
@@ -198,12 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "to rotate keys)")
     q.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
                    help="RSA 2048 (default) or Ed25519 (RFC 8463)")
-    q.add_argument("--config", help="write under this config's folder (dkim/) and check "
-                   "that DOMAIN is local; without it, under ./dkim/")
+    config_option(q, required=False, text="write under this config's folder (dkim/) and "
+                  "check that DOMAIN is local; without any, under ./dkim/")
     q.add_argument("--force", action="store_true", help="overwrite an existing key")
     q.set_defaults(func=cmd_dkim_keygen)
     q = dsub.add_parser("show", help="each domain's key, selector and the record it needs")
-    q.add_argument("--config", required=True)
+    config_option(q)
     q.set_defaults(func=cmd_dkim_show)
     return p
 
@@ -211,10 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "config_required", False):
+            args.config = resolve_config(args.config)
         code: int = args.func(args)
     except CliError as exc:
         print(f"mailkeep: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:
+        # The commands explain the failures they expect (a read-only users file...); this
+        # keeps any other from being a traceback: which file, and what the system said.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mailkeep: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

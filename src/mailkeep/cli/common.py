@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from mailkeep.config import ConfigError, load_config
+from mailkeep.config.hints import CONFIG_ENV, DEFAULT_CONFIG
 from mailkeep.config.model import Config
 from mailkeep.observe.logformat import formatter
 
@@ -22,6 +24,23 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def default_config() -> str | None:
+    """The configuration to use when --config is not given: $MAILKEEP_CONFIG, else
+    /etc/mailkeep/mailkeep.toml if it exists, else None."""
+    return os.environ.get(CONFIG_ENV) or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file()
+                                          else None)
+
+
+def resolve_config(given: str | None) -> str:
+    """--config, else the default; a usage error (exit 2) naming every way to give one."""
+    path = given or default_config()
+    if path is None:
+        raise CliError(f"no configuration: give --config FILE or set {CONFIG_ENV}=FILE "
+                       f"(there is no {DEFAULT_CONFIG} either); `mailkeep init --help` "
+                       "tells how to write one", EXIT_USAGE)
+    return path
 
 
 def load_or_exit(path: str) -> Config:

@@ -11,8 +11,11 @@ from mailkeep.cli.common import (
     EXIT_TEMPFAIL,
     EXIT_USAGE,
     CliError,
+    default_config,
     load_or_exit,
 )
+from mailkeep.config.hints import CONFIG_ENV
+from mailkeep.fsmodes import cannot_write
 from mailkeep.tls.certs import generate_selfsigned
 from mailkeep.tls.inventory import describe as describe_certificate
 from mailkeep.tls.inventory import inventory as certificate_inventory
@@ -31,18 +34,25 @@ def cmd_cert_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
-    if args.config:
-        config = load_or_exit(args.config)
+    # --config, else --cert/--key given explicitly, else the default configuration.
+    config_path = args.config or (None if args.cert or args.key else default_config())
+    if config_path:
+        config = load_or_exit(config_path)
         cert, key = config.tls.cert, config.tls.key
         hostname = args.hostname or config.hostname
     else:
         if not (args.cert and args.key and args.hostname):
-            raise CliError("give --config FILE, or --hostname with --cert and --key", EXIT_USAGE)
+            raise CliError(f"give --config FILE (or set {CONFIG_ENV}), or --hostname with "
+                           "--cert and --key", EXIT_USAGE)
         cert, key, hostname = Path(args.cert), Path(args.key), args.hostname
     if (cert.exists() or key.exists()) and not args.force:
         raise CliError(f"refusing to overwrite {cert} / {key} (use --force)")
-    info = generate_selfsigned(cert, key, [hostname, *args.san], key_type=args.key_type,
-                               rsa_bits=args.rsa_bits, days=args.days)
+    try:
+        info = generate_selfsigned(cert, key, [hostname, *args.san], key_type=args.key_type,
+                                   rsa_bits=args.rsa_bits, days=args.days)
+    except OSError as exc:
+        target = Path(exc.filename) if exc.filename else cert
+        raise CliError(cannot_write(target, exc, "the certificate or its key")) from None
     print(f"wrote {cert} and {key}: {info.key_type}, SAN {', '.join(info.names)}, "
           f"expires {info.not_after:%Y-%m-%d}, sha256 {info.sha256}")
     print("a running daemon picks it up within tls.reload_interval, or at once on SIGHUP")
@@ -107,10 +117,11 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
         render_new_key,
     )
 
+    config_path = args.config or default_config()
     try:
         new = create_key(args.domain, selector=args.selector or DEFAULT_SELECTOR,
                          key_type=KeyType(args.type),
-                         config_path=Path(args.config) if args.config else None,
+                         config_path=Path(config_path) if config_path else None,
                          force=args.force)
     except DkimAdminError as exc:
         raise CliError(str(exc)) from None
@@ -123,5 +134,5 @@ def cmd_dkim_show(args: argparse.Namespace) -> int:
 
     config = load_or_exit(args.config)
     statuses = key_statuses(config)
-    print("\n".join(render_statuses(statuses)))
+    print("\n".join(render_statuses(statuses, config.path)))
     return 1 if any(s.problems for s in statuses) else 0

@@ -22,13 +22,14 @@ from mailkeep.cli.common import (
     setup_logging,
 )
 from mailkeep.config import load_config
+from mailkeep.config.hints import admin_command, command
 from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import Config
 from mailkeep.config.template import render
 from mailkeep.directory.base import Account, DirectoryError, load_directory
 from mailkeep.directory.file import UserRecord, read_users_file, write_users_file
 from mailkeep.directory.passwords import hash_password
-from mailkeep.fsmodes import PRIVATE_FILE, make_private_dirs, write_file
+from mailkeep.fsmodes import PRIVATE_FILE, cannot_write, make_private_dirs, write_file
 from mailkeep.observe.logformat import formatter
 from mailkeep.tls.certs import CertificateProblem, generate_selfsigned, inspect_certificate
 from mailkeep.tls.inventory import problems as certificate_problems
@@ -46,8 +47,25 @@ def _system_user_for_root() -> str | None:
     return "mailkeep"
 
 
+# `init` creates the "demo" account (its password printed once) only when asked: by
+# --demo-user, or by this variable (the container's entry point and scripts/demo.sh).
+DEMO_USER_ENV = "MAILKEEP_DEMO_USER"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise CliError(f"{name}={value!r}: expected 1 or 0 (true/false, yes/no)", EXIT_USAGE)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.dir)
+    demo_user = args.demo_user if args.demo_user is not None else _env_flag(DEMO_USER_ENV)
     hostname = args.hostname.lower().rstrip(".")
     domains = args.domain or [hostname.partition(".")[2] or hostname]
     config_path = target / "mailkeep.toml"
@@ -62,35 +80,47 @@ def cmd_init(args: argparse.Namespace) -> int:
         ports = STANDARD_PORTS if os.geteuid() == 0 else UNPRIVILEGED_PORTS
     else:
         ports = STANDARD_PORTS if args.ports == "standard" else UNPRIVILEGED_PORTS
-    # Ours alone whatever the umask (umask 000 would make it world-writable): whoever can
-    # write here can replace the users file.
-    make_private_dirs(target)
     data_dir = args.data_dir or "data"
     text = render(hostname=hostname, domains=domains, data_dir=data_dir,
                   cert="certs/mailkeep.crt", key="certs/mailkeep.key", ports=ports[:2],
                   pop3_ports=ports[2:4], imap_ports=ports[4:6],
                   hosts=tuple(args.bind_host or ("0.0.0.0", "[::]")),
-                  run_as=_system_user_for_root())
-    info = generate_selfsigned(cert_path, key_path, [hostname, *args.san], key_type=args.key_type,
-                               rsa_bits=args.rsa_bits)
-    write_file(config_path, text.encode("utf-8"), PRIVATE_FILE)
+                  run_as=_system_user_for_root(), config_name=str(config_path.absolute()))
     records: dict[str, UserRecord] = {}
     password = None
-    if not args.no_demo_user:
+    if demo_user:
         password = secrets.token_urlsafe(12)
         name = "demo"
         records[name] = UserRecord(Account(name, (f"{name}@{domains[0]}",)),
                                    hash_password(password))
-    write_users_file(users_path, records)
+    try:
+        # Ours alone whatever the umask (umask 000 would make it world-writable): whoever
+        # can write here can replace the users file.
+        make_private_dirs(target)
+        info = generate_selfsigned(cert_path, key_path, [hostname, *args.san],
+                                   key_type=args.key_type, rsa_bits=args.rsa_bits)
+        write_file(config_path, text.encode("utf-8"), PRIVATE_FILE)
+        write_users_file(users_path, records)
+    except OSError as exc:
+        failed = Path(exc.filename) if exc.filename else target
+        if failed.name.startswith(".users.toml."):
+            failed = users_path  # the temporary sibling it is written through
+        raise CliError(cannot_write(failed, exc, "")) from None
     print(f"wrote {config_path}")
     print(f"wrote {users_path}")
     print(f"wrote {cert_path} ({info.key_type}, SAN {', '.join(info.names)}, "
           f"expires {info.not_after:%Y-%m-%d})")
     print(f"listeners: submission on port {ports[0]} (STARTTLS), submissions on {ports[1]} "
           f"(TLS), pop3s on {ports[2]} (TLS), imaps on {ports[4]} (TLS)")
+    config_abs = config_path.absolute()
     if password is not None:
         print(f"demo account: login demo@{domains[0]}  password {password}")
-        print("  (shown once; change it with `mailkeep user passwd demo`)")
+        passwd = admin_command("user", "passwd", "demo", config=config_abs)
+        print(f"  (shown once; change it with `{passwd}`)")
+    else:
+        print("no accounts yet; add one (the password is asked for, or read from stdin):")
+        print(f"  {admin_command('user', 'add', 'postmaster', config=config_abs)}")
+    print(f"start it with: {admin_command('serve', config=config_abs)}")
     return 0
 
 
@@ -213,10 +243,15 @@ def _autoconfig_warnings(config: Config) -> list[str]:
                    for prefix in ("autoconfig", "autodiscover")
                    if not info.covers(f"{prefix}.{domain}")]
         if missing:
+            keep = [n for n in info.names if n != config.hostname]
+            sans = [w for name in (*keep, *missing) for w in ("--san", name)]
+            selfsigned = command("cert", "selfsigned", "--hostname", config.hostname,
+                                 "--cert", str(lst.cert), "--key", str(lst.key), *sans,
+                                 "--force")
             warnings.append(f"listeners.{lst.name}: the certificate {lst.cert} does not cover "
                             f"{', '.join(missing)} (SAN: {', '.join(info.names) or 'none'}); "
                             "HTTPS clients fetching those names will refuse it: add them "
-                            "to the certificate (mailkeep cert selfsigned --san NAME ...)")
+                            f"to the certificate (a self-signed one: `{selfsigned}`)")
     return warnings
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from mailkeep.cli.common import EXIT_CONFIG, CliError, load_or_exit
+from mailkeep.config.hints import admin_command
 from mailkeep.config.model import Config
 from mailkeep.directory.admin import AdminError, UserAdmin, UserEntry
 from mailkeep.directory.apppasswords import AppPassword, new_app_password
@@ -95,21 +96,22 @@ async def _user_action(args: argparse.Namespace, config: Config, admin: UserAdmi
     if action == "import":
         return await _import(args, config, admin)
     if action == "app-password":
-        return await _app_password(args, admin)
+        return await _app_password(args, config, admin)
     name = args.name.lower()
     if action == "add":
         if not ACCOUNT_NAME.match(name):
             raise CliError(f"{name!r}: account names are lower-case letters, digits, . _ + @ -")
         addresses = _normalise_addresses(config, name, args.address or [])
         if await admin.get_user(name) is not None:
-            raise CliError(f"{name} exists; use `mailkeep user passwd {name}`")
+            raise CliError(f"{name} exists; change its password with "
+                           f"`{admin_command('user', 'passwd', name, config=config.path)}`")
         password = _read_password(args)
         groups = clean_groups(args.group or [])
         await admin.add_users([UserEntry(Account(name, addresses, args.send_as_others, groups),
                                          hash_password(password))])
         print(f"added {name}: {', '.join(addresses)}")
     elif action == "passwd":
-        if admin.manages_accounts and await admin.get_user(name) is None:
+        if admin.manages_accounts and await _missing(admin, name):
             raise CliError(f"no account {name}")
         await admin.set_password(name, hash_password(_read_password(args)))
         print(f"password changed for {name}")
@@ -122,7 +124,19 @@ async def _user_action(args: argparse.Namespace, config: Config, admin: UserAdmi
     return 0
 
 
-async def _app_password(args: argparse.Namespace, admin: UserAdmin) -> int:
+async def _missing(admin: UserAdmin, name: str) -> bool:
+    """No such account (asked before the password is). A users file that cannot be read
+    because of this very account's password is for set_password to judge: `passwd` is how
+    a missing or damaged hash gets repaired."""
+    try:
+        return await admin.get_user(name) is None
+    except AdminError:
+        raise
+    except DirectoryError:
+        return False
+
+
+async def _app_password(args: argparse.Namespace, config: Config, admin: UserAdmin) -> int:
     name = args.name.lower()
     action = args.app_command
     if action == "add":
@@ -139,8 +153,9 @@ async def _app_password(args: argparse.Namespace, admin: UserAdmin) -> int:
         await admin.add_app_password(name, AppPassword(label, stored, services, time.time()))
         print(f"app password {label!r} for {name} ({', '.join(services)}):")
         print(f"  {secret}")
-        print("  (shown once; revoke it with `mailkeep user app-password revoke "
-              f"{name} {label}`)")
+        revoke = admin_command("user", "app-password", "revoke", name, label,
+                               config=config.path)
+        print(f"  (shown once; revoke it with `{revoke}`)")
     elif action == "list":
         for app in await admin.list_app_passwords(name):
             print(f"{app.label}: {', '.join(app.services)}; created {_when(app.created)}; "

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
 
+from mailkeep.config.hints import admin_command, command, config_in_use
 from mailkeep.config.model import (
     MAX_WORKERS,
     AuthMode,
@@ -25,15 +26,20 @@ from mailkeep.config.model import (
     Protocol,
     Rate,
     SecurityConfig,
+    SpecialUseConfig,
+    StoreConfig,
     SubmissionConfig,
     TlsConfig,
     TlsMode,
     default_workers,
 )
-from mailkeep.config.tls_table import check_tls_listeners, parse_tls
+from mailkeep.config.tls_table import check_tls_listeners, parse_tls, unreadable_files
 from mailkeep.proto.address import is_numeric_domain
+from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import parse_queue
 from mailkeep.relay.routes import parse_delivery
+from mailkeep.store.base import InvalidName
+from mailkeep.store.names import folder_name
 
 # Protocols that this version can serve; the others are reserved names in the schema.
 IMPLEMENTED_PROTOCOLS: frozenset[str] = frozenset({"submission", "smtp", "relay", "pop3",
@@ -55,9 +61,8 @@ _LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "log_format",
-             "shutdown_grace",
-             "delivery", "dkim", "trusted_proxies", "run_as", "allow_root", "mail_dir",
-             "workers"}
+             "shutdown_grace", "delivery", "dkim", "trusted_proxies", "run_as", "allow_root",
+             "mail_dir", "store", "workers"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -77,14 +82,20 @@ _SENDER_PATTERN = re.compile(r"^([^@\s<>\"]{1,64})?@[a-z0-9.-]{1,253}$")
 class ConfigError(Exception):
     """Every problem found in a configuration file, one per line."""
 
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
+    def __init__(self, path: Path | str, problems: list[str],
+                 files: list[str] | None = None) -> None:
         self.path = Path(path)
         self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
+        # Certificate and key files that cannot be opened, found beside the configuration's
+        # own problems (checked in depth only once the rest is valid, tls/inventory.py):
+        # kept apart so `problems` says what the text gets wrong whatever the disk holds.
+        self.files = files or []
+        super().__init__(f"{path}: " + "; ".join(self.problems + self.files))
 
     def report(self) -> str:
-        lines = [f"{self.path}: {len(self.problems)} problem(s):"]
-        lines += [f"  {p}" for p in self.problems]
+        every = self.problems + self.files
+        lines = [f"{self.path}: {len(every)} problem(s):"]
+        lines += [f"  {p}" for p in every]
         return "\n".join(lines)
 
 
@@ -94,11 +105,18 @@ def load_config(path: Path | str) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found: create one with `mailkeep init DIR`"]) from None
+        init = command("init", str(path.parent), "--hostname", "HOSTNAME").replace(
+            "HOSTNAME", '"$(hostname -f)"')
+        written = "" if path.name == "mailkeep.toml" else \
+            f" (it writes {path.parent / 'mailkeep.toml'})"
+        raise ConfigError(path, [f"file not found: create one with `{init}`{written}, "
+                                 "or give --config (or MAILKEEP_CONFIG) the right file"]) \
+            from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"cannot read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    config_in_use(path)
     return parse_config(raw, path)
 
 
@@ -189,6 +207,8 @@ def _positive_record(reader: _Reader, cls: type[T], table: dict[str, Any], prefi
     values: dict[str, Any] = {}
     for name in names:
         default = getattr(defaults, name)
+        if not isinstance(default, int | float):
+            continue  # a sub-table (e.g. [imap.special_use]): its own parser reads it
         value = reader.get(table, name, type(default), prefix, default)
         if value is not None and value <= 0:
             reader.problem(prefix + name, f"must be greater than 0, got {value}")
@@ -240,7 +260,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if pop3.max_line_length < MIN_POP3_LINE_LENGTH:
         r.problem("pop3.max_line_length", f"must be at least {MIN_POP3_LINE_LENGTH} "
                   f"(RFC 2449 §4), got {pop3.max_line_length}")
-    imap = _positive_record(r, ImapConfig, r.table(raw, "imap"), "imap.")
+    imap_raw = r.table(raw, "imap")
+    imap = _positive_record(r, ImapConfig, imap_raw, "imap.")
+    imap = replace(imap, special_use=_parse_special_use(
+        r, r.table(imap_raw, "special_use", "imap."), "imap.special_use."))
+    store = _parse_store(r, r.table(raw, "store"), "store.")
     if imap.unauthenticated_max_literal_size > imap.max_literal_size:
         r.problem("imap.unauthenticated_max_literal_size", "must not exceed "
                   f"imap.max_literal_size ({imap.max_literal_size})")
@@ -279,7 +303,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         # Unknown local parts of these domains are routed like remote mail of the domain.
         delivery = replace(delivery, domains=MappingProxyType(
             {**delivery.domains, **queue.fallback_routes}))
-    dkim = _parse_dkim(r, r.table(raw, "dkim"), path.parent, domains)
+    dkim = _parse_dkim(r, r.table(raw, "dkim"), path, domains)
     trusted = _networks(r, raw.get("trusted_proxies", []), "trusted_proxies")
     run_as = r.get(raw, "run_as", str, "", "") or None
     if run_as is not None and not _RUN_AS.fullmatch(run_as):
@@ -292,11 +316,13 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                       'addresses, e.g. trusted_proxies = ["10.0.0.0/8"]')
 
     if r.problems:
-        raise ConfigError(path, r.problems)
+        # Certificates are checked in depth once the rest is valid (tls/inventory.py); a
+        # missing or unreadable file is worth saying now, with the rest, not one run later.
+        raise ConfigError(path, r.problems, unreadable_files(tls, listeners))
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
-        pop3=pop3, imap=imap, log_level=log_level,
+        pop3=pop3, imap=imap, store=store, log_level=log_level,
         log_format=cast(LogFormat, log_format), shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
         run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, workers=workers,
@@ -312,6 +338,55 @@ def _workers(r: _Reader, value: object) -> int:
     r.problem("workers", f'must be a number of processes from 1 to {MAX_WORKERS} or "auto", '
               f"got {value!r}")
     return 1
+
+
+def _parse_special_use(r: _Reader, table: dict[str, Any], prefix: str) -> SpecialUseConfig:
+    """[imap.special_use]: create = bool, and per use a list of folder names (non-empty,
+    valid folder names) replacing that use's defaults."""
+    keys = {key: use for use, key in specialuse.CONFIG_KEYS.items()}
+    r.unknown(table, {"create", *keys}, prefix)
+    create = r.get(table, "create", bool, prefix, True)
+    names = dict(specialuse.DEFAULT_NAMES)
+    for key, use in keys.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(v, str) for v in value):
+            r.problem(prefix + key, 'expected a non-empty list of folder names, e.g. '
+                      '["Sent", "Sent Items"]')
+            continue
+        bad = [v for v in value if not _valid_folder(v)]
+        if bad:
+            r.problem(prefix + key, f"{bad[0]!r} is not a valid folder name (no leading '.', "
+                      "'/', control characters or empty levels; '.' separates levels)")
+            continue
+        names[use] = tuple(value)
+    return SpecialUseConfig(bool(create), MappingProxyType(names))
+
+
+def _valid_folder(name: str) -> bool:
+    try:
+        canonical = folder_name(name)
+    except InvalidName:
+        return False
+    return canonical != "INBOX"
+
+
+def _parse_store(r: _Reader, table: dict[str, Any], prefix: str) -> StoreConfig:
+    """[store]: quota and quota_messages (0 or more; 0 = no limit), quota_full_retry > 0."""
+    defaults = StoreConfig()
+    r.unknown(table, {"quota", "quota_messages", "quota_full_retry"}, prefix)
+    quota = r.get(table, "quota", int, prefix, defaults.quota)
+    messages = r.get(table, "quota_messages", int, prefix, defaults.quota_messages)
+    retry = r.get(table, "quota_full_retry", float, prefix, defaults.quota_full_retry)
+    for key, value in (("quota", quota), ("quota_messages", messages)):
+        if value is not None and value < 0:
+            r.problem(prefix + key, f"must be 0 (no limit) or more, got {value}")
+    if retry is not None and retry <= 0:
+        r.problem(prefix + "quota_full_retry", f"must be greater than 0, got {retry}")
+    return StoreConfig(max(quota or 0, 0), max(messages or 0, 0),
+                       retry if retry and retry > 0 else defaults.quota_full_retry)
 
 
 def _parse_listeners(r: _Reader, raw: dict[str, Any], tls: TlsConfig) -> tuple[ListenerConfig, ...]:
@@ -514,7 +589,7 @@ def _size(r: _Reader, table: dict[str, Any], prefix: str) -> int | None:
     return value
 
 
-def _parse_dkim(r: _Reader, raw: dict[str, Any], base: Path,
+def _parse_dkim(r: _Reader, raw: dict[str, Any], config_path: Path,
                 domains: list[str]) -> dict[str, DkimDomain]:
     """[dkim.domains."example.test"] selector = "mk1", key = "dkim/example.test.key"."""
     r.unknown(raw, {"domains"}, "dkim.")
@@ -536,8 +611,10 @@ def _parse_dkim(r: _Reader, raw: dict[str, Any], base: Path,
             r.problem(prefix + "selector", f"{selector!r} is not a DNS label")
             continue
         if key is not None and not key.is_file():
-            r.problem(prefix + "key", f"{key} does not exist: create it with "
-                      f"`mailkeep dkim keygen {normal} --config ...`")
+            keygen = admin_command("dkim", "keygen", normal, *(
+                ("--selector", selector) if selector else ()), config=config_path)
+            r.problem(prefix + "key", f"{key} does not exist: create it with `{keygen}` "
+                      "(it writes dkim/DOMAIN.SELECTOR.key beside the config)")
             continue
         if selector is not None and key is not None:
             out[normal] = DkimDomain(selector, key)

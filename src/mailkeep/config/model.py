@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import QueueConfig
 from mailkeep.relay.routes import DeliveryConfig
 
@@ -96,6 +97,13 @@ DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER = 50
 # must respect; before login nothing larger is needed (a LOGIN password literal), so nothing
 # larger is accepted: an unauthenticated client cannot make the server hold megabytes.
 DEFAULT_IMAP_UNAUTHENTICATED_MAX_LITERAL_SIZE = 4096
+# RFC 9208: no quota unless configured (0 = unlimited), as Dovecot without its quota plugin.
+DEFAULT_QUOTA = 0
+DEFAULT_QUOTA_MESSAGES = 0
+# A delivery to a full mailbox is retried (452 4.2.2) this long, giving the user a day to
+# make room, then bounced (552 5.2.2, RFC 3463 X.2.2 "mailbox full"). Dovecot's LMTP says
+# 552 at once unless quota_full_tempfail; Postfix's local(8) defers until the queue lifetime.
+DEFAULT_QUOTA_FULL_RETRY = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +238,25 @@ class Pop3Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SpecialUseConfig:
+    """[imap.special_use] (RFC 6154): the folder names of each special use, tried in order
+    (the first is created for a new account when `create` is true)."""
+
+    create: bool = True
+    names: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType(dict(specialuse.DEFAULT_NAMES)))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """[store]: the per-account quota (RFC 9208) over all folders; 0 means no limit."""
+
+    quota: int = DEFAULT_QUOTA                    # octets
+    quota_messages: int = DEFAULT_QUOTA_MESSAGES  # messages
+    quota_full_retry: float = DEFAULT_QUOTA_FULL_RETRY
+
+
+@dataclass(frozen=True, slots=True)
 class ImapConfig:
     idle_timeout: float = DEFAULT_IMAP_IDLE_TIMEOUT
     max_errors: int = DEFAULT_IMAP_MAX_ERRORS
@@ -238,6 +265,7 @@ class ImapConfig:
     max_connections_per_user: int = DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER
     max_connections_per_user_ip: int = DEFAULT_IMAP_MAX_CONNECTIONS_PER_USER_IP
     unauthenticated_max_literal_size: int = DEFAULT_IMAP_UNAUTHENTICATED_MAX_LITERAL_SIZE
+    special_use: SpecialUseConfig = field(default_factory=SpecialUseConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +303,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
     imap: ImapConfig = field(default_factory=ImapConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     log_level: str = "info"
     log_format: LogFormat = "text"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE

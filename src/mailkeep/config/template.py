@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+from mailkeep.proto.imap import specialuse
+
 TEMPLATE = """\
 # mailkeep configuration. Paths are relative to this file's folder.
 # Check it with:  mailkeep check-config --config {config_name}
@@ -11,8 +15,9 @@ TEMPLATE = """\
 # in the SMTP greeting and in Received headers.
 hostname = "{hostname}"
 
-# Local domains: mail to these is delivered to Maildirs. Mail to any other domain is
-# refused (5.7.1 relay not configured): mailkeep is not an open relay.
+# Local domains: mail to these is delivered to Maildirs. Mail to other domains is taken
+# only from logged-in accounts and connectors with may_relay, and delivered by [delivery];
+# anyone else gets 554 5.7.1 relay access denied: mailkeep is not an open relay.
 domains = [{domains}]
 
 # Maildirs live under DATA_DIR/mail/<account>/ (Maildir++, Dovecot-compatible); the queue
@@ -133,6 +138,23 @@ path = "users.toml"
 # unauthenticated_max_literal_size = 4096  # bytes: largest literal before login (RFC 7888
 #                                          # LITERAL- limit); larger ones are refused
 
+[imap.special_use]
+# RFC 6154 special-use folders: where clients put drafts, sent mail, deleted mail, junk
+# and archives. A folder has the use a client gave it (CREATE name (USE (\\Sent))), or else
+# the first existing folder named in its list below has it (case does not matter; names
+# under "INBOX." count too). Setting a list replaces its defaults; "." separates levels.
+# create = true                 # give each account a folder for every use it lacks (the
+#                               # first name of the list), once, at its first LIST
+{special_use_names}
+[store]
+# A quota per account over all its folders (RFC 9208 QUOTA; 0 = no limit). APPEND and COPY
+# over it get NO [OVERQUOTA]; mail for a full account is retried (452 4.2.2) for
+# quota_full_retry seconds, then bounced (552 5.2.2). Usage is counted from the message
+# files themselves (sizes in their names), so Dovecot's and other writers' mail counts too.
+# quota = 0                     # bytes
+# quota_messages = 0            # messages
+# quota_full_retry = 86400.0    # seconds a delivery to a full account is retried
+
 [security]
 # Failed logins are counted per client address (never per account, so nobody can lock a
 # real user out). After auth_failures_before_delay failures, each attempt waits
@@ -197,7 +219,13 @@ path = "users.toml"
 # "bank.example" = "verify"     # may | encrypt | verify
 #
 # Split delivery while migrating: local parts without an account here go to the old
-# server instead of being refused.
+# server (a route like any other, here "legacy") instead of being refused.
+# [delivery.routes.legacy]
+# type = "smarthost"
+# host = "old-mail.{first_domain}"   # the server that still has those mailboxes
+# port = 25
+# tls = "starttls"
+#
 # [delivery.local_domains."{first_domain}"]
 # fallback_route = "legacy"
 
@@ -255,10 +283,20 @@ bind = [{bind_465}]
 # auth = "none"                    # none | optional | required (AUTH only inside TLS)
 # senders = ["@{first_domain}"]    # addresses or @domain; required unless auth = "required"
 # may_relay = true
-# auth_groups = ["printers"]       # only members of these directory groups may log in here
-#                                  # (also for submission listeners)
 # rate = "60/min"                  # messages per minute from one client address
 # max_message_size = 10485760
+#
+# The same for applications that can log in: STARTTLS, then AUTH as an account (or an
+# app password made for "relay"), which may then send as its own addresses.
+# [listeners.apps-login]
+# protocol = "relay"
+# tls = "starttls"
+# bind = ["0.0.0.0:2587"]
+# clients = ["10.0.0.0/8"]
+# auth = "required"
+# may_relay = true
+# auth_groups = ["printers"]       # only members of these directory groups may log in here
+#                                  # (also for submission listeners)
 {pop3_listeners}{imap_listeners}
 # Account autoconfiguration over HTTP: Thunderbird's config-v1.1.xml (at
 # /mail/config-v1.1.xml and /.well-known/autoconfig/mail/config-v1.1.xml), Outlook's
@@ -324,6 +362,23 @@ bind = [{bind_993}]
 """
 
 
+def _special_use_names() -> str:
+    """One commented line per use with its default names (proto/imap/specialuse.py)."""
+    lines = []
+    for use, key in specialuse.CONFIG_KEYS.items():
+        line = f"# {key} = ["
+        indent = "#" + " " * (len(line) - 1)
+        names = [json.dumps(n, ensure_ascii=False) for n in specialuse.DEFAULT_NAMES[use]]
+        for i, name in enumerate(names):
+            item = name + ("]" if i == len(names) - 1 else ",")
+            if len(line) + len(item) + 1 > 92 and not line.endswith("["):
+                lines.append(line)
+                line = indent
+            line += item if line.endswith(("[", " ")) else " " + item
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: str,
            ports: tuple[int, int], hosts: tuple[str, ...] = ("0.0.0.0", "[::]"),
            config_name: str = "mailkeep.toml",
@@ -341,7 +396,7 @@ def render(*, hostname: str, domains: list[str], data_dir: str, cert: str, key: 
     if imap_ports is not None:
         imap = IMAP_LISTENERS.format(bind_993=binds(imap_ports[0]), bind_143=binds(imap_ports[1]))
     return TEMPLATE.format(
-        pop3_listeners=pop3, imap_listeners=imap,
+        pop3_listeners=pop3, imap_listeners=imap, special_use_names=_special_use_names(),
         hostname=hostname, domains=", ".join(f'"{d}"' for d in domains), data_dir=data_dir,
         cert=cert, key=key, bind_587=binds(ports[0]), bind_465=binds(ports[1]),
         first_domain=domains[0] if domains else "example.test",

@@ -153,3 +153,31 @@ def check_tls_listeners(r: _Reader, tls: TlsConfig, hostname: str,
                                                              for lst in listeners}:
         r.problem("tls.acme.challenge", "http-01 is answered by an HTTP listener on port 80 "
                   '(protocol = "autoconfig"), and there is none; use "tls-alpn-01"')
+
+
+def unreadable_files(tls: TlsConfig, listeners: Sequence[ListenerConfig]) -> list[str]:
+    """Certificate and key files that cannot be opened, keyed like tls/inventory.py keys
+    them. For a configuration with other problems: reported with those, in one run. ACME
+    files are the daemon's to create."""
+    acme = {tls.acme.cert, tls.acme.key} if tls.acme is not None else set()
+    wanted: dict[Path, str] = {}
+    for kind, path, key in (("certificate", tls.cert, "tls.cert"), ("key", tls.key, "tls.key")):
+        wanted.setdefault(path, f"{key}: {path}: cannot read {kind}")
+    for entry in tls.certificates:
+        prefix = f"tls.certificates.{entry.name}"
+        wanted.setdefault(entry.cert, f"{prefix}.cert: {entry.cert}: cannot read certificate")
+        wanted.setdefault(entry.key, f"{prefix}.key: {entry.key}: cannot read key")
+    for lst in listeners:
+        prefix = f"listeners.{lst.name}"
+        wanted.setdefault(lst.cert, f"{prefix}.cert: {lst.cert}: cannot read certificate")
+        wanted.setdefault(lst.key, f"{prefix}.key: {lst.key}: cannot read key")
+    problems: list[str] = []
+    for path, message in wanted.items():
+        if path in acme or path == Path():
+            continue  # the daemon's own (ACME), or not given (reported as missing already)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"{message}: {exc.strerror}")
+    return problems

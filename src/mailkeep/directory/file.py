@@ -34,6 +34,7 @@ from typing import Any
 
 import tomli_w
 
+from mailkeep.config.hints import admin_command
 from mailkeep.directory.admin import AdminError, UserEntry, check_new_entries
 from mailkeep.directory.apppasswords import (
     AppPassword,
@@ -48,7 +49,8 @@ from mailkeep.directory.names import (
     APP_PASSWORD_LABEL,
     GROUP_NAME,
 )
-from mailkeep.directory.passwords import is_supported
+from mailkeep.directory.passwords import hash_problem
+from mailkeep.fsmodes import cannot_write
 
 __all__ = ["ACCOUNT_NAME", "ADDRESS", "FileAdmin", "FileDirectory", "UserRecord",
            "parse_users", "read_users_file", "write_users_file"]
@@ -107,8 +109,13 @@ def _parse_app_passwords(raw: object, key: str, problems: list[str]) -> tuple[Ap
     return tuple(result)
 
 
-def parse_users(raw: Mapping[str, Any], source: str) -> dict[str, UserRecord]:
-    """Validate a users document; raise DirectoryError listing every problem."""
+def parse_users(raw: Mapping[str, Any], source: str, *,
+                repairing: bool = False) -> dict[str, UserRecord]:
+    """Validate a users document; raise DirectoryError listing every problem.
+
+    `repairing`: a password is about to be replaced (`user passwd`), so missing or damaged
+    hashes are not problems then (they are kept as they are): the command that repairs one
+    runs as printed even while other accounts still wait for theirs."""
     problems: list[str] = []
     users = raw.get("users", {})
     extra = set(raw) - {"users"}
@@ -128,11 +135,14 @@ def parse_users(raw: Mapping[str, Any], source: str) -> dict[str, UserRecord]:
         problems += [f"{key}.{k}: unknown key" for k in sorted(set(table) - _USER_KEYS)]
         password = table.get("password")
         if not isinstance(password, str) or not password:
-            problems.append(f"{key}.password: missing; set one with `mailkeep user passwd {name}`")
+            if not repairing:
+                problems.append(f"{key}.password: missing; set one with "
+                                f"`{admin_command('user', 'passwd', name)}`")
             password = ""
-        elif not is_supported(password):
-            problems.append(f"{key}.password: unsupported hash scheme (use argon2id, "
-                            "SHA512-CRYPT, SHA256-CRYPT or bcrypt)")
+        elif not repairing and (problem := hash_problem(password)) is not None:
+            problems.append(f"{key}.password: {problem}; the account cannot log in: paste "
+                            "the right hash, or set a new password with "
+                            f"`{admin_command('user', 'passwd', name)}`")
         addresses = table.get("addresses", [])
         if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
             problems.append(f"{key}.addresses: expected a list of strings")
@@ -171,16 +181,18 @@ def parse_users(raw: Mapping[str, Any], source: str) -> dict[str, UserRecord]:
     return records
 
 
-def read_users_file(path: Path) -> dict[str, UserRecord]:
+def read_users_file(path: Path, *, repairing: bool = False) -> dict[str, UserRecord]:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DirectoryError(f"{path}: users file not found (mailkeep init writes one)") from None
+        raise DirectoryError(f"{path}: users file not found: "
+                             f"`{admin_command('user', 'add', 'postmaster')}` creates it "
+                             "with a first account (or correct directory.path)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DirectoryError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise DirectoryError(f"{path}: not valid TOML: {exc}") from None
-    return parse_users(raw, str(path))
+    return parse_users(raw, str(path), repairing=repairing)
 
 
 _HEADER = """\
@@ -395,8 +407,19 @@ class FileAdmin:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _read(self) -> dict[str, UserRecord]:
-        return read_users_file(self.path) if self.path.exists() else {}
+    def _read(self, repairing: bool = False) -> dict[str, UserRecord]:
+        if not self.path.exists():
+            return {}
+        return read_users_file(self.path, repairing=repairing)
+
+    def _write(self, records: Mapping[str, UserRecord]) -> None:
+        try:
+            write_users_file(self.path, records)
+        except OSError as exc:
+            raise AdminError(cannot_write(
+                self.path, exc, "the users file",
+                instead='keep the accounts in SQL or LDAP ([directory] backend = "sql" or '
+                        '"ldap")')) from None
 
     def _get(self, records: Mapping[str, UserRecord], name: str) -> UserRecord:
         if name not in records:
@@ -414,13 +437,13 @@ class FileAdmin:
         check_new_entries(list(records.values()), entries)
         for entry in entries:
             records[entry.account.name] = entry
-        write_users_file(self.path, records)
+        self._write(records)
 
     async def set_password(self, name: str, password_hash: str) -> None:
-        records = self._read()
+        records = self._read(repairing=True)
         rec = self._get(records, name)
         records[name] = UserRecord(rec.account, password_hash, rec.app_passwords)
-        write_users_file(self.path, records)
+        self._write(records)
 
     async def set_groups(self, name: str, groups: tuple[str, ...]) -> None:
         records = self._read()
@@ -428,13 +451,13 @@ class FileAdmin:
         account = Account(rec.account.name, rec.account.addresses, rec.account.send_as_others,
                           groups)
         records[name] = UserRecord(account, rec.password_hash, rec.app_passwords)
-        write_users_file(self.path, records)
+        self._write(records)
 
     async def delete_user(self, name: str) -> None:
         records = self._read()
         self._get(records, name)
         del records[name]
-        write_users_file(self.path, records)
+        self._write(records)
 
     async def add_app_password(self, name: str, app: AppPassword) -> None:
         records = self._read()
@@ -443,7 +466,7 @@ class FileAdmin:
             raise AdminError(f"{name} already has an app password {app.label!r}; revoke it "
                              "first")
         records[name] = UserRecord(rec.account, rec.password_hash, (*rec.app_passwords, app))
-        write_users_file(self.path, records)
+        self._write(records)
 
     async def list_app_passwords(self, name: str) -> list[AppPassword]:
         rec = self._get(self._read(), name)
@@ -458,7 +481,7 @@ class FileAdmin:
         if len(kept) == len(rec.app_passwords):
             return False
         records[name] = UserRecord(rec.account, rec.password_hash, kept)
-        write_users_file(self.path, records)
+        self._write(records)
         return True
 
     async def close(self) -> None:

@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 
 from passlib.context import CryptContext
+from passlib.exc import PasslibHashWarning
+
+# passlib "repairs" some damaged hashes with a warning printed raw to stderr (a rounds
+# value out of range, an over-long salt, bcrypt padding bits): `hash_problem` reports the
+# unusable ones itself, naming the account, and the daemon logs a failed login. Filtered
+# once for the process: a per-call catch_warnings is not thread-safe, and verification
+# runs in a thread pool.
+warnings.filterwarnings("ignore", category=PasslibHashWarning)
 
 # OWASP Password Storage Cheat Sheet (2023), argon2id: m=19 MiB, t=2, p=1. RFC 9106 §4's
 # "second recommended option" (64 MiB, t=3) costs ~3x more per login on a 2-core machine.
@@ -52,18 +61,32 @@ def strip_scheme(stored: str) -> str:
 BCRYPT_MAX_PASSWORD_BYTES = 72
 
 
-def is_supported(stored: str) -> bool:
-    """A hash in a scheme we verify and well-formed (parsed, not just its prefix looked at)."""
+SUPPORTED_SCHEMES = "argon2id, SHA512-CRYPT ($6$), SHA256-CRYPT ($5$) or bcrypt ($2b$)"
+
+
+def hash_problem(stored: str) -> str | None:
+    """Why a stored hash cannot be verified against (None: it can). Never the hash itself
+    in the text: it is a secret too."""
     plain_hash = strip_scheme(stored)
     handler = _CONTEXT.identify(plain_hash, resolve=True)
     if handler is None:
-        return False
+        return f"not a hash in a scheme mailkeep verifies ({SUPPORTED_SCHEMES})"
+    name = handler.name.upper().replace("_", "-")
     try:
         parsed = handler.from_string(plain_hash)
-    except (ValueError, TypeError):
-        return False
+    except (ValueError, TypeError) as exc:
+        # passlib's reasons name the part at fault ("rounds (10) is too low ..."), not
+        # the hash's characters.
+        return f"a damaged {name} hash: {exc}"
     # "$6$salt" parses as a configuration string without a checksum: nothing to verify against.
-    return bool(getattr(parsed, "checksum", None))
+    if not getattr(parsed, "checksum", None):
+        return f"a damaged {name} hash: no checksum (only the salt and settings)"
+    return None
+
+
+def is_supported(stored: str) -> bool:
+    """A hash in a scheme we verify and well-formed (parsed, not just its prefix looked at)."""
+    return hash_problem(stored) is None
 
 
 def _dummy(password: str | bytes) -> bool:

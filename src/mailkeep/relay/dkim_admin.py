@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailkeep.config.hints import admin_command
 from mailkeep.config.model import Config
-from mailkeep.fsmodes import make_private_dirs
+from mailkeep.fsmodes import cannot_write, make_private_dirs
 from mailkeep.relay.dkim import (
     DEFAULT_SELECTOR,
     DkimError,
@@ -98,11 +99,13 @@ def create_key(domain: str, *, selector: str = DEFAULT_SELECTOR,
                              "and signing mail (choose a new --selector to rotate, or "
                              "--force)")
     pem, record = keygen(domain, selector, key_type)
-    make_private_dirs(path.parent)
     try:
+        make_private_dirs(path.parent)
         write_key(path, pem, overwrite=force)
     except FileExistsError:  # made by someone else since we looked
         raise DkimAdminError(f"refusing to overwrite {path} (use --force)") from None
+    except OSError as exc:
+        raise DkimAdminError(cannot_write(path, exc, "the DKIM key")) from None
     shown_path = str(path.relative_to(folder)) if config_path is not None else str(path)
     lines = (f'[dkim.domains."{domain}"]', f'selector = "{selector}"',
              f"key = {_toml_string(shown_path)}")
@@ -176,12 +179,12 @@ def key_problems(config: Config) -> list[str]:
             for p in s.problems]
 
 
-def render_statuses(statuses: list[KeyStatus]) -> list[str]:
+def render_statuses(statuses: list[KeyStatus], config_path: Path | None = None) -> list[str]:
     lines: list[str] = []
     for s in statuses:
         if s.selector is None:
-            lines.append(f"{s.domain}: not signed (no key; `mailkeep dkim keygen {s.domain} "
-                         "--config ...` makes one)")
+            keygen = admin_command("dkim", "keygen", s.domain, config=config_path)
+            lines.append(f"{s.domain}: not signed (no key; `{keygen}` makes one)")
             continue
         lines.append(f"{s.domain}:")
         lines.append(f"  selector:  {s.selector}")

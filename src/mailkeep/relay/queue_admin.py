@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mailkeep.config.hints import admin_command
 from mailkeep.proto.message import split_message
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError, SpoolRecipient
 
@@ -234,15 +235,16 @@ def load(spool: Spool, entry_id: str) -> SpoolEntry:
     with _reading(spool):
         if not _exists(spool, entry_id):
             raise UnknownEntry(f"no message {entry_id!r} in the queue "
-                               "(`mailkeep queue list` shows the IDs)")
+                               f"(`{admin_command('queue', 'list')}` shows the IDs)")
         try:
             return spool.load(entry_id)
         except SpoolError as exc:
             if not _exists(spool, entry_id):  # delivered and removed just now
                 raise UnknownEntry(f"no message {entry_id!r} in the queue (it just left: "
                                    "delivered, bounced or deleted)") from None
-            raise QueueError(f"cannot read {exc} (`mailkeep queue delete {entry_id}` "
-                             "removes it)") from None
+            raise QueueError(f"cannot read {exc} "
+                             f"(`{admin_command('queue', 'delete', entry_id)}` removes it)") \
+                from None
 
 
 def _exists(spool: Spool, entry_id: str) -> bool:
@@ -425,8 +427,9 @@ def _precondition(op: Op, entry: SpoolEntry) -> str | None:
     if op == "release" and not entry.hold:
         return f"{entry.id} is not on hold"
     if op == "retry" and entry.hold:
-        raise QueueError(f"{entry.id} is on hold: `mailkeep queue release {entry.id}` "
-                         "first (release also schedules it at once)")
+        raise QueueError(f"{entry.id} is on hold: "
+                         f"`{admin_command('queue', 'release', entry.id)}` first (release "
+                         "also schedules it at once)")
     return None
 
 

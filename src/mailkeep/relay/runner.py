@@ -44,8 +44,9 @@ from mailkeep.relay.queue_admin import age_text
 from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
 from mailkeep.relay.sharing import SharedSpoolMixin
 from mailkeep.relay.spool import Notice, Spool, SpoolEntry, SpoolError, SpoolRecipient
-from mailkeep.store.base import DeliveryError, DiskFull
+from mailkeep.store.base import DeliveryError, DiskFull, StoreError
 from mailkeep.store.maildir import MaildirStore
+from mailkeep.store.quota import Quota
 
 log = logging.getLogger("mailkeep.queue")
 
@@ -315,6 +316,16 @@ class DeliveryRunner(SharedSpoolMixin):
         for account_name, indexes in by_account.items():
             data = head + message
             name = local_name(entry, indexes[0], len(data))
+            # A copy delivered before a crash must not be refused for the room it takes.
+            if entry.id not in self._recovered:
+                refusal = await self._over_quota(entry, account_name, len(data))
+                if refusal is not None:
+                    for i in indexes:
+                        if refusal.startswith("5"):
+                            self._outcome(entry, i, "failed", refusal, "5.2.2", "", outcomes)
+                        else:
+                            self._defer(entry, i, refusal, outcomes)
+                    continue
             began = time.monotonic()
             try:
                 await self.store.deliver_once(account_name, data, name,
@@ -334,6 +345,25 @@ class DeliveryRunner(SharedSpoolMixin):
             log.info("delivered id=%s to=%s account=%s", entry.id,
                      ",".join(f"<{printable(entry.recipients[i].address)}>" for i in indexes),
                      account_name)
+
+    async def _over_quota(self, entry: SpoolEntry, account: str, size: int) -> str | None:
+        """The reply for a local copy the account's quota (RFC 9208, `[store]`) has no room
+        for, or None: 452 4.2.2 while the message is younger than quota_full_retry, then
+        552 5.2.2 (RFC 3463 X.2.2 "mailbox full": a bounce to the sender)."""
+        settings = self.config.store
+        quota = Quota(settings.quota, settings.quota_messages)
+        if not quota.limited:
+            return None
+        try:
+            usage = await self.store.usage(account)
+        except StoreError as exc:
+            return f"451 4.3.0 quota of {account} unknown: {exc}"
+        resource = quota.exceeded(usage, size, 1)
+        if resource is None:
+            return None
+        if self.clock() - entry.arrival < settings.quota_full_retry:
+            return f"452 4.2.2 mailbox of {account} is full ({resource} quota), retrying"
+        return f"552 5.2.2 mailbox of {account} is full ({resource} quota)"
 
     async def _deliver_remote(self, entry: SpoolEntry, message: bytes,
                               outcomes: list[dict[str, object]]) -> None:

@@ -15,31 +15,40 @@ from collections.abc import Callable
 from typing import Any
 
 from mailkeep.config.model import ListenerConfig
+from mailkeep.proto.imap import extensions
 from mailkeep.proto.imap.events import (
     NEED_DATA,
     AuthRequest,
+    ClientId,
     Close,
     Execute,
     Idle,
     IdleDone,
     Outcome,
     Reply,
+    StartCompression,
     StartTls,
 )
 from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, UNAVAILABLE, ImapMachine
 from mailkeep.proto.imap.render import untagged_status
 from mailkeep.proto.imap.session import Selected
 from mailkeep.server import auth, starttls
+from mailkeep.server.compress import CompressionError, Deflate
 from mailkeep.server.imap_commands import ImapExecutor
+from mailkeep.server.imap_folders import ImapOptions
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import Services
 from mailkeep.server.stream import SessionFinished, StreamSession, tls_version
+from mailkeep.store.quota import Quota
 
 log = logging.getLogger("mailkeep.imap")
 
 # Bytes per read from the socket; the receiver bounds lines and literals itself.
 READ_SIZE = 64 * 1024
 SHUTDOWN_REPLY = untagged_status("BYE", "Server shutting down, try again later.")
+# Output compressed (RFC 4978) in slices of this size; a whole slice is compressed in a
+# worker thread (about 5 ms of zlib at level 6), anything smaller on the loop.
+DEFLATE_SLICE = 256 * 1024
 # RFC 3501 §5.4: autologout after (at least 30 minutes of) inactivity, with a BYE.
 IDLE_REPLY = untagged_status("BYE", "Autologout; idle for too long.")
 
@@ -59,8 +68,10 @@ class ImapSession(StreamSession):
         # subscription is closed however the session ends.
         self.selected: Selected | None = None
         self.bytes_out = 0
+        self.deflate: Deflate | None = None  # RFC 4978, once COMPRESS DEFLATE succeeded
         # Responses written since the last drain, handed to TLS as one write: one record and
-        # one send() per command instead of one per response line (FETCH 1:10 was 11).
+        # one send() per command instead of one per response line (FETCH 1:10 was 11); once
+        # COMPRESS is active they are compressed at the drain (_deflate_out).
         self._out: list[bytes] = []
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
@@ -91,8 +102,18 @@ class ImapSession(StreamSession):
 
     def close_summary(self) -> str:
         m = self.machine
-        return (f"commands={m.commands if m else 0} errors={m.total_errors if m else 0} "
-                f"bytes={self.bytes_out}")
+        summary = (f"commands={m.commands if m else 0} errors={m.total_errors if m else 0} "
+                   f"bytes={self.bytes_out}")
+        if self.deflate is not None:
+            summary += (f" deflate_in={self.deflate.octets_in} "
+                        f"deflate_out={self.deflate.octets_out}")
+        return summary
+
+    def last_words(self, data: bytes) -> bytes:
+        # Anything still buffered went out first (flush_pending), through the same stream.
+        if self.deflate is None:
+            return data
+        return self.deflate.compress(data) + self.deflate.flush()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -101,16 +122,51 @@ class ImapSession(StreamSession):
         self._out.append(data)
 
     def flush_pending(self) -> None:
-        """Hand what was written so far to the transport (before a drain, STARTTLS, or a
-        close)."""
+        """Hand what was written so far to the transport at once (before STARTTLS, on a
+        close; _drain otherwise). Compressed on the loop when COMPRESS is active: only a
+        session's last responses come this way, not a long FETCH."""
         if self._out and self.writer is not None:
             out = self._out
             self._out = []
-            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            if self.deflate is not None:
+                data = self.deflate.compress(data) + self.deflate.flush()
+            self.writer.write(data)
+
+    async def _deflate_out(self) -> None:
+        """Compress what was written since the last drain and end with a sync flush (RFC 4978
+        §3: the client can read every response so far). Large data (a FETCH of a 25 MiB
+        message) is compressed a slice at a time in a worker thread (zlib lets go of the
+        GIL), never in one long stretch on the event loop."""
+        assert self.writer is not None and self.deflate is not None
+        pending, self._out = self._out, []
+        # One write per drain as without COMPRESS, except that what is compressed is handed
+        # over every DEFLATE_SLICE octets, so a long FETCH is not held twice in memory.
+        chunks: list[bytes] = []
+        held = 0
+        for data in pending:
+            view = memoryview(data)
+            for start in range(0, len(view), DEFLATE_SLICE):
+                piece = view[start:start + DEFLATE_SLICE]
+                if len(piece) == DEFLATE_SLICE:
+                    out = await asyncio.to_thread(self.deflate.compress, piece)
+                else:
+                    out = self.deflate.compress(piece)
+                if out:
+                    chunks.append(out)
+                    held += len(out)
+                if held >= DEFLATE_SLICE:
+                    self.writer.write(b"".join(chunks))
+                    chunks, held = [], 0
+        chunks.append(self.deflate.flush())
+        self.writer.write(b"".join(chunks))
 
     async def _drain(self) -> None:
         assert self.writer is not None
-        self.flush_pending()
+        if self.deflate is not None:
+            await self._deflate_out()
+        else:
+            self.flush_pending()
         try:
             timeout = self.idle_timeout(self.services.config.imap.idle_timeout)
             async with asyncio.timeout(timeout):
@@ -134,11 +190,20 @@ class ImapSession(StreamSession):
                     self._write(SHUTDOWN_REPLY)
                     raise SessionFinished("shutdown")
                 await self._drain()
+                if self.deflate is not None and self.deflate.pending:
+                    # The rest of a large inflation, before anything new is read.
+                    machine.receive_data(self._inflate(b""))
+                    continue
                 timeout = self.idle_timeout(cfg.idle_timeout)
                 if machine.idling:
-                    machine.receive_data(await self._idle_read(reader, timeout))
+                    data = await self._idle_read(reader, timeout)
                 else:
-                    machine.receive_data(await self._read(reader, timeout))
+                    data = await self._read(reader, timeout)
+                if self.deflate is not None and data:
+                    data = self._inflate(data)
+                    if not data:
+                        continue  # b"" would mean the end of input
+                machine.receive_data(data)
             elif isinstance(event, Reply):
                 self._write(event.data)
             elif isinstance(event, Idle):
@@ -152,6 +217,14 @@ class ImapSession(StreamSession):
                 await self._authenticate(machine, event)
             elif isinstance(event, StartTls):
                 await self._starttls(machine, event, reader, writer)
+            elif isinstance(event, StartCompression):
+                self._write(event.reply)
+                await self._drain()
+                self.deflate = Deflate()
+                machine.compression_started()
+            elif isinstance(event, ClientId):
+                log.debug("conn=%s client ID %s", self.conn_id,
+                          extensions.id_for_log(event.fields))
             elif isinstance(event, Execute):
                 await self._execute(machine, event)
             elif isinstance(event, Close):
@@ -160,6 +233,15 @@ class ImapSession(StreamSession):
                 raise SessionFinished(event.reason)
             else:  # PAUSED: a request was not answered (a bug in this driver)
                 raise RuntimeError(f"machine paused unexpectedly: {event!r}")
+
+    def _inflate(self, data: bytes) -> bytes:
+        """RFC 4978: the client's DEFLATE stream, at most compress.INFLATE_CHUNK at a time."""
+        assert self.deflate is not None
+        try:
+            return self.deflate.inflate(data)
+        except CompressionError as exc:
+            log.info("conn=%s corrupt DEFLATE stream from the client: %s", self.conn_id, exc)
+            raise SessionFinished("corrupt DEFLATE stream") from None
 
     async def _idle_read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
         """RFC 2177 IDLE: wait on the socket and on the selected mailbox's change feed at
@@ -245,9 +327,13 @@ class ImapSession(StreamSession):
             machine.auth_failed(request.tag, "LIMIT", refusal[0].upper() + refusal[1:] + ".")
             return
         self.account = account
+        config = services.config
+        options = ImapOptions(quota=Quota(config.store.quota, config.store.quota_messages),
+                              special_use=config.imap.special_use)
         self.executor = ImapExecutor(services.store, account.name,
                                      services.mime_cache, self._write, self._drain,
-                                     conn_id=self.conn_id, session_id=id(self))
+                                     conn_id=self.conn_id, session_id=id(self),
+                                     options=options)
         machine.auth_succeeded(request.tag, account.name)
 
     async def _starttls(self, machine: ImapMachine, request: StartTls,

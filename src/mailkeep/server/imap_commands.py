@@ -6,13 +6,23 @@ table and does the dialogues; this module does the store calls, with the pure he
 proto/imap (mailboxview, fetch, listing, search, render) deciding what to say. Untagged
 data goes out through `write` as it is made (a FETCH of 10,000 messages is never held in
 memory whole); the tagged line is returned to the driver for machine.executed().
+
+This module holds the executor itself (run, dispatch, sync: the session's one untagged
+channel) and the commands about the selected mailbox's state (SELECT/EXAMINE, CLOSE,
+UNSELECT, EXPUNGE, SEARCH, STORE, COPY). The others live by topic, each a set of
+`cmd_x(executor, command)` functions in the HANDLERS table at the bottom:
+
+    imap_folders  LIST (+ LIST-EXTENDED/STATUS, SPECIAL-USE), CREATE, DELETE, RENAME,
+                  SUBSCRIBE, UNSUBSCRIBE, LSUB, STATUS
+    imap_fetch    FETCH, and the parsed-message reading FETCH and SEARCH share
+    imap_append   APPEND (MULTIAPPEND, UTF8)       imap_move   MOVE (RFC 6851)
+    imap_quota    GETQUOTA, GETQUOTAROOT, quota checks (RFC 9208)
+    imap_search   SEARCH evaluation                imap_sync   CONDSTORE/QRESYNC parts
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import logging
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Set
@@ -20,31 +30,39 @@ from dataclasses import replace
 
 from mailkeep.proto.imap import condstore as cs
 from mailkeep.proto.imap import grammar as g
-from mailkeep.proto.imap import listing, mutf7
+from mailkeep.proto.imap import grammar_ext as ext
+from mailkeep.proto.imap import mutf7
+from mailkeep.proto.imap.enable import UTF8_ACCEPT
 from mailkeep.proto.imap.events import Outcome
-from mailkeep.proto.imap.fetch import fetch_items, needs_message
-from mailkeep.proto.imap.mailboxview import RECENT, SEEN, MailboxView, flag_atoms
-from mailkeep.proto.imap.mime import MimePart, parse_message
+from mailkeep.proto.imap.mailboxview import RECENT, MailboxView
+from mailkeep.proto.imap.mime import MimePart
 from mailkeep.proto.imap.mimecache import MimeCache
 from mailkeep.proto.imap.mutf7 import InvalidMailboxName
 from mailkeep.proto.imap.render import (
-    fetch_response,
     response_code,
     untagged,
     untagged_status,
 )
-from mailkeep.proto.imap.sequence import SequenceSet, compress
+from mailkeep.proto.imap.sequence import SequenceSet, compress, uid_set
 from mailkeep.proto.imap.session import Authenticated, Selected, SessionState
-from mailkeep.proto.imap.values import Atom, Value
-from mailkeep.server import imap_search, imap_sync
+from mailkeep.server import (
+    imap_append,
+    imap_fetch,
+    imap_folders,
+    imap_move,
+    imap_quota,
+    imap_search,
+    imap_sync,
+)
+from mailkeep.server.imap_folders import ImapOptions
 from mailkeep.server.slices import Slices, TooExpensive
 from mailkeep.server.stream import SessionFinished
 from mailkeep.store.base import (
     FlagMode,
     FolderExists,
     MailStore,
-    MessageGone,
     NoSuchFolder,
+    OverQuota,
     StoreError,
     StoreRefusal,
 )
@@ -54,19 +72,6 @@ log = logging.getLogger("mailkeep.imap")
 # Untagged data is handed to the transport in batches of about this many octets, with a
 # drain in between, so a slow reader holds at most this much of a long FETCH in memory.
 FLUSH_OCTETS = 256 * 1024
-# Messages at least this large are parsed in a worker thread, off the event loop.
-PARSE_OFF_LOOP_OCTETS = 256 * 1024
-# SEARCH and FETCH read the messages they need in batches of at most this many messages and
-# about this many octets: one trip to the store's threads per batch, not per message.
-READ_BATCH_MESSAGES = 64
-READ_BATCH_OCTETS = 2 * 1024 * 1024
-# Our choice: the message data (BODY[...], RFC822, ...) in one message's FETCH response may
-# total at most this many times the message's size plus FETCH_SLACK_OCTETS. BODY[] with
-# BODY[HEADER] and BODY[TEXT] is about twice; "BODY[]<0> BODY[]<1> BODY[]<2> ..." (some
-# 2,000 partials fit a 64 KB command line) would otherwise build one response of 2,000
-# copies in memory. Past it: NO [LIMIT] (RFC 5530 §3) for the rest of the FETCH.
-MAX_FETCH_COPIES = 4
-FETCH_SLACK_OCTETS = 1024 * 1024
 _STORE_MODES = {g.StoreMode.REPLACE: FlagMode.SET, g.StoreMode.ADD: FlagMode.ADD,
                 g.StoreMode.REMOVE: FlagMode.REMOVE}
 
@@ -91,7 +96,8 @@ class ImapExecutor:
 
     def __init__(self, store: MailStore, account: str, cache: MimeCache,
                  write: Callable[[bytes], None], flush: Callable[[], Awaitable[None]], *,
-                 conn_id: str = "-", session_id: int = 0) -> None:
+                 conn_id: str = "-", session_id: int = 0,
+                 options: ImapOptions | None = None) -> None:
         self.store = store
         self.account = account
         self.cache = cache
@@ -103,6 +109,18 @@ class ImapExecutor:
         self.view: MailboxView | None = None
         # RFC 5161 / RFC 7162 §3.1: what the session of the command being run has enabled.
         self.enabled: frozenset[str] = frozenset()
+        self.options = options if options is not None else ImapOptions()
+        self.provisioned = False  # RFC 6154 default folders looked after (first LIST)
+
+    @property
+    def utf8(self) -> bool:
+        """RFC 6855 UTF8=ACCEPT is enabled: mailbox names go out as UTF-8."""
+        return UTF8_ACCEPT in self.enabled
+
+    def wire_name(self, name: str) -> str:
+        """A mailbox name as the client reads it: modified UTF-7 (RFC 3501 §5.1.3), or
+        UTF-8 once it enabled UTF8=ACCEPT (RFC 6855 §3)."""
+        return name if self.utf8 else mutf7.encode(name)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -192,8 +210,11 @@ class ImapExecutor:
         try:
             return await handler(self, command)
         except NoSuchFolder as exc:
-            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy) else "NONEXISTENT"
+            code = "TRYCREATE" if isinstance(command, g.Append | g.Copy | ext.Move) \
+                else "NONEXISTENT"
             return Outcome("NO", _clean(str(exc)), code)
+        except OverQuota as exc:
+            return Outcome("NO", _clean(str(exc)), imap_quota.OVERQUOTA)  # RFC 9208 §5
         except FolderExists as exc:
             return Outcome("NO", _clean(str(exc)), "ALREADYEXISTS")
         except StoreRefusal as exc:
@@ -230,62 +251,9 @@ class ImapExecutor:
             await self.emit(line)
         return None
 
-    async def part(self, uid: int) -> MimePart:
-        """The parsed message (cached per folder + UIDVALIDITY + UID). MessageGone."""
-        view = self.view
-        assert view is not None
-        key = (self.account, view.folder, view.uidvalidity, uid)
-        found = self.cache.get(key)
-        if found is not None:
-            return found
-        data = await self.store.read_message(self.account, view.folder,
-                                             view.records[uid].key)
-        if len(data) >= PARSE_OFF_LOOP_OCTETS:
-            parsed = await asyncio.to_thread(parse_message, data)
-        else:
-            parsed = parse_message(data)
-        self.cache.put(key, parsed)
-        return parsed
-
-    async def parts(self, uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
-        """part() of each UID in turn (None: expunged by someone else), the uncached ones
-        read in batches (READ_BATCH_*); large messages still go one by one."""
-        view = self._selected()
-        start = 0
-        while start < len(uids):
-            chunk: list[int] = []
-            octets = 0
-            while start < len(uids) and len(chunk) < READ_BATCH_MESSAGES \
-                    and octets < READ_BATCH_OCTETS:
-                chunk.append(uids[start])
-                octets += view.records[uids[start]].size
-                start += 1
-            ready: dict[int, MimePart | None] = {}
-            wanted: list[int] = []
-            for uid in chunk:
-                found = self.cache.get((self.account, view.folder, view.uidvalidity, uid))
-                if found is not None:
-                    ready[uid] = found
-                elif view.records[uid].size < PARSE_OFF_LOOP_OCTETS:
-                    wanted.append(uid)
-            if wanted:
-                data = await self.store.read_messages(
-                    self.account, view.folder, [view.records[u].key for u in wanted])
-                for uid, octets_read in zip(wanted, data, strict=True):
-                    if octets_read is None:
-                        ready[uid] = None
-                        continue
-                    parsed = parse_message(octets_read)
-                    self.cache.put((self.account, view.folder, view.uidvalidity, uid), parsed)
-                    ready[uid] = parsed
-            for uid in chunk:
-                if uid in ready:
-                    yield ready[uid]
-                    continue
-                try:
-                    yield await self.part(uid)
-                except MessageGone:
-                    yield None
+    def parts(self, uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
+        """The parsed messages of these UIDs in the selected mailbox (imap_fetch.parts)."""
+        return imap_fetch.parts(self, uids)
 
     def _selected(self) -> MailboxView:
         assert self.view is not None  # the machine's state table guarantees it
@@ -359,116 +327,6 @@ class ImapExecutor:
         return Outcome("OK", f"{command.name} completed.", code,
                        session=Selected(self.account, view))
 
-    async def _cmd_create(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Create)
-        # RFC 3501 §6.3.3: a trailing delimiter only says inferiors will follow.
-        name = command.mailbox.rstrip(listing.DELIMITER)
-        if not name:
-            return Outcome("NO", "Invalid mailbox name.")
-        if name.upper() == "INBOX":
-            return Outcome("NO", "INBOX always exists.", "ALREADYEXISTS")
-        await self.store.create_folder(self.account, name)
-        return Outcome("OK", "CREATE completed.")
-
-    async def _cmd_delete(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Delete)
-        await self.store.delete_folder(self.account, command.mailbox)
-        return Outcome("OK", "DELETE completed.")
-
-    async def _cmd_rename(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Rename)
-        await self.store.rename_folder(self.account, command.mailbox,
-                                       command.new_name.rstrip(listing.DELIMITER))
-        return Outcome("OK", "RENAME completed.")
-
-    async def _cmd_subscribe(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Subscribe)
-        await self.store.subscribe(self.account, command.mailbox)
-        return Outcome("OK", "SUBSCRIBE completed.")
-
-    async def _cmd_unsubscribe(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Unsubscribe)
-        if not await self.store.unsubscribe(self.account, command.mailbox):
-            return Outcome("NO", "Not subscribed to that name.")
-        return Outcome("OK", "UNSUBSCRIBE completed.")
-
-    async def _cmd_list(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.ListMailboxes)
-        if command.pattern == "":
-            # RFC 3501 §6.3.8: the hierarchy delimiter and the root name.
-            await self.emit(untagged("LIST", [Atom("\\Noselect")], listing.DELIMITER, ""))
-            return Outcome("OK", "LIST completed.")
-        regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
-                                                                  command.pattern))
-        for folder in await self.store.list_folders(self.account):
-            if not listing.matches(regex, folder.name):
-                continue
-            attributes: list[Value] = [] if folder.selectable else [Atom("\\Noselect")]
-            # RFC 3348 CHILDREN.
-            attributes.append(Atom("\\HasChildren" if folder.has_children
-                                   else "\\HasNoChildren"))
-            await self.emit(untagged("LIST", attributes, listing.DELIMITER,
-                                     mutf7.encode(folder.name)))
-        return Outcome("OK", "LIST completed.")
-
-    async def _cmd_lsub(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Lsub)
-        if command.pattern == "":
-            await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER, ""))
-            return Outcome("OK", "LSUB completed.")
-        regex = listing.compile_pattern(listing.canonical_pattern(command.reference,
-                                                                  command.pattern))
-        subscribed = await self.store.subscriptions(self.account)
-        shown = set(subscribed)
-        for name in subscribed:
-            if listing.matches(regex, name):
-                await self.emit(untagged("LSUB", [], listing.DELIMITER, mutf7.encode(name)))
-                continue
-            # RFC 3501 §6.3.9: with "%", a subscribed "foo.bar" under an unsubscribed "foo"
-            # shows as "foo" flagged \Noselect (once), since "foo.bar" itself does not match.
-            parts = name.split(listing.DELIMITER)
-            for i in range(len(parts) - 1, 0, -1):
-                parent = listing.DELIMITER.join(parts[:i])
-                if parent in shown:
-                    break
-                if listing.matches(regex, parent):
-                    shown.add(parent)
-                    await self.emit(untagged("LSUB", [Atom("\\Noselect")], listing.DELIMITER,
-                                             mutf7.encode(parent)))
-                    break
-        return Outcome("OK", "LSUB completed.")
-
-    async def _cmd_status(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Status)
-        snap = await self.store.snapshot(self.account, command.mailbox)
-        values = {
-            "MESSAGES": len(snap.messages),
-            "RECENT": len(snap.unclaimed),
-            "UIDNEXT": snap.uidnext,
-            "UIDVALIDITY": snap.uidvalidity,
-            "UNSEEN": sum(1 for m in snap.messages if SEEN not in m.flags),
-            "HIGHESTMODSEQ": snap.highestmodseq,  # RFC 7162 §3.1.6
-        }
-        if "HIGHESTMODSEQ" in command.items:
-            await imap_sync.enable_condstore(self)
-        data: list[Value] = []
-        for item in command.items:
-            data += [Atom(item), values[item]]
-        await self.emit(untagged("STATUS", mutf7.encode(command.mailbox), data))
-        return Outcome("OK", "STATUS completed.")
-
-    async def _cmd_append(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Append)
-        if not command.message:
-            return Outcome("NO", "Cannot store an empty message.")
-        flags = [f for f in command.flags if f != RECENT]
-        uid = await self.store.append(self.account, command.mailbox, command.message, flags,
-                                      command.internaldate)
-        validity = await self.store.uidvalidity(self.account, command.mailbox)
-        # RFC 4315 §3: APPENDUID lets clients (mbsync) learn the new UID without a search.
-        code = response_code("APPENDUID", validity, uid)
-        return Outcome("OK", "APPEND completed.", code)
-
     # -- selected state -------------------------------------------------------------------
 
     async def _cmd_close(self, command: g.CommandType) -> Outcome:
@@ -523,91 +381,6 @@ class ImapExecutor:
                                                   uid=command.uid, returns=command.returns,
                                                   with_modseq=with_modseq))
         return Outcome("OK", "SEARCH completed.")
-
-    async def _cmd_fetch(self, command: g.CommandType) -> Outcome:
-        assert isinstance(command, g.Fetch)
-        view = self._selected()
-        if self._bad_numbers(command.sequence_set, command.uid):
-            return Outcome("BAD", "No such message sequence number.")
-        items = list(command.items)
-        if command.uid and not any(i.name == "UID" for i in items):
-            items.insert(0, g.FetchItem("UID"))  # RFC 3501 §6.4.8
-        since = command.modifiers.changedsince
-        if command.modifiers.vanished and (not command.uid or cs.QRESYNC not in self.enabled):
-            # RFC 7162 §3.2.6: VANISHED only in UID FETCH, and only once QRESYNC is enabled.
-            return Outcome("BAD", "VANISHED needs UID FETCH and ENABLE QRESYNC.")
-        if since is not None or any(i.name == "MODSEQ" for i in items):
-            await imap_sync.enable_condstore(self)
-        if (since is not None or (view.condstore and any(i.name == "FLAGS" for i in items))) \
-                and not any(i.name == "MODSEQ" for i in items):
-            # RFC 7162 §3.1.4.1: CHANGEDSINCE answers with MODSEQ as if asked; once CONDSTORE
-            # is on, FLAGS come with their MODSEQ (so a client's cache stays consistent).
-            items.append(g.FetchItem("MODSEQ"))
-        pairs = view.resolve(command.sequence_set, uid=command.uid)
-        if since is not None:
-            if command.modifiers.vanished:
-                await imap_sync.vanished_earlier(self, view, command.sequence_set, since)
-            pairs = [(s, u) for s, u in pairs if view.modseqs.get(u, 0) > since]
-        changed: set[int] = set()
-        if not view.readonly and any(i.sets_seen for i in items):
-            # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen.
-            unseen = [u for _, u in pairs if SEEN not in view.flags[u] and u not in view.gone]
-            if unseen:
-                result = await self.store.store_flags(self.account, view.folder, unseen,
-                                                      FlagMode.ADD, [SEEN])
-                fresh = await imap_sync.fresh_modseqs(self, view) if view.condstore else {}
-                for u, flags in result.items():
-                    view.set_flags(u, flags, fresh.get(u))
-                changed = set(result)
-        unique: dict[str, g.FetchItem] = {}
-        for item in items:  # one value per response name, the first asked (fetch_items)
-            unique.setdefault(item.response_name(), item)
-        items = list(unique.values())
-        need_message = needs_message(items)
-        wants_flags = any(i.name == "FLAGS" for i in items)
-        missing = 0
-        parts = self.parts([u for _, u in pairs]) if need_message else None
-        clock = Slices()
-        clock.start()
-        for seq, uid in pairs:
-            record = view.records[uid]
-            part = None
-            if parts is not None:
-                part = await anext(parts)
-                if part is None:
-                    missing += 1
-                    continue
-            values: list[tuple[str, Value]] = []
-            octets, limit = 0, MAX_FETCH_COPIES * record.size + FETCH_SLACK_OCTETS
-            for item in items:
-                values += fetch_items([item], uid=uid, flags=view.flags_of(uid),
-                                      internaldate=record.internaldate, size=record.size,
-                                      part=part, modseq=view.modseqs.get(uid, 0))
-                if isinstance(values[-1][1], bytes):
-                    octets += len(values[-1][1])
-                    if octets > limit:
-                        break
-            if octets > limit:
-                log.info("conn=%s FETCH of UID %d refused: %d items, over %d octets",
-                         self.conn_id, uid, len(items), limit)
-                if parts is not None:
-                    await parts.aclose()
-                return Outcome("NO", "FETCH response too large, ask for "
-                                      "fewer or smaller sections.", "LIMIT")
-            if uid in changed and not wants_flags:
-                values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
-                if view.condstore and not any(name == "MODSEQ" for name, _ in values):
-                    values.append(cs.modseq_item(view.modseqs.get(uid, 0)))
-            await self.emit(fetch_response(seq, values))
-            if clock.due():  # FETCH 1:* of a big mailbox: let other sessions in
-                await clock.pause()
-        if view.condstore and pairs:
-            for line in view.floor_response():  # RFC 7162 §3.2 (expunges held back)
-                await self.emit(line)
-        if missing:
-            # RFC 2180 §4.1.3: some of the messages were expunged by another session.
-            return Outcome("NO", "Some messages were expunged.")
-        return Outcome("OK", "FETCH completed.")
 
     async def _cmd_store(self, command: g.CommandType) -> Outcome:
         assert isinstance(command, g.Store)
@@ -670,14 +443,15 @@ class ImapExecutor:
             raise NoSuchFolder("Mailbox does not exist.")
         if not uids:
             return Outcome("OK", "COPY completed.")
+        await imap_quota.check(self, sum(view.records[u].size for u in uids), len(uids))
         mapping = await self.store.copy(self.account, view.folder, uids, command.mailbox)
         if not mapping:
             return Outcome("OK", "COPY completed.")
         validity = await self.store.uidvalidity(self.account, command.mailbox)
         sources = sorted(mapping)
         # RFC 4315 §3: COPYUID uidvalidity source-set dest-set, in corresponding order.
-        code = (f"COPYUID {validity} {_uid_list(sources)} "
-                f"{_uid_list([mapping[s] for s in sources])}")
+        code = (f"COPYUID {validity} {uid_set(sources)} "
+                f"{uid_set([mapping[s] for s in sources])}")
         return Outcome("OK", "COPY completed.", code)
 
 
@@ -688,28 +462,24 @@ HANDLERS: dict[str, Callable[[ImapExecutor, g.CommandType], Awaitable[Outcome]]]
     "CHECK": ImapExecutor._cmd_check,
     "SELECT": ImapExecutor._cmd_select,
     "EXAMINE": ImapExecutor._cmd_examine,
-    "CREATE": ImapExecutor._cmd_create,
-    "DELETE": ImapExecutor._cmd_delete,
-    "RENAME": ImapExecutor._cmd_rename,
-    "SUBSCRIBE": ImapExecutor._cmd_subscribe,
-    "UNSUBSCRIBE": ImapExecutor._cmd_unsubscribe,
-    "LIST": ImapExecutor._cmd_list,
-    "LSUB": ImapExecutor._cmd_lsub,
-    "STATUS": ImapExecutor._cmd_status,
-    "APPEND": ImapExecutor._cmd_append,
+    "CREATE": imap_folders.cmd_create,
+    "DELETE": imap_folders.cmd_delete,
+    "RENAME": imap_folders.cmd_rename,
+    "SUBSCRIBE": imap_folders.cmd_subscribe,
+    "UNSUBSCRIBE": imap_folders.cmd_unsubscribe,
+    "LIST": imap_folders.cmd_list,
+    "LSUB": imap_folders.cmd_lsub,
+    "STATUS": imap_folders.cmd_status,
+    "APPEND": imap_append.cmd_append,
     "CLOSE": ImapExecutor._cmd_close,
     "UNSELECT": ImapExecutor._cmd_unselect,
     "EXPUNGE": ImapExecutor._cmd_expunge,
     "SEARCH": ImapExecutor._cmd_search,
-    "FETCH": ImapExecutor._cmd_fetch,
+    "FETCH": imap_fetch.cmd_fetch,
     "STORE": ImapExecutor._cmd_store,
     "COPY": ImapExecutor._cmd_copy,
+    "MOVE": imap_move.cmd_move,  # RFC 6851
+    "GETQUOTA": imap_quota.cmd_getquota,  # RFC 9208
+    "GETQUOTAROOT": imap_quota.cmd_getquotaroot,
 }
 
-
-def _uid_list(uids: Sequence[int]) -> str:
-    """A uid-set for COPYUID: ranges only where the numbers ascend (the two sets of RFC 4315
-    §3 must correspond element by element)."""
-    if all(a < b for a, b in itertools.pairwise(uids)):
-        return compress(uids)
-    return ",".join(str(u) for u in uids)

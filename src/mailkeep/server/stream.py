@@ -77,6 +77,11 @@ class StreamSession:
         """The door's figures for the one log line per connection."""
         return ""
 
+    def last_words(self, data: bytes) -> bytes:
+        """A reply written outside the door's own loop (shutdown, shedding, an internal
+        error) as it must go on the wire (IMAP: compressed once COMPRESS is active)."""
+        return data
+
     # -- the session as the daemon sees it (shutdown, load shedding) ------------------------
 
     @property
@@ -95,7 +100,7 @@ class StreamSession:
                       "reached", self.conn_id)
         if self.writer is not None and not self.closed:
             with contextlib.suppress(Exception):
-                self.writer.write(self.shed_reply())
+                self.writer.write(self.last_words(self.shed_reply()))
                 self.writer.close()
             asyncio.get_running_loop().call_later(TLS_CLOSE_LINGER, self.abort)
 
@@ -134,7 +139,7 @@ class StreamSession:
             reason = "internal error"
             with contextlib.suppress(Exception):
                 self.flush_pending()
-                writer.write(self.internal_error_reply())
+                writer.write(self.last_words(self.internal_error_reply()))
         finally:
             await self._finish(writer, reason)
 
@@ -168,7 +173,7 @@ class StreamSession:
         self.stopping = True
         if self.reading and self.writer is not None and not self.closed:
             with contextlib.suppress(Exception):
-                self.writer.write(self.SHUTDOWN_REPLY)
+                self.writer.write(self.last_words(self.SHUTDOWN_REPLY))
                 self.writer.close()
             # A TLS client that ignores our close_notify would hold the daemon for the grace.
             asyncio.get_running_loop().call_later(SHUTDOWN_ABORT_AFTER, self.abort)

@@ -16,13 +16,17 @@ from mailkeep.store.base import (
     MessageGone,
     MessageInfo,
     MessageRecord,
+    NewMessage,
     NoSuchFolder,
+    OverQuota,
     StoreError,
     StoreFull,
     StoreRefusal,
+    Usage,
 )
 
 __all__ = ["DeliveryError", "DiskFull", "FlagMode", "FolderExists", "FolderInfo",
            "FolderNotAllowed", "FolderSnapshot", "InvalidName", "KeywordLimit",
            "MailStore", "Maildrop", "MaildropLock", "MessageGone", "MessageInfo",
-           "MessageRecord", "NoSuchFolder", "StoreError", "StoreFull", "StoreRefusal"]
+           "MessageRecord", "NewMessage", "NoSuchFolder", "OverQuota", "StoreError", "StoreFull",
+           "StoreRefusal", "Usage"]

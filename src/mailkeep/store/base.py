@@ -65,6 +65,11 @@ class KeywordLimit(StoreRefusal):
     """More keywords than the folder can hold (Dovecot Maildir: 26, letters a..z)."""
 
 
+class OverQuota(StoreRefusal):
+    """The account would be over its quota after the change (RFC 9208 §5: NO [OVERQUOTA]).
+    Nothing was stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
     """One message of a maildrop, known without reading its body."""
@@ -147,6 +152,24 @@ class FolderSnapshot:
     # RFC 7162: the folder's HIGHESTMODSEQ and each message's MODSEQ (0: not tracked).
     highestmodseq: int = 0
     modseqs: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of an APPEND (RFC 3502 MULTIAPPEND: several in one command)."""
+
+    data: bytes
+    flags: tuple[str, ...] = ()
+    internaldate: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What an account's messages take up, every folder together (RFC 9208 resources STORAGE
+    and MESSAGE). Messages flagged \\Deleted count until they are expunged."""
+
+    octets: int
+    messages: int
 
 
 @runtime_checkable
@@ -240,6 +263,36 @@ class MailStore(Protocol):
 
     async def expunge(self, account: str, folder: str,
                       uids: Iterable[int] | None = None) -> list[int]: ...
+
+    async def move(self, account: str, src: str, uids: Iterable[int],
+                   dst: str) -> dict[int, int]:
+        """RFC 6851 MOVE: src UID -> new dst UID for the messages moved (COPYUID), each
+        message in exactly one of the two folders at every moment, flags and internal date
+        kept. Messages already gone are left out. NoSuchFolder."""
+        ...
+
+    async def append_many(self, account: str, folder: str,
+                          messages: Sequence[NewMessage]) -> list[int]:
+        """RFC 3502 MULTIAPPEND: store every message or none; their UIDs, in order."""
+        ...
+
+    async def usage(self, account: str) -> Usage:
+        """The account's storage use over all folders (RFC 9208 quota)."""
+        ...
+
+    # RFC 6154 special-use folders the client marked (CREATE-SPECIAL-USE)
+    async def special_uses(self, account: str) -> dict[str, tuple[str, ...]]:
+        """Folder -> the special uses recorded for it ("\\Sent", ...); kept across RENAME
+        and dropped by DELETE. Folders named like a special use are not listed here."""
+        ...
+
+    async def set_special_use(self, account: str, folder: str, uses: Iterable[str]) -> None:
+        """Record the special uses of a folder (none: forget them). NoSuchFolder."""
+        ...
+
+    async def claim_provisioning(self, account: str) -> bool:
+        """True exactly once per account: the caller creates its default folders."""
+        ...
 
     async def read_message(self, account: str, folder: str, key: str) -> bytes: ...
 

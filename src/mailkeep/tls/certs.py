@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mailkeep.config.hints import command
 from mailkeep.fsmodes import PRIVATE_FILE, PUBLIC_FILE, make_private_dirs, write_file
 
 KeyType = Literal["ecdsa", "rsa"]
@@ -154,9 +155,11 @@ def check_serving(cert_path: Path, key_path: Path, hostname: str | None,
         problems.append(f"not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
     # RFC 6125 §6.4.4: clients match SAN names only; the CN is not consulted when a SAN exists.
     if hostname is not None and not info.covers(hostname):
+        selfsigned = command("cert", "selfsigned", "--hostname", hostname, "--cert",
+                             str(cert_path), "--key", str(key_path), "--force")
         problems.append(
             f"does not cover hostname {hostname!r} (SAN: {', '.join(info.names) or 'none'}); "
-            f"issue one for it or run `mailkeep cert selfsigned`"
+            f"issue one for it, or replace it with a self-signed one: `{selfsigned}`"
         )
     uncovered = [n for n in names if not info.covers(n)]
     if uncovered:

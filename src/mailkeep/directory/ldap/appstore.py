@@ -19,7 +19,9 @@ from pathlib import Path
 from mailkeep.directory.admin import AdminError
 from mailkeep.directory.apppasswords import AppPassword
 from mailkeep.directory.base import SERVICES, DirectoryUnavailable
+from mailkeep.directory.sql.drivers import readonly_sqlite
 from mailkeep.directory.sql.schema import APP_PASSWORD_STORE_SCHEMA
+from mailkeep.fsmodes import cannot_write
 
 log = logging.getLogger("mailkeep.directory")
 BUSY_TIMEOUT = 5.0
@@ -81,6 +83,16 @@ class AppPasswordStore:
                 log.warning("app password last-used not recorded: %s", exc)
 
     def add(self, name: str, app: AppPassword) -> None:
+        try:
+            self._add(name, app)
+        except OSError as exc:
+            assert self.path is not None
+            raise AdminError(cannot_write(self.path, exc, "the app passwords")) from None
+        except sqlite3.OperationalError as exc:
+            assert self.path is not None
+            raise AdminError(readonly_sqlite(self.path, exc)) from None
+
+    def _add(self, name: str, app: AppPassword) -> None:
         with self._lock:
             conn = self._connection(create=True)
             assert conn is not None
@@ -98,8 +110,12 @@ class AppPasswordStore:
             conn = self._connection()
             if conn is None:
                 return False
-            cur = conn.execute("DELETE FROM app_passwords WHERE user_name = ? AND label = ?",
-                               (name, label))
+            try:
+                cur = conn.execute("DELETE FROM app_passwords WHERE user_name = ? AND "
+                                   "label = ?", (name, label))
+            except sqlite3.OperationalError as exc:
+                assert self.path is not None
+                raise AdminError(readonly_sqlite(self.path, exc)) from None
             return cur.rowcount > 0
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mailkeep.config.hints import admin_command
 from mailkeep.directory.apppasswords import (
     AppPassword,
     LastUsedCoalescer,
@@ -30,6 +31,7 @@ from mailkeep.directory.apppasswords import (
 )
 from mailkeep.directory.base import SERVICES, Account, DirectoryError, DirectoryUnavailable
 from mailkeep.directory.names import clean_groups, valid_account_name
+from mailkeep.directory.passwords import hash_problem
 from mailkeep.directory.sql.drivers import PostgresDriver, Row, SqlDriver, SqliteDriver
 from mailkeep.directory.sql.schema import QUERIES
 
@@ -38,6 +40,9 @@ log = logging.getLogger("mailkeep.directory")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_POOL_SIZE = 4
 HASH_WORKERS = max(2, os.cpu_count() or 2)
+# Accounts whose unusable hash has been logged (each once); past this many, every failing
+# login of a further one is logged (memory stays bounded whatever the table holds).
+MAX_DAMAGED_REPORTED = 1024
 _KEYS = {"database", "dsn", "password_file", "timeout", "pool_size", *QUERIES}
 
 
@@ -127,6 +132,7 @@ class SqlDirectory:
         self.driver = open_driver(options, base_dir)
         self._pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="mailkeep-hash")
         self._coalescer = LastUsedCoalescer()
+        self._damaged_reported: set[str] = set()
 
     @classmethod
     def admin(cls, options: Mapping[str, object], base_dir: Path) -> object:
@@ -168,6 +174,7 @@ class SqlDirectory:
             name = str(rows[0][0])
             if valid_account_name(name):
                 stored = str(rows[0][1] or "")
+                self._report_damaged(name, stored)
                 apps = app_passwords_from_rows(
                     await self._fetch("app_passwords_query", name=name), f"account {name}")
             else:
@@ -187,6 +194,21 @@ class SqlDirectory:
             except (DirectoryError, DirectoryUnavailable) as exc:  # not worth refusing over
                 log.warning("directory: app password last-used not recorded: %s", exc)
         return await self._account(name)
+
+    def _report_damaged(self, name: str, stored: str) -> None:
+        """A hash that cannot be verified (a damaged copy, a scheme we do not know): the
+        login fails like a wrong password; the administrator hears of it once per account
+        (not once per attempt: a client retries every few minutes)."""
+        if not stored or name in self._damaged_reported:
+            return  # an empty password is how a table disables an account
+        problem = hash_problem(stored)
+        if problem is None:
+            return
+        if len(self._damaged_reported) < MAX_DAMAGED_REPORTED:
+            self._damaged_reported.add(name)
+        log.error("directory: account %s: unusable password hash in the database (%s); its "
+                  "logins fail until it is replaced (default schema: `%s`)", name, problem,
+                  admin_command("user", "passwd", name))
 
     async def lookup(self, address: str) -> Account | None:
         key = address.strip().lower()

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mailkeep.config.hints import admin_command
 from mailkeep.directory.admin import AdminError, UserEntry, check_new_entries
 from mailkeep.directory.apppasswords import AppPassword
 from mailkeep.directory.base import Account, DirectoryError, DirectoryUnavailable
@@ -23,7 +24,7 @@ def _unavailable(exc: DirectoryUnavailable) -> AdminError:
     text = str(exc)
     if "no such table" in text or "does not exist" in text:
         return AdminError(f"{text} (create the default tables with "
-                          "`mailkeep user create-schema`)")
+                          f"`{admin_command('user', 'create-schema')}`)")
     return AdminError(f"the database cannot be used: {text}")
 
 

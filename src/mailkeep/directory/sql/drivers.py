@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from mailkeep.config.hints import admin_command
 from mailkeep.directory.admin import AdminError
 from mailkeep.directory.base import DirectoryError, DirectoryUnavailable
 from mailkeep.directory.sql.schema import parameters, to_numbered
@@ -60,7 +61,7 @@ class SqliteDriver:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         if not path.exists():
             raise DirectoryError(f"directory.database: {path} does not exist (create it with "
-                                 "`mailkeep user create-schema`)")
+                                 f"`{admin_command('user', 'create-schema')}`)")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mailkeep-sqlite")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -103,6 +104,9 @@ class SqliteDriver:
         except sqlite3.IntegrityError as exc:
             raise AdminError(f"refused by the database: {exc}") from None
         except (sqlite3.Error, TimeoutError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                # A write (`mailkeep user ...`) on a read-only file or folder: say what to do.
+                raise AdminError(readonly_sqlite(self.path, exc)) from None
             # Locked past the busy timeout, the file gone or unreadable, a broken query
             # (logged: an administrator's fix), or too slow.
             raise DirectoryUnavailable(f"sqlite {self.path}: {exc or 'timed out'}") from None
@@ -131,6 +135,14 @@ class SqliteDriver:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+def readonly_sqlite(path: Path, exc: sqlite3.Error) -> str:
+    """SQLite says "attempt to write a readonly database" for a read-only mount and for a
+    file or folder this user may not write alike (it needs the folder for its journal)."""
+    return (f"cannot write {path}: {exc}: {path} or its folder {path.parent} is read-only "
+            "here (a read-only volume or mount?): mount it read-write, or run this as the "
+            "user that owns them (the user the daemon runs as)")
 
 
 class PostgresDriver:

@@ -18,6 +18,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mailkeep.proto.imap.enable import UTF8_ACCEPT
 from mailkeep.proto.imap.lexer import Cursor
 from mailkeep.proto.imap.render import untagged
 from mailkeep.proto.imap.sequence import (
@@ -33,7 +34,7 @@ CONDSTORE = "CONDSTORE"
 QRESYNC = "QRESYNC"
 # RFC 5161 §3.1: what ENABLE may turn on here; any other name is ignored ("the server MUST
 # ignore ... capabilities it does not support"). Other extensions add theirs (UTF8=ACCEPT).
-ENABLEABLE = frozenset({CONDSTORE, QRESYNC})
+ENABLEABLE = frozenset({CONDSTORE, QRESYNC, UTF8_ACCEPT})
 # RFC 7162 §7 mod-sequence-value = 1*DIGIT ;; "Positive unsigned 63-bit integer".
 MAX_MODSEQ = 2**63 - 1
 # RFC 4731 §3.1 search-return-opt (SAVE, RFC 5182, is not offered).

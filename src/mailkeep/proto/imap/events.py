@@ -5,6 +5,8 @@ event, pauses, and resumes when the driver calls the matching answer method:
 
     AuthRequest  -> machine.auth_succeeded(account) / machine.auth_failed(code, text)
     StartTls     -> write `reply`, handshake, machine.tls_started() / machine.tls_failed()
+    StartCompression -> write `reply`, compress from then on, machine.compression_started()
+    ClientId     -> log what the client said about itself (RFC 2971 ID; no answer)
     Execute      -> run the command against the store (server/imap_commands.py) in the
                     session state it carries, write its untagged data, then
                     machine.executed(Outcome(...))
@@ -72,6 +74,21 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
+class StartCompression:
+    """RFC 4978 §3: write `reply` (the tagged OK, uncompressed), then compress both
+    directions from the next octet on, then machine.compression_started()."""
+
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientId:
+    """RFC 2971: the client said who it is (for the log; the machine answered already)."""
+
+    fields: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Execute:
     """A command that touches the store, already checked against the state table, and the
     session state to run it in (Authenticated or Selected)."""
@@ -113,5 +130,5 @@ class Close:
     reason: str
 
 
-Event = (Reply | AuthRequest | StartTls | Execute | Idle | IdleDone | Close | NeedData
-         | Paused)
+Event = (Reply | AuthRequest | StartTls | StartCompression | ClientId | Execute | Idle
+         | IdleDone | Close | NeedData | Paused)

@@ -16,7 +16,7 @@ from typing import cast
 from mailkeep.proto.imap import sections
 from mailkeep.proto.imap.bodystructure import body, bodystructure
 from mailkeep.proto.imap.envelope import envelope
-from mailkeep.proto.imap.grammar import FetchItem
+from mailkeep.proto.imap.fetch_att import FetchItem
 from mailkeep.proto.imap.mailboxview import flag_atoms
 from mailkeep.proto.imap.mime import MimePart
 from mailkeep.proto.imap.values import Value

@@ -20,12 +20,31 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, TypeAlias
 
-from mailkeep.proto.imap import condstore, mutf7
-from mailkeep.proto.imap.lexer import ASTRING_CHARS, LIST_CHARS, TAG_CHARS, Cursor, ParseError
-from mailkeep.proto.imap.search import MONTHS, SYSTEM_FLAGS, SearchKey, parse_search
-from mailkeep.proto.imap.sequence import SEQUENCE_CHARS, SequenceError, SequenceSet
+from mailkeep.proto.imap import condstore
+from mailkeep.proto.imap import grammar_ext as ext
+from mailkeep.proto.imap.arguments import (
+    date_time,
+    flag,
+    flag_list,
+    list_mailbox,
+    mailbox,
+    sequence_set,
+)
+from mailkeep.proto.imap.fetch_att import (
+    FETCH_MACROS,
+    ITEM_NAME_CHARS,
+    BodySection,
+    FetchItem,
+    fetch_item,
+    fetch_items,
+)
+from mailkeep.proto.imap.lexer import TAG_CHARS, Cursor, ParseError
+from mailkeep.proto.imap.search import SearchKey, parse_search
+from mailkeep.proto.imap.sequence import SequenceSet
 
-__all__ = ["ParseError", "parse_command"]
+__all__ = ["FETCH_MACROS", "BodySection", "FetchItem", "ParseError", "date_time", "fetch_item",
+           "fetch_items", "flag", "flag_list", "list_mailbox", "mailbox", "parse_command",
+           "sequence_set"]
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -93,6 +112,7 @@ class Create:
     name: ClassVar[str] = "CREATE"
     tag: str
     mailbox: str
+    uses: tuple[str, ...] | None = None  # RFC 6154 CREATE ... (USE (\Sent)); None: no USE
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +146,16 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class ListMailboxes:
-    """RFC 3501 §6.3.8 LIST: `pattern` keeps its wildcards "*" and "%"."""
+    """RFC 3501 §6.3.8 LIST: `pattern` keeps its wildcards "*" and "%". An RFC 5258 extended
+    LIST has `options` (selection and return options) and may have several `patterns`
+    (`pattern` is the first)."""
 
     name: ClassVar[str] = "LIST"
     tag: str
     reference: str
     pattern: str
+    patterns: tuple[str, ...] = ()
+    options: ext.ListOptions | None = None  # None: a plain RFC 3501 LIST
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +167,8 @@ class Lsub:
 
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",  # RFC 3501 §6.3.10
-                "HIGHESTMODSEQ")  # RFC 7162 §3.1.6
+                "HIGHESTMODSEQ",  # RFC 7162 §3.1.6
+                "DELETED", "DELETED-STORAGE")  # RFC 9051 §6.3.11, RFC 9208 §4.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +181,21 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Append:
+    """APPEND; RFC 3502 MULTIAPPEND: `more` holds the messages after the first."""
+
     name: ClassVar[str] = "APPEND"
     tag: str
     mailbox: str
     flags: tuple[str, ...]
     internaldate: dt.datetime | None
     message: bytes = field(repr=False)
+    more: tuple[ext.AppendMessage, ...] = ()
+    utf8: bool = False  # the first message came as RFC 6855 "UTF8 (~{n}...)"
+
+    @property
+    def messages(self) -> tuple[ext.AppendMessage, ...]:
+        return (ext.AppendMessage(self.flags, self.internaldate, self.message, self.utf8),
+                *self.more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,68 +227,6 @@ class Search:
     key: SearchKey
     uid: bool = False
     returns: tuple[str, ...] | None = None  # RFC 4731 SEARCH RETURN (...): ESEARCH
-
-
-@dataclass(frozen=True, slots=True)
-class BodySection:
-    """RFC 3501 §6.4.5 section-spec: `part` (() for the whole message) then `text`, one of
-    None, "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"."""
-
-    part: tuple[int, ...] = ()
-    text: str | None = None
-    fields: tuple[str, ...] = ()  # for HEADER.FIELDS (.NOT), as the client wrote them
-
-    def __str__(self) -> str:
-        spec = ".".join(str(p) for p in self.part)
-        if self.text:
-            spec = f"{spec}.{self.text}" if spec else self.text
-        if self.fields:
-            spec += " (" + " ".join(_field_name(f) for f in self.fields) + ")"
-        return spec
-
-
-def _field_name(name: str) -> str:
-    raw = name.encode("utf-8", "replace")
-    if raw and all(c in ASTRING_CHARS for c in raw):
-        return name
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@dataclass(frozen=True, slots=True)
-class FetchItem:
-    """One fetch-att. `name`: FLAGS, INTERNALDATE, RFC822.SIZE, RFC822, RFC822.HEADER,
-    RFC822.TEXT, ENVELOPE, BODY, BODYSTRUCTURE, UID; BODY with a `section` for
-    BODY[...] and BODY.PEEK[...] (peek=True), `partial` = (origin, length)."""
-
-    name: str
-    section: BodySection | None = None
-    peek: bool = False
-    partial: tuple[int, int] | None = None
-
-    def response_name(self) -> str:
-        """The item name in the FETCH response (RFC 3501 §7.4.2): no .PEEK, only the
-        origin of a partial."""
-        if self.section is None:
-            return self.name
-        origin = f"<{self.partial[0]}>" if self.partial else ""
-        return f"BODY[{self.section}]{origin}"
-
-    @property
-    def sets_seen(self) -> bool:
-        """RFC 3501 §6.4.5: BODY[...], RFC822 and RFC822.TEXT set \\Seen."""
-        return (self.section is not None and not self.peek) or self.name in (
-            "RFC822", "RFC822.TEXT")
-
-
-# RFC 3501 §6.4.5 macros.
-FETCH_MACROS = {
-    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
-    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
-    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
-}
-_SIMPLE_FETCH = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
-                           "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE", "UID",
-                           "MODSEQ"})  # RFC 7162 §3.1.4.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,139 +295,7 @@ CommandType: TypeAlias = (
     Capability | Noop | Logout | StartTls | Authenticate | Login | Select | Examine | Create
     | Delete | Rename | Subscribe | Unsubscribe | ListMailboxes | Lsub | Status | Append
     | Check | Close | Expunge | Search | Fetch | Store | Copy | Idle | Enable | Namespace
-    | Unselect)
-
-
-# -- shared pieces ----------------------------------------------------------------------
-
-def mailbox(cur: Cursor) -> str:
-    """RFC 3501 §9 mailbox = "INBOX" / astring, decoded from modified UTF-7."""
-    return _mutf7(cur.astring_bytes(eight_bit=True))
-
-
-def _mutf7(raw: bytes) -> str:
-    try:
-        name = mutf7.decode(raw.decode("ascii"))
-    except (UnicodeDecodeError, mutf7.Mutf7Error):
-        # Well-formed IMAP, but no mailbox can have this name: the executor answers NO
-        # (and a SELECT deselects), not BAD. See mutf7.InvalidMailboxName.
-        return mutf7.InvalidMailboxName(raw.decode("utf-8", "replace"))
-    return "INBOX" if name.upper() == "INBOX" else name  # RFC 3501 §5.1
-
-
-def list_mailbox(cur: Cursor) -> str:
-    """RFC 3501 §9 list-mailbox = 1*list-char / string."""
-    return _mutf7(cur.astring_bytes(LIST_CHARS, eight_bit=True))
-
-
-def sequence_set(cur: Cursor) -> SequenceSet:
-    raw = cur.take(SEQUENCE_CHARS)
-    try:
-        return SequenceSet.parse(raw.decode("ascii"))
-    except SequenceError as exc:
-        raise cur.error(str(exc)) from None
-
-
-def flag(cur: Cursor) -> str:
-    """RFC 3501 §9 flag: system flags in their canonical case, "\\" atom, or a keyword."""
-    if cur.peek() == ord("\\"):
-        cur.pos += 1
-        name = "\\" + cur.atom("a flag name")
-        return SYSTEM_FLAGS.get(name.upper(), name)
-    return cur.atom("a flag")
-
-
-def flag_list(cur: Cursor) -> tuple[str, ...]:
-    """RFC 3501 §9 flag-list = "(" [flag *(SP flag)] ")"."""
-    cur.expect(b"(")
-    flags: list[str] = []
-    if cur.peek() != ord(")"):
-        flags.append(flag(cur))
-        while cur.skip_sp():
-            flags.append(flag(cur))
-    cur.expect(b")")
-    return tuple(dict.fromkeys(flags))
-
-
-def date_time(cur: Cursor) -> dt.datetime:
-    """RFC 3501 §9 date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time
-    SP zone DQUOTE, e.g. "17-Jul-1996 02:44:25 -0700"."""
-    raw = cur.quoted()
-    text = raw.decode("ascii")
-    if len(text) != 26 or text[2] != "-" or text[6] != "-" or text[11] != " " \
-            or text[14] != ":" or text[17] != ":" or text[20] != " " or text[21] not in "+-":
-        raise cur.error("expected a date-time like \"17-Jul-1996 02:44:25 -0700\"")
-    day, month, year = text[0:2].lstrip(" "), text[3:6].upper(), text[7:11]
-    numbers = (day, year, text[12:14], text[15:17], text[18:20], text[22:26])
-    if month not in MONTHS or not all(n.isascii() and n.isdigit() for n in numbers):
-        raise cur.error("bad date-time")
-    zone = int(text[22:24]) * 60 + int(text[24:26])
-    try:
-        tz = dt.timezone(dt.timedelta(minutes=-zone if text[21] == "-" else zone))
-        return dt.datetime(int(year), MONTHS.index(month) + 1, int(day), int(text[12:14]),
-                           int(text[15:17]), int(text[18:20]), tzinfo=tz)
-    except ValueError:
-        raise cur.error("no such date-time") from None
-
-
-# -- FETCH ------------------------------------------------------------------------------
-
-_ITEM_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
-
-
-def fetch_items(cur: Cursor) -> tuple[FetchItem, ...]:
-    if cur.parenthesized():
-        items = [fetch_item(cur)]
-        while cur.skip_sp():
-            items.append(fetch_item(cur))
-        cur.expect(b")")
-        return tuple(items)
-    start = cur.pos
-    word = cur.take(_ITEM_NAME_CHARS).decode("ascii").upper()
-    if word in FETCH_MACROS:
-        return tuple(FetchItem(n) for n in FETCH_MACROS[word])
-    cur.pos = start
-    return (fetch_item(cur),)
-
-
-def fetch_item(cur: Cursor) -> FetchItem:
-    name = cur.take(_ITEM_NAME_CHARS).decode("ascii").upper()
-    if name in ("BODY", "BODY.PEEK") and cur.peek() == ord("["):
-        cur.pos += 1
-        section = BodySection() if cur.peek() == ord("]") else _section_spec(cur)
-        cur.expect(b"]")
-        partial = None
-        if cur.peek() == ord("<"):
-            cur.pos += 1
-            origin = cur.number("a partial origin")
-            cur.expect(b".")
-            partial = (origin, cur.nz_number("a partial length"))
-            cur.expect(b">")
-        return FetchItem("BODY", section, name == "BODY.PEEK", partial)
-    if name not in _SIMPLE_FETCH:
-        raise cur.error(f"unknown fetch item {name[:40] or 'at ' + str(cur.pos)}")
-    return FetchItem(name)
-
-
-def _section_spec(cur: Cursor) -> BodySection:
-    part: list[int] = []
-    while ord("0") <= cur.peek() <= ord("9"):
-        part.append(cur.nz_number("a part number"))
-        if not cur.peek_is(b"."):
-            return BodySection(tuple(part))
-        cur.pos += 1
-    text = cur.take(_ITEM_NAME_CHARS).decode("ascii").upper()
-    if text in ("HEADER", "TEXT") or (text == "MIME" and part):
-        return BodySection(tuple(part), text)
-    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
-        cur.sp()
-        cur.expect(b"(")
-        fields = [cur.astring("header field name")]
-        while cur.skip_sp():
-            fields.append(cur.astring("header field name"))
-        cur.expect(b")")
-        return BodySection(tuple(part), text, tuple(fields))
-    raise cur.error("bad section in BODY[...]")
+    | Unselect | ext.ExtensionCommand)
 
 
 # -- the commands -----------------------------------------------------------------------
@@ -511,13 +351,42 @@ def _rename(cur: Cursor, tag: str) -> CommandType:
     return Rename(tag, old, mailbox(cur))
 
 
-def _list(cls: type[ListMailboxes] | type[Lsub]) -> Callable[[Cursor, str], CommandType]:
-    def parse(cur: Cursor, tag: str) -> CommandType:
+def _create(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    name = mailbox(cur)
+    if not cur.skip_sp():
+        return Create(tag, name)
+    return Create(tag, name, ext.create_params(cur))  # RFC 6154 §3 CREATE-SPECIAL-USE
+
+
+def _lsub(cur: Cursor, tag: str) -> CommandType:
+    cur.sp()
+    reference = mailbox(cur)
+    cur.sp()
+    return Lsub(tag, reference, list_mailbox(cur))
+
+
+def _list(cur: Cursor, tag: str) -> CommandType:
+    """RFC 5258 §6: list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat
+    [SP list-return-opts]; without the extensions, RFC 3501's LIST."""
+    cur.sp()
+    selection = ext.list_selection(cur) if cur.peek() == ord("(") else None
+    if selection is not None:
         cur.sp()
-        reference = mailbox(cur)
-        cur.sp()
-        return cls(tag, reference, list_mailbox(cur))
-    return parse
+    reference = mailbox(cur)
+    cur.sp()
+    patterns, listed = ext.list_patterns(cur)
+    returns: frozenset[str] | None = None
+    status: tuple[str, ...] = ()
+    if cur.skip_sp():
+        returns, status = ext.list_returns(cur)
+        for item in status:
+            if item not in STATUS_ITEMS:
+                raise cur.error(f"unknown STATUS item {item[:40]}")
+    if selection is None and returns is None and not listed:
+        return ListMailboxes(tag, reference, patterns[0])
+    options = ext.ListOptions(selection or frozenset(), returns or frozenset(), status)
+    return ListMailboxes(tag, reference, patterns[0], patterns, options)
 
 
 def _status(cur: Cursor, tag: str) -> CommandType:
@@ -536,25 +405,23 @@ def _status(cur: Cursor, tag: str) -> CommandType:
 
 
 def _append(cur: Cursor, tag: str) -> CommandType:
+    """RFC 3502 §6.3.11: append = "APPEND" SP mailbox 1*append-message."""
     cur.sp()
     box = mailbox(cur)
     cur.sp()
-    flags: tuple[str, ...] = ()
-    when = None
-    if cur.peek() == ord("("):
-        flags = flag_list(cur)
-        cur.sp()
-    if cur.peek() == ord('"'):
-        when = date_time(cur)
-        cur.sp()
-    return Append(tag, box, flags, when, cur.literal())
+    first = ext.append_message(cur)
+    more: list[ext.AppendMessage] = []
+    while cur.skip_sp():
+        more.append(ext.append_message(cur))
+    return Append(tag, box, first.flags, first.internaldate, first.message, tuple(more),
+                  first.utf8)
 
 
 def _search(cur: Cursor, tag: str, uid: bool = False) -> CommandType:
     cur.sp()
     returns = None
     start = cur.pos
-    if cur.take(_ITEM_NAME_CHARS).upper() == b"RETURN" and cur.peek() == ord(" "):
+    if cur.take(ITEM_NAME_CHARS).upper() == b"RETURN" and cur.peek() == ord(" "):
         cur.sp()
         returns = condstore.search_return(cur)  # RFC 4731 §3.1
         cur.sp()
@@ -613,9 +480,10 @@ def _uid(cur: Cursor, tag: str) -> CommandType:
     if sub == "EXPUNGE":
         cur.sp()
         return Expunge(tag, sequence_set(cur))
-    parser = {"COPY": _copy, "FETCH": _fetch, "STORE": _store, "SEARCH": _search}.get(sub)
+    parser = {"COPY": _copy, "FETCH": _fetch, "STORE": _store, "SEARCH": _search,
+              "MOVE": ext.parse_move}.get(sub)  # RFC 6851 §3.2 UID MOVE
     if parser is None:
-        raise cur.error("UID must be followed by COPY, FETCH, STORE, SEARCH or EXPUNGE")
+        raise cur.error("UID must be followed by COPY, MOVE, FETCH, STORE, SEARCH or EXPUNGE")
     return parser(cur, tag, True)
 
 
@@ -632,14 +500,15 @@ _PARSERS: dict[str, Callable[[Cursor, str], CommandType]] = {
     "CAPABILITY": _no_args(Capability), "NOOP": _no_args(Noop), "LOGOUT": _no_args(Logout),
     "STARTTLS": _no_args(StartTls), "AUTHENTICATE": _authenticate, "LOGIN": _login,
     "SELECT": _select(Select), "EXAMINE": _select(Examine),
-    "CREATE": _one_mailbox(Create), "DELETE": _one_mailbox(Delete), "RENAME": _rename,
+    "CREATE": _create, "DELETE": _one_mailbox(Delete), "RENAME": _rename,
     "SUBSCRIBE": _one_mailbox(Subscribe), "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
-    "LIST": _list(ListMailboxes), "LSUB": _list(Lsub), "STATUS": _status,
+    "LIST": _list, "LSUB": _lsub, "STATUS": _status,
     "APPEND": _append, "CHECK": _no_args(Check), "CLOSE": _no_args(Close),
     "EXPUNGE": _no_args(Expunge), "SEARCH": _search, "FETCH": _fetch, "STORE": _store,
     "COPY": _copy, "UID": _uid, "IDLE": _no_args(Idle), "ENABLE": _enable,
     "NAMESPACE": _no_args(Namespace), "UNSELECT": _no_args(Unselect),
 }
+_PARSERS.update(ext.PARSERS)
 COMMAND_NAMES = frozenset(_PARSERS)
 
 
@@ -652,11 +521,11 @@ def parse_tag(data: bytes) -> str | None:
     return raw.decode("ascii")
 
 
-def parse_command(data: bytes) -> CommandType:
+def parse_command(data: bytes, *, utf8: bool = False) -> CommandType:
     """One framed command (receiver.Command.data) as a command dataclass. Raises only
-    ParseError."""
+    ParseError. `utf8`: the client enabled UTF8=ACCEPT (RFC 6855)."""
     tag = parse_tag(data)
-    cur = Cursor(data, tag)
+    cur = Cursor(data, tag, utf8=utf8)
     if tag is None:
         raise cur.error("missing or invalid tag")
     cur.pos = len(tag)

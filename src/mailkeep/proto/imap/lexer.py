@@ -43,12 +43,14 @@ class ParseError(Exception):
 class Cursor:
     """A position in one command's bytes. Methods consume what they read."""
 
-    __slots__ = ("data", "pos", "tag")
+    __slots__ = ("data", "pos", "tag", "utf8")
 
-    def __init__(self, data: bytes, tag: str | None = None) -> None:
+    def __init__(self, data: bytes, tag: str | None = None, *, utf8: bool = False) -> None:
         self.data = data
         self.pos = 0
         self.tag = tag
+        # RFC 6855 §3: after ENABLE UTF8=ACCEPT, quoted strings and mailbox names are UTF-8.
+        self.utf8 = utf8
 
     def error(self, message: str) -> ParseError:
         return ParseError(self.tag, message)
@@ -136,7 +138,7 @@ class Cursor:
                     raise self.error('only \\" and \\\\ may be escaped in a quoted string')
                 out.append(data[self.pos])
                 self.pos += 1
-            elif c in QUOTED_CHARS or (eight_bit and c >= 0x80):
+            elif c in QUOTED_CHARS or ((eight_bit or self.utf8) and c >= 0x80):
                 out.append(c)
             else:
                 # RFC 3501 §4.3: 8-bit and CR/LF/NUL travel only in literals.
@@ -182,10 +184,16 @@ class Cursor:
     def astring(self, what: str = "string") -> str:
         return self.text(self.astring_bytes(), what)
 
-    def nstring(self) -> bytes | None:
+    def nil(self) -> bool:
+        """Consume the atom NIL if it comes next."""
         if self.data[self.pos:self.pos + 3].upper() == b"NIL" and \
                 self.data[self.pos + 3:self.pos + 4] in (b"", b" ", b")"):
             self.pos += 3
+            return True
+        return False
+
+    def nstring(self) -> bytes | None:
+        if self.nil():
             return None
         return self.string()
 

@@ -28,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailkeep.proto import sasl
-from mailkeep.proto.imap import condstore
+from mailkeep.proto.imap import condstore, enable, extensions
+from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap import receiver as rx
 from mailkeep.proto.imap.events import (
     NEED_DATA,
     PAUSED,
     AuthRequest,
+    ClientId,
     Close,
     Event,
     Execute,
@@ -41,6 +43,7 @@ from mailkeep.proto.imap.events import (
     IdleDone,
     Outcome,
     Reply,
+    StartCompression,
     StartTls,
     State,
 )
@@ -51,6 +54,7 @@ from mailkeep.proto.imap.grammar import (
     Enable,
     Login,
     ParseError,
+    Search,
     parse_command,
 )
 from mailkeep.proto.imap.render import (
@@ -66,6 +70,7 @@ from mailkeep.proto.imap.session import (
     NotAuthenticated,
     SessionState,
     account_of,
+    enabled_of,
     state_of,
 )
 
@@ -80,22 +85,26 @@ MECHANISMS = ("PLAIN", "LOGIN")
 HIERARCHY_DELIMITER = "."
 
 # RFC 3501 §6.1-6.4: the commands valid in each state (habit 2: checked before dispatch).
-_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT"})
+_ANY = frozenset({"CAPABILITY", "NOOP", "LOGOUT",
+                  "ID", "COMPRESS"})  # RFC 2971 §3.1, RFC 4978 §3 (see _cmd_compress)
 _AUTHENTICATED = _ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
                          "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND",
-                         "NAMESPACE"}  # RFC 2342
+                         "NAMESPACE",  # RFC 2342
+                         "GETQUOTA", "GETQUOTAROOT"}  # RFC 9208
 COMMANDS_BY_STATE: dict[State, frozenset[str]] = {
     State.NOT_AUTHENTICATED: _ANY | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
     # RFC 2177 IDLE; RFC 5161 §3.1 ENABLE: "only valid in the authenticated state".
     State.AUTHENTICATED: _AUTHENTICATED | {"IDLE", "ENABLE"},
     State.SELECTED: _AUTHENTICATED | {"IDLE", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
-                                      "STORE", "COPY", "UNSELECT"},  # RFC 3691 UNSELECT
+                                      "STORE", "COPY", "UNSELECT",  # RFC 3691 UNSELECT
+                                      "MOVE"},  # RFC 6851
     State.LOGOUT: frozenset(),
 }
 SUPPORTED = frozenset().union(*COMMANDS_BY_STATE.values())
 
 # RFC 5530 response codes.
 PRIVACYREQUIRED = "PRIVACYREQUIRED"
+COMPRESSIONACTIVE = "COMPRESSIONACTIVE"
 AUTHENTICATIONFAILED = "AUTHENTICATIONFAILED"
 UNAVAILABLE = "UNAVAILABLE"
 
@@ -150,6 +159,7 @@ class ImapMachine:
         self._executing: str | None = None  # the tag of the command the driver runs
         self._idling: str | None = None     # the tag of an IDLE in progress
         self._sasl: _Sasl | None = None
+        self.compressing = False  # RFC 4978 COMPRESS=DEFLATE is active
 
     # -- input ----------------------------------------------------------------------------
 
@@ -226,6 +236,7 @@ class ImapMachine:
         literal = "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+"
         caps = ["IMAP4rev1", literal, "SASL-IR", "NAMESPACE", "UNSELECT", "CHILDREN",
                 "UIDPLUS", "IDLE", "ENABLE", "CONDSTORE", "QRESYNC", "ESEARCH"]
+        caps += extensions.capabilities(self.state, max_literal=self.max_literal)
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.starttls_offered:
                 # RFC 3501 §6.2.1 / §6.2.3: STARTTLS, and LOGINDISABLED before TLS.
@@ -299,10 +310,15 @@ class ImapMachine:
 
     def _run_command(self, ev: rx.Command) -> None:
         self.commands += 1
+        utf8 = enable.UTF8_ACCEPT in enabled_of(self.session)
         try:
-            command = parse_command(ev.data)
+            command = parse_command(ev.data, utf8=utf8)  # RFC 6855 §3
         except ParseError as exc:
             self._tagged(exc.tag, exc.status, exc.message, exc.code)
+            return
+        if utf8 and isinstance(command, Search) and command.charset is not None:
+            # RFC 6855 §3: after ENABLE UTF8=ACCEPT a SEARCH with a charset SHOULD be BAD.
+            self._tagged(command.tag, "BAD", "No CHARSET in SEARCH after UTF8=ACCEPT.")
             return
         name = command.name
         if name not in SUPPORTED:
@@ -328,7 +344,7 @@ class ImapMachine:
     def account(self) -> str | None:
         return account_of(self.session)
 
-    def _wait(self, request: AuthRequest | StartTls | Execute) -> None:
+    def _wait(self, request: AuthRequest | StartTls | StartCompression | Execute) -> None:
         self._events.append(request)
         self._waiting = type(request)
         if isinstance(request, Execute):
@@ -380,6 +396,36 @@ class ImapMachine:
         # RFC 2342: one personal namespace, no prefix, "." as delimiter.
         self._reply(untagged("NAMESPACE", [["", HIERARCHY_DELIMITER]], None, None))
         self._tagged(command.tag, "OK", "NAMESPACE completed.")
+
+    def _cmd_id(self, command: CommandType) -> None:
+        """RFC 2971: answer with our name and version; the driver logs the client's."""
+        assert isinstance(command, ext.Id)
+        self._events.append(ClientId(command.fields))
+        self._reply(untagged("ID", *extensions.id_response()))
+        self._tagged(command.tag, "OK", "ID completed.")
+
+    def _cmd_compress(self, command: CommandType) -> None:
+        """RFC 4978 COMPRESS DEFLATE: the tagged OK goes out uncompressed, everything after
+        it (both ways) is compressed; the driver switches (StartCompression)."""
+        assert isinstance(command, ext.Compress)
+        if command.mechanism != "DEFLATE":
+            self._tagged(command.tag, "BAD", "Unknown compression mechanism.")
+        elif self.compressing:
+            self._tagged(command.tag, "NO", "Compression is already active.",
+                         COMPRESSIONACTIVE)  # RFC 4978 §3, RFC 5530 §3
+        elif self.state is State.NOT_AUTHENTICATED:
+            # RFC 4978 allows COMPRESS before login; we refuse it, as Dovecot does: the only
+            # secrets then are credentials, and compressing them together with data an
+            # attacker can inject leaks them through the compressed length (CRIME, RFC 7457
+            # §2.6). After login the attacker would need the session itself.
+            self._tagged(command.tag, "NO", "Compression only after login.")
+        elif self.receiver.pending_input:
+            # RFC 4978 §3: the client compresses from after the OK only, so anything sent
+            # before it could not be read either way: refused, like STARTTLS (habit 9).
+            self._tagged(command.tag, "BAD", "Commands pipelined behind COMPRESS refused.")
+            self._events.append(Close("data pipelined behind COMPRESS"))
+        else:
+            self._wait(StartCompression(tagged(command.tag, "OK", "DEFLATE active.")))
 
     def _cmd_starttls(self, command: CommandType) -> None:
         if self.tls_active or not self.starttls_offered:
@@ -485,6 +531,11 @@ class ImapMachine:
         self.tls_active = True
         self.errors = 0
 
+    def compression_started(self) -> None:
+        """RFC 4978: both directions are compressed from here on."""
+        self._resume(StartCompression)
+        self.compressing = True
+
     def tls_failed(self) -> None:
         self._resume(StartTls)
         self._events.append(Close("TLS handshake failed"))
@@ -515,4 +566,6 @@ MACHINE_COMMANDS: dict[str, Callable[[ImapMachine, CommandType], None]] = {
     "AUTHENTICATE": ImapMachine._cmd_authenticate,
     "IDLE": ImapMachine._cmd_idle,
     "ENABLE": ImapMachine._cmd_enable,
+    "ID": ImapMachine._cmd_id,
+    "COMPRESS": ImapMachine._cmd_compress,
 }

@@ -14,6 +14,7 @@ range: "1:4294967295" costs the same as "1".
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -139,3 +140,11 @@ def compress(numbers: Sequence[int]) -> str:
         parts.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """A uid-set for COPYUID: ranges only where the numbers ascend (the two sets of RFC 4315
+    §3 must correspond element by element)."""
+    if all(a < b for a, b in itertools.pairwise(uids)):
+        return compress(uids)
+    return ",".join(str(u) for u in uids)

@@ -73,5 +73,10 @@ def state_of(session: SessionState) -> State:
     return State.LOGOUT
 
 
+def enabled_of(session: SessionState) -> frozenset[str]:
+    """What the session turned on with ENABLE (RFC 5161); nothing before login."""
+    return session.enabled if isinstance(session, Authenticated | Selected) else frozenset()
+
+
 def account_of(session: SessionState) -> str | None:
     return session.account if isinstance(session, Authenticated | Selected) else None

@@ -33,6 +33,7 @@ from mailkeep.store.base import (
     FolderSnapshot,
     MessageGone,
     MessageRecord,
+    NewMessage,
     NoSuchFolder,
 )
 from mailkeep.store.maildir import flags as mflags
@@ -252,37 +253,57 @@ def _withdraw(path: Path, bases: Sequence[str]) -> None:
 
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],
            internaldate: datetime | None) -> int:
-    """Store one message durably; its UID (for APPENDUID).
+    """Store one message durably; its UID (for APPENDUID). See append_many()."""
+    return append_many(root, name, [NewMessage(data, tuple(flags), internaldate)])[0]
 
-    The message is written to tmp/ first and renamed into new/ under the index lock, in the
-    same step that writes its UID: when the lock cannot be taken or the index cannot be
-    written (disk full), the message never shows and the client's NO is the whole truth."""
-    wanted = flag_set(flags)
+
+def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> list[int]:
+    """Store messages durably, all or none (RFC 3502 MULTIAPPEND); their UIDs in order.
+
+    Every message is written to tmp/ (and fsynced) first; then, under the index lock and in
+    the same step that writes their UIDs, all are renamed into new/. When the lock cannot be
+    taken or the index cannot be written (disk full), or a rename fails, the ones already
+    renamed are taken out again (uidlist.publish): the client's NO is the whole truth and a
+    retry cannot duplicate anything. Only a crash between the first rename and the index
+    write (microseconds per message) leaves the ones renamed so far in the folder, as a crash
+    there does for a single APPEND: Maildir has no way to make several renames one."""
     path = open_folder(root, name)
-    keywords = mflags.allocate(path, keywords_of(wanted))
-    size = len(data)
-    crlf = size + data.count(b"\n") - data.count(b"\r\n")
-    base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
-    mtime = None if internaldate is None else float(int(internaldate.timestamp()))
-    letters = mflags.to_info(wanted, keywords)
-    final = path / "new" / (mflags.filename(base, letters) if letters else base)
-    tmp = write_tmp(path, base, data, mtime)
-
-    def move_in() -> list[str]:
-        os.rename(tmp, final)
-        try:
-            fsync_dir(final.parent)
-        except BaseException:
-            _withdraw(path, [base])
-            raise
-        return [base]
-
+    wanted = [flag_set(m.flags) for m in messages]
+    names: set[str] = set()
+    for flags in wanted:
+        names |= keywords_of(flags)
+    keywords = mflags.allocate(path, names)
+    staged: list[tuple[str, Path, Path]] = []  # base, tmp file, final name in new/
     try:
+        for message, flags in zip(messages, wanted, strict=True):
+            data = message.data
+            size = len(data)
+            crlf = size + data.count(b"\n") - data.count(b"\r\n")
+            base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
+            when = message.internaldate
+            mtime = None if when is None else float(int(when.timestamp()))
+            letters = mflags.to_info(flags, keywords)
+            final = path / "new" / (mflags.filename(base, letters) if letters else base)
+            staged.append((base, write_tmp(path, base, data, mtime), final))
+
+        def move_in() -> list[str]:
+            moved: list[str] = []
+            try:
+                for base, tmp, final in staged:
+                    os.rename(tmp, final)
+                    moved.append(base)
+                fsync_dir(path / "new")
+            except BaseException:
+                _withdraw(path, moved)
+                raise
+            return moved
+
         index = uidlist.publish(path, move_in, lambda bases: _withdraw(path, bases))
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return index.records[base].uid
+        for _, tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return [index.records[base].uid for base, _, _ in staged]
 
 
 def _apply(mode: FlagMode, current: frozenset[str], given: frozenset[str]) -> frozenset[str]:
@@ -423,57 +444,11 @@ def _copy_in(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> dict[int, int
             if b in dst_index.records}
 
 
-def _move_in(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> None:
-    """Move messages keeping new/ or cur/ (RENAME INBOX: a claimed message stays claimed),
-    flags and internal dates; then give them UIDs in dst."""
-    index, files = uidlist.sync(src_dir)
-    by_uid = _uid_map(index)
-    src_keywords = mflags.read_keywords(src_dir)
-    wanted = [u for u in sorted(set(uids)) if by_uid.get(u) in files]
-    names: set[str] = set()
-    for uid in wanted:
-        fname = files[by_uid[uid]].split("/", 1)[1]
-        names |= keywords_of(mflags.from_info(uidlist.filename_flags(fname), src_keywords))
-    dst_keywords = mflags.allocate(dst_dir, names)
-    done: list[str] = []
-    for uid in wanted:
-        base = by_uid[uid]
-        location: str | None = files[base]
-        while location is not None:
-            sub, fname = location.split("/", 1)
-            letters = uidlist.filename_flags(fname)
-            msg_flags = mflags.from_info(letters, src_keywords)
-            new_letters = mflags.to_info(msg_flags, dst_keywords, keep=letters)
-            target = mflags.filename(base, new_letters) if new_letters else base
-            try:
-                os.rename(src_dir / location, dst_dir / sub / target)
-            except FileNotFoundError:
-                location = _relocate(src_dir, base)
-                continue
-            done.append(base)
-            break
-    fsync_dir(dst_dir / "new")
-    fsync_dir(dst_dir / "cur")
-    # Moved files without a UID (disk full) are not lost: they get one once space returns.
-    uidlist.assign(dst_dir, done)
-    uidlist.sync(src_dir)
-
-
 def copy(root: Path, src: str, uids: Iterable[int], dst: str) -> dict[int, int]:
     """RFC 3501 §6.4.7 COPY: src UID -> new dst UID (for COPYUID), in src UID order."""
     src_dir = open_folder(root, src)
     dst_dir = open_folder(root, dst)
     return _copy_in(src_dir, dst_dir, uids)
-
-
-def rename_inbox(root: Path, new: str) -> None:
-    """RFC 3501 §6.3.5: RENAME INBOX moves every INBOX message into a new folder `new`;
-    INBOX stays, empty, and its inferiors are not renamed."""
-    created = folders.create(root, new)
-    inbox = open_folder(root, INBOX)
-    dst = open_folder(root, created)
-    index, _ = uidlist.sync(inbox)
-    _move_in(inbox, dst, [r.uid for r in index.by_uid()])
 
 
 def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[int]:

@@ -21,9 +21,12 @@ from mailkeep.store.base import (
     FolderSnapshot,
     Maildrop,
     MessageGone,
+    NewMessage,
+    NoSuchFolder,
     StoreError,
     StoreFull,
     StoreRefusal,
+    Usage,
     to_crlf,
 )
 from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
@@ -31,11 +34,14 @@ from mailkeep.store.maildir import (
     folders,
     mailbox,
     modseq,
+    move,
     session_lock,
+    special_use,
     subscriptions,
     uidlist,
 )
 from mailkeep.store.maildir import maildrop as ops
+from mailkeep.store.maildir import usage as usage_scan
 from mailkeep.store.maildir.dotlock import LockError, NoSpace, no_space
 from mailkeep.store.maildir.durable import write_message
 from mailkeep.store.maildir.layout import (
@@ -306,9 +312,14 @@ class MaildirStore:
         finally:
             self._changed(account, None, ChangeKind.FOLDERS)
 
+    def _delete_folder_sync(self, account: str, folder: str) -> None:
+        root = self.root(account)
+        folders.delete(root, folder)
+        special_use.deleted(root, folder_name(folder))
+
     async def delete_folder(self, account: str, folder: str) -> None:
         try:
-            await self._run(folders.delete, self.root(account), folder)
+            await self._run(self._delete_folder_sync, account, folder)
         finally:
             self._changed(account, None, ChangeKind.FOLDERS)
         self._forget_folder(account, folder)
@@ -316,9 +327,10 @@ class MaildirStore:
     def _rename_sync(self, account: str, old: str, new: str) -> None:
         root = self.root(account)
         if folder_name(old) == INBOX:
-            mailbox.rename_inbox(root, new)
+            move.rename_inbox(root, new)
         else:
             folders.rename(root, old, new)
+            special_use.renamed(root, folder_name(old), folder_name(new, creating=True))
 
     async def rename_folder(self, account: str, old: str, new: str) -> None:
         """RENAME, inferiors included; RENAME INBOX moves its messages (RFC 3501 §6.3.5)."""
@@ -423,6 +435,46 @@ class MaildirStore:
             return await self._run(mailbox.expunge, self.root(account), folder, limit)
         finally:
             self._changed(account, folder, ChangeKind.EXPUNGE)
+
+    async def move(self, account: str, src: str, uids: Iterable[int],
+                   dst: str) -> dict[int, int]:
+        """RFC 6851 MOVE: src UID -> dst UID (move.py: one rename per message)."""
+        try:
+            return await self._run(move.move, self.root(account), src, tuple(uids), dst)
+        finally:
+            self._changed(account, src, ChangeKind.EXPUNGE)
+            self._changed(account, dst, ChangeKind.NEW)
+
+    async def append_many(self, account: str, folder: str,
+                          messages: Sequence[NewMessage]) -> list[int]:
+        """RFC 3502 MULTIAPPEND: all or none, durably; the new UIDs in order."""
+        try:
+            return await self._run(mailbox.append_many, self.root(account), folder,
+                                   tuple(messages))
+        finally:
+            self._changed(account, folder, ChangeKind.NEW)
+
+    async def usage(self, account: str) -> Usage:
+        return await self._run(usage_scan.usage, self.root(account))
+
+    async def special_uses(self, account: str) -> dict[str, tuple[str, ...]]:
+        table = await self._run(special_use.read, self.root(account))
+        return table.uses
+
+    def _set_special_use_sync(self, account: str, folder: str, uses: tuple[str, ...]) -> None:
+        root = self.root(account)
+        if not folders.exists(root, folder):
+            raise NoSuchFolder(f"mailbox {folder} does not exist")
+        special_use.set_uses(root, folder, uses)
+
+    async def set_special_use(self, account: str, folder: str, uses: Iterable[str]) -> None:
+        try:
+            await self._run(self._set_special_use_sync, account, folder, tuple(uses))
+        finally:
+            self._changed(account, None, ChangeKind.FOLDERS)
+
+    async def claim_provisioning(self, account: str) -> bool:
+        return await self._run(special_use.claim, self.root(account))
 
     async def vanished_since(self, account: str, folder: str,
                              modseq_value: int) -> tuple[list[int], bool]:

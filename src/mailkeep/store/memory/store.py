@@ -23,7 +23,9 @@ from mailkeep.store.base import (
     MessageGone,
     MessageInfo,
     MessageRecord,
+    NewMessage,
     NoSuchFolder,
+    Usage,
     to_crlf,
 )
 from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
@@ -122,6 +124,9 @@ class MemoryStore:
         self._validities = itertools.count(uidvalidity + 1)
         self._locked: set[str] = set()
         self._feed: ChangeFeed | None = None
+        # RFC 6154: account -> folder -> special uses given by clients; provisioned accounts
+        self._uses: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._provisioned: set[str] = set()
 
     def _folders(self, account: str) -> dict[str, _Box]:
         return self._accounts.setdefault(account, {INBOX: _Box(self._uidvalidity)})
@@ -233,6 +238,7 @@ class MemoryStore:
             raise FolderNotAllowed("INBOX cannot be deleted")
         if self._folders(account).pop(name, None) is None:
             raise NoSuchFolder(f"mailbox {name} does not exist")
+        self._uses.get(account, {}).pop(name, None)
         self._publish(account, None, ChangeKind.FOLDERS)
 
     async def rename_folder(self, account: str, old: str, new: str) -> None:
@@ -261,6 +267,9 @@ class MemoryStore:
             folder_name(target)
         for src, dst_name in zip(moving, targets, strict=True):
             folders[dst_name] = folders.pop(src)
+        uses = self._uses.get(account, {})
+        for name in [n for n in uses if n == old or is_inferior(n, old)]:
+            uses[new + name[len(old):]] = uses.pop(name)
         self._publish(account, None, ChangeKind.FOLDERS)
 
     async def subscriptions(self, account: str) -> list[str]:
@@ -309,14 +318,21 @@ class MemoryStore:
 
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
-        wanted = flag_set(flags)
+        return (await self.append_many(account, folder,
+                                       [NewMessage(data, tuple(flags), internaldate)]))[0]
+
+    async def append_many(self, account: str, folder: str,
+                          messages: Sequence[NewMessage]) -> list[int]:
+        wanted = [flag_set(m.flags) for m in messages]
         box = self._open(account, folder)
-        box.allocate(keywords_of(wanted))
-        when = _now() if internaldate is None else \
-            datetime.fromtimestamp(int(internaldate.timestamp()), UTC)
-        uid = box.add(self._key(), _Message(0, bytes(data), wanted, when))
+        box.allocate(k for flags in wanted for k in keywords_of(flags))
+        uids: list[int] = []
+        for message, flags in zip(messages, wanted, strict=True):
+            when = _now() if message.internaldate is None else \
+                datetime.fromtimestamp(int(message.internaldate.timestamp()), UTC)
+            uids.append(box.add(self._key(), _Message(0, bytes(message.data), flags, when)))
         self._publish(account, folder_name(folder), ChangeKind.NEW)
-        return uid
+        return uids
 
     async def store_flags(self, account: str, folder: str, uids: Iterable[int],
                           mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
@@ -367,6 +383,50 @@ class MemoryStore:
                 removed.append(msg.uid)
         self._publish(account, folder_name(folder), ChangeKind.EXPUNGE)
         return removed
+
+    async def move(self, account: str, src: str, uids: Iterable[int],
+                   dst: str) -> dict[int, int]:
+        """Like the Maildir store: the message itself moves (flags, date and \\Recent kept)
+        and gets the next UID of the target, in source UID order."""
+        source = self._open(account, src)
+        target = self._open(account, dst)
+        by_uid = source.by_uid()
+        wanted = [u for u in sorted(set(uids)) if u in by_uid]
+        target.allocate(k for u in wanted for k in keywords_of(source.messages[by_uid[u]].flags))
+        mapping: dict[int, int] = {}
+        for uid in wanted:
+            msg = source.messages.pop(by_uid[uid])
+            key = self._key() if source is target else by_uid[uid]
+            mapping[uid] = target.add(key, msg)
+        self._publish(account, folder_name(src), ChangeKind.EXPUNGE)
+        self._publish(account, folder_name(dst), ChangeKind.NEW)
+        return mapping
+
+    async def usage(self, account: str) -> Usage:
+        boxes = self._folders(account).values()
+        return Usage(sum(len(m.data) for b in boxes for m in b.messages.values()),
+                     sum(len(b.messages) for b in boxes))
+
+    async def special_uses(self, account: str) -> dict[str, tuple[str, ...]]:
+        return dict(self._uses.get(account, {}))
+
+    async def set_special_use(self, account: str, folder: str, uses: Iterable[str]) -> None:
+        name = folder_name(folder)
+        if name not in self._folders(account):
+            raise NoSuchFolder(f"mailbox {folder} does not exist")
+        wanted = tuple(dict.fromkeys(uses))
+        table = self._uses.setdefault(account, {})
+        if wanted:
+            table[name] = wanted
+        else:
+            table.pop(name, None)
+        self._publish(account, None, ChangeKind.FOLDERS)
+
+    async def claim_provisioning(self, account: str) -> bool:
+        if account in self._provisioned:
+            return False
+        self._provisioned.add(account)
+        return True
 
     def _find(self, account: str, folder: str, key: str) -> bytes:
         box = self._folders(account).get(folder_name(folder))

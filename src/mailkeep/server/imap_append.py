@@ -1,0 +1,36 @@
+"""APPEND with RFC 3502 MULTIAPPEND (several messages, all or none), RFC 4315 APPENDUID
+(a UID set for several), RFC 9208 quota, RFC 6855 UTF-8 messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailkeep.proto.imap import grammar as g
+from mailkeep.proto.imap.events import Outcome
+from mailkeep.proto.imap.mailboxview import RECENT
+from mailkeep.proto.imap.render import response_code
+from mailkeep.proto.imap.sequence import compress
+from mailkeep.server import imap_quota
+from mailkeep.store.base import NewMessage
+
+if TYPE_CHECKING:
+    from mailkeep.server.imap_commands import ImapExecutor
+
+
+async def cmd_append(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Append)
+    messages = command.messages
+    if any(not m.message for m in messages):
+        return Outcome("NO", "Cannot store an empty message.")
+    # RFC 3502 §6.3.11: the messages are appended together or not at all, so the quota is
+    # checked for all of them at once.
+    await imap_quota.check(ex, sum(len(m.message) for m in messages), len(messages))
+    new = [NewMessage(m.message, tuple(f for f in m.flags if f != RECENT), m.internaldate)
+           for m in messages]
+    uids = await ex.store.append_many(ex.account, command.mailbox, new)
+    validity = await ex.store.uidvalidity(ex.account, command.mailbox)
+    # RFC 4315 §3: APPENDUID lets clients (mbsync) learn the new UIDs without a search; a
+    # MULTIAPPEND gets a uid-set (the UIDs ascend: compress() may use ranges).
+    code = response_code("APPENDUID", validity) + " " + compress(uids)
+    await imap_quota.warn_if_full(ex)
+    return Outcome("OK", "APPEND completed.", code)

@@ -1,0 +1,192 @@
+"""FETCH (RFC 3501 §6.4.5, with RFC 7162 CHANGEDSINCE/VANISHED) and the reading of parsed
+messages that FETCH and SEARCH share.
+
+Messages are read from the store in batches (READ_BATCH_*), parsed once and kept in the
+session-independent MimeCache; big ones are parsed in a worker thread. Each FETCH response
+goes out through the executor's one untagged channel as soon as it is made, so a FETCH of a
+whole mailbox is never held in memory, and the loop is yielded in slices (server/slices.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING
+
+from mailkeep.proto.imap import condstore as cs
+from mailkeep.proto.imap import grammar as g
+from mailkeep.proto.imap.events import Outcome
+from mailkeep.proto.imap.fetch import fetch_items, needs_message
+from mailkeep.proto.imap.mailboxview import SEEN, flag_atoms
+from mailkeep.proto.imap.mime import MimePart, parse_message
+from mailkeep.proto.imap.render import fetch_response
+from mailkeep.proto.imap.values import Value
+from mailkeep.server import imap_sync
+from mailkeep.server.slices import Slices
+from mailkeep.store.base import FlagMode, MessageGone
+
+if TYPE_CHECKING:
+    from mailkeep.server.imap_commands import ImapExecutor
+
+log = logging.getLogger("mailkeep.imap")
+
+# Messages at least this large are parsed in a worker thread, off the event loop.
+PARSE_OFF_LOOP_OCTETS = 256 * 1024
+# SEARCH and FETCH read the messages they need in batches of at most this many messages and
+# about this many octets: one trip to the store's threads per batch, not per message.
+READ_BATCH_MESSAGES = 64
+READ_BATCH_OCTETS = 2 * 1024 * 1024
+# Our choice: the message data (BODY[...], RFC822, ...) in one message's FETCH response may
+# total at most this many times the message's size plus FETCH_SLACK_OCTETS. BODY[] with
+# BODY[HEADER] and BODY[TEXT] is about twice; "BODY[]<0> BODY[]<1> BODY[]<2> ..." (some
+# 2,000 partials fit a 64 KB command line) would otherwise build one response of 2,000
+# copies in memory. Past it: NO [LIMIT] (RFC 5530 §3) for the rest of the FETCH.
+MAX_FETCH_COPIES = 4
+FETCH_SLACK_OCTETS = 1024 * 1024
+
+
+async def part(ex: ImapExecutor, uid: int) -> MimePart:
+    """The parsed message (cached per folder + UIDVALIDITY + UID). MessageGone."""
+    view = ex.view
+    assert view is not None
+    key = (ex.account, view.folder, view.uidvalidity, uid)
+    found = ex.cache.get(key)
+    if found is not None:
+        return found
+    data = await ex.store.read_message(ex.account, view.folder, view.records[uid].key)
+    if len(data) >= PARSE_OFF_LOOP_OCTETS:
+        parsed = await asyncio.to_thread(parse_message, data)
+    else:
+        parsed = parse_message(data)
+    ex.cache.put(key, parsed)
+    return parsed
+
+
+async def parts(ex: ImapExecutor,
+                uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
+    """part() of each UID in turn (None: expunged by someone else), the uncached ones
+    read in batches (READ_BATCH_*); large messages still go one by one."""
+    view = ex._selected()
+    start = 0
+    while start < len(uids):
+        chunk: list[int] = []
+        octets = 0
+        while start < len(uids) and len(chunk) < READ_BATCH_MESSAGES \
+                and octets < READ_BATCH_OCTETS:
+            chunk.append(uids[start])
+            octets += view.records[uids[start]].size
+            start += 1
+        ready: dict[int, MimePart | None] = {}
+        wanted: list[int] = []
+        for uid in chunk:
+            found = ex.cache.get((ex.account, view.folder, view.uidvalidity, uid))
+            if found is not None:
+                ready[uid] = found
+            elif view.records[uid].size < PARSE_OFF_LOOP_OCTETS:
+                wanted.append(uid)
+        if wanted:
+            data = await ex.store.read_messages(
+                ex.account, view.folder, [view.records[u].key for u in wanted])
+            for uid, octets_read in zip(wanted, data, strict=True):
+                if octets_read is None:
+                    ready[uid] = None
+                    continue
+                parsed = parse_message(octets_read)
+                ex.cache.put((ex.account, view.folder, view.uidvalidity, uid), parsed)
+                ready[uid] = parsed
+        for uid in chunk:
+            if uid in ready:
+                yield ready[uid]
+                continue
+            try:
+                yield await part(ex, uid)
+            except MessageGone:
+                yield None
+
+
+async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
+    assert isinstance(command, g.Fetch)
+    view = ex._selected()
+    if ex._bad_numbers(command.sequence_set, command.uid):
+        return Outcome("BAD", "No such message sequence number.")
+    items = list(command.items)
+    if command.uid and not any(i.name == "UID" for i in items):
+        items.insert(0, g.FetchItem("UID"))  # RFC 3501 §6.4.8
+    since = command.modifiers.changedsince
+    if command.modifiers.vanished and (not command.uid or cs.QRESYNC not in ex.enabled):
+        # RFC 7162 §3.2.6: VANISHED only in UID FETCH, and only once QRESYNC is enabled.
+        return Outcome("BAD", "VANISHED needs UID FETCH and ENABLE QRESYNC.")
+    if since is not None or any(i.name == "MODSEQ" for i in items):
+        await imap_sync.enable_condstore(ex)
+    if (since is not None or (view.condstore and any(i.name == "FLAGS" for i in items))) \
+            and not any(i.name == "MODSEQ" for i in items):
+        # RFC 7162 §3.1.4.1: CHANGEDSINCE answers with MODSEQ as if asked; once CONDSTORE
+        # is on, FLAGS come with their MODSEQ (so a client's cache stays consistent).
+        items.append(g.FetchItem("MODSEQ"))
+    pairs = view.resolve(command.sequence_set, uid=command.uid)
+    if since is not None:
+        if command.modifiers.vanished:
+            await imap_sync.vanished_earlier(ex, view, command.sequence_set, since)
+        pairs = [(s, u) for s, u in pairs if view.modseqs.get(u, 0) > since]
+    changed: set[int] = set()
+    if not view.readonly and any(i.sets_seen for i in items):
+        # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen.
+        unseen = [u for _, u in pairs if SEEN not in view.flags[u] and u not in view.gone]
+        if unseen:
+            result = await ex.store.store_flags(ex.account, view.folder, unseen,
+                                                  FlagMode.ADD, [SEEN])
+            fresh = await imap_sync.fresh_modseqs(ex, view) if view.condstore else {}
+            for u, flags in result.items():
+                view.set_flags(u, flags, fresh.get(u))
+            changed = set(result)
+    unique: dict[str, g.FetchItem] = {}
+    for item in items:  # one value per response name, the first asked (fetch_items)
+        unique.setdefault(item.response_name(), item)
+    items = list(unique.values())
+    need_message = needs_message(items)
+    wants_flags = any(i.name == "FLAGS" for i in items)
+    missing = 0
+    stream = parts(ex, [u for _, u in pairs]) if need_message else None
+    clock = Slices()
+    clock.start()
+    for seq, uid in pairs:
+        record = view.records[uid]
+        parsed = None
+        if stream is not None:
+            parsed = await anext(stream)
+            if parsed is None:
+                missing += 1
+                continue
+        values: list[tuple[str, Value]] = []
+        octets, limit = 0, MAX_FETCH_COPIES * record.size + FETCH_SLACK_OCTETS
+        for item in items:
+            values += fetch_items([item], uid=uid, flags=view.flags_of(uid),
+                                  internaldate=record.internaldate, size=record.size,
+                                  part=parsed, modseq=view.modseqs.get(uid, 0))
+            if isinstance(values[-1][1], bytes):
+                octets += len(values[-1][1])
+                if octets > limit:
+                    break
+        if octets > limit:
+            log.info("conn=%s FETCH of UID %d refused: %d items, over %d octets",
+                     ex.conn_id, uid, len(items), limit)
+            if stream is not None:
+                await stream.aclose()
+            return Outcome("NO", "FETCH response too large, ask for "
+                                  "fewer or smaller sections.", "LIMIT")
+        if uid in changed and not wants_flags:
+            values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
+            if view.condstore and not any(name == "MODSEQ" for name, _ in values):
+                values.append(cs.modseq_item(view.modseqs.get(uid, 0)))
+        await ex.emit(fetch_response(seq, values))
+        if clock.due():  # FETCH 1:* of a big mailbox: let other sessions in
+            await clock.pause()
+    if view.condstore and pairs:
+        for line in view.floor_response():  # RFC 7162 §3.2 (expunges held back)
+            await ex.emit(line)
+    if missing:
+        # RFC 2180 §4.1.3: some of the messages were expunged by another session.
+        return Outcome("NO", "Some messages were expunged.")
+    return Outcome("OK", "FETCH completed.")
+
