@@ -5,9 +5,8 @@ The only module that names concrete backends."""
 from __future__ import annotations
 
 import asyncio
-import errno
+import contextlib
 import functools
-import json
 import logging
 import os
 import signal
@@ -18,15 +17,17 @@ from pathlib import Path
 
 import dns.resolver
 
+from mailkeep import app_reload, runfiles
 from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
 from mailkeep.observe.metrics import Metrics, ScrapeSources
 from mailkeep.proto.autoconfig import MailSetup
-from mailkeep.relay.authdns import make_resolver
+from mailkeep.relay.authdns import NO_INBOUND_RESOLVER, inbound_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
 from mailkeep.relay.runner import DeliveryRunner
 from mailkeep.relay.spool import Spool, SpoolBusy
+from mailkeep.runfiles import write_ready_file
 from mailkeep.security import AuthThrottle, ConnectionBudget, InputBudget, SessionCounter
 from mailkeep.security.descriptors import connection_capacity, raise_open_files_limit
 from mailkeep.security.privileges import (
@@ -39,11 +40,11 @@ from mailkeep.security.privileges import (
 )
 from mailkeep.security.rate import RateLimiter
 from mailkeep.server import admin, autoconfig, imap, pop3, smtp
-from mailkeep.server.listener import Listener, ProtocolFactory, bind_socket
+from mailkeep.server.listener import Listener, ProtocolFactory, bind_hint, bind_socket
 from mailkeep.server.services import Services
 from mailkeep.store.maildir import MaildirStore
-from mailkeep.tls.certs import CertificateProblem
 from mailkeep.tls.context import TlsContexts
+from mailkeep.tls.fronts import load_fronts
 from mailkeep.tls.renewal import AcmeManager
 from mailkeep.workers.link import WorkerLink
 
@@ -59,17 +60,6 @@ class StartupError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
-
-
-def _bind_hint(exc: OSError, addr: BindAddress) -> str:
-    if exc.errno == errno.EACCES and addr.port < 1024:
-        return ("permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
-                "use a port above 1024 or grant the capability")
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use: another server (Postfix? Dovecot?) listens there"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "address not available on this machine: check the IP"
-    return exc.strerror or str(exc)
 
 
 class Daemon:
@@ -90,6 +80,11 @@ class Daemon:
         self._watch_task: asyncio.Task[None] | None = None
         self._mail_setup: MailSetup | None = None
         self.acme: AcmeManager | None = None
+        self.identity: Identity | None = None  # who the daemon became after binding (run_as)
+        self.open_files = 0                     # the open-files limit, sizing the connections
+        self.log_level_pinned = False           # `serve --log-level` wins over log_level
+        self.reloader = app_reload.Reloader(self)
+        self._apply_lock = asyncio.Lock()
 
     def mail_setup(self) -> MailSetup:
         """What autoconfig advertises, built on first use: by then every listener is bound,
@@ -99,25 +94,8 @@ class Daemon:
         return self._mail_setup
 
     def load_tls(self) -> dict[str, ssl.SSLContext]:
-        """Front contexts per listener; every certificate problem at once."""
-        problems = self._load_sni_certificates()
-        contexts: dict[str, ssl.SSLContext] = {}
-        acme = self.config.tls.acme
-        alpn = acme is not None and acme.challenge == "tls-alpn-01"
-        for lst in self.config.listeners:
-            try:
-                contexts[lst.name] = self.tls.add(lst.cert, lst.key,
-                                                  acme_challenges=alpn and lst.tls == "implicit")
-            except CertificateProblem as exc:
-                own = lst.cert != self.config.tls.cert
-                key = f"listeners.{lst.name}.cert" if own else "tls.cert"
-                problems.append(f"{key}: {exc}")
-        if problems:
-            raise StartupError(sorted(set(problems)))
-        return contexts
-
-    def _load_sni_certificates(self) -> list[str]:
-        """[tls.certificates.*] and the ACME certificate (a placeholder until issued)."""
+        """Front contexts per listener; every certificate problem at once. The ACME
+        certificate is a self-signed placeholder until issued."""
         tls, problems = self.config.tls, []
         if tls.acme is not None:
             self.acme = AcmeManager(tls.acme, self.tls)
@@ -126,18 +104,10 @@ class Daemon:
                     self.config.hostname if tls.cert == tls.acme.cert else None)
             except OSError as exc:
                 problems.append(f"tls.acme: cannot write to {tls.acme.state_dir}: {exc}")
-            if tls.cert != tls.acme.cert:  # not the default: chosen by SNI for its names
-                try:
-                    self.tls.add_sni("tls.acme", tls.acme.cert, tls.acme.key)
-                except CertificateProblem as exc:
-                    problems.append(f"tls.acme: {exc}")
-        for entry in tls.certificates:
-            try:
-                self.tls.add_sni(f"tls.certificates.{entry.name}", entry.cert, entry.key,
-                                 entry.names)
-            except CertificateProblem as exc:
-                problems.append(f"tls.certificates.{entry.name}: {exc}")
-        return problems
+        contexts, more = load_fronts(self.config, self.tls)
+        if problems or more:
+            raise StartupError(sorted(set(problems + more)))
+        return contexts
 
     async def start(self) -> None:
         config = self.config
@@ -174,7 +144,7 @@ class Daemon:
         removed = await asyncio.to_thread(self.store.clean_stale_tmp)
         if removed:
             log.info("removed %d stale files from Maildir tmp/ folders", removed)
-        open_files = raise_open_files_limit()
+        self.open_files = open_files = raise_open_files_limit()
         security = config.security
         capacity = connection_capacity(security.max_connections, open_files,
                                        security.descriptor_reserve)
@@ -215,9 +185,9 @@ class Daemon:
                     sock = bind_socket(addr, reuse_port=self.link is not None)
                 except OSError as exc:
                     problems.append(f"listeners.{lst.name}.bind[{i}]: {addr}: "
-                                    f"{_bind_hint(exc, addr)}")
+                                    f"{bind_hint(exc, addr)}")
                     continue
-                listener = self._listener(lst, sock, contexts[lst.name])
+                listener = self.make_listener(lst, sock, contexts[lst.name], addr)
                 self.listeners.append(listener)
                 self.bound.setdefault(lst.name, []).append(listener.address)
                 log.info("listening: %s %s (%s TLS) on %s", lst.name, lst.protocol, lst.tls,
@@ -234,9 +204,11 @@ class Daemon:
             write_ready_file(self.ready_file, self.bound)
         if identity is not None:
             await self._drop_privileges(identity)
+            self.identity = identity
         for listener in self.listeners:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
+        await self.reloader.started()
         if self.link is not None:
             self._watch_task = asyncio.create_task(self._watch_parent(self.link))
         if self.acme is not None:
@@ -293,20 +265,17 @@ class Daemon:
                 problems.append(f'dkim.domains."{domain}".key: {setting.key}: {exc}')
         if problems:
             raise StartupError(problems)
-        delivery = config.delivery
         if any(lst.protocol == "smtp" for lst in config.listeners):
             # The inbound checks (SPF, DKIM, DMARC) ask the same servers as outbound delivery,
             # each on its own port, within the same `delivery.dns_timeout` per lookup; no
             # servers configured: the host's resolv.conf (read here, off the loop).
+            delivery = config.delivery
             try:
                 services.auth_resolver = await asyncio.to_thread(
-                    make_resolver, [(s.host, s.port) for s in delivery.dns_servers],
-                    timeout=delivery.dns_timeout)
+                    inbound_resolver, [(s.host, s.port) for s in delivery.dns_servers],
+                    delivery.dns_timeout)
             except dns.resolver.NoResolverConfiguration:
-                raise StartupError(["delivery.dns_servers: none set and this host has no "
-                                    "usable /etc/resolv.conf; the inbound SMTP listener "
-                                    "needs DNS for SPF/DKIM/DMARC: set delivery.dns_servers "
-                                    "= [\"192.0.2.53\"] (your resolver)"]) from None
+                raise StartupError([NO_INBOUND_RESOLVER]) from None
         for lst in config.listeners:
             if lst.tls == "none" and lst.is_smtp:
                 log.warning("listener %s accepts mail without TLS (tls = \"none\"): only for "
@@ -330,8 +299,9 @@ class Daemon:
         assert self.store is not None
         return self.store
 
-    def _listener(self, lst: ListenerConfig, sock: socket.socket,
-                  context: ssl.SSLContext) -> Listener:
+    def session_factory(self, lst: ListenerConfig, context: ssl.SSLContext
+                        ) -> tuple[ProtocolFactory, Callable[[str], bytes]]:
+        """What a listener of `lst` makes of each connection, and its over-budget line."""
         services = self.services
         assert services is not None
         factory: ProtocolFactory
@@ -351,8 +321,19 @@ class Daemon:
         else:
             factory = smtp.session_factory(services, lst, context)
             refusal = functools.partial(smtp.refusal_line, self.config.hostname)
+        return factory, refusal
+
+    def make_listener(self, lst: ListenerConfig, sock: socket.socket, context: ssl.SSLContext,
+                      bind: BindAddress | None = None) -> Listener:
+        services = self.services
+        assert services is not None
+        factory, refusal = self.session_factory(lst, context)
         return Listener(services, lst, sock, context=context, factory=factory,
-                        refusal_line=refusal)
+                        refusal_line=refusal, bind=bind)
+
+    def forget_mail_setup(self) -> None:
+        """The configuration changed: autoconfig builds what it advertises again."""
+        self._mail_setup = None
 
     async def _reload_loop(self) -> None:
         while True:
@@ -367,11 +348,21 @@ class Daemon:
         self.request_stop()
 
     def reload(self) -> None:
-        """SIGHUP: re-read certificates now (users files are re-read on change anyway)."""
-        log.info("SIGHUP: reloading certificates")
-        asyncio.get_running_loop().create_task(asyncio.to_thread(self.tls.reload, force=True))
-        if self.acme is not None:
-            self.acme.check_now()
+        """SIGHUP: re-read the whole configuration and apply it (app_reload.py): refused
+        with every problem when it is wrong. Certificates are re-read either way, and ACME
+        looks at its certificate now (users files are re-read on change anyway)."""
+        log.info("SIGHUP: reloading the configuration from %s", self.config.path)
+        self.reloader.request()
+
+    async def apply(self, config: Config,
+                    report: app_reload.ReloadReport | None = None) -> list[str]:
+        """Make `config` the running configuration without dropping a session; the problems
+        that refuse it (nothing changed then). Keys that need a restart keep their values
+        and are warned about. A multi-process mode would call this in each worker."""
+        if report is None:
+            report = app_reload.ReloadReport(0, config.path)
+        async with self._apply_lock:
+            return await app_reload.apply(self, config, report)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -411,11 +402,13 @@ class Daemon:
         for task in (self._reload_task, self._watch_task):
             if task is not None:
                 task.cancel()
+        self.reloader.cancel()
         if self.acme is not None:
             self.acme.stop()
         if self.runner is not None:
             # Local deliveries finish in milliseconds; remote ones are retried next start.
             await self.runner.stop(grace=min(self.config.shutdown_grace, 5.0))
+        await self.reloader.retire_now()
         if self.directory is not None:
             await self.directory.close()
         if self.store is not None:
@@ -424,25 +417,35 @@ class Daemon:
         log.info("stopped")
 
 
-def write_ready_file(path: Path, bound: dict[str, list[str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": bound}))
-    os.replace(tmp, path)
-
-
 async def serve(config: Config, ready_file: Path | None = None,
                 on_started: Callable[[Daemon], None] | None = None,
-                install_signals: bool = True, link: WorkerLink | None = None) -> None:
+                install_signals: bool = True, log_level_pinned: bool = False, *,
+                link: WorkerLink | None = None) -> None:
     daemon = Daemon(config, link)
     daemon.ready_file = ready_file
+    daemon.log_level_pinned = log_level_pinned
     await daemon.start()
     loop = asyncio.get_running_loop()
+    pid_written = False
     if install_signals:
         loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    if install_signals and link is None:  # a worker's supervisor writes its own pid there
+        # Only once SIGHUP is handled: `mailkeep reload` signals the pid it finds there.
+        try:
+            await asyncio.to_thread(runfiles.write_pid, config.pid_path)
+            pid_written = True
+        except OSError as exc:
+            log.warning("cannot write the pid file %s: %s (`mailkeep reload` will not "
+                        "find this daemon)", config.pid_path, exc)
     if on_started is not None:
         on_started(daemon)
     log.info("mailkeep ready (hostname %s, domains %s)", config.hostname,
              ", ".join(config.domains))
-    await daemon.run_until_stopped()
+    try:
+        await daemon.run_until_stopped()
+    finally:
+        if pid_written:
+            with contextlib.suppress(OSError):
+                runfiles.remove_pid(config.pid_path)

@@ -167,7 +167,7 @@ def test_every_config_option_is_found() -> None:
              for argv, required in COMMANDS}
     assert {"serve", "check-config", "dns", "health", "user add", "user list",
             "user app-password add", "cert show", "queue list", "queue flush",
-            "dkim show"} <= {n for n, required in names.items() if required}
+            "dkim show", "reload"} <= {n for n, required in names.items() if required}
     assert {n for n, required in names.items() if not required} == {"cert selfsigned",
                                                                     "dkim keygen"}
 

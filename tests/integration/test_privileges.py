@@ -47,6 +47,9 @@ def test_root_drops_to_run_as_after_binding(open_path: Path, ca: trustme.CA) -> 
     d = start_process_daemon(config, ca)
     try:
         assert d.proc is not None
+        # The ready file is written before the switch (its folder may be root's); the pid
+        # file once the daemon is fully up, after it.
+        assert eventually(lambda: (d.data_dir / "mailkeep.pid").exists(), 30)
         uids, gids, groups = _status_ids(d.proc.pid)
         assert uids == [nobody.pw_uid] * 4          # real, effective, saved, filesystem
         assert gids == [nobody.pw_gid] * 4

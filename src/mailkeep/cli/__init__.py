@@ -1,5 +1,5 @@
-"""Command line: init, serve, check-config, dns, user ..., cert ..., queue ..., dkim ...,
-health. The parser and main(); the commands live in the modules beside it."""
+"""Command line: init, serve, check-config, reload, dns, user ..., cert ..., queue ...,
+dkim ..., health. The parser and main(); the commands live in the modules beside it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mailkeep.cli.ops import (
     cmd_dkim_show,
     cmd_queue,
 )
+from mailkeep.cli.reload import DEFAULT_TIMEOUT, cmd_reload
 from mailkeep.cli.site import (
     cmd_check_config,
     cmd_dns,
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("check-config", help="report every problem in a config")
     config_option(q)
     q.set_defaults(func=cmd_check_config)
+
+    q = sub.add_parser("reload", help="check a config, have the running daemon apply it "
+                                      "(SIGHUP) and report the outcome")
+    config_option(q)
+    q.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds to wait for the daemon's answer (default {DEFAULT_TIMEOUT:g})")
+    q.set_defaults(func=cmd_reload)
 
     q = sub.add_parser("dns", help="print the DNS records to publish for a local domain")
     q.add_argument("domain")

@@ -22,17 +22,18 @@ from mailkeep.cli.common import (
     setup_logging,
 )
 from mailkeep.config import load_config
-from mailkeep.config.hints import admin_command, command
-from mailkeep.config.load import admin_exposure_warnings
+from mailkeep.config.check import problems as check_problems
+from mailkeep.config.check import warnings as check_warnings
+from mailkeep.config.hints import admin_command
+from mailkeep.config.load import read_config
 from mailkeep.config.model import Config
 from mailkeep.config.template import render
-from mailkeep.directory.base import Account, DirectoryError, load_directory
-from mailkeep.directory.file import UserRecord, read_users_file, write_users_file
+from mailkeep.directory.base import Account
+from mailkeep.directory.file import UserRecord, write_users_file
 from mailkeep.directory.passwords import hash_password
 from mailkeep.fsmodes import PRIVATE_FILE, cannot_write, make_private_dirs, write_file
 from mailkeep.observe.logformat import formatter
-from mailkeep.tls.certs import CertificateProblem, generate_selfsigned, inspect_certificate
-from mailkeep.tls.inventory import problems as certificate_problems
+from mailkeep.tls.certs import generate_selfsigned
 
 # -- init -----------------------------------------------------------------------------------
 
@@ -151,7 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, config, runner, ready)
     try:
         with runner:
-            runner.run(serve(config, ready_file=ready))
+            runner.run(serve(config, ready_file=ready,
+                             log_level_pinned=args.log_level is not None))
     except StartupError as exc:
         _startup_problems(config, exc.problems)
         return EXIT_CONFIG
@@ -179,7 +181,8 @@ def _serve_workers(args: argparse.Namespace, config: Config, runner: asyncio.Run
     def worker_main(worker_config: Config, link: WorkerLink) -> int:
         try:
             with runner:
-                runner.run(serve(worker_config, link=link))
+                runner.run(serve(worker_config, link=link,
+                                 log_level_pinned=args.log_level is not None))
         except StartupError as exc:
             _startup_problems(worker_config, exc.problems)
             return EXIT_CONFIG
@@ -191,68 +194,19 @@ def _serve_workers(args: argparse.Namespace, config: Config, runner: asyncio.Run
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    problems = certificate_problems(config)
-    try:
-        users_path = config.directory.base_dir / str(config.directory.options.get("path",
-                                                                                  "users.toml"))
-        if config.directory.backend != "file":
-            # The options are checked (and a SQLite file looked for); servers are not
-            # contacted: the daemon starts while they are down, and says so per login.
-            directory = load_directory(config.directory.backend, config.directory.options,
-                                       config.directory.base_dir)
-            asyncio.run(directory.close())
-        else:
-            records = read_users_file(users_path)
-            for name, rec in records.items():
-                for addr in rec.account.addresses:
-                    if not config.is_local_domain(addr.rpartition("@")[2]):
-                        problems.append(f"users.{name}.addresses: {addr} is not in a local "
-                                        f"domain ({', '.join(config.domains)})")
-    except DirectoryError as exc:
-        problems.append(f"directory: {exc}")
-    if config.dkim:
-        from mailkeep.relay.dkim_admin import key_problems  # noqa: PLC0415 (cryptography)
-
-        problems += key_problems(config)
-    for warning in _autoconfig_warnings(config) + admin_exposure_warnings(config):
-        print(f"warning: {warning}", file=sys.stderr)
+    reading = read_config(args.config)
+    problems = check_problems(reading)
+    if reading.config is not None and not reading.problems:
+        for warning in check_warnings(reading.config):
+            print(f"warning: {warning}", file=sys.stderr)
     if problems:
-        print(f"{config.path}: {len(problems)} problem(s):", file=sys.stderr)
+        print(f"{reading.path}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{config.path}: OK ({len(config.listeners)} listeners)")
+    assert reading.config is not None
+    print(f"{reading.path}: OK ({len(reading.config.listeners)} listeners)")
     return 0
-
-
-def _autoconfig_warnings(config: Config) -> list[str]:
-    """An HTTPS autoconfig listener is reached as autoconfig.DOMAIN and autodiscover.DOMAIN
-    (the CNAMEs of `mailkeep dns`): a certificate without those names makes Thunderbird fall
-    back to plain HTTP and Outlook warn or give up. Worth a warning, not a refusal: the
-    documents still work over HTTP, and the certificate may be renewed with the names."""
-    warnings: list[str] = []
-    for lst in config.listeners:
-        if lst.protocol != "autoconfig" or lst.tls != "implicit":
-            continue
-        try:
-            info = inspect_certificate(lst.cert)
-        except CertificateProblem:
-            continue  # reported above as a problem
-        missing = [f"{prefix}.{domain}" for domain in config.domains
-                   for prefix in ("autoconfig", "autodiscover")
-                   if not info.covers(f"{prefix}.{domain}")]
-        if missing:
-            keep = [n for n in info.names if n != config.hostname]
-            sans = [w for name in (*keep, *missing) for w in ("--san", name)]
-            selfsigned = command("cert", "selfsigned", "--hostname", config.hostname,
-                                 "--cert", str(lst.cert), "--key", str(lst.key), *sans,
-                                 "--force")
-            warnings.append(f"listeners.{lst.name}: the certificate {lst.cert} does not cover "
-                            f"{', '.join(missing)} (SAN: {', '.join(info.names) or 'none'}); "
-                            "HTTPS clients fetching those names will refuse it: add them "
-                            f"to the certificate (a self-signed one: `{selfsigned}`)")
-    return warnings
 
 
 # -- dns ------------------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args
@@ -62,7 +63,7 @@ _LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "log_format",
              "shutdown_grace", "delivery", "dkim", "trusted_proxies", "run_as", "allow_root",
-             "mail_dir", "store", "workers"}
+             "mail_dir", "store", "pid_file", "workers"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -101,23 +102,58 @@ class ConfigError(Exception):
 
 def load_config(path: Path | str) -> Config:
     """Read and validate a configuration file; raise ConfigError listing every problem."""
+    reading = read_config(path)
+    if reading.problems or reading.config is None:
+        # Certificates are checked in depth once the rest is valid (tls/inventory.py); a
+        # missing or unreadable file is worth saying now, with the rest, not one run later.
+        cfg = reading.config
+        files = unreadable_files(cfg.tls, cfg.listeners) if cfg is not None else []
+        raise ConfigError(reading.path, reading.problems, files)
+    return reading.config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReading:
+    """One reading of a configuration file. `config` is the best reading of it even when
+    there are `problems` (defaults stand in for wrong values): good for further checks that
+    list every problem at once (certificates, keys), never for serving. None when the file
+    could not be read as TOML at all. `sha256`: of the bytes read (which version was read)."""
+
+    path: Path
+    config: Config | None
+    problems: list[str]
+    sha256: str
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None and not self.problems
+
+
+def read_config(path: Path | str) -> ConfigReading:
+    """Read and validate a configuration file, recording every problem (never raising)."""
     path = Path(path).absolute()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         init = command("init", str(path.parent), "--hostname", "HOSTNAME").replace(
             "HOSTNAME", '"$(hostname -f)"')
         written = "" if path.name == "mailkeep.toml" else \
             f" (it writes {path.parent / 'mailkeep.toml'})"
-        raise ConfigError(path, [f"file not found: create one with `{init}`{written}, "
-                                 "or give --config (or MAILKEEP_CONFIG) the right file"]) \
-            from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, [f"cannot read: {exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+        return ConfigReading(path, None, [f"file not found: create one with `{init}`{written}, "
+                                          "or give --config (or MAILKEEP_CONFIG) the right "
+                                          "file"], "")
+    except OSError as exc:
+        return ConfigReading(path, None, [f"cannot read: {exc}"], "")
     config_in_use(path)
-    return parse_config(raw, path)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return ConfigReading(path, None, [f"cannot read: {exc}"], digest)
+    except tomllib.TOMLDecodeError as exc:
+        return ConfigReading(path, None, [f"not valid TOML: {exc}"], digest)
+    config, problems = _parse(raw, path)
+    return ConfigReading(path, config, problems, digest)
 
 
 def is_hostname(value: str) -> bool:
@@ -219,6 +255,14 @@ def _positive_record(reader: _Reader, cls: type[T], table: dict[str, Any], prefi
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document. Paths are relative to the config file's folder."""
+    config, problems = _parse(raw, path)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _parse(raw: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
+    """The configuration (defaults where values are wrong) and every problem found."""
     r = _Reader(path.parent)
     r.unknown(raw, _TOP_KEYS, "")
 
@@ -243,6 +287,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
 
     data_dir = r.path(raw, "data_dir", "") or path.parent
     mail_dir = r.path(raw, "mail_dir", "") if "mail_dir" in raw else None
+    pid_file = r.path(raw, "pid_file", "") if "pid_file" in raw else None
 
     tls = parse_tls(r, raw, data_dir=data_dir, hostname=hostname)
 
@@ -315,18 +360,15 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                       "only from trusted_proxies, which is empty: list your proxies' "
                       'addresses, e.g. trusted_proxies = ["10.0.0.0/8"]')
 
-    if r.problems:
-        # Certificates are checked in depth once the rest is valid (tls/inventory.py); a
-        # missing or unreadable file is worth saying now, with the rest, not one run later.
-        raise ConfigError(path, r.problems, unreadable_files(tls, listeners))
     return Config(
         path=path, hostname=hostname, domains=tuple(domains), data_dir=data_dir, tls=tls,
         directory=directory, listeners=listeners, submission=submission, security=security,
         pop3=pop3, imap=imap, store=store, log_level=log_level,
         log_format=cast(LogFormat, log_format), shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
-        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, workers=workers,
-    )
+        run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, pid_file=pid_file,
+        workers=workers,
+    ), r.problems
 
 
 def _workers(r: _Reader, value: object) -> int:

@@ -313,6 +313,9 @@ class Config:
     # Where the accounts' Maildirs live (None: DATA_DIR/mail). Two daemons (or Dovecot) may
     # share Maildirs; each daemon keeps its own spool under its own data_dir.
     mail_dir: Path | None = None
+    # The pid of `mailkeep serve`, for `mailkeep reload` and init systems (None:
+    # DATA_DIR/mailkeep.pid). Written once SIGHUP is handled, removed at a clean stop.
+    pid_file: Path | None = None
     # Started as root: bind, then become this user ("user" or "user:group"); without it
     # the daemon refuses to keep running as root unless allow_root.
     run_as: str | None = None
@@ -327,6 +330,10 @@ class Config:
     @property
     def maildirs(self) -> Path:
         return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.pid_file if self.pid_file is not None else self.data_dir / "mailkeep.pid"
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains

@@ -9,6 +9,11 @@ from mailkeep.proto.imap import specialuse
 TEMPLATE = """\
 # mailkeep configuration. Paths are relative to this file's folder.
 # Check it with:  mailkeep check-config --config {config_name}
+# Apply a change without a restart:  mailkeep reload --config {config_name}  (or SIGHUP):
+# listeners, limits, certificates, relay and directory settings change without dropping a
+# session; a file with any problem is refused (every problem listed) and the running
+# configuration stays. Restart for: data_dir, mail_dir, pid_file, log_format, run_as,
+# allow_root, tls.acme.
 # Every key is listed here; unknown keys are errors (so typos never go unnoticed).
 
 # The name clients connect to. The certificate must cover it (SAN), and it is the name
@@ -29,6 +34,8 @@ data_dir = "{data_dir}"
 # log_level = "info"         # debug | info | warning | error (passwords are never logged)
 # log_format = "text"        # text | json (one JSON object a line: time, level, logger,
 #                            # message, and conn/peer/listener/user where a line names them)
+# pid_file = "/run/mailkeep/mailkeep.pid"  # default DATA_DIR/mailkeep.pid: for `mailkeep
+#                            # reload`; in a folder writable by the user mailkeep runs as
 {run_as_line}# allow_root = false        # true: keep running as root (not recommended; demos only)
 # trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
 #                            # protocol headers are believed (listeners with proxy_protocol)

@@ -62,6 +62,22 @@ def make_resolver(nameservers: Sequence[str | tuple[str, int]], port: int = 53,
     return resolver
 
 
+# When make_resolver() finds neither servers nor a usable resolv.conf for the inbound checks.
+NO_INBOUND_RESOLVER = (
+    "delivery.dns_servers: none set and this host has no usable /etc/resolv.conf; the "
+    "inbound SMTP listener needs DNS for SPF/DKIM/DMARC: set delivery.dns_servers = "
+    "[\"192.0.2.53\"] (your resolver)")
+
+
+def inbound_resolver(servers: Sequence[tuple[str, int]],
+                     timeout: float) -> dns.resolver.Resolver:
+    """The inbound checks' (SPF, DKIM, DMARC) resolver: the same servers as outbound
+    delivery, each on its own port, within the same `delivery.dns_timeout` per lookup; none
+    configured: the host's resolv.conf (read here: call it off the loop).
+    dns.resolver.NoResolverConfiguration when there is none (NO_INBOUND_RESOLVER says why)."""
+    return make_resolver(list(servers), timeout=timeout)
+
+
 _system: dns.resolver.Resolver | None = None
 
 

@@ -179,6 +179,18 @@ class DeliveryRunner(SharedSpoolMixin):
             os.close(fd)  # pending entries: the next primary adopts them
         self._claims.clear()
 
+    def reconfigure(self, config: Config, directory: UserDirectory) -> None:
+        """A reloaded configuration (domains, [delivery], the directory) for the attempts
+        that start from now on; attempts in flight finish under the old one. A changed
+        `concurrency` gets a new pool of slots: the attempts holding old slots let them go
+        into the old pool, so for a while both may run."""
+        old, self.config, self.queue_config = self.config, config, config.queue
+        self.directory = directory
+        if config.delivery != old.delivery:
+            self.client = OutboundClient(config.delivery)
+        if config.queue.concurrency != old.queue.concurrency:
+            self._remote_slots = asyncio.Semaphore(config.queue.concurrency)
+
     def kick(self) -> None:
         """Look at the queue now (tests after moving the clock; `queue flush`)."""
         self._wake.set()

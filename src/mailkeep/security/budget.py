@@ -22,6 +22,12 @@ class ConnectionBudget:
         self._per_ip: Counter[str] = Counter()
         self.total = 0
 
+    def reconfigure(self, config: SecurityConfig, capacity: int | None = None) -> None:
+        """New limits for new connections (a reload); the connections counted now stay
+        counted, so a lowered limit refuses newcomers until enough of them have left."""
+        self.config = config
+        self.capacity = config.max_connections if capacity is None else capacity
+
     def acquire(self, address: str) -> str | None:
         """Take a slot; return None, or the reason the connection must be refused."""
         key = client_key(address)

@@ -16,6 +16,10 @@ class InputBudget:
         self.held = 0
         self.refused = 0  # how many reservations did not fit (for logs and metrics)
 
+    def reconfigure(self, limit: int) -> None:
+        """A new limit (a reload): what is held now stays held and is released as usual."""
+        self.limit = limit
+
     def reserve(self, octets: int) -> bool:
         if octets <= 0:
             return True

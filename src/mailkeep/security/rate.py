@@ -26,6 +26,18 @@ class RateLimiter:
         self.clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def reconfigure(self, count: int, seconds: float) -> None:
+        """A new rate (a reload). Each address keeps what it has used: its bucket holds no
+        more than the new `count`, and refills at the new pace from now on."""
+        now = self.clock()
+        refreshed: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        for key, (held, last) in self._buckets.items():
+            tokens = min(self.capacity, held + (now - last) * self.refill)
+            refreshed[key] = (min(float(count), tokens), now)
+        self.capacity = float(count)
+        self.refill = count / seconds
+        self._buckets = refreshed
+
     def allow(self, address: str) -> bool:
         """Take one token for `address`; False when its rate is exceeded."""
         key = client_key(address)

@@ -22,6 +22,11 @@ class SessionCounter:
         self._users: Counter[str] = Counter()
         self._user_ips: Counter[tuple[str, str]] = Counter()
 
+    def reconfigure(self, per_user: int, per_user_ip: int) -> None:
+        """New limits for new sessions (a reload); open sessions stay counted."""
+        self.per_user = per_user
+        self.per_user_ip = per_user_ip
+
     def acquire(self, account: str, address: str) -> str | None:
         """Count one more session; None, or the reason it is refused."""
         key = (account, client_key(address))

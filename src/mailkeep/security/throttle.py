@@ -70,6 +70,10 @@ class AuthThrottle:
         self.clock = clock
         self._records: dict[str, _Record] = {}
 
+    def reconfigure(self, config: SecurityConfig) -> None:
+        """New thresholds (a reload); the failures recorded so far and blocks in force stay."""
+        self.config = config
+
     def _record(self, address: str) -> _Record | None:
         rec = self._records.get(address)
         if rec is None:

@@ -171,6 +171,18 @@ def admit(services: Services, address: str, sock: socket.socket | None = None) -
     return Slot(services, address, sock)
 
 
+def bind_hint(exc: OSError, addr: BindAddress) -> str:
+    """Why `addr` could not be bound, and the fix, for an administrator."""
+    if exc.errno == errno.EACCES and addr.port < 1024:
+        return ("permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                "use a port above 1024 or grant the capability")
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use: another server (Postfix? Dovecot?) listens there"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine: check the IP"
+    return exc.strerror or str(exc)
+
+
 def bind_socket(addr: BindAddress, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket for host:port (IPv6 sockets are IPv6-only, so "[::]:587" and
     "0.0.0.0:587" can both be bound). OSError when it cannot be bound."""
@@ -198,10 +210,12 @@ class Listener:
 
     def __init__(self, services: Services, config: ListenerConfig, sock: socket.socket, *,
                  context: ssl.SSLContext, factory: ProtocolFactory,
-                 refusal_line: Callable[[str], bytes]) -> None:
+                 refusal_line: Callable[[str], bytes], bind: BindAddress | None = None) -> None:
         self.services = services
         self.config = config
         self.sock = sock
+        # The configured address (port 0 stays 0 here; `address` has the port bound).
+        self.bind = bind
         self.context = context
         self.factory = factory
         self.refusal_line = refusal_line
@@ -340,6 +354,17 @@ class Listener:
         finally:
             if pending is not None:
                 self.services.sessions.discard(pending)
+
+    def reconfigure(self, config: ListenerConfig, *, context: ssl.SSLContext,
+                    factory: ProtocolFactory, refusal_line: Callable[[str], bytes]) -> None:
+        """A reload: connections accepted from now on get the new policy, TLS context and
+        sessions; the listening socket and every connection already accepted stay as they
+        are (no client is refused in between)."""
+        self.config = config
+        self.context = context
+        self.factory = factory
+        self.refusal_line = refusal_line
+        self.implicit_tls = config.tls == "implicit"
 
     def stop_accepting(self) -> None:
         if self._task is not None:

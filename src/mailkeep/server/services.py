@@ -102,6 +102,38 @@ class Services:
         """IMAP sessions in IDLE now (RFC 2177)."""
         return sum(1 for session in self.sessions if getattr(session, "idling", False))
 
+    def reconfigure(self, config: Config, capacity: int) -> list[str]:
+        """A reloaded configuration for new work: its limits go into the live security
+        objects, whose counters (connections per address, auth failures, sessions per user,
+        buffered input, message rates) carry on. Sessions that read `config` see the new one;
+        those that copied a value at their start keep it. One line per limit object changed.
+        `capacity`: the connection cap, lowered to fit the open-files limit."""
+        old, self.config = self.config, config
+        changed: list[str] = []
+        security, imap = config.security, config.imap
+        if security != old.security or capacity != self.budget.capacity:
+            self.budget.reconfigure(security, capacity)
+            self.throttle.reconfigure(security)
+            self.input_budget.reconfigure(security.max_buffered_input)
+        if (imap.max_connections_per_user, imap.max_connections_per_user_ip) != \
+                (self.imap_sessions.per_user, self.imap_sessions.per_user_ip):
+            self.imap_sessions.reconfigure(imap.max_connections_per_user,
+                                           imap.max_connections_per_user_ip)
+        rates = {lst.name: lst.rate for lst in config.listeners if lst.rate is not None}
+        for name in sorted(set(self.rate_limiters) - set(rates)):
+            del self.rate_limiters[name]  # sessions already open keep theirs
+            changed.append(f"listener {name}: rate limit removed")
+        old_rates = {lst.name: lst.rate for lst in old.listeners if lst.rate is not None}
+        for name, rate in rates.items():
+            limiter = self.rate_limiters.get(name)
+            if limiter is None:
+                self.rate_limiters[name] = RateLimiter(rate.count, rate.seconds)
+                changed.append(f"listener {name}: rate limit {rate}")
+            elif old_rates.get(name) != rate:
+                limiter.reconfigure(rate.count, rate.seconds)
+                changed.append(f"listener {name}: rate limit now {rate} (usage so far kept)")
+        return changed
+
     def shed_one(self) -> bool:
         """The connection cap is reached: close the unauthenticated session that has been
         silent longest, if there is one, so a new client can come in. True if one went."""

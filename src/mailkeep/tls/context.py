@@ -100,6 +100,14 @@ class TlsContexts:
         # reload never sees a new key beside the old certificate.
         self.files_lock = threading.Lock()
 
+    def successor(self, hostname: str) -> TlsContexts:
+        """Empty contexts for a reloaded configuration, sharing with these the pending ACME
+        challenges and the files lock (an ACME renewal may be under way across the swap)."""
+        new = TlsContexts(hostname)
+        new._challenges = self._challenges
+        new.files_lock = self.files_lock
+        return new
+
     # -- configuration -----------------------------------------------------------------------
 
     def add(self, cert: Path, key: Path, *, acme_challenges: bool = False) -> ssl.SSLContext:

@@ -123,6 +123,14 @@ class AcmeManager:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mailkeep-acme")
 
+    def use_contexts(self, contexts: TlsContexts) -> None:
+        """A reload built new serving contexts: renewed files and TLS-ALPN-01 challenges go
+        to them from now on."""
+        self.contexts = contexts
+        responder = self.issuer.responder
+        if isinstance(responder, TlsAlpnResponder):
+            responder.contexts = contexts
+
     def check_now(self) -> None:
         """SIGHUP: look at the certificate now (it is renewed if it is due)."""
         if self._wake is not None:

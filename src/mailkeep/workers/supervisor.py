@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailkeep import runfiles
 from mailkeep.config.load import ConfigError
 from mailkeep.config.model import BindAddress, Config
 from mailkeep.relay.runner import SPOOL_LOCK_WAIT
@@ -94,6 +95,7 @@ class Supervisor:
         self.announced = False
         self._reserved: list[socket.socket] = []
         self._spool_lock: int | None = None
+        self._pid_written = False
         self._wake_r, self._wake_w = os.pipe()
 
     # -- start ------------------------------------------------------------------------------
@@ -118,6 +120,9 @@ class Supervisor:
         finally:
             for sock in self._reserved:
                 sock.close()
+            if self._pid_written:
+                with contextlib.suppress(OSError):
+                    runfiles.remove_pid(self.config.pid_path)
             if self._spool_lock is not None:
                 os.close(self._spool_lock)
         log.info("supervisor %d: stopped", os.getpid())
@@ -286,6 +291,14 @@ class Supervisor:
         if not self.announced:
             log.info("mailkeep ready: %d workers (pids %s)", len(pids),
                      ", ".join(map(str, pids)))
+        if not self.announced:
+            # `mailkeep reload` signals this pid (it holds the spool's lock): every worker.
+            try:
+                runfiles.write_pid(self.config.pid_path)
+                self._pid_written = True
+            except OSError as exc:
+                log.warning("cannot write the pid file %s: %s (`mailkeep reload` will not "
+                            "find this daemon)", self.config.pid_path, exc)
         self.announced = True
         if self.ready_file is not None:
             tmp = self.ready_file.with_name(self.ready_file.name + ".tmp")
