@@ -375,3 +375,17 @@ def test_queue_requests_reach_the_primary_worker(tmp_path: Path, ca: trustme.CA)
             assert '"hold":true' in (queue / f"{entry_id}.log").read_text()
         finally:
             d.stop()
+
+
+def test_mailkeep_reload_reaches_every_worker_through_the_supervisor(two: RunningDaemon) -> None:
+    assert two.proc is not None
+    config = two.root / "mailkeep.toml"
+    assert (two.data_dir / "mailkeep.pid").read_text().strip() == str(two.proc.pid)
+    config.write_text(config.read_text().replace("[security]",
+                                                 "[security]\nmax_connections_per_ip = 7"))
+    r = subprocess.run([sys.executable, "-m", "mailkeep", "reload", "--config", str(config)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"(pid {two.proc.pid})" in r.stdout, r.stdout + r.stderr
+    pids = worker_pids(two)
+    assert eventually(lambda: all(f"[{pid}] mailkeep: reload: security.max_connections_per_ip"
+                                  in log_text(two) for pid in pids), WAIT)
