@@ -46,8 +46,12 @@ from mailkeep.store.maildir import MaildirStore
 from mailkeep.tls.context import TlsContexts
 from mailkeep.tls.fronts import load_fronts
 from mailkeep.tls.renewal import AcmeManager
+from mailkeep.workers.link import WorkerLink
 
 log = logging.getLogger("mailkeep")
+
+# How often a worker checks that its supervisor is still there.
+PARENT_CHECK_INTERVAL = 1.0
 
 
 class StartupError(Exception):
@@ -59,8 +63,10 @@ class StartupError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, link: WorkerLink | None = None) -> None:
         self.config = config
+        # One of several workers (workers/): counters shared through the parent.
+        self.link = link
         self.tls = TlsContexts(config.hostname)
         self.listeners: list[Listener] = []
         self.bound: dict[str, list[str]] = {}
@@ -71,6 +77,7 @@ class Daemon:
         self.ready_file: Path | None = None  # where `serve --ready-file` wants the ports
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._mail_setup: MailSetup | None = None
         self.acme: AcmeManager | None = None
         self.identity: Identity | None = None  # who the daemon became after binding (run_as)
@@ -147,14 +154,21 @@ class Daemon:
                         "(raise `ulimit -n` or lower security.max_connections)",
                         security.max_connections, capacity, open_files,
                         security.descriptor_reserve)
+        budget = ConnectionBudget(security, capacity)
+        throttle = AuthThrottle(security)
+        sessions = SessionCounter(config.imap.max_connections_per_user,
+                                  config.imap.max_connections_per_user_ip)
+        rates = {lst.name: RateLimiter(lst.rate.count, lst.rate.seconds)
+                 for lst in config.listeners if lst.rate is not None}
+        if self.link is not None:
+            budget, throttle, sessions, rates = self.link.shared(budget, throttle, sessions,
+                                                                 rates)
         self.services = Services(
             config=config, directory=self.directory, store=self.store,
-            throttle=AuthThrottle(security), budget=ConnectionBudget(security, capacity),
-            imap_sessions=SessionCounter(config.imap.max_connections_per_user,
-                                         config.imap.max_connections_per_user_ip),
+            throttle=throttle, budget=budget, imap_sessions=sessions,
+            # Memory is per process: so is the budget of input held in it.
             input_budget=InputBudget(security.max_buffered_input),
-            rate_limiters={lst.name: RateLimiter(lst.rate.count, lst.rate.seconds)
-                           for lst in config.listeners if lst.rate is not None},
+            rate_limiters=rates,
             metrics=metrics,
         )
         await self._start_relay(self.services)
@@ -168,7 +182,7 @@ class Daemon:
         for lst in config.listeners:
             for i, addr in enumerate(lst.bind):
                 try:
-                    sock = bind_socket(addr)
+                    sock = bind_socket(addr, reuse_port=self.link is not None)
                 except OSError as exc:
                     problems.append(f"listeners.{lst.name}.bind[{i}]: {addr}: "
                                     f"{bind_hint(exc, addr)}")
@@ -183,7 +197,9 @@ class Daemon:
             if self.runner is not None:
                 await self.runner.stop(grace=0)  # and let go of the spool's lock
             raise StartupError(problems)
-        if self.ready_file is not None:
+        if self.link is not None:
+            self.link.ready(self.bound)  # the supervisor writes --ready-file
+        elif self.ready_file is not None:
             # Written before any switch of user: its folder may be root's.
             write_ready_file(self.ready_file, self.bound)
         if identity is not None:
@@ -193,6 +209,8 @@ class Daemon:
             listener.start()
         self._reload_task = asyncio.create_task(self._reload_loop())
         await self.reloader.started()
+        if self.link is not None:
+            self._watch_task = asyncio.create_task(self._watch_parent(self.link))
         if self.acme is not None:
             self.acme.start([int(a.rsplit(":", 1)[1]) for lst in config.listeners
                              if lst.tls == "implicit" for a in self.bound.get(lst.name, [])])
@@ -266,7 +284,8 @@ class Daemon:
         spool = Spool(config.data_dir / "spool")
         self.runner = services.runner = DeliveryRunner(config, spool, self.store_or_fail(),
                                                        services.directory,
-                                                       metrics=services.metrics)
+                                                       metrics=services.metrics,
+                                                       shared=self.link is not None)
         try:
             await self.runner.start()
         except SpoolBusy as exc:
@@ -321,6 +340,13 @@ class Daemon:
             await asyncio.sleep(self.config.tls.reload_interval)
             await asyncio.to_thread(self.tls.reload)
 
+    async def _watch_parent(self, link: WorkerLink) -> None:
+        """A worker whose supervisor is gone stops (nobody would restart or reload it)."""
+        while link.parent_alive():  # noqa: ASYNC110 (no event to wait for: a pid to poll)
+            await asyncio.sleep(PARENT_CHECK_INTERVAL)
+        log.error("worker %d: the supervisor is gone: stopping", os.getpid())
+        self.request_stop()
+
     def reload(self) -> None:
         """SIGHUP: re-read the whole configuration and apply it (app_reload.py): refused
         with every problem when it is wrong. Certificates are re-read either way, and ACME
@@ -373,8 +399,9 @@ class Daemon:
                 if not services.sessions:
                     break
                 await asyncio.sleep(0.05)
-        if self._reload_task is not None:
-            self._reload_task.cancel()
+        for task in (self._reload_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         self.reloader.cancel()
         if self.acme is not None:
             self.acme.stop()
@@ -392,8 +419,9 @@ class Daemon:
 
 async def serve(config: Config, ready_file: Path | None = None,
                 on_started: Callable[[Daemon], None] | None = None,
-                install_signals: bool = True, log_level_pinned: bool = False) -> None:
-    daemon = Daemon(config)
+                install_signals: bool = True, log_level_pinned: bool = False, *,
+                link: WorkerLink | None = None) -> None:
+    daemon = Daemon(config, link)
     daemon.ready_file = ready_file
     daemon.log_level_pinned = log_level_pinned
     await daemon.start()
@@ -403,6 +431,7 @@ async def serve(config: Config, ready_file: Path | None = None,
         loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    if install_signals and link is None:  # a worker's supervisor writes its own pid there
         # Only once SIGHUP is handled: `mailkeep reload` signals the pid it finds there.
         try:
             await asyncio.to_thread(runfiles.write_pid, config.pid_path)

@@ -190,6 +190,10 @@ class Reloader:
         data = report.status(self.daemon.bound)
         if status is not None:
             data["status"] = status
+        if self.daemon.link is not None:
+            # A worker answers for the daemon `mailkeep reload` signalled: its supervisor.
+            # (Every worker writes the same outcome of the same file; the last one stays.)
+            data["pid"], data["worker"] = self.daemon.link.parent, os.getpid()
         try:
             await asyncio.to_thread(write_status, self.daemon.config.data_dir, data)
         except OSError as exc:
@@ -308,7 +312,7 @@ def _bind(daemon: Daemon, plan: SocketPlan, managed: list[Listener]) -> tuple[Fr
     for lst, i in plan.bind:
         addr = lst.bind[i]
         try:
-            sock = bind_socket(addr)
+            sock = bind_socket(addr, reuse_port=daemon.link is not None)  # workers/
         except OSError as exc:
             problems.append(f"listeners.{lst.name}.bind[{i}]: {addr}: "
                             f"{_bind_problem(daemon, exc, addr, closing)}")

@@ -3,9 +3,11 @@ keep running as root without run_as unless allow_root."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,3 +83,33 @@ def test_unknown_run_as_user_is_a_clear_error(tmp_path: Path, ca: trustme.CA) ->
     assert r.returncode == 78
     assert "no user 'no-such-user-here'" in r.stderr
 
+
+
+def test_every_worker_drops_to_run_as_and_so_does_a_restarted_one(open_path: Path,
+                                                                  ca: trustme.CA) -> None:
+    """workers = 2: the supervisor stays root (a restarted worker must bind again); every
+    worker, the restarted one too, runs as run_as."""
+    nobody = pwd.getpwnam("nobody")
+    config = write_config(open_path, ca, extra_top={"run_as": "nobody", "workers": 2})
+    d = start_process_daemon(config, ca)
+
+    def workers() -> list[int]:
+        return [int(p) for p in json.loads((open_path / "ready.json").read_text())["workers"]]
+
+    try:
+        first = workers()
+        for pid in first:  # (the ready file is written just before the switch)
+            assert eventually(lambda pid=pid: _status_ids(pid)[0] == [nobody.pw_uid] * 4, 30)
+        os.kill(first[0], signal.SIGKILL)
+        assert eventually(lambda: len(set(workers()) - set(first)) == 1, 30)
+        restarted = next(iter(set(workers()) - set(first)))
+        assert eventually(lambda: _status_ids(restarted)[0] == [nobody.pw_uid] * 4, 30)
+        for _ in range(4):  # whichever worker takes it, mail goes through
+            s = d.smtp()
+            s.login("alice", "alice-secret-pw")
+            assert s.sendmail("alice@example.test", ["bob@example.test"],
+                              b"From: alice@example.test\r\nSubject: w\r\n\r\nok\r\n") == {}
+            s.quit()
+        assert len(d.maildir_files("bob")) == 4
+    finally:
+        d.stop()

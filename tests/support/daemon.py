@@ -91,6 +91,8 @@ def write_config(root: Path, ca: trustme.CA, *, submission: dict[str, Any] | Non
     lines = [f'hostname = "{HOSTNAME}"', f'domains = ["{DOMAIN}"]', 'data_dir = "data"']
     if os.geteuid() == 0 and "run_as" not in (extra_top or {}):
         lines.append("allow_root = true")  # the tests run as root in CI (a daemon thread)
+    if "workers" not in (extra_top or {}):
+        lines.append("workers = 1")  # one process unless a test asks for more
     for k, v in (extra_top or {}).items():
         lines.append(f"{k} = {toml_value(v)}")
     lines += ["[tls]", 'cert = "certs/mailkeep.crt"', 'key = "certs/mailkeep.key"',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import pwd
 import secrets
@@ -20,15 +21,18 @@ from mailkeep.cli.common import (
     load_or_exit,
     setup_logging,
 )
+from mailkeep.config import load_config
 from mailkeep.config.check import problems as check_problems
 from mailkeep.config.check import warnings as check_warnings
 from mailkeep.config.hints import admin_command
 from mailkeep.config.load import read_config
+from mailkeep.config.model import Config
 from mailkeep.config.template import render
 from mailkeep.directory.base import Account
 from mailkeep.directory.file import UserRecord, write_users_file
 from mailkeep.directory.passwords import hash_password
 from mailkeep.fsmodes import PRIVATE_FILE, cannot_write, make_private_dirs, write_file
+from mailkeep.observe.logformat import formatter
 from mailkeep.tls.certs import generate_selfsigned
 
 # -- init -----------------------------------------------------------------------------------
@@ -144,16 +148,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         runner = asyncio.Runner()
     ready = Path(args.ready_file) if args.ready_file else None
+    if config.workers > 1:
+        return _serve_workers(args, config, runner, ready)
     try:
         with runner:
             runner.run(serve(config, ready_file=ready,
                              log_level_pinned=args.log_level is not None))
     except StartupError as exc:
-        print(f"mailkeep: cannot start ({config.path}):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _startup_problems(config, exc.problems)
         return EXIT_CONFIG
     return 0
+
+
+def _startup_problems(config: Config, problems: list[str]) -> None:
+    print(f"mailkeep: cannot start ({config.path}):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _serve_workers(args: argparse.Namespace, config: Config, runner: asyncio.Runner,
+                   ready: Path | None) -> int:
+    """`workers` > 1: a supervisor forks the workers (no event loop exists here yet: the
+    runner creates its loop on first use, in each worker)."""
+    from mailkeep.app import StartupError, serve  # noqa: PLC0415
+    from mailkeep.workers.link import WorkerLink  # noqa: PLC0415
+    from mailkeep.workers.supervisor import Supervisor  # noqa: PLC0415
+
+    def reload_config() -> Config:
+        fresh = load_config(args.config)
+        return dataclasses.replace(fresh, allow_root=True) if args.allow_root else fresh
+
+    def worker_main(worker_config: Config, link: WorkerLink) -> int:
+        try:
+            with runner:
+                runner.run(serve(worker_config, link=link,
+                                 log_level_pinned=args.log_level is not None))
+        except StartupError as exc:
+            _startup_problems(worker_config, exc.problems)
+            return EXIT_CONFIG
+        return 0
+
+    for handler in logging.getLogger().handlers:  # which worker said it
+        handler.setFormatter(formatter(config.log_format, pid=True))
+    return Supervisor(config, reload_config, worker_main, ready).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast, get_args
 
 from mailkeep.config.hints import admin_command, command, config_in_use
 from mailkeep.config.model import (
+    MAX_WORKERS,
     AuthMode,
     BindAddress,
     Config,
@@ -31,6 +32,7 @@ from mailkeep.config.model import (
     SubmissionConfig,
     TlsConfig,
     TlsMode,
+    default_workers,
 )
 from mailkeep.config.tls_table import check_tls_listeners, parse_tls, unreadable_files
 from mailkeep.proto.address import is_numeric_domain
@@ -61,7 +63,7 @@ _LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 _TOP_KEYS = {"hostname", "domains", "data_dir", "tls", "directory", "listeners",
              "submission", "security", "pop3", "imap", "log_level", "log_format",
              "shutdown_grace", "delivery", "dkim", "trusted_proxies", "run_as", "allow_root",
-             "mail_dir", "store", "pid_file"}
+             "mail_dir", "store", "pid_file", "workers"}
 _LISTENER_KEYS = {"protocol", "tls", "bind", "cert", "key", "proxy_protocol"}
 # Connector policy keys, and the SMTP listener kinds each is meaningful for.
 _CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
@@ -327,6 +329,15 @@ def _parse(raw: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
         r.problem("shutdown_grace", f"must be 0 or more seconds, got {grace}")
         grace = 10.0
 
+    workers = _workers(r, raw.get("workers", "auto"))
+    if workers > 1 and tls.acme is not None:
+        # ACME challenges are answered from the memory of the process that asked for the
+        # certificate, and the CA's validation may reach any worker.
+        if "workers" in raw:
+            r.problem("workers", f"{workers} workers cannot be used with [tls.acme] yet (the "
+                      "CA's challenge must reach the worker that asked): set workers = 1")
+        workers = 1
+
     delivery_raw = r.table(raw, "delivery")
     delivery, delivery_problems = parse_delivery(delivery_raw, path.parent, hostname=hostname)
     r.problems.extend(delivery_problems)
@@ -356,7 +367,19 @@ def _parse(raw: dict[str, Any], path: Path) -> tuple[Config, list[str]]:
         log_format=cast(LogFormat, log_format), shutdown_grace=grace, delivery=delivery,
         queue=queue, dkim=MappingProxyType(dkim), trusted_proxies=tuple(trusted),
         run_as=run_as, allow_root=allow_root, mail_dir=mail_dir, pid_file=pid_file,
+        workers=workers,
     ), r.problems
+
+
+def _workers(r: _Reader, value: object) -> int:
+    """`workers`: 1..MAX_WORKERS, or "auto" (one per core)."""
+    if value == "auto":
+        return default_workers()
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    r.problem("workers", f'must be a number of processes from 1 to {MAX_WORKERS} or "auto", '
+              f"got {value!r}")
+    return 1
 
 
 def _parse_special_use(r: _Reader, table: dict[str, Any], prefix: str) -> SpecialUseConfig:

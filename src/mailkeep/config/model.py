@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -62,6 +63,14 @@ DEFAULT_MAX_BUFFERED_INPUT = 256 * 1024 * 1024
 # break delivery for everyone once ~1,100 pending connections held a 1,024 limit).
 DEFAULT_DESCRIPTOR_RESERVE = 128
 DEFAULT_SHUTDOWN_GRACE = 10.0
+# `workers`: processes serving the listeners. More than this is a typo, not a machine.
+MAX_WORKERS = 256
+
+
+def default_workers() -> int:
+    """`workers = "auto"` (and the default): one process per core this process may use."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return max(1, min(MAX_WORKERS, count or 1))
 # RFC 1939 §3: a POP3 autologout timer MUST be at least 10 minutes (Dovecot: 10 minutes).
 DEFAULT_POP3_IDLE_TIMEOUT = 600.0
 # Dovecot pop3 CLIENT_MAX_BAD_COMMANDS: failed commands in a row before the session closes
@@ -298,6 +307,9 @@ class Config:
     log_level: str = "info"
     log_format: LogFormat = "text"
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    # Processes serving every listener (SO_REUSEPORT); 1 is one process, no supervisor.
+    # A config file without the key gets default_workers() (config/load.py).
+    workers: int = 1
     # Where the accounts' Maildirs live (None: DATA_DIR/mail). Two daemons (or Dovecot) may
     # share Maildirs; each daemon keeps its own spool under its own data_dir.
     mail_dir: Path | None = None

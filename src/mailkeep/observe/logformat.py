@@ -21,12 +21,18 @@ import logging
 import re
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# With several workers (workers/), each line says which process wrote it.
+TEXT_FORMAT_PID = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 # key=value words of our messages that become JSON fields (the value ends at white space).
 _FIELDS = re.compile(r"(?<![\w=])(conn|peer|listener|user)=([^\s,;]+)")
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (json.dumps escapes every newline)."""
+
+    def __init__(self, pid: bool = False) -> None:
+        super().__init__()
+        self.pid = pid
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -37,6 +43,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": message,
         }
+        if self.pid:
+            out["pid"] = str(record.process)
         for key, value in _FIELDS.findall(message):
             if key not in out and value != "-":
                 out[key] = value
@@ -49,8 +57,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def formatter(kind: str) -> logging.Formatter:
-    """The formatter of a `log_format` value ("text" or "json")."""
+def formatter(kind: str, pid: bool = False) -> logging.Formatter:
+    """The formatter of a `log_format` value ("text" or "json"); `pid`: name the process."""
     if kind == "json":
-        return JsonFormatter()
-    return logging.Formatter(TEXT_FORMAT)
+        return JsonFormatter(pid)
+    return logging.Formatter(TEXT_FORMAT_PID if pid else TEXT_FORMAT)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailkeep.config.model import Config
@@ -40,6 +40,8 @@ class Notices:
     directory: UserDirectory
     entries: dict[str, SpoolEntry]       # the runner's queue (shared, not copied)
     clock: Callable[[], float]
+    # How an entry is spooled (the runner's: a worker claims it first, relay/claims.py).
+    accept: Callable[[SpoolEntry, bytes], Awaitable[None]] | None = None
 
     async def spool_owed(self, entry: SpoolEntry, message: bytes | None) -> dict[str, bytes]:
         """Spool every report `entry` owes, then log them done. Returns the DSNs spooled
@@ -90,7 +92,10 @@ class Notices:
             log.warning("id=%s %s notice for <%s> not sent: the address cannot be used",
                         entry.id, action, printable(built.envelope_recipient))
             return None
-        await asyncio.to_thread(self.spool.accept, dsn_entry, built.message)
+        if self.accept is not None:
+            await self.accept(dsn_entry, built.message)
+        else:
+            await asyncio.to_thread(self.spool.accept, dsn_entry, built.message)
         self.entries[dsn_id] = dsn_entry
         log.info("id=%s %s notice queued as %s to <%s>", entry.id, action, dsn_id,
                  printable(built.envelope_recipient))

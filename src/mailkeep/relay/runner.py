@@ -42,6 +42,7 @@ from mailkeep.relay.envelope import OutboundMessage, Recipient
 from mailkeep.relay.notices import Notices
 from mailkeep.relay.queue_admin import age_text
 from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
+from mailkeep.relay.sharing import SharedSpoolMixin
 from mailkeep.relay.spool import Notice, Spool, SpoolEntry, SpoolError, SpoolRecipient
 from mailkeep.store.base import DeliveryError, DiskFull, StoreError
 from mailkeep.store.maildir import MaildirStore
@@ -82,11 +83,11 @@ class _Stats:
     deferred: int = 0
 
 
-class DeliveryRunner:
+class DeliveryRunner(SharedSpoolMixin):
     def __init__(self, config: Config, spool: Spool, store: MaildirStore,
                  directory: UserDirectory, client: OutboundClient | None = None, *,
                  clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, shared: bool = False) -> None:
         self.config = config
         self.queue_config = config.queue
         self.spool = spool
@@ -97,7 +98,8 @@ class DeliveryRunner:
         # Local delivery times and remote outcomes (the daemon's; a runner of its own alone).
         self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.entries: dict[str, SpoolEntry] = {}
-        self.notices = Notices(config, spool, directory, self.entries, clock)
+        self.notices = Notices(config, spool, directory, self.entries, clock,
+                               accept=self._accept)
         self.stats = _Stats()
         self._due: list[tuple[float, str]] = []     # heap of (when, id); stale ones skipped
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -108,11 +110,19 @@ class DeliveryRunner:
         self._recovered: set[str] = set()          # loaded at start: check before redelivery
         self._last_report = 0.0
         self._lock_fd: int | None = None
+        # One of several workers on this spool (relay/claims.py): only the primary (the
+        # spool lock's holder) retries and adopts; the others make first attempts only.
+        self.shared = shared
+        self.primary = not shared
+        self._claims: dict[str, int] = {}          # entry id -> its claim's descriptor
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Take the spool's lock (SpoolBusy: another daemon uses it), clean up, resume."""
+        if self.shared:
+            await self._start_shared()
+            return
         # Held until stop(): `mailkeep queue` sees it and sends its requests here instead
         # of changing the spool under our feet; a second daemon on this spool cannot start.
         self._lock_fd = await asyncio.to_thread(self.spool.lock, SPOOL_LOCK_WAIT)
@@ -165,6 +175,9 @@ class DeliveryRunner:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # the spool is the next daemon's (or the CLI's) now
             self._lock_fd = None
+        for fd in self._claims.values():
+            os.close(fd)  # pending entries: the next primary adopts them
+        self._claims.clear()
 
     def reconfigure(self, config: Config, directory: UserDirectory) -> None:
         """A reloaded configuration (domains, [delivery], the directory) for the attempts
@@ -190,7 +203,7 @@ class DeliveryRunner:
         Returns a future that is done when the local recipients have been attempted (the
         SMTP session waits for it briefly, so a sender's 250 normally means "in the INBOX"
         for local mail, as users expect); remote deliveries go on without it."""
-        await asyncio.to_thread(self.spool.accept, entry, message)
+        await self._accept(entry, message)
         self.entries[entry.id] = entry
         log.info("queued id=%s from=<%s> rcpts=%d size=%d", entry.id, printable(entry.mail_from),
                  len(entry.recipients), entry.size)
@@ -204,6 +217,8 @@ class DeliveryRunner:
     # -- scheduling ------------------------------------------------------------------------
 
     def _schedule(self, entry_id: str, when: float) -> None:
+        if not self.primary:
+            return  # a worker's first attempt is over: the primary adopts the rest
         heapq.heappush(self._due, (when, entry_id))
         self._wake.set()
 
@@ -213,8 +228,9 @@ class DeliveryRunner:
             if local_done is not None and not local_done.done():
                 local_done.set_result(None)
             return
-        task = asyncio.create_task(self._attempt(entry_id, message, local_done),
-                                   name=f"deliver-{entry_id}")
+        attempt = self._attempt(entry_id, message, local_done)
+        task = asyncio.create_task(self._claimed(entry_id, attempt) if self.shared
+                                   else attempt, name=f"deliver-{entry_id}")
         self._running[entry_id] = task
         task.add_done_callback(lambda _t: self._running.pop(entry_id, None))
 
@@ -521,6 +537,8 @@ class DeliveryRunner:
 
     async def control(self, op: str, target: str) -> bool:
         """retry ID|all, delete ID, hold ID, release ID. True if it applied to something."""
+        if self.shared and target not in self.entries:
+            await self._adopt()  # another worker may have left it pending a moment ago
         if op == "retry":
             chosen = list(self.entries) if target == "all" else [target]
             found = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +28,16 @@ SHUTDOWN_ABORT_AFTER = 1.0
 
 _conn_counter = itertools.count(1)
 _RUN = secrets.token_hex(2)
+
+
+def _new_run() -> None:
+    """A forked worker (workers/) numbers its connections apart from its siblings."""
+    global _conn_counter, _RUN  # noqa: PLW0603
+    _conn_counter = itertools.count(1)
+    _RUN = secrets.token_hex(2)
+
+
+os.register_at_fork(after_in_child=_new_run)
 
 
 def new_connection_id() -> str:
