@@ -11,9 +11,12 @@ from collections import OrderedDict
 
 from mailkeep.proto.imap.mime import MimePart
 
-# Our choice: enough for a client paging through a folder's bodies and structures, small
-# next to the 25 MiB message limit times a handful of sessions.
-MAX_ENTRIES = 512
+# Our choice: the octet bound is what limits memory; the entry bound only caps bookkeeping.
+# It must exceed the messages the open folders of all sessions hold together: a SEARCH over
+# every message walks its folder in order, and an LRU smaller than the folders being walked
+# keeps nothing (512 entries with ten 70-message folders: every SEARCH re-read and re-parsed
+# every message; docs/benchmarks.md).
+MAX_ENTRIES = 16_384
 MAX_OCTETS = 64 * 1024 * 1024
 
 CacheKey = tuple[str, str, int, int]
