@@ -21,12 +21,14 @@ Loopback only; every run stops by itself. Prints figures, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +99,10 @@ def _smtp(server: Server, args: argparse.Namespace, per_conn: int) -> dict[str, 
     return figures
 
 
-WORKLOADS = {
-    "imap-mix": lambda s, a: _imap_mix(s, a),
-    "smtp-session": lambda s, a: _smtp(s, a, 0),
-    "smtp-1msg": lambda s, a: _smtp(s, a, 1),
+WORKLOADS: dict[str, Callable[[Server, argparse.Namespace], dict[str, float]]] = {
+    "imap-mix": _imap_mix,
+    "smtp-session": functools.partial(_smtp, per_conn=0),
+    "smtp-1msg": functools.partial(_smtp, per_conn=1),
 }
 HEADLINE = {"imap-mix": "ops_s", "smtp-session": "rate", "smtp-1msg": "rate"}
 

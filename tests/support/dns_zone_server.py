@@ -46,6 +46,30 @@ def _txt_rdata(value: str) -> str:
                     for c in chunks)
 
 
+# A UDP port is rarely free for TCP too when many tests hold connections: tried this often.
+BIND_ATTEMPTS = 50
+
+
+def bind_udp_tcp_pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """A UDP socket and a listening TCP socket on one port number (a resolver falls back to
+    TCP on the port it asked over UDP). The kernel picks a free UDP port; its TCP twin may be
+    taken by another test's connection, so another pair is tried."""
+    for _ in range(BIND_ATTEMPTS):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(16)
+        return udp, tcp
+    raise OSError("no port free for both UDP and TCP on " + host)
+
+
 class DnsZoneServer:
     def __init__(self, zone: Zone, host: str = "127.0.0.1") -> None:
         self.zone: dict[str, dict[str, list[str]]] = {
@@ -57,30 +81,10 @@ class DnsZoneServer:
         self.tcp_queries = 0
         self.host = host
         self._stop = threading.Event()
-        self._udp, self._tcp = self._bind_pair(host)
+        self._udp, self._tcp = bind_udp_tcp_pair(host)
         self.port: int = self._udp.getsockname()[1]
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True),
                          threading.Thread(target=self._serve_tcp, daemon=True)]
-
-    @staticmethod
-    def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
-        """One port number for UDP and TCP (a resolver falls back to TCP on the same port).
-        The kernel picks a free UDP port; its TCP twin may be taken by another test's
-        connection, so another pair is tried."""
-        for _ in range(50):
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind((host, 0))
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                tcp.bind((host, udp.getsockname()[1]))
-            except OSError:
-                udp.close()
-                tcp.close()
-                continue
-            tcp.listen(16)
-            return udp, tcp
-        raise OSError("no port free for both UDP and TCP on " + host)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

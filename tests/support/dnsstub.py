@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -37,9 +36,9 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from tests.support.dns_zone_server import bind_udp_tcp_pair
+
 TTL = 300
-# How many times to look for a port number free for both UDP and TCP.
-_BIND_ATTEMPTS = 50
 
 
 def _key(name: str) -> str:
@@ -178,22 +177,12 @@ class DnsStub:
 
     async def _bind(self) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
         loop = asyncio.get_running_loop()
-        last: OSError | None = None
-        for _ in range(_BIND_ATTEMPTS):
-            udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp_sock.bind((self.host, 0))
-            port = udp_sock.getsockname()[1]
-            try:
-                tcp_server = await asyncio.start_server(self._tcp_client, self.host, port)
-            except OSError as exc:
-                udp_sock.close()
-                last = exc
-                continue
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), sock=udp_sock)
-            self.port = port
-            return transport, tcp_server  # type: ignore[return-value]
-        raise OSError(f"no port free for both UDP and TCP: {last}")
+        udp_sock, tcp_sock = bind_udp_tcp_pair(self.host)
+        tcp_server = await asyncio.start_server(self._tcp_client, sock=tcp_sock)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self), sock=udp_sock)
+        self.port = udp_sock.getsockname()[1]
+        return transport, tcp_server
 
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
