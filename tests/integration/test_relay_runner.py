@@ -20,12 +20,13 @@ import trustme
 from mailkeep.config import load_config
 from mailkeep.config.model import Config
 from mailkeep.directory.base import DirectoryUnavailable, UserDirectory, load_directory
+from mailkeep.relay import claims
 from mailkeep.relay.client import OutboundClient
 from mailkeep.relay.envelope import OutboundMessage
 from mailkeep.relay.nexthop import Destination
 from mailkeep.relay.results import RecipientResult
 from mailkeep.relay.runner import CONTROL_INTERVAL, DeliveryRunner
-from mailkeep.relay.spool import Spool, SpoolEntry
+from mailkeep.relay.spool import Spool, SpoolEntry, SpoolRecipient, new_id
 from mailkeep.store.maildir import MaildirStore
 from tests.support.daemon import write_config
 from tests.support.dnsstub import DnsStub
@@ -357,6 +358,36 @@ async def test_queue_control_through_files(harness: HarnessFactory, ups: Upstrea
     await until(lambda: entry.id not in runner.entries, bound)
     assert spool_ids(h.config.data_dir) == [other.id]
     await until(lambda: not any(control.iterdir()), bound)  # every request consumed
+
+
+async def test_a_request_for_an_entry_another_worker_attempts_waits_for_it(
+        harness: HarnessFactory, ups: Upstreams) -> None:
+    # workers > 1: the primary takes `mailkeep queue` requests, but an entry another worker
+    # is still attempting (it holds the claim) cannot be adopted yet. The request is kept
+    # and applied once the claim is let go, not dropped.
+    up = ups(TEMPFAIL)
+    h = await harness(up, retry_schedule=[3600])
+    primary = DeliveryRunner(h.config, h.spool, h.store, h.directory,
+                             RecordingClient(h.config, h.clock), clock=h.clock, shared=True)
+    await primary.start()
+    h.runners.append(primary)
+    assert primary.primary
+    entry = SpoolEntry(id=new_id(), mail_from="alice@example.test",
+                       recipients=[SpoolRecipient("carol@partner.test", "remote")],
+                       arrival=T0, size=5, next_attempt=T0 + 3600, attempts=1)
+    fd = claims.claim_new(h.spool, entry.id)  # the other worker's first attempt
+    try:
+        h.spool.accept(entry, b"hello")
+        (h.spool.control / f"hold-{entry.id}").touch()
+        await primary.take_requests()
+        assert entry.id not in primary.entries
+        assert ("hold", entry.id) in primary._held_back
+    finally:
+        claims.release(h.spool, entry.id, fd)
+    await primary.take_requests()
+    assert primary.entries[entry.id].hold
+    assert h.spool.load(entry.id).hold
+    assert not primary._held_back
 
 
 async def test_no_bounce_through_split_delivery_to_a_source_routed_sender(

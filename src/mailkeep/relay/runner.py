@@ -52,6 +52,10 @@ log = logging.getLogger("mailkeep.queue")
 
 # How often the control folder (`mailkeep queue ...` requests) is looked at.
 CONTROL_INTERVAL = 1.0
+# How long a request for an entry another worker is attempting waits for the primary to
+# adopt it: longer than any one attempt (RFC 5321 §4.5.3.2 timeouts add up to about half
+# an hour), then dropped with a warning.
+HOLD_BACK_LIMIT = 3600.0
 # How often the queue's size and oldest entry are logged while it is not empty.
 QUEUE_REPORT_INTERVAL = 300.0
 # An entry whose file cannot be read is retried this much later (an administrator may fix
@@ -115,6 +119,10 @@ class DeliveryRunner(SharedSpoolMixin):
         self.shared = shared
         self.primary = not shared
         self._claims: dict[str, int] = {}          # entry id -> its claim's descriptor
+        self._adopting = asyncio.Lock()            # one look for orphans at a time
+        # Requests naming an entry another worker is still attempting: (op, id) -> give up
+        # at; tried again each CONTROL_INTERVAL until the primary holds the entry.
+        self._held_back: dict[tuple[str, str], float] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -527,13 +535,36 @@ class DeliveryRunner(SharedSpoolMixin):
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(CONTROL_INTERVAL)
-            try:
-                requests = await asyncio.to_thread(self.spool.requests)
-            except OSError as exc:
-                log.error("queue control folder unreadable: %s", exc)
-                continue
-            for op, target in requests:
-                await self.control(op, target)
+            await self.take_requests()
+
+    async def take_requests(self) -> None:
+        """Act on the requests waiting in control/, and on those held back for entries
+        another worker was still attempting."""
+        try:
+            requests = await asyncio.to_thread(self.spool.requests)
+        except OSError as exc:
+            log.error("queue control folder unreadable: %s", exc)
+            return
+        now = self.clock()
+        for key, until in list(self._held_back.items()):
+            if until <= now:
+                del self._held_back[key]
+                log.warning("queue: %s %s dropped: another worker kept the entry for %g s",
+                            *key, HOLD_BACK_LIMIT)
+            elif key not in requests:
+                requests.append(key)
+        for op, target in requests:
+            applied = await self.control(op, target)
+            if applied or not self._busy_elsewhere(target):
+                self._held_back.pop((op, target), None)
+            else:
+                self._held_back.setdefault((op, target), now + HOLD_BACK_LIMIT)
+
+    def _busy_elsewhere(self, target: str) -> bool:
+        """An entry in queue/ that this (primary) runner could not adopt yet: another
+        worker is making its first attempt and lets go when that ends."""
+        return (self.shared and target != "all" and target not in self.entries
+                and (self.spool.queue / target).exists())
 
     async def control(self, op: str, target: str) -> bool:
         """retry ID|all, delete ID, hold ID, release ID. True if it applied to something."""

@@ -39,6 +39,7 @@ class SharedSpoolMixin:
     _tasks: list[asyncio.Task[None]]
     _lock_fd: int | None
     _stopping: bool
+    _adopting: asyncio.Lock
 
     def _schedule(self, entry_id: str, when: float) -> None:
         raise NotImplementedError
@@ -99,8 +100,11 @@ class SharedSpoolMixin:
 
     async def _adopt(self) -> None:
         """Entries other workers left pending (or held when they died): ours now."""
-        known = set(self.entries) | set(self._claims)
-        found = await asyncio.to_thread(claims.adopt, self.spool, known)
+        # One look at a time: two (the adopt loop's and a queue request's) would each find
+        # the claim the other holds for a moment, and the request would miss its entry.
+        async with self._adopting:
+            known = set(self.entries) | set(self._claims)
+            found = await asyncio.to_thread(claims.adopt, self.spool, known)
         for item in found:
             if isinstance(item, SpoolError):
                 log.error("spool entry set aside: %s", item)
