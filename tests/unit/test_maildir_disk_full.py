@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from mailkeep.store import DiskFull, FlagMode, StoreError, StoreFull
-from mailkeep.store.maildir import MaildirStore, dotlock, mailbox, uidlist
+from mailkeep.store.maildir import MaildirStore, dotlock, settle, uidlist
 from mailkeep.store.maildir.layout import unique_name
 from tests.support.fullfs import PAGE, SmallFs, mounted_tmpfs
 
@@ -90,7 +90,8 @@ def test_a_snapshot_taken_while_full_is_not_reused_once_space_returns(
         store: MaildirStore, fs: SmallFs, monkeypatch: pytest.MonkeyPatch) -> None:
     """Space coming back changes nothing in the folder, so the folder's change signature
     cannot tell: a snapshot that left files out must not be cached."""
-    monkeypatch.setattr(mailbox, "SETTLE_NS", 0)  # trust signatures at once
+    monkeypatch.setattr(settle, "SETTLE_NS", 0)  # trust signatures at once
+    monkeypatch.setattr(settle, "FINE_SETTLE_NS", 0)
     run(store.deliver(USER, MSG))
     run(store.snapshot(USER, "INBOX"))
     late = drop_in(store.root(USER))

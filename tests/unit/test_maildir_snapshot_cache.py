@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailkeep.store import FlagMode
-from mailkeep.store.maildir import MaildirStore, mailbox, uidlist
+from mailkeep.store.maildir import MaildirStore, mailbox, settle, uidlist
 
 A = "alice"
 MSG = b"Subject: hi\r\n\r\nbody\r\n"
@@ -30,7 +30,8 @@ def store(tmp_path: Path) -> Iterator[MaildirStore]:
 def trusting(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trust timestamps at once (the real rule waits a second after each change), so the
     reuse paths run without sleeping."""
-    monkeypatch.setattr(mailbox, "SETTLE_NS", 0)
+    monkeypatch.setattr(settle, "SETTLE_NS", 0)
+    monkeypatch.setattr(settle, "FINE_SETTLE_NS", 0)
 
 
 def inbox(tmp_path: Path) -> Path:
@@ -46,7 +47,7 @@ async def test_recently_changed_folder_is_not_trusted(store: MaildirStore,
     await store.append(A, "INBOX", MSG)
     path = inbox(tmp_path)
     assert mailbox.signature(path) is None
-    later = time.time_ns() + 2 * mailbox.SETTLE_NS
+    later = time.time_ns() + 2 * settle.SETTLE_NS
     assert mailbox.signature(path, now_ns=later) is not None
 
 

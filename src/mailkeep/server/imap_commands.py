@@ -183,7 +183,9 @@ class ImapExecutor:
                 if closing is not None:
                     outcome = replace(outcome, session=Authenticated(self.account),
                                       close=closing)
-        await self.flush()
+        # What is left goes out with the tagged reply, in one TLS record and one send
+        # (the session drains before it reads again): not in a write of its own.
+        self._pending = 0
         return outcome
 
     @staticmethod

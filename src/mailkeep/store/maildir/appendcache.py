@@ -59,11 +59,12 @@ class AppendCache(Generic[T]):
         self._guard = threading.Lock()
 
     def read(self, path: str, parse: Callable[[bytes], T],
-             parse_more: Callable[[T, bytes], T | None]) -> T | None:
+             parse_more: Callable[[T, bytes], T | None], *, shared: bool = False) -> T | None:
         """The parse of the file at `path` (the caller's to change), or None when there is
         no file. `parse` reads a whole file; `parse_more` adds appended whole lines to a
         copy of an earlier parse, or says None (then the file is parsed whole). OSError and
-        the parsers' errors go to the caller."""
+        the parsers' errors go to the caller. `shared`: the caller promises not to change
+        the result, which may then be the cached parse itself (no copy)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -73,7 +74,7 @@ class AppendCache(Generic[T]):
             with self._guard:
                 seen = self._seen.get(path)
             if seen is not None and seen.ino == st.st_ino and seen.size <= st.st_size:
-                value = self._grown(path, fd, seen, st, parse_more)
+                value = self._grown(path, fd, seen, st, parse_more, shared=shared)
                 if value is not None:
                     return value
             data = _read_all(fd, st.st_size)
@@ -84,11 +85,12 @@ class AppendCache(Generic[T]):
             # Whole lines only: a line being appended now is not in the parse, and would
             # be skipped for good if the parse were kept with this size.
             self._keep(path, _Seen(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                   _head(data), data[-TAIL_CHECK:], self._copy(value)))
+                                   _head(data), data[-TAIL_CHECK:],
+                                   value if shared else self._copy(value)))
         return value
 
     def _grown(self, path: str, fd: int, seen: _Seen[T], st: os.stat_result,
-               parse_more: Callable[[T, bytes], T | None]) -> T | None:
+               parse_more: Callable[[T, bytes], T | None], *, shared: bool) -> T | None:
         head = os.pread(fd, len(seen.head), 0)
         start = seen.size - len(seen.tail)
         if head != seen.head or os.pread(fd, len(seen.tail), start) != seen.tail:
@@ -96,7 +98,7 @@ class AppendCache(Generic[T]):
         if seen.size == st.st_size:
             if (seen.mtime_ns, seen.ctime_ns) != (st.st_mtime_ns, st.st_ctime_ns):
                 return None  # written in place without growing: not ours, parse it whole
-            return self._copy(seen.value)
+            return seen.value if shared else self._copy(seen.value)
         more = _read_all(fd, st.st_size - seen.size, seen.size)
         if not more.endswith(b"\n"):
             return None  # a line still being appended: parsed whole, kept no longer
@@ -104,7 +106,8 @@ class AppendCache(Generic[T]):
         if value is None:
             return None
         self._keep(path, _Seen(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                               seen.head, (seen.tail + more)[-TAIL_CHECK:], self._copy(value)))
+                               seen.head, (seen.tail + more)[-TAIL_CHECK:],
+                               value if shared else self._copy(value)))
         return value
 
     def _keep(self, path: str, seen: _Seen[T]) -> None:

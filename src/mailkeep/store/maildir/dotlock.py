@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mailkeep.fsmodes import PRIVATE_FILE, create_file
@@ -53,6 +54,29 @@ LOCK_POLL_SECONDS = 0.01
 _OWNER_OCTETS = 512
 # No space to write: disk full (ENOSPC) or the user's filesystem quota (EDQUOT).
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class WouldWait(Exception):
+    """Raised instead of waiting for a lock while waiting is not allowed (store work run
+    on the event loop, store.py `_run(light=True)`): the caller runs the work again in a
+    thread, where waiting is fine. Not a LockError: nothing may treat it as a failure."""
+
+
+_no_wait = threading.local()
+
+
+@contextlib.contextmanager
+def without_waiting() -> Iterator[None]:
+    """Locks taken inside raise WouldWait rather than wait for another holder."""
+    _no_wait.on = True
+    try:
+        yield
+    finally:
+        _no_wait.on = False
+
+
+def _waiting_allowed() -> bool:
+    return not getattr(_no_wait, "on", False)
 
 
 class LockError(Exception):
@@ -158,8 +182,11 @@ class Dotlock:
         self.owned = False  # the lock file is ours (until renamed over the target)
 
     def __enter__(self) -> Dotlock:
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        waiting = _waiting_allowed()
+        deadline = time.monotonic() + (LOCK_WAIT_SECONDS if waiting else 0.0)
         if not _claim(self.key, deadline):
+            if not waiting:
+                raise WouldWait(self.key)
             raise LockError(f"{self.path.name} held by another session")
         try:
             self._create(deadline)
@@ -174,6 +201,8 @@ class Dotlock:
                 self.fd = create_file(self.path, os.O_RDWR | os.O_EXCL, PRIVATE_FILE)
                 break
             except FileExistsError:
+                if not _waiting_allowed():
+                    raise WouldWait(self.key) from None  # stale or not: the thread judges
                 try:
                     judged = self.path.stat()
                 except FileNotFoundError:

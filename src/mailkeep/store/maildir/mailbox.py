@@ -42,6 +42,7 @@ from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, no_space
 from mailkeep.store.maildir.durable import fsync_dir, write_tmp
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
 from mailkeep.store.maildir.maildrop import crlf_size
+from mailkeep.store.maildir.settle import settled
 from mailkeep.store.names import INBOX, flag_set, folder_name, keywords_of
 
 log = logging.getLogger("mailkeep.store")
@@ -92,10 +93,10 @@ def _size(path: Path, location: str) -> int:
 #   signature means an unchanged snapshot (Dovecot's maildir sync skips the readdir the same
 #   way). Timestamps are coarse (a kernel tick, or a second on some filesystems), so two
 #   changes close together can leave the same mtime: a signature is trusted only when all
-#   its times are at least SETTLE_NS older than the moment it was taken; a folder changed
-#   within the last second is always scanned in full.
+#   its times are settled (settle.py: older than one clock step, 25 ms on filesystems with
+#   sub-second times, a second otherwise); a folder changed more recently is scanned again
+#   (only what changed is worked on: _records_since, listing.py).
 
-SETTLE_NS = 1_000_000_000
 _WATCHED = ("new", "cur", uidlist.UIDLIST_NAME, mflags.KEYWORDS_NAME)
 StatKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 Signature = tuple[StatKey | None, ...]
@@ -109,6 +110,7 @@ class FolderCache:
     snapshot: FolderSnapshot
     where: Mapping[str, str]
     facts: Mapping[str, tuple[datetime, int]]  # base -> (INTERNALDATE, RFC822.SIZE)
+    keywords: Mapping[int, str] | None = None  # dovecot-keywords when it was taken
 
 
 def signature(path: Path, now_ns: int | None = None) -> Signature | None:
@@ -121,7 +123,7 @@ def signature(path: Path, now_ns: int | None = None) -> Signature | None:
         except FileNotFoundError:
             keys.append(None)
             continue
-        if max(st.st_mtime_ns, st.st_ctime_ns) > now - SETTLE_NS:
+        if not settled(st, now):
             return None
         keys.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(keys)
@@ -154,9 +156,42 @@ def snapshot(root: Path, name: str, previous: FolderCache | None = None,
     sig = signature(path)
     if previous is not None and reuse and sig is not None and sig == previous.signature:
         return previous
-    known = previous.facts if previous is not None else {}
     index, files = uidlist.sync(path)
     keywords = mflags.read_keywords(path)
+    if previous is not None and previous.keywords == keywords \
+            and previous.snapshot.uidvalidity == index.uidvalidity:
+        records, where, facts, unclaimed = _records_since(path, index, files, keywords,
+                                                          previous)
+    else:
+        records, where, facts, unclaimed = _records(
+            path, index, files, keywords, previous.facts if previous is not None else {})
+    try:
+        modseqs = modseq.update(path, index.uidvalidity, {r.uid: r.flags for r in records})
+    except modseq.ModseqError as exc:
+        # CONDSTORE clients then see no MODSEQ changes until the sidecar is writable again
+        # (a full disk); everything else works on.
+        log.warning("%s: MODSEQ not updated: %s", path, exc)
+        highest, by_uid = 0, {}
+    else:
+        highest, by_uid = modseqs.highest, modseqs.modseqs()
+    snap = FolderSnapshot(index.uidvalidity, index.next_uid, tuple(records),
+                          frozenset(unclaimed), highest, by_uid)
+    if len(where) < len(files):
+        # Files without a UID (the index could not be written: disk full): the next
+        # snapshot must look again, though nothing it watches may change when space returns.
+        sig = None
+    return FolderCache(sig, snap, where, facts, keywords)
+
+
+_Records = tuple[list[MessageRecord], Mapping[str, str],
+                 Mapping[str, tuple[datetime, int]], set[int]]
+
+
+def _records(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
+             keywords: Mapping[int, str],
+             known: Mapping[str, tuple[datetime, int]]) -> _Records:
+    """Every message's record, from the index and the files (dates and sizes in `known`
+    are not looked up again)."""
     records: list[MessageRecord] = []
     where: dict[str, str] = {}
     facts: dict[str, tuple[datetime, int]] = {}
@@ -182,22 +217,60 @@ def snapshot(root: Path, name: str, previous: FolderCache | None = None,
         where[rec.base] = location
         if location.startswith("new/"):
             unclaimed.add(rec.uid)
-    try:
-        modseqs = modseq.update(path, index.uidvalidity, {r.uid: r.flags for r in records})
-    except modseq.ModseqError as exc:
-        # CONDSTORE clients then see no MODSEQ changes until the sidecar is writable again
-        # (a full disk); everything else works on.
-        log.warning("%s: MODSEQ not updated: %s", path, exc)
-        highest, by_uid = 0, {}
+    return records, where, facts, unclaimed
+
+
+def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
+                   keywords: Mapping[int, str], previous: FolderCache) -> _Records:
+    """_records(), reusing the previous snapshot's record of every message whose file
+    name (so its flags) is unchanged: the cost follows what changed, not the folder size
+    (the keywords and UIDVALIDITY are the previous ones: the caller checked)."""
+    before = previous.where
+    records: list[MessageRecord] = []
+    flag_sets: dict[str, frozenset[str]] = {}
+    unclaimed: set[int] = set()
+    by_base = index.records
+    removed = False
+    renumbered: list[str] = []  # vanished for a moment and listed again under a new UID
+    for old in previous.snapshot.messages:
+        base = old.key
+        location = files.get(base)
+        rec = by_base.get(base)
+        if location is None or rec is None or rec.uid != old.uid:
+            removed = True
+            if location is not None and rec is not None:
+                renumbered.append(base)
+            continue
+        if location != before.get(base):
+            letters = uidlist.filename_flags(location.split("/", 1)[1])
+            flags = flag_sets.get(letters)
+            if flags is None:
+                flags = flag_sets[letters] = mflags.from_info(letters, keywords)
+            records.append(MessageRecord(old.uid, base, flags, old.internaldate, old.size))
+        else:
+            records.append(old)  # same file name: same flags
+        if location[0] == "n":  # "new/..."
+            unclaimed.add(old.uid)
+    added = [b for b in files.keys() - before.keys() if b in by_base] + renumbered
+    facts: Mapping[str, tuple[datetime, int]] = previous.facts
+    if added:
+        extra, _, new_facts, extra_unclaimed = _records(
+            path, uidlist.Uidlist(index.uidvalidity, index.next_uid, index.guid,
+                                  {b: by_base[b] for b in added}),
+            files, keywords, {})
+        if extra and extra[0].uid < (records[-1].uid if records else 0):
+            records = sorted(records + extra, key=lambda r: r.uid)
+        else:
+            records += extra
+        unclaimed |= extra_unclaimed
+        facts = {**facts, **new_facts}
+    if removed:
+        facts = {r.key: (r.internaldate, r.size) for r in records}
+    if len(records) == len(files):  # every file has its record (the usual case)
+        where: Mapping[str, str] = files
     else:
-        highest, by_uid = modseqs.highest, modseqs.modseqs()
-    snap = FolderSnapshot(index.uidvalidity, index.next_uid, tuple(records),
-                          frozenset(unclaimed), highest, by_uid)
-    if len(where) < len(files):
-        # Files without a UID (the index could not be written: disk full): the next
-        # snapshot must look again, though nothing it watches may change when space returns.
-        sig = None
-    return FolderCache(sig, snap, where, facts)
+        where = {r.key: files[r.key] for r in records}
+    return records, where, facts, unclaimed
 
 
 def claim_recent(root: Path, name: str) -> set[int]:

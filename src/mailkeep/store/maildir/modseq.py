@@ -69,7 +69,9 @@ class ModseqIndex:
     highest: int
     lowwater: int
     entries: dict[int, tuple[int, int]] = field(default_factory=dict)  # uid -> (modseq, sig)
-    expunged: list[tuple[int, int]] = field(default_factory=list)      # (modseq, uid)
+    # (modseq, uid), oldest first. Shared between copies (it can hold MAX_EXPUNGE_LOG
+    # items): never changed in place, only replaced by a new list.
+    expunged: list[tuple[int, int]] = field(default_factory=list)
     lines: int = 0  # lines in the file it was read from (appended ones included)
 
     @classmethod
@@ -105,6 +107,7 @@ def parse(data: bytes) -> ModseqIndex:
 
 def _apply(index: ModseqIndex, lines: list[str]) -> None:
     highest = index.highest
+    expunged: list[tuple[int, int]] = []
     for line in lines:
         if not line:
             continue
@@ -112,13 +115,15 @@ def _apply(index: ModseqIndex, lines: list[str]) -> None:
         parts = line.split(" ")
         if parts[0] == "X":
             modseq, uid = int(parts[1]), int(parts[2])
-            index.expunged.append((modseq, uid))
+            expunged.append((modseq, uid))
             index.entries.pop(uid, None)
         else:
             modseq = int(parts[1])
             index.entries[int(parts[0])] = (modseq, int(parts[2], 16))
         highest = max(highest, modseq)
     index.highest = highest
+    if expunged:
+        index.expunged = index.expunged + expunged
 
 
 def _parse_more(index: ModseqIndex, more: bytes) -> ModseqIndex:
@@ -143,17 +148,17 @@ def render(index: ModseqIndex) -> bytes:
 
 def _copy(index: ModseqIndex) -> ModseqIndex:
     return ModseqIndex(index.uidvalidity, index.highest, index.lowwater, dict(index.entries),
-                       list(index.expunged), index.lines)
+                       index.expunged, index.lines)
 
 
 _parsed = AppendCache(_copy, PARSE_CACHE_ENTRIES)
 
 
-def read(folder: Path) -> ModseqIndex | None:
+def read(folder: Path, *, shared: bool = False) -> ModseqIndex | None:
     """The sidecar (only lines appended since the last look are parsed: appendcache.py);
-    None when there is none."""
+    None when there is none. `shared`: the caller only reads it (no copy is made)."""
     try:
-        return _parsed.read(f"{folder}/{SIDECAR_NAME}", parse, _parse_more)
+        return _parsed.read(f"{folder}/{SIDECAR_NAME}", parse, _parse_more, shared=shared)
     except OSError as exc:
         raise ModseqError(f"cannot read {SIDECAR_NAME}: {exc.strerror}") from None
 
@@ -178,7 +183,7 @@ def update(folder: Path, uidvalidity: int,
     \\Recent). Blocking; writes only when something changed. ModseqError."""
     signatures: dict[frozenset[str], int] = {}
     try:
-        current = read(folder)
+        current = read(folder, shared=True)  # returned unchanged, or only compared
     except ModseqError:
         current = None  # looked at again under the lock, and started over
     if current is not None and current.uidvalidity == uidvalidity:
@@ -208,12 +213,13 @@ def update(folder: Path, uidvalidity: int,
                 added.append(_entry_line(uid, modseq, sig))
             for uid in gone:
                 del index.entries[uid]
-                index.expunged.append((modseq, uid))
                 added.append(f"X {modseq} {uid}\n")
+            if gone:
+                index.expunged = index.expunged + [(modseq, uid) for uid in gone]
             if len(index.expunged) > MAX_EXPUNGE_LOG:
                 dropped = index.expunged[:-MAX_EXPUNGE_LOG]
                 index.lowwater = max(index.lowwater, *(m for m, _ in dropped))
-                del index.expunged[:-MAX_EXPUNGE_LOG]
+                index.expunged = index.expunged[-MAX_EXPUNGE_LOG:]
                 rewrite = True
             index.lines += len(added)
             needed = len(index.entries) + len(index.expunged)

@@ -42,7 +42,13 @@ from mailkeep.store.maildir import (
 )
 from mailkeep.store.maildir import maildrop as ops
 from mailkeep.store.maildir import usage as usage_scan
-from mailkeep.store.maildir.dotlock import LockError, NoSpace, no_space
+from mailkeep.store.maildir.dotlock import (
+    LockError,
+    NoSpace,
+    WouldWait,
+    no_space,
+    without_waiting,
+)
 from mailkeep.store.maildir.durable import write_message
 from mailkeep.store.maildir.layout import (
     account_root,
@@ -61,6 +67,17 @@ STALE_TMP_SECONDS = 36 * 3600
 IO_WORKERS = 4
 # Folders whose last snapshot is kept for the next one (LRU).
 SNAPSHOT_CACHE_FOLDERS = 1024
+# Light work on a small folder runs on the event loop instead (_run(light=True)): a
+# snapshot, a flag change of a few messages, claiming \Recent. It is a few stats, a readdir
+# and some renames, no fsync, all in the page cache: tens of microseconds per message, less
+# than handing it to a thread, whose Python code then fights the loop for the GIL (with 10
+# clients that hand-off cost 2.2 ms of CPU per IMAP command, half of it futex system time:
+# docs/benchmarks.md). Bounds on the time the loop is held: folders up to INLINE_MESSAGES
+# (by their last snapshot; a folder not seen yet goes to a thread), flag changes of up to
+# INLINE_UIDS messages. A lock held by someone else is never waited for on the loop
+# (dotlock.WouldWait): the work goes to a thread then.
+INLINE_MESSAGES = 2_000
+INLINE_UIDS = 64
 
 
 def _no_report(kind: str) -> None:
@@ -180,9 +197,17 @@ class MaildirStore:
 
     # -- maildrop (POP3 today, IMAP later) ------------------------------------------------
 
-    async def _run(self, func: Callable[..., T], *args: object) -> T:
+    async def _run(self, func: Callable[..., T], *args: object, light: bool = False) -> T:
+        """func(*args) in a thread, or (light) on the loop unless it would wait for a lock;
+        its errors as StoreError and friends."""
         loop = asyncio.get_running_loop()
         try:
+            if light:
+                try:
+                    with without_waiting():
+                        return func(*args)
+                except WouldWait:
+                    pass  # another holds a lock: wait for it in a thread
             return await loop.run_in_executor(self._pool, func, *args)
         except (MessageGone, StoreError):
             raise
@@ -198,6 +223,16 @@ class MaildirStore:
                 raise StoreFull(f"no space: {exc.strerror}") from exc
             self.on_error("io")
             raise StoreError(f"{exc.strerror or exc}") from exc
+
+    def _small(self, account: str, folder: str) -> bool:
+        """Is the folder known to be small enough for light work on the loop?"""
+        try:
+            key = (account, folder_name(folder))
+        except StoreRefusal:
+            return False
+        with self._where_guard:
+            cached = self._snapshots.get(key)
+        return cached is not None and len(cached[1].snapshot.messages) <= INLINE_MESSAGES
 
     async def lock_maildrop(self, mailbox: str) -> _SessionLock | None:
         root = self.root(mailbox)
@@ -389,17 +424,20 @@ class MaildirStore:
 
     async def snapshot(self, account: str, folder: str) -> FolderSnapshot:
         """UIDVALIDITY, UIDNEXT and every message's UID, flags, date and size; no bodies."""
-        return await self._run(self._snapshot_sync, account, folder)
+        return await self._run(self._snapshot_sync, account, folder,
+                               light=self._small(account, folder))
 
     async def claim_recent(self, account: str, folder: str) -> set[int]:
         """Move new/ to cur/; the UIDs that are \\Recent for the caller alone."""
         try:
-            return await self._run(mailbox.claim_recent, self.root(account), folder)
+            return await self._run(mailbox.claim_recent, self.root(account), folder,
+                                   light=self._small(account, folder))
         finally:
             self._changed(account, folder)
 
     async def uidvalidity(self, account: str, folder: str) -> int:
-        return await self._run(mailbox.uidvalidity, self.root(account), folder)
+        return await self._run(mailbox.uidvalidity, self.root(account), folder,
+                               light=self._small(account, folder))
 
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
@@ -414,8 +452,11 @@ class MaildirStore:
                           mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
         """STORE; the new flags of each UID still present (vanished UIDs are left out)."""
         try:
-            return await self._run(mailbox.store_flags, self.root(account), folder,
-                                   tuple(uids), mode, tuple(flags))
+            chosen = tuple(uids)
+            return await self._run(mailbox.store_flags, self.root(account), folder, chosen,
+                                   mode, tuple(flags),
+                                   light=len(chosen) <= INLINE_UIDS and self._small(account,
+                                                                                    folder))
         finally:
             self._changed(account, folder, ChangeKind.FLAGS)
 

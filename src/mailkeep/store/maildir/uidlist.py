@@ -30,7 +30,6 @@ index, its extra records name files that are gone and the next sync drops them a
 from __future__ import annotations
 
 import errno
-import os
 import re
 import threading
 import time
@@ -39,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailkeep.store.maildir import listing
 from mailkeep.store.maildir.appendcache import AppendCache
 from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace
 from mailkeep.store.maildir.layout import delivery_order
@@ -46,7 +46,7 @@ from mailkeep.store.maildir.layout import delivery_order
 UIDLIST_NAME = "dovecot-uidlist"
 LOCK_NAME = "dovecot-uidlist.lock"
 # maildir(5) info separator; Dovecot compares names up to the first ':'.
-INFO_SEPARATOR = ":"
+INFO_SEPARATOR = listing.INFO_SEPARATOR
 _HEADER_KEY = re.compile(r"^([A-Za-z])(.*)$")
 
 
@@ -166,19 +166,15 @@ def render(uidlist: Uidlist) -> bytes:
 
 
 def scan(root: Path) -> dict[str, str]:
-    """base -> "new/NAME" or "cur/NAME" for every message file; new/ first (see below)."""
-    found: dict[str, str] = {}
+    """base -> "new/NAME" or "cur/NAME" for every message file (a fresh dict); a base in
+    both (moving new/ -> cur/ during the look) is taken as cur/."""
     # new/ before cur/: a message moving new/ -> cur/ during the scan is then seen at least
     # once (a cur/-first scan could miss it in both places).
-    for sub in ("new", "cur"):
-        try:
-            with os.scandir(root / sub) as it:
-                for entry in it:
-                    if entry.name.startswith("."):
-                        continue
-                    found[filename_base(entry.name)] = f"{sub}/{entry.name}"
-        except FileNotFoundError:
-            continue
+    new = listing.entries(root, "new")
+    cur = listing.entries(root, "cur")
+    found = dict(new) if new else {}
+    if cur:
+        found.update(cur)
     return found
 
 
@@ -329,8 +325,7 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
     try:
         current = read_cached(root)
         files = scan(root)
-        if current is not None and all(b in current.records for b in files) \
-                and len(files) == len(current.records):
+        if current is not None and files.keys() == current.records.keys():
             return current, files
         try:
             with Dotlock(root, UIDLIST_NAME) as lock:

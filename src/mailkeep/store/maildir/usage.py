@@ -4,7 +4,7 @@ Computed from the message files themselves: every folder's new/ and cur/ are lis
 file's size read from its name (",S=" as Dovecot and we write it; a stat() for a name
 without one). A folder directory whose listing cannot have changed since the last count is
 not listed again: the count is kept per directory with its (inode, mtime, ctime), trusted
-only when those times are at least SETTLE_NS old (coarse timestamps: two changes within one
+only when those times are settled (settle.py: coarse timestamps, two changes within one
 tick can leave the same mtime; mailbox.signature() uses the same rule).
 
 Why not Dovecot's `maildirsize` (the Maildir++ quota file of deltas appended by every
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from mailkeep.store.base import Usage
 from mailkeep.store.maildir.folders import TRASH_PREFIX
+from mailkeep.store.maildir.settle import settled
 
-SETTLE_NS = 1_000_000_000
 # Directories whose count is kept (LRU): two per folder.
 CACHE_DIRECTORIES = 8192
 _SIZE = re.compile(r",S=(\d+)")
@@ -64,7 +64,7 @@ def _count(directory: Path, now_ns: int) -> tuple[int, int]:
                 messages += 1
     except FileNotFoundError:
         return 0, 0
-    if max(st.st_mtime_ns, st.st_ctime_ns) <= now_ns - SETTLE_NS:
+    if settled(st, now_ns):
         with _guard:
             _cache[key] = (identity, octets, messages)
             _cache.move_to_end(key)
