@@ -66,8 +66,17 @@ from mailkeep.store.base import (
     StoreError,
     StoreRefusal,
 )
+from mailkeep.store.names import folder_name
 
 log = logging.getLogger("mailkeep.imap")
+
+
+def _same_folder(name: str, selected: str) -> bool:
+    """Does a command's mailbox name the selected folder? (yes when it cannot be told)"""
+    try:
+        return folder_name(name) == folder_name(selected)
+    except StoreRefusal:
+        return True
 
 # Untagged data is handed to the transport in batches of about this many octets, with a
 # drain in between, so a slow reader holds at most this much of a long FETCH in memory.
@@ -191,9 +200,16 @@ class ImapExecutor:
     @staticmethod
     def should_sync(command: g.CommandType, session: Selected) -> bool:
         """Does the end of this command need a look at the mailbox? When the change feed
-        says someone changed it, or the client asked (NOOP, CHECK: how clients poll), or the
-        command itself changed it; a session with no feed subscription always looks."""
-        if isinstance(command, g.Noop | g.Check | g.Store | g.Copy | g.Append | g.Expunge):
+        says someone changed it, or the client asked (NOOP, CHECK: how clients poll), or
+        the command added messages to it (RFC 3501 §6.3.11: APPEND to the selected mailbox
+        SHOULD give an EXISTS at once; so COPY and MOVE into it); a session with no feed
+        subscription always looks. STORE and EXPUNGE tell the client their own changes
+        (FETCH and EXPUNGE responses) and change the view themselves: a look after them
+        would only find what someone else did, and the feed says when there is any."""
+        if isinstance(command, g.Noop | g.Check):
+            return True
+        if isinstance(command, g.Copy | g.Append | ext.Move) \
+                and _same_folder(command.mailbox, session.view.folder):
             return True
         # Expunges held back during a FETCH/STORE/SEARCH (RFC 3501 §7.4.1) are told at the
         # first command that allows them.

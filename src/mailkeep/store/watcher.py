@@ -6,7 +6,8 @@ directories with inotify (asyncinotify): a message arriving, leaving or being re
 flag change) there is published as an EXTERNAL change within a few milliseconds. Where
 inotify cannot be used (no inotify, the watch limit reached), the folder is polled instead:
 the modification times of new/ and cur/ change with every such rename, so a stat of each
-per POLL_INTERVAL seconds is enough.
+per POLL_INTERVAL seconds is enough. Events that are the echo of this process's own
+renames and unlinks are skipped (store/maildir/echo.py): the store published those itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from asyncinotify import Watch as InotifyWatch
 
 from mailkeep.store.base import StoreRefusal
 from mailkeep.store.changes import Change, ChangeFeed, ChangeKind
+from mailkeep.store.maildir import echo
 
 log = logging.getLogger("mailkeep.store")
 
@@ -133,10 +135,18 @@ class FolderWatcher:
         async for event in inotify:
             watch = event.watch
             if watch is None:
+                if event.mask & Mask.Q_OVERFLOW:
+                    # Events were lost (the kernel's queue overflowed): anything may have
+                    # changed, so every watched folder is looked at again.
+                    for lost in list(self._watches):
+                        self._mark(lost)
                 continue
-            key = self._by_path.get(str(watch.path))
-            if key is not None:
-                self._mark(key)
+            directory = str(watch.path)
+            if event.name is not None and echo.ours(directory, event.name.name):
+                continue  # our own change coming back: already published by the store
+            found = self._by_path.get(directory)
+            if found is not None:
+                self._mark(found)
 
     async def _poll(self) -> None:
         while True:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from mailkeep.fsmodes import PRIVATE_FILE, create_file
+from mailkeep.store.maildir import echo
 
 
 def fsync_dir(path: Path) -> None:
@@ -51,7 +52,7 @@ def write_message(folder: Path, tmp_name: str, final: str, data: bytes,
     tmp = write_tmp(folder, tmp_name, data, mtime)
     target = folder / final
     try:
-        os.rename(tmp, target)
+        echo.rename(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -36,8 +36,8 @@ from mailkeep.store.base import (
     NewMessage,
     NoSuchFolder,
 )
+from mailkeep.store.maildir import echo, folders, modseq, uidlist
 from mailkeep.store.maildir import flags as mflags
-from mailkeep.store.maildir import folders, modseq, uidlist
 from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, no_space
 from mailkeep.store.maildir.durable import fsync_dir, write_tmp
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
@@ -287,7 +287,7 @@ def claim_recent(root: Path, name: str) -> set[int]:
         fname = location.split("/", 1)[1]
         target = mflags.filename(base, uidlist.filename_flags(fname))
         try:
-            os.rename(path / location, path / "cur" / target)
+            echo.rename(path / location, path / "cur" / target)
         except FileNotFoundError:
             continue  # another session claimed it (or it was expunged / re-flagged)
         except OSError as exc:
@@ -318,7 +318,7 @@ def _withdraw(path: Path, bases: Sequence[str]) -> None:
         location = found.get(base)
         if location is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path / location)
+                echo.unlink(path / location)
     with contextlib.suppress(OSError):
         fsync_dir(path / "new")
         fsync_dir(path / "cur")
@@ -363,7 +363,7 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> list[i
             moved: list[str] = []
             try:
                 for base, tmp, final in staged:
-                    os.rename(tmp, final)
+                    echo.rename(tmp, final)
                     moved.append(base)
                 fsync_dir(path / "new")
             except BaseException:
@@ -419,7 +419,7 @@ def store_flags(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
                 break
             new_location = f"{sub}/{mflags.filename(base, target)}"
             try:
-                os.rename(path / location, path / new_location)
+                echo.rename(path / location, path / new_location)
             except FileNotFoundError:
                 found = _relocate(path, base)
                 if found is None:
@@ -500,7 +500,7 @@ def _copy_in(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> dict[int, int
             moved: list[str] = []
             try:
                 for _, new_base, tmp, target in staged:
-                    os.rename(tmp, dst_dir / "new" / target)
+                    echo.rename(tmp, dst_dir / "new" / target)
                     moved.append(new_base)
                 fsync_dir(dst_dir / "new")
             except BaseException:
@@ -541,7 +541,7 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
             if DELETED_LETTER not in uidlist.filename_flags(location.split("/", 1)[1]):
                 break
             try:
-                os.unlink(path / location)
+                echo.unlink(path / location)
             except FileNotFoundError:
                 location = _relocate(path, rec.base)
                 continue

@@ -7,12 +7,11 @@ flag changes, exactly what the dovecot-uidlist index records.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from pathlib import Path
 
 from mailkeep.store.base import Maildrop, MessageGone, MessageInfo
-from mailkeep.store.maildir import uidlist
+from mailkeep.store.maildir import echo, uidlist
 from mailkeep.store.maildir.durable import fsync_dir
 
 _W_SIZE = re.compile(r",W=(\d+)")
@@ -86,7 +85,7 @@ def mark_seen(root: Path, location: str) -> str:
     if sub == "cur" and SEEN in uidlist.filename_flags(name):
         return location
     target = f"cur/{with_seen(name)}"
-    os.rename(root / location, root / target)
+    echo.rename(root / location, root / target)
     return target
 
 
@@ -97,7 +96,7 @@ def delete(root: Path, locations: list[str]) -> int:
     touched: set[str] = set()
     for location in locations:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(root / location)
+            echo.unlink(root / location)
             removed += 1
             touched.add(location.split("/", 1)[0])
     for sub in touched:

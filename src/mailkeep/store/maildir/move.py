@@ -35,12 +35,11 @@ must give, RFC 6851 §3.3 "the same as COPY then EXPUNGE").
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mailkeep.store.maildir import echo, folders, uidlist
 from mailkeep.store.maildir import flags as mflags
-from mailkeep.store.maildir import folders, uidlist
 from mailkeep.store.maildir.dotlock import LockError
 from mailkeep.store.maildir.durable import fsync_dir
 from mailkeep.store.maildir.mailbox import _copy_base, _relocate, _uid_map, open_folder
@@ -101,7 +100,7 @@ def move_messages(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> dict[int
                     target = f"{sub}/{mflags.filename(new_base, new_letters)}" \
                         if new_letters else f"{sub}/{new_base}"
                     try:
-                        os.rename(src_dir / location, dst_dir / target)
+                        echo.rename(src_dir / location, dst_dir / target)
                     except FileNotFoundError:
                         # Renamed meanwhile (flags, \Recent claimed) or expunged: chase it.
                         location = _relocate(src_dir, base)
@@ -141,7 +140,7 @@ def _put_back(src_dir: Path, dst_dir: Path, moved: list[_Moved]) -> None:
     found: dict[str, str] | None = None
     for _, new_base, origin, target in reversed(moved):
         try:
-            os.rename(dst_dir / target, src_dir / origin)
+            echo.rename(dst_dir / target, src_dir / origin)
             continue
         except FileNotFoundError:
             pass
@@ -152,7 +151,7 @@ def _put_back(src_dir: Path, dst_dir: Path, moved: list[_Moved]) -> None:
         now = found.get(new_base)
         if now is not None:
             with contextlib.suppress(OSError):
-                os.rename(dst_dir / now, src_dir / origin)
+                echo.rename(dst_dir / now, src_dir / origin)
     moved.clear()
     with contextlib.suppress(OSError):
         _sync_dirs(src_dir, dst_dir)
