@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailkeep.store import FlagMode
-from mailkeep.store.changes import ChangeKind
+from mailkeep.store.changes import ChangeKind, acting_session
 from mailkeep.store.maildir import MaildirStore, echo
 
 A = "alice"
@@ -74,3 +74,21 @@ def test_a_failed_change_leaves_no_registration(tmp_path: Path) -> None:
         echo.unlink(cur / "missing")
     assert not echo.ours(str(cur), "missing")
     assert not echo.ours(str(cur), "missing:2,S")
+
+
+async def test_the_acting_session_is_not_told_of_its_own_change(store: MaildirStore) -> None:
+    await store.append(A, "INBOX", MSG)
+    mine, other = store.watch(A, "INBOX", session=7), store.watch(A, "INBOX", session=8)
+    await asyncio.sleep(SETTLE)
+    mine.take()
+    other.take()
+    token = acting_session.set(7)  # as the IMAP executor does around a command
+    try:
+        await store.store_flags(A, "INBOX", [1], FlagMode.ADD, ["\\Seen"])
+    finally:
+        acting_session.reset(token)
+    await asyncio.sleep(SETTLE)
+    assert not mine.pending()
+    assert [c.kind for c in other.take()] == [ChangeKind.FLAGS]
+    mine.close()
+    other.close()

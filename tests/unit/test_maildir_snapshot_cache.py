@@ -172,6 +172,26 @@ def test_parsed_uidlist_is_reused_as_a_copy_and_replaced_with_the_file(
     assert third is not None and len(third.records) == 2 and third.next_uid == 3
 
 
+def test_an_index_we_rewrote_is_not_parsed_again_and_shared_reads_stay_intact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for sub in ("new", "cur", "tmp"):
+        (tmp_path / sub).mkdir()
+    for n in (1, 2):
+        (tmp_path / "new" / f"170000000{n}.M1P1Q{n}.h").write_bytes(MSG)
+    uidlist.sync(tmp_path)
+    os.unlink(tmp_path / "new" / "1700000001.M1P1Q1.h")
+    uidlist.sync(tmp_path)  # drops the record: the file is rewritten whole, and primed
+
+    def no_parse(data: bytes) -> uidlist.Uidlist:
+        raise AssertionError("parsed again")
+    monkeypatch.setattr(uidlist, "parse", no_parse)
+    again = uidlist.read_cached(tmp_path)
+    assert again is not None and list(again.records) == ["1700000002.M1P1Q2.h"]
+    again.records.clear()  # a copy: the cached parse is untouched
+    shared = uidlist._read_shared(tmp_path)
+    assert shared is not None and list(shared.records) == ["1700000002.M1P1Q2.h"]
+
+
 async def test_read_messages_gives_none_for_gone_ones(store: MaildirStore,
                                                       tmp_path: Path) -> None:
     for i in range(3):

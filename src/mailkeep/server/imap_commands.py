@@ -66,6 +66,7 @@ from mailkeep.store.base import (
     StoreError,
     StoreRefusal,
 )
+from mailkeep.store.changes import acting_session
 from mailkeep.store.names import folder_name
 
 log = logging.getLogger("mailkeep.imap")
@@ -153,6 +154,7 @@ class ImapExecutor:
         self.enabled = session.enabled if isinstance(session, Authenticated | Selected) \
             else frozenset()
         selecting = isinstance(command, g.Select | g.Examine)
+        acting = acting_session.set(self.session_id)  # our changes: not told back to us
         try:
             outcome = await self._dispatch(command)
         except (ConnectionError, OSError, SessionFinished):
@@ -165,6 +167,7 @@ class ImapExecutor:
             outcome = Outcome("NO", "Internal error, try again.", "UNAVAILABLE")
         finally:
             self.view = None
+            acting_session.reset(acting)
         if selecting and outcome.session is None:
             # RFC 3501 §6.3.1: a SELECT or EXAMINE that fails, for whatever reason, leaves
             # no mailbox selected.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import threading
 from collections import defaultdict
@@ -29,6 +30,13 @@ from dataclasses import dataclass
 # A watcher that does not read its changes keeps at most this many; beyond that they are
 # folded into one RESYNC (the session re-reads the folder anyway).
 MAX_PENDING_CHANGES = 64
+
+
+# The session whose command is running (set by the IMAP executor around each command): the
+# store's changes are published with it as their origin, so that session is not told of
+# what it did itself (its command already told its client, and applied it to its view).
+acting_session: contextvars.ContextVar[int] = contextvars.ContextVar("acting_session",
+                                                                     default=0)
 
 
 class ChangeKind(enum.Enum):

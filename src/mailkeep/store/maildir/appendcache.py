@@ -110,6 +110,19 @@ class AppendCache(Generic[T]):
                                value if shared else self._copy(value)))
         return value
 
+    def prime(self, path: str, data: bytes, value: T) -> None:
+        """We just put `data` (whose parse is `value`) at `path`, holding its lock: keep the
+        parse, so the next read need not parse it again. Nothing is kept unless the file
+        is `data` as far as its size and ends tell."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if st.st_size != len(data) or not data.endswith(b"\n"):
+            return
+        self._keep(path, _Seen(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                               _head(data), data[-TAIL_CHECK:], self._copy(value)))
+
     def _keep(self, path: str, seen: _Seen[T]) -> None:
         with self._guard:
             self._seen[path] = seen

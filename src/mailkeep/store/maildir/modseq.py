@@ -224,17 +224,22 @@ def update(folder: Path, uidvalidity: int,
             index.lines += len(added)
             needed = len(index.entries) + len(index.expunged)
             if rewrite or index.lines > COMPACT_FACTOR * needed + COMPACT_SLACK:
-                index.lines = needed
-                lock.replace(render(index), durable=False)
+                _replace(lock, folder, index, needed)
             else:
                 try:
                     lock.append("".join(added).encode("ascii"), durable=False)
                 except FileNotFoundError:  # removed by hand meanwhile: write it whole
-                    index.lines = needed
-                    lock.replace(render(index), durable=False)
+                    _replace(lock, folder, index, needed)
             return index
     except (LockError, OSError) as exc:
         raise ModseqError(f"{SIDECAR_NAME}: {exc}") from None
+
+
+def _replace(lock: Dotlock, folder: Path, index: ModseqIndex, lines: int) -> None:
+    index.lines = lines
+    data = render(index)
+    lock.replace(data, durable=False)
+    _parsed.prime(f"{folder}/{SIDECAR_NAME}", data, index)  # no parse of what we wrote
 
 
 def forget(folder: Path) -> None:

@@ -29,7 +29,7 @@ from mailkeep.store.base import (
     Usage,
     to_crlf,
 )
-from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
+from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch, acting_session
 from mailkeep.store.maildir import (
     folders,
     mailbox,
@@ -68,14 +68,14 @@ IO_WORKERS = 4
 # Folders whose last snapshot is kept for the next one (LRU).
 SNAPSHOT_CACHE_FOLDERS = 1024
 # Light work on a small folder runs on the event loop instead (_run(light=True)): a
-# snapshot, a flag change of a few messages, claiming \Recent. It is a few stats, a readdir
-# and some renames, no fsync, all in the page cache: tens of microseconds per message, less
-# than handing it to a thread, whose Python code then fights the loop for the GIL (with 10
-# clients that hand-off cost 2.2 ms of CPU per IMAP command, half of it futex system time:
-# docs/benchmarks.md). Bounds on the time the loop is held: folders up to INLINE_MESSAGES
-# (by their last snapshot; a folder not seen yet goes to a thread), flag changes of up to
-# INLINE_UIDS messages. A lock held by someone else is never waited for on the loop
-# (dotlock.WouldWait): the work goes to a thread then.
+# snapshot, a flag change or UID EXPUNGE of a few messages, claiming \Recent. It is a few
+# stats, a readdir and some renames or unlinks, no fsync, all in the page cache: tens of
+# microseconds per message, less than handing it to a thread, whose Python code then fights
+# the loop for the GIL (with 10 clients that hand-off cost 2.2 ms of CPU per IMAP command,
+# half of it futex system time: docs/benchmarks.md). Bounds on the time the loop is held:
+# folders up to INLINE_MESSAGES (by their last snapshot; a folder not seen yet goes to a
+# thread), changes of up to INLINE_UIDS messages. A lock held by someone else is never
+# waited for on the loop (dotlock.WouldWait): the work goes to a thread then.
 INLINE_MESSAGES = 2_000
 INLINE_UIDS = 64
 
@@ -394,7 +394,7 @@ class MaildirStore:
         except StoreRefusal:  # not a valid name: nothing was changed under it
             return
         if kind is not None and self.feed is not None:
-            self.feed.publish(Change(account, name, kind))
+            self.feed.publish(Change(account, name, kind, acting_session.get()))
         with self._where_guard:
             if name is None:
                 for key in {k for k in [*self._snapshots, *self._generation]
@@ -472,8 +472,10 @@ class MaildirStore:
                       uids: Iterable[int] | None = None) -> list[int]:
         """Remove \\Deleted messages (limited to `uids` for UID EXPUNGE); UIDs removed."""
         limit = None if uids is None else tuple(uids)
+        light = limit is not None and len(limit) <= INLINE_UIDS and self._small(account, folder)
         try:
-            return await self._run(mailbox.expunge, self.root(account), folder, limit)
+            return await self._run(mailbox.expunge, self.root(account), folder, limit,
+                                   light=light)
         finally:
             self._changed(account, folder, ChangeKind.EXPUNGE)
 

@@ -236,6 +236,15 @@ def read_cached(root: Path) -> Uidlist | None:
         raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
 
 
+def _read_shared(root: Path) -> Uidlist | None:
+    """read_cached() without the copy: for a reader that changes only its own copy (under
+    the lock, where the cache cannot be stale: every writer takes the lock)."""
+    try:
+        return _parsed.read(f"{root}/{UIDLIST_NAME}", parse, _parse_more, shared=True)
+    except OSError as exc:
+        raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
+
+
 def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool:
     """Give unlisted files the next UIDs in delivery order; forget vanished ones. Changed?"""
     changed = False
@@ -280,7 +289,9 @@ def _first_index(root: Path, clock: Callable[[], float]) -> Uidlist:
 
 
 def _replace(lock: Dotlock, root: Path, index: Uidlist, *, durable: bool = True) -> None:
-    lock.replace(render(index), durable=durable)
+    data = render(index)
+    lock.replace(data, durable=durable)
+    _parsed.prime(f"{root}/{UIDLIST_NAME}", data, index)  # no parse of what we just wrote
     if _placeholders:
         with _placeholders_guard:
             _placeholders.pop(str(root), None)
@@ -329,7 +340,7 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
             return current, files
         try:
             with Dotlock(root, UIDLIST_NAME) as lock:
-                on_disk = read(root)
+                on_disk = _read_shared(root)
                 current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
                 files = scan(root)
                 missing = [b for b in current.records if b not in files]
@@ -395,7 +406,7 @@ def publish(root: Path, move_in: Callable[[], Sequence[str]],
     taken, nothing was moved in. Raises NoSpace / UidlistError."""
     try:
         with Dotlock(root, UIDLIST_NAME) as lock:
-            on_disk = read(root)
+            on_disk = _read_shared(root)
             current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
             bases = move_in()
             try:

@@ -28,7 +28,7 @@ from mailkeep.store.base import (
     Usage,
     to_crlf,
 )
-from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch
+from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch, acting_session
 from mailkeep.store.names import (
     INBOX,
     MAX_KEYWORDS,
@@ -169,7 +169,7 @@ class MemoryStore:
 
     def _publish(self, account: str, folder: str | None, kind: ChangeKind) -> None:
         if self._feed is not None:
-            self._feed.publish(Change(account, folder, kind))
+            self._feed.publish(Change(account, folder, kind, acting_session.get()))
 
     async def messages(self, mailbox: str) -> list[bytes]:
         return [m.data for m in self._box(mailbox).messages.values()]
