@@ -273,19 +273,22 @@ def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
     return records, where, facts, unclaimed
 
 
-def claim_recent(root: Path, name: str) -> set[int]:
-    """Move new/ files to cur/ (keeping their flags); the UIDs whose move was ours."""
+def claim_recent(root: Path, name: str,
+                 seen: Mapping[int, str] | None = None) -> set[int]:
+    """Move new/ files to cur/ (keeping their flags); the UIDs whose move was ours.
+
+    `seen`: UID -> location ("new/NAME") of the unclaimed messages the caller's snapshot
+    showed; only those are claimed, with no new look at the folder (a message that came
+    after that snapshot is claimed by the session whose snapshot shows it)."""
     path = open_folder(root, name)
-    index, files = uidlist.sync(path)
+    if seen is None:
+        index, files = uidlist.sync(path)
+        seen = {index.records[base].uid: location for base, location in files.items()
+                if location.startswith("new/") and base in index.records}
     claimed: set[int] = set()
-    for base, location in files.items():
-        if not location.startswith("new/"):
-            continue
-        rec = index.records.get(base)
-        if rec is None:
-            continue
+    for uid, location in seen.items():
         fname = location.split("/", 1)[1]
-        target = mflags.filename(base, uidlist.filename_flags(fname))
+        target = mflags.filename(uidlist.filename_base(fname), uidlist.filename_flags(fname))
         try:
             echo.rename(path / location, path / "cur" / target)
         except FileNotFoundError:
@@ -294,7 +297,7 @@ def claim_recent(root: Path, name: str) -> set[int]:
             if no_space(exc):  # cur/ cannot grow (disk full): it stays new/, unclaimed
                 break
             raise
-        claimed.add(rec.uid)
+        claimed.add(uid)
     return claimed
 
 

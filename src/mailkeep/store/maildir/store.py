@@ -431,9 +431,34 @@ class MaildirStore:
         """Move new/ to cur/; the UIDs that are \\Recent for the caller alone."""
         try:
             return await self._run(mailbox.claim_recent, self.root(account), folder,
+                                   self._unclaimed(account, folder),
                                    light=self._small(account, folder))
         finally:
             self._changed(account, folder)
+
+    def _unclaimed(self, account: str, folder: str) -> dict[int, str] | None:
+        """UID -> location of the new/ messages in the folder's last snapshot (None: no
+        snapshot kept: claim_recent looks for itself)."""
+        try:
+            key = (account, folder_name(folder))
+        except StoreRefusal:
+            return None
+        with self._where_guard:
+            cached = self._snapshots.get(key)
+        if cached is None:
+            return None
+        snap, where = cached[1].snapshot, cached[1].where
+        if not snap.unclaimed:
+            return {}
+        lowest = min(snap.unclaimed)
+        found: dict[int, str] = {}
+        for record in reversed(snap.messages):  # new messages are the last ones
+            if record.uid < lowest:
+                break
+            location = where.get(record.key)
+            if record.uid in snap.unclaimed and location is not None:
+                found[record.uid] = location
+        return found
 
     async def uidvalidity(self, account: str, folder: str) -> int:
         return await self._run(mailbox.uidvalidity, self.root(account), folder,
