@@ -18,7 +18,7 @@ from mailkeep.proto.imap import condstore as cs
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap.events import Outcome
 from mailkeep.proto.imap.fetch import fetch_items, needs_message
-from mailkeep.proto.imap.mailboxview import SEEN, flag_atoms
+from mailkeep.proto.imap.mailboxview import SEEN, flags_value
 from mailkeep.proto.imap.mime import MimePart, parse_message
 from mailkeep.proto.imap.render import fetch_response
 from mailkeep.proto.imap.values import Value
@@ -176,7 +176,7 @@ async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
             return Outcome("NO", "FETCH response too large, ask for "
                                   "fewer or smaller sections.", "LIMIT")
         if uid in changed and not wants_flags:
-            values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
+            values.append(("FLAGS", flags_value(view.flags_of(uid))))
             if view.condstore and not any(name == "MODSEQ" for name, _ in values):
                 values.append(cs.modseq_item(view.modseqs.get(uid, 0)))
         await ex.emit(fetch_response(seq, values))

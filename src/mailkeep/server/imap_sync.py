@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from mailkeep.proto.imap import condstore as cs
-from mailkeep.proto.imap.mailboxview import MailboxView, flag_atoms
+from mailkeep.proto.imap.mailboxview import MailboxView, flags_value
 from mailkeep.proto.imap.render import fetch_response, untagged
 from mailkeep.proto.imap.search import And, Modseq, Not, Or, SearchKey
 from mailkeep.proto.imap.sequence import MAX_NUMBER, SequenceSet
@@ -71,7 +71,7 @@ async def qresync_select(ex: ImapExecutor, view: MailboxView, q: cs.Qresync) -> 
         if q.known_uids is not None and not q.known_uids.contains(uid, MAX_NUMBER):
             continue
         await ex.emit(fetch_response(seq, [("UID", uid),
-                                           ("FLAGS", flag_atoms(view.flags_of(uid))),
+                                           ("FLAGS", flags_value(view.flags_of(uid))),
                                            cs.modseq_item(modseq)]))
 
 
@@ -113,7 +113,7 @@ def store_response(view: MailboxView, seq: int, uid: int, *, silent: bool,
         return None
     values: list[tuple[str, Value]] = []
     if not silent:
-        values.append(("FLAGS", flag_atoms(view.flags_of(uid))))
+        values.append(("FLAGS", flags_value(view.flags_of(uid))))
     if with_uid:
         values.append(("UID", uid))
     if view.condstore:

@@ -17,9 +17,10 @@ from mailkeep.proto.imap import sections
 from mailkeep.proto.imap.bodystructure import body, bodystructure
 from mailkeep.proto.imap.envelope import envelope
 from mailkeep.proto.imap.fetch_att import FetchItem
-from mailkeep.proto.imap.mailboxview import flag_atoms
+from mailkeep.proto.imap.mailboxview import flags_value
 from mailkeep.proto.imap.mime import MimePart
-from mailkeep.proto.imap.values import Value
+from mailkeep.proto.imap.render import render
+from mailkeep.proto.imap.values import Rendered, Value
 
 # Items answered from the index alone (store.base.MessageRecord).
 INDEX_ITEMS = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
@@ -82,7 +83,7 @@ def _value(item: FetchItem, *, uid: int, flags: frozenset[str], internaldate: dt
     if name == "UID":
         return uid
     if name == "FLAGS":
-        return flag_atoms(flags)
+        return flags_value(flags)
     if name == "INTERNALDATE":
         return date_time(internaldate)
     if name == "RFC822.SIZE":
@@ -94,7 +95,8 @@ def _value(item: FetchItem, *, uid: int, flags: frozenset[str], internaldate: dt
     if name in _DERIVED:
         found = part.derived.get(name)
         if found is None:
-            found = part.derived[name] = _DERIVED[name](part)
+            # Kept rendered: a client refreshing its message list re-renders nothing.
+            found = part.derived[name] = Rendered(render(_DERIVED[name](part)))
         return cast(Value, found)
     if name == "RFC822":
         return sections.rfc822(part)

@@ -35,9 +35,15 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from mailkeep.proto.imap.render import fetch_response, response_code, untagged, untagged_status
+from mailkeep.proto.imap.render import (
+    fetch_response,
+    render,
+    response_code,
+    untagged,
+    untagged_status,
+)
 from mailkeep.proto.imap.sequence import SequenceSet, compress
-from mailkeep.proto.imap.values import Atom, Value
+from mailkeep.proto.imap.values import Atom, Rendered, Value
 
 RECENT = "\\Recent"
 SEEN = "\\Seen"
@@ -65,6 +71,22 @@ def flag_atoms(flags: Iterable[str]) -> list[Value]:
     found = set(flags)
     system = [f for f in (*STORABLE_SYSTEM_FLAGS, RECENT) if f in found]
     return [Atom(f) for f in system + sorted(found - set(system))]
+
+
+# Rendered FLAGS values by flag set: a folder has few distinct ones, and every FETCH of
+# FLAGS needs one. Cleared when it holds this many (keywords can make many sets).
+FLAG_VALUE_CACHE = 4096
+_flag_values: dict[frozenset[str], Rendered] = {}
+
+
+def flags_value(flags: frozenset[str]) -> Value:
+    """flag_atoms(flags), rendered (values.Rendered), from a cache."""
+    found = _flag_values.get(flags)
+    if found is None:
+        if len(_flag_values) >= FLAG_VALUE_CACHE:
+            _flag_values.clear()
+        found = _flag_values[flags] = Rendered(render(flag_atoms(flags)))
+    return found
 
 
 class MailboxView:
@@ -228,7 +250,7 @@ class MailboxView:
                 self.flags[u] = rec.flags
                 self.records[u] = rec
                 self.modseqs[u] = modseq
-                items: list[tuple[str, Value]] = [("FLAGS", flag_atoms(self.flags_of(u)))]
+                items: list[tuple[str, Value]] = [("FLAGS", flags_value(self.flags_of(u)))]
                 if with_uid:
                     items.append(("UID", u))
                 if self.condstore:

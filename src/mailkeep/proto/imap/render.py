@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
-from mailkeep.proto.imap.values import Atom, Value
+from mailkeep.proto.imap.values import Atom, Rendered, Value
 
 # Our choice: RFC 3501 §4.3 sets no bound on quoted strings; longer strings go as literals
 # so response lines stay short and no quoting is needed for big header values.
@@ -50,14 +50,16 @@ def literal(data: bytes) -> bytes:
 
 def render(value: Value) -> bytes:
     """One value: None -> NIL, int -> number, Atom as is, str quoted or literal, bytes
-    literal, list/tuple parenthesized with single spaces."""
+    literal (Rendered bytes: as they are), list/tuple parenthesized with single spaces."""
     out: list[bytes] = []
     _render(value, out)
     return b"".join(out)
 
 
 def _render(value: Value, out: list[bytes]) -> None:
-    if value is None:
+    if type(value) is Rendered:
+        out.append(value)
+    elif value is None:
         out.append(b"NIL")
     elif isinstance(value, bool):
         raise TypeError("bool is not an IMAP value")  # a producer bug

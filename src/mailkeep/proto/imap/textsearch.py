@@ -13,9 +13,14 @@ import binascii
 import codecs
 import re
 from collections.abc import Iterator
+from typing import cast
 
 from mailkeep.proto.imap.envelope import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from mailkeep.proto.imap.mime import MimePart
+
+# Header values kept decoded on a cached message (MimePart.derived) are dropped beyond this
+# many entries there: a client SEARCHing many different header names gets no more memory.
+MAX_DERIVED = 16
 
 # RFC 2047 §2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?="
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -115,9 +120,16 @@ def decode_header_value(value: str) -> str:
 
 
 def header_values(part: MimePart, name: str) -> list[str]:
-    """Decoded values of every `name` field of a message, in order."""
+    """Decoded values of every `name` field of a message, in order (kept with the parsed
+    message, MimePart.derived: a client SEARCHes the same headers again and again)."""
     key = name.lower()
-    return [decode_header_value(f.unfolded) for f in part.fields if f.key == key]
+    memo = "header:" + key
+    found = part.derived.get(memo)
+    if found is None:
+        found = tuple(decode_header_value(f.unfolded) for f in part.fields if f.key == key)
+        if len(part.derived) < MAX_DERIVED:  # a bound on what a cached message carries
+            part.derived[memo] = found
+    return list(cast(tuple[str, ...], found))
 
 
 def address_texts(part: MimePart, name: str) -> list[str]:

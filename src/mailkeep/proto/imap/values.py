@@ -26,4 +26,12 @@ class Atom:
         return self.text
 
 
+class Rendered(bytes):
+    """A value already in its wire form (render.render() output), written as it is: a
+    FETCH item derived from a cached message (ENVELOPE, BODYSTRUCTURE) is rendered once,
+    not at every FETCH of it."""
+
+    __slots__ = ()
+
+
 Value: TypeAlias = "int | Atom | str | bytes | list[Value] | tuple[Value, ...] | None"
