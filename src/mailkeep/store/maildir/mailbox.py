@@ -538,6 +538,7 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
     index, files = uidlist.sync(path)
     limit = None if uids is None else set(uids)
     removed: list[int] = []
+    bases: list[str] = []
     for rec in index.by_uid():
         if limit is not None and rec.uid not in limit:
             continue
@@ -553,12 +554,13 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
                 location = _relocate(path, rec.base)
                 continue
             removed.append(rec.uid)
+            bases.append(rec.base)
             break
     if removed:
         # The index drops them now if it can; otherwise the next snapshot does. The files
         # are gone either way, and the caller must hear which (a retry would not know).
         with contextlib.suppress(WouldWait, uidlist.UidlistError):
-            uidlist.sync(path)
+            uidlist.forget(path, bases)
     return removed
 
 

@@ -394,6 +394,23 @@ def assign(root: Path, ordered: list[str], clock: Callable[[], float] = time.tim
         raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
 
 
+def forget(root: Path, bases: Iterable[str]) -> None:
+    """Drop the records of files we just removed (EXPUNGE), without listing the folder:
+    other vanished files are sync()'s business. Raises UidlistError / NoSpace."""
+    gone = set(bases)
+    try:
+        with Dotlock(root, UIDLIST_NAME) as lock:
+            on_disk = _read_shared(root)
+            if on_disk is None or not gone & on_disk.records.keys():
+                return
+            current = _copy(on_disk)
+            for base in gone:
+                current.records.pop(base, None)
+            _write_back(lock, root, on_disk, current)
+    except OSError as exc:
+        raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
+
+
 def publish(root: Path, move_in: Callable[[], Sequence[str]],
             withdraw: Callable[[Sequence[str]], None],
             clock: Callable[[], float] = time.time) -> Uidlist:
