@@ -102,6 +102,10 @@ class MailboxView:
         self.flags: dict[int, frozenset[str]] = {r.uid: r.flags for r in records}
         self.recent: set[int] = set(recent) & set(self.uids)
         self.gone: set[int] = set()  # removed in the store; EXPUNGE not yet sent
+        # The records update() last brought the view to (a snapshot reused by the store is
+        # the same object: nothing to compare), and whether CONDSTORE was on then.
+        self._applied: Sequence[Record] | None = None
+        self._applied_condstore = False
         # The keywords the client has been told of (FLAGS, PERMANENTFLAGS); only grows.
         self.announced: set[str] = set(self.keywords())
         # RFC 7162: each message's MODSEQ and the folder's HIGHESTMODSEQ, as last seen.
@@ -225,6 +229,9 @@ class MailboxView:
         """Untagged responses that bring the client from the view to `records` (a fresh
         snapshot; `modseqs` and `highestmodseq` its MODSEQs). `claimed`: new messages this
         session holds \\Recent for."""
+        if records is self._applied and not self.gone \
+                and self._applied_condstore == self.condstore:
+            return []  # the very snapshot applied last time (the store reused it)
         current = {r.uid: r for r in records}
         known = modseqs or {}
         out: list[bytes] = []
@@ -282,4 +289,5 @@ class MailboxView:
                 out.append(self.highestmodseq_response())
             elif fetches:
                 out += self.floor_response()
+        self._applied, self._applied_condstore = records, self.condstore
         return out

@@ -152,10 +152,12 @@ def snapshot(root: Path, name: str, previous: FolderCache | None = None,
 
     `previous` (the last result for this folder) is returned as it is when the folder's
     signature says nothing changed and `reuse` allows it; its facts are reused otherwise."""
-    path = open_folder(root, name)
-    sig = signature(path)
+    # The signature first: an unchanged folder needs nothing else (open_folder's checks
+    # included: a folder deleted since changes the signature).
+    sig = signature(folders.folder_path(root, folder_name(name)))
     if previous is not None and reuse and sig is not None and sig == previous.signature:
         return previous
+    path = open_folder(root, name)
     index, files = uidlist.sync(path)
     keywords = mflags.read_keywords(path)
     if previous is not None and previous.keywords == keywords \

@@ -90,6 +90,7 @@ class MaildirStore:
         # Where the accounts' Maildirs live (config `mail_dir`; DATA_DIR/mail by default).
         self.mail_dir = mail_dir if mail_dir is not None else data_dir / "mail"
         self._pool = ThreadPoolExecutor(IO_WORKERS, thread_name_prefix="mailkeep-io")
+        self._roots: dict[str, Path] = {}  # account -> its Maildir (account_root, checked)
         # (mailbox, key) -> last known location ("new/NAME", "cur/NAME:2,S"): a hint that
         # saves a folder scan per message; a wrong hint costs one scan, never a wrong answer.
         self._where: dict[str, dict[str, str]] = {}
@@ -137,7 +138,13 @@ class MaildirStore:
             await self.watcher.close()
 
     def root(self, mailbox: str) -> Path:
-        return account_root(self.mail_dir, mailbox)
+        found = self._roots.get(mailbox)
+        if found is None:
+            found = account_root(self.mail_dir, mailbox)  # ValueError for an unsafe name
+            if len(self._roots) >= SNAPSHOT_CACHE_FOLDERS:
+                self._roots.clear()
+            self._roots[mailbox] = found
+        return found
 
     def deliver_sync(self, mailbox: str, message: bytes) -> str:
         """Blocking delivery. When it returns, the message survives a crash or power loss."""
