@@ -88,6 +88,28 @@ def test_sync_forgets_removed_files_and_never_reuses_uids(tmp_path: Path) -> Non
     assert u.records["3.M1P1Q0.h"].uid == 3
 
 
+def test_records_of_removed_files_are_kept_until_a_quarter_of_the_index(
+        tmp_path: Path) -> None:
+    # As Dovecot (UIDLIST_COMPRESS_PERCENTAGE): an expunge rewrites nothing until records of
+    # removed files pass a quarter of the index; readers skip them meanwhile.
+    make_maildir(tmp_path, [f"{n}.M1P1Q0.h" for n in range(1, 5)])
+    uidlist.sync(tmp_path)
+    index_file = tmp_path / "dovecot-uidlist"
+    before = index_file.stat().st_ino
+    (tmp_path / "new/1.M1P1Q0.h").unlink()
+    u, files = uidlist.sync(tmp_path)
+    assert "1.M1P1Q0.h" in u.records and "1.M1P1Q0.h" not in files
+    assert index_file.stat().st_ino == before  # not rewritten
+    make_maildir(tmp_path, ["5.M1P1Q0.h"])
+    u, _ = uidlist.sync(tmp_path)
+    assert u.records["5.M1P1Q0.h"].uid == 5 and index_file.stat().st_ino == before
+    for n in (2, 3):
+        (tmp_path / f"new/{n}.M1P1Q0.h").unlink()
+    u, _ = uidlist.sync(tmp_path)  # 2 of 5 left: dropped now
+    assert sorted(u.records) == ["4.M1P1Q0.h", "5.M1P1Q0.h"] and u.next_uid == 6
+    assert uidlist.parse(index_file.read_bytes()).records.keys() == u.records.keys()
+
+
 def test_sync_without_changes_writes_nothing(tmp_path: Path) -> None:
     make_maildir(tmp_path, ["1.M1P1Q0.h"])
     uidlist.sync(tmp_path)

@@ -177,7 +177,7 @@ class Dotlock:
         self.root = root
         self.target = target
         self.path = root / f"{target}.lock"
-        self.key = os.path.abspath(self.path)
+        self.key = str(self.path) if self.path.is_absolute() else os.path.abspath(self.path)
         self.fd = -1
         self.owned = False  # the lock file is ours (until renamed over the target)
 

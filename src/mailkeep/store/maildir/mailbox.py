@@ -38,7 +38,7 @@ from mailkeep.store.base import (
 )
 from mailkeep.store.maildir import echo, folders, modseq, uidlist
 from mailkeep.store.maildir import flags as mflags
-from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, WouldWait, no_space
+from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, no_space
 from mailkeep.store.maildir.durable import fsync_dir, write_tmp
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
 from mailkeep.store.maildir.maildrop import crlf_size
@@ -540,7 +540,6 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
     index, files = uidlist.sync(path)
     limit = None if uids is None else set(uids)
     removed: list[int] = []
-    bases: list[str] = []
     for rec in index.by_uid():
         if limit is not None and rec.uid not in limit:
             continue
@@ -556,13 +555,8 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
                 location = _relocate(path, rec.base)
                 continue
             removed.append(rec.uid)
-            bases.append(rec.base)
             break
-    if removed:
-        # The index drops them now if it can; otherwise the next snapshot does. The files
-        # are gone either way, and the caller must hear which (a retry would not know).
-        with contextlib.suppress(WouldWait, uidlist.UidlistError):
-            uidlist.forget(path, bases)
+    # dovecot-uidlist keeps their records for now (uidlist.KEEP_STALE, as Dovecot does).
     return removed
 
 

@@ -25,6 +25,11 @@ What must be on disk before a client hears of it is a UID handed out (RFC 3501 Â
 UID names one message for good), so appends and rewrites that hand out UIDs are synced. A
 rewrite that only drops records of removed files is not: if a crash brings back the older
 index, its extra records name files that are gone and the next sync drops them again.
+
+Records of removed files are not dropped at once either: as Dovecot (maildir-uidlist.c,
+UIDLIST_COMPRESS_PERCENTAGE), the index is rewritten without them only once they are more
+than a quarter of it (KEEP_STALE). Until then an EXPUNGE writes nothing here, and new
+records keep being appended; every reader skips a record whose file is gone.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace
 from mailkeep.store.maildir.layout import delivery_order
 
 UIDLIST_NAME = "dovecot-uidlist"
+# Dovecot's UIDLIST_COMPRESS_PERCENTAGE (75): records of removed files are dropped (the
+# index rewritten) once the files still there are fewer than this share of the records.
+KEEP_STALE = 0.75
 LOCK_NAME = "dovecot-uidlist.lock"
 # maildir(5) info separator; Dovecot compares names up to the first ':'.
 INFO_SEPARATOR = listing.INFO_SEPARATOR
@@ -245,6 +253,11 @@ def _read_shared(root: Path) -> Uidlist | None:
         raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
 
 
+def _too_stale(index: Uidlist, files: dict[str, str]) -> bool:
+    """Are records of removed files more than KEEP_STALE allows (time to drop them)?"""
+    return len(files) < KEEP_STALE * len(index.records)
+
+
 def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool:
     """Give unlisted files the next UIDs in delivery order; forget vanished ones. Changed?"""
     changed = False
@@ -325,8 +338,8 @@ def _write_back(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlis
 def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, dict[str, str]]:
     """The index brought up to date with the files, and base -> current relative path.
 
-    Blocking (run it off the event loop). Without new or vanished files nothing is written
-    and no lock is taken.
+    Blocking (run it off the event loop). Without new files (or too many vanished ones:
+    KEEP_STALE) nothing is written and no lock is taken.
 
     When the index cannot be written for lack of space, the index as it is comes back: files
     without a UID are left out (callers skip them) until space returns, and UIDs of removed
@@ -336,19 +349,20 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
     try:
         current = read_cached(root)
         files = scan(root)
-        if current is not None and files.keys() == current.records.keys():
+        if current is not None and files.keys() <= current.records.keys() \
+                and not _too_stale(current, files):
             return current, files
         try:
             with Dotlock(root, UIDLIST_NAME) as lock:
                 on_disk = _read_shared(root)
                 current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
                 files = scan(root)
-                missing = [b for b in current.records if b not in files]
-                if missing:
+                drop = _too_stale(current, files)
+                if drop:
                     # A rename seen half-way by readdir can hide a file for a moment: look
                     # twice before forgetting a UID (a forgotten UID is never handed out again).
                     files = scan(root)
-                if _assign(current, files, drop_missing=True):
+                if _assign(current, files, drop_missing=drop and _too_stale(current, files)):
                     _write_back(lock, root, on_disk, current)
                 return current, files
         except NoSpace:
@@ -390,23 +404,6 @@ def assign(root: Path, ordered: list[str], clock: Callable[[], float] = time.tim
             _assign_ordered(current, files, ordered)
             _replace(lock, root, current)
             return current, files
-    except OSError as exc:
-        raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
-
-
-def forget(root: Path, bases: Iterable[str]) -> None:
-    """Drop the records of files we just removed (EXPUNGE), without listing the folder:
-    other vanished files are sync()'s business. Raises UidlistError / NoSpace."""
-    gone = set(bases)
-    try:
-        with Dotlock(root, UIDLIST_NAME) as lock:
-            on_disk = _read_shared(root)
-            if on_disk is None or not gone & on_disk.records.keys():
-                return
-            current = _copy(on_disk)
-            for base in gone:
-                current.records.pop(base, None)
-            _write_back(lock, root, on_disk, current)
     except OSError as exc:
         raise UidlistError(f"{UIDLIST_NAME}: {exc.strerror}") from None
 
