@@ -167,6 +167,9 @@ class ImapSession(StreamSession):
             await self._deflate_out()
         else:
             self.flush_pending()
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+            return  # all handed to the socket: nothing to wait for (the common case)
         try:
             timeout = self.idle_timeout(self.services.config.imap.idle_timeout)
             async with asyncio.timeout(timeout):
