@@ -44,7 +44,7 @@ class Server:
     pids: str
 
 
-def _tree_cpu(pids: str) -> float:
+def tree_cpu(pids: str) -> float:
     """CPU seconds of the process trees under `pids` (children that ended included, as far
     as their parent waited for them: cutime/cstime)."""
     ticks = 0
@@ -66,7 +66,7 @@ def _tree_cpu(pids: str) -> float:
 
 
 def _imap_mix(server: Server, args: argparse.Namespace) -> dict[str, float]:
-    cpu0 = _tree_cpu(server.pids) if server.pids else 0.0
+    cpu0 = tree_cpu(server.pids) if server.pids else 0.0
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, str(HERE / "imapmix.py"), "--port", str(server.imap),
                         "--password", args.password, "-c", str(args.clients),
@@ -75,7 +75,7 @@ def _imap_mix(server: Server, args: argparse.Namespace) -> dict[str, float]:
         result = json.loads(Path(out.name).read_text() or "{}")
     figures = {"ops_s": float(result.get("ops_per_s", 0.0))}
     if server.pids and result.get("ops"):
-        figures["server_cpu_ms"] = 1000 * (_tree_cpu(server.pids) - cpu0) / result["ops"]
+        figures["server_cpu_ms"] = 1000 * (tree_cpu(server.pids) - cpu0) / result["ops"]
     return figures
 
 

@@ -16,35 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imapmix import MESSAGE, Client, _uids, context  # the sibling script
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = 0
-    todo, seen = list(pids), set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            continue
-        ticks += sum(int(f) for f in fields[11:15])
-        todo += [int(c) for c in children]
-    return ticks / os.sysconf("SC_CLK_TCK")
+from compare import tree_cpu  # the sibling scripts
+from imapmix import MESSAGE, Client, _uids, context
 
 
 async def main(a: argparse.Namespace) -> None:
-    pids = [int(p) for p in a.pids.split()]
     r, w = await asyncio.open_connection(a.host, a.port, ssl=context(),
                                          server_hostname="mail.test", limit=1 << 22)
     c = Client(r, w)
@@ -69,14 +50,14 @@ async def main(a: argparse.Namespace) -> None:
     for name, texts in kinds:
         for i in range(20):  # warm: caches filled, nothing first-time measured
             await c.command(texts[i % len(texts)])
-        cpu0, t0 = cpu_seconds(pids), time.perf_counter()
+        cpu0, t0 = tree_cpu(a.pids), time.perf_counter()
         for i in range(a.n):
             await c.command(texts[i % len(texts)])
-        wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+        wall, cpu = time.perf_counter() - t0, tree_cpu(a.pids) - cpu0
         print(f"{name:15s} cpu {cpu * 1000 / a.n:6.3f} ms/command  wall "
               f"{wall * 1000 / a.n:6.3f} ms/command")
     cycles = max(1, a.n // 4)
-    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
+    cpu0, t0 = tree_cpu(a.pids), time.perf_counter()
     for _ in range(cycles):
         await c.command(b"APPEND INBOX ()", MESSAGE)
         found = _uids(await c.command(b'UID SEARCH HEADER Message-ID "mix@mail.test"'))
@@ -84,7 +65,7 @@ async def main(a: argparse.Namespace) -> None:
             chosen = ",".join(map(str, found)).encode()
             await c.command(b"UID STORE %s +FLAGS.SILENT (\\Deleted)" % chosen)
             await c.command(b"UID EXPUNGE %s" % chosen)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+    wall, cpu = time.perf_counter() - t0, tree_cpu(a.pids) - cpu0
     print(f"{'append-cycle':15s} cpu {cpu * 1000 / cycles:6.3f} ms/cycle    wall "
           f"{wall * 1000 / cycles:6.3f} ms/cycle (APPEND, SEARCH, STORE, EXPUNGE)")
     await c.command(b"LOGOUT")

@@ -188,7 +188,7 @@ def test_an_index_we_rewrote_is_not_parsed_again_and_shared_reads_stay_intact(
     again = uidlist.read_cached(tmp_path)
     assert again is not None and list(again.records) == ["1700000002.M1P1Q2.h"]
     again.records.clear()  # a copy: the cached parse is untouched
-    shared = uidlist._read_shared(tmp_path)
+    shared = uidlist.read_cached(tmp_path, shared=True)
     assert shared is not None and list(shared.records) == ["1700000002.M1P1Q2.h"]
 
 

@@ -372,12 +372,8 @@ class ImapExecutor:
         for line in view.expunge(removed):
             await self.emit(line)
         if view.qresync:
-            # RFC 7162 §3.2.7: the tagged OK of (UID) EXPUNGE carries the HIGHESTMODSEQ that
-            # the expunges were given (a snapshot gives it).
-            snap = await self.store.snapshot(self.account, view.folder)
-            view.highestmodseq = max(view.highestmodseq, snap.highestmodseq)
             return Outcome("OK", "EXPUNGE completed.",
-                           response_code("HIGHESTMODSEQ", view.highestmodseq))
+                           await imap_sync.expunged_highestmodseq(self, view))
         return Outcome("OK", "EXPUNGE completed.")
 
     def _bad_numbers(self, numbers: SequenceSet, uid: bool) -> bool:

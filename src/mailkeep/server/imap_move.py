@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap import grammar_ext as ext
 from mailkeep.proto.imap.events import Outcome
-from mailkeep.proto.imap.render import response_code, untagged_status
+from mailkeep.proto.imap.render import untagged_status
 from mailkeep.proto.imap.sequence import uid_set
+from mailkeep.server import imap_sync
 from mailkeep.store.base import NoSuchFolder
 
 if TYPE_CHECKING:
@@ -48,9 +49,6 @@ async def cmd_move(ex: ImapExecutor, command: g.CommandType) -> Outcome:
         for line in view.expunge(mapping):
             await ex.emit(line)
         if view.qresync:
-            # As for EXPUNGE (RFC 7162 §3.2.7): the HIGHESTMODSEQ the expunges were given.
-            snap = await ex.store.snapshot(ex.account, view.folder)
-            view.highestmodseq = max(view.highestmodseq, snap.highestmodseq)
             return Outcome("OK", "MOVE completed.",
-                           response_code("HIGHESTMODSEQ", view.highestmodseq))
+                           await imap_sync.expunged_highestmodseq(ex, view))
     return Outcome("OK", "MOVE completed.")

@@ -92,7 +92,7 @@ async def search(view: MailboxView, key: SearchKey, *, uid: bool, parts: Parts) 
             if part is None:
                 hit = program.matches(message)  # flags, sizes, dates, numbers only
             elif record.size < SCAN_WHOLE_OCTETS:
-                hit = _evaluate_now(program, message)  # a small one: no pause inside
+                hit = program.matches(message)  # a small one: no pause inside
             else:
                 hit = await _evaluate(program, message, clock)
             if hit:
@@ -104,16 +104,6 @@ async def search(view: MailboxView, key: SearchKey, *, uid: bool, parts: Parts) 
         if reader is not None:
             await reader.aclose()
     return hits
-
-
-def _evaluate_now(program: SearchProgram, message: SearchMessage) -> bool:
-    """_evaluate() without pauses: for a message small enough to scan in one go."""
-    steps = program.run(program.text(message))
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return bool(done.value)
 
 
 async def _evaluate(program: SearchProgram, message: SearchMessage, clock: Slices) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from mailkeep.proto.imap import condstore as cs
 from mailkeep.proto.imap.mailboxview import MailboxView, flags_value
-from mailkeep.proto.imap.render import fetch_response, untagged
+from mailkeep.proto.imap.render import fetch_response, response_code, untagged
 from mailkeep.proto.imap.search import And, Modseq, Not, Or, SearchKey
 from mailkeep.proto.imap.sequence import MAX_NUMBER, SequenceSet
 from mailkeep.proto.imap.values import Atom, Value
@@ -44,6 +44,15 @@ async def enable_condstore(ex: ImapExecutor) -> None:
     if view is not None and not view.condstore:
         view.condstore = True
         await ex.emit(view.highestmodseq_response())
+
+
+async def expunged_highestmodseq(ex: ImapExecutor, view: MailboxView) -> str:
+    """RFC 7162 §3.2.7 (and RFC 6851 §4.4 for MOVE): with QRESYNC on, the tagged OK of a
+    command that expunged carries the HIGHESTMODSEQ its expunges were given; a snapshot
+    gives it. The response code."""
+    snap = await ex.store.snapshot(ex.account, view.folder)
+    view.highestmodseq = max(view.highestmodseq, snap.highestmodseq)
+    return response_code("HIGHESTMODSEQ", view.highestmodseq)
 
 
 async def fresh_modseqs(ex: ImapExecutor, view: MailboxView) -> Mapping[int, int]:

@@ -329,6 +329,25 @@ def _withdraw(path: Path, bases: Sequence[str]) -> None:
         fsync_dir(path / "cur")
 
 
+def _publish_staged(path: Path, staged: Sequence[tuple[str, Path, Path]]) -> uidlist.Uidlist:
+    """Rename staged files (base, tmp/ file, new/ name) into new/ and give them UIDs in one
+    step under the index lock (uidlist.publish); on any failure the ones already renamed
+    are taken out again."""
+    def move_in() -> list[str]:
+        moved: list[str] = []
+        try:
+            for base, tmp, final in staged:
+                echo.rename(tmp, final)
+                moved.append(base)
+            fsync_dir(path / "new")
+        except BaseException:
+            _withdraw(path, moved)
+            raise
+        return moved
+
+    return uidlist.publish(path, move_in, lambda bases: _withdraw(path, bases))
+
+
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],
            internaldate: datetime | None) -> int:
     """Store one message durably; its UID (for APPENDUID). See append_many()."""
@@ -363,20 +382,7 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> list[i
             letters = mflags.to_info(flags, keywords)
             final = path / "new" / (mflags.filename(base, letters) if letters else base)
             staged.append((base, write_tmp(path, base, data, mtime), final))
-
-        def move_in() -> list[str]:
-            moved: list[str] = []
-            try:
-                for base, tmp, final in staged:
-                    echo.rename(tmp, final)
-                    moved.append(base)
-                fsync_dir(path / "new")
-            except BaseException:
-                _withdraw(path, moved)
-                raise
-            return moved
-
-        index = uidlist.publish(path, move_in, lambda bases: _withdraw(path, bases))
+        index = _publish_staged(path, staged)
     finally:
         for _, tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
@@ -500,20 +506,8 @@ def _copy_in(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> dict[int, int
                     continue
                 staged.append((uid, new_base, tmp, target))
                 break
-
-        def move_in() -> list[str]:
-            moved: list[str] = []
-            try:
-                for _, new_base, tmp, target in staged:
-                    echo.rename(tmp, dst_dir / "new" / target)
-                    moved.append(new_base)
-                fsync_dir(dst_dir / "new")
-            except BaseException:
-                _withdraw(dst_dir, moved)
-                raise
-            return moved
-
-        dst_index = uidlist.publish(dst_dir, move_in, lambda bases: _withdraw(dst_dir, bases))
+        dst_index = _publish_staged(dst_dir, [(new_base, tmp, dst_dir / "new" / target)
+                                              for _, new_base, tmp, target in staged])
     finally:
         for _, _, tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):

@@ -231,15 +231,20 @@ class MaildirStore:
             self.on_error("io")
             raise StoreError(f"{exc.strerror or exc}") from exc
 
-    def _small(self, account: str, folder: str) -> bool:
-        """Is the folder known to be small enough for light work on the loop?"""
+    def _kept(self, account: str, folder: str) -> mailbox.FolderCache | None:
+        """The folder's last snapshot, if one is kept (None also for an invalid name)."""
         try:
             key = (account, folder_name(folder))
         except StoreRefusal:
-            return False
+            return None
         with self._where_guard:
             cached = self._snapshots.get(key)
-        return cached is not None and len(cached[1].snapshot.messages) <= INLINE_MESSAGES
+        return None if cached is None else cached[1]
+
+    def _small(self, account: str, folder: str) -> bool:
+        """Is the folder known to be small enough for light work on the loop?"""
+        kept = self._kept(account, folder)
+        return kept is not None and len(kept.snapshot.messages) <= INLINE_MESSAGES
 
     async def lock_maildrop(self, mailbox: str) -> _SessionLock | None:
         root = self.root(mailbox)
@@ -446,15 +451,10 @@ class MaildirStore:
     def _unclaimed(self, account: str, folder: str) -> dict[int, str] | None:
         """UID -> location of the new/ messages in the folder's last snapshot (None: no
         snapshot kept: claim_recent looks for itself)."""
-        try:
-            key = (account, folder_name(folder))
-        except StoreRefusal:
+        kept = self._kept(account, folder)
+        if kept is None:
             return None
-        with self._where_guard:
-            cached = self._snapshots.get(key)
-        if cached is None:
-            return None
-        snap, where = cached[1].snapshot, cached[1].where
+        snap, where = kept.snapshot, kept.where
         if not snap.unclaimed:
             return {}
         lowest = min(snap.unclaimed)

@@ -235,20 +235,12 @@ def _parse_more(index: Uidlist, more: bytes) -> Uidlist | None:
 _parsed = AppendCache(_copy, PARSE_CACHE_ENTRIES)
 
 
-def read_cached(root: Path) -> Uidlist | None:
+def read_cached(root: Path, *, shared: bool = False) -> Uidlist | None:
     """read(), parsing only the records appended since the last look (appendcache.py); the
-    result is the caller's to change."""
+    result is the caller's to change, unless `shared`: then it may be the cached parse
+    itself (no copy), for a caller that only reads it."""
     try:
-        return _parsed.read(f"{root}/{UIDLIST_NAME}", parse, _parse_more)
-    except OSError as exc:
-        raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
-
-
-def _read_shared(root: Path) -> Uidlist | None:
-    """read_cached() without the copy: for a reader that changes only its own copy (under
-    the lock, where the cache cannot be stale: every writer takes the lock)."""
-    try:
-        return _parsed.read(f"{root}/{UIDLIST_NAME}", parse, _parse_more, shared=True)
+        return _parsed.read(f"{root}/{UIDLIST_NAME}", parse, _parse_more, shared=shared)
     except OSError as exc:
         raise UidlistError(f"cannot read {UIDLIST_NAME}: {exc.strerror}") from None
 
@@ -354,7 +346,7 @@ def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, d
             return current, files
         try:
             with Dotlock(root, UIDLIST_NAME) as lock:
-                on_disk = _read_shared(root)
+                on_disk = read_cached(root, shared=True)  # we change only our copy
                 current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
                 files = scan(root)
                 drop = _too_stale(current, files)
@@ -420,7 +412,7 @@ def publish(root: Path, move_in: Callable[[], Sequence[str]],
     taken, nothing was moved in. Raises NoSpace / UidlistError."""
     try:
         with Dotlock(root, UIDLIST_NAME) as lock:
-            on_disk = _read_shared(root)
+            on_disk = read_cached(root, shared=True)  # we change only our copy
             current = _copy(on_disk) if on_disk is not None else _first_index(root, clock)
             bases = move_in()
             try:
