@@ -25,7 +25,7 @@ from mailkeep.relay.client import OutboundClient
 from mailkeep.relay.envelope import OutboundMessage
 from mailkeep.relay.nexthop import Destination
 from mailkeep.relay.results import RecipientResult
-from mailkeep.relay.runner import CONTROL_INTERVAL, DeliveryRunner
+from mailkeep.relay.runner import CONTROL_INTERVAL, HOLD_BACK_LIMIT, DeliveryRunner
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolRecipient, new_id
 from mailkeep.store.maildir import MaildirStore
 from tests.support.daemon import write_config
@@ -388,6 +388,26 @@ async def test_a_request_for_an_entry_another_worker_attempts_waits_for_it(
     assert primary.entries[entry.id].hold
     assert h.spool.load(entry.id).hold
     assert not primary._held_back
+
+    # At and past HOLD_BACK_LIMIT: a request kept that long is dropped, never applied late.
+    other = SpoolEntry(id=new_id(), mail_from="alice@example.test",
+                       recipients=[SpoolRecipient("dave@partner.test", "remote")],
+                       arrival=T0, size=5, next_attempt=T0 + 3600, attempts=1)
+    fd = claims.claim_new(h.spool, other.id)
+    try:
+        h.spool.accept(other, b"hello")
+        (h.spool.control / f"hold-{other.id}").touch()
+        await primary.take_requests()
+        h.clock.now += HOLD_BACK_LIMIT - 1
+        await primary.take_requests()
+        assert ("hold", other.id) in primary._held_back  # not yet
+        h.clock.now += 1
+        await primary.take_requests()
+        assert ("hold", other.id) not in primary._held_back  # dropped at the limit
+    finally:
+        claims.release(h.spool, other.id, fd)
+    await primary.take_requests()
+    assert not h.spool.load(other.id).hold
 
 
 async def test_no_bounce_through_split_delivery_to_a_source_routed_sender(

@@ -66,6 +66,7 @@ async def test_another_processs_change_is_external(store: MaildirStore,
 
 
 def test_a_failed_change_leaves_no_registration(tmp_path: Path) -> None:
+    echo.forget()
     cur = tmp_path / "cur"
     cur.mkdir()
     with pytest.raises(FileNotFoundError):
@@ -74,6 +75,7 @@ def test_a_failed_change_leaves_no_registration(tmp_path: Path) -> None:
         echo.unlink(cur / "missing")
     assert not echo.ours(str(cur), "missing")
     assert not echo.ours(str(cur), "missing:2,S")
+    assert echo.held() == 0
 
 
 async def test_the_acting_session_is_not_told_of_its_own_change(store: MaildirStore) -> None:
@@ -92,3 +94,23 @@ async def test_the_acting_session_is_not_told_of_its_own_change(store: MaildirSt
     assert [c.kind for c in other.take()] == [ChangeKind.FLAGS]
     mine.close()
     other.close()
+
+
+def test_registrations_whose_echo_never_comes_stay_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Changes in folders nobody watches (a burst of deliveries to idle accounts) register
+    # echoes that never come back: the registry stays bounded, and works on after a purge.
+    monkeypatch.setattr(echo, "SWEEP_AT", 8)
+    monkeypatch.setattr(echo, "MAX_EXPECTED", 32)
+    echo.forget()
+    cur = tmp_path / "cur"
+    cur.mkdir()
+    most = 0
+    for n in range(500):
+        (cur / f"m{n}").touch()
+        echo.unlink(cur / f"m{n}")
+        most = max(most, echo.held())
+    assert most <= 2 * 32
+    (cur / "last").touch()
+    echo.unlink(cur / "last")
+    assert echo.ours(str(cur), "last")

@@ -8,6 +8,7 @@ import pytest
 
 from mailkeep.proto.imap.mime import parse_message
 from mailkeep.proto.imap.textsearch import (
+    MAX_DERIVED,
     body_contains,
     body_texts,
     decode_base64,
@@ -54,6 +55,21 @@ def test_decode_helpers() -> None:
     assert decode_bytes(b"caf\xc3\xa9", "us-ascii") == "café"  # lying label
     assert decode_bytes(b"\xff", "rot13") == "\ufffd"  # not a text encoding
     assert decode_bytes(b"x", None) == "x"
+
+
+def test_decoded_header_values_kept_with_the_message_are_bounded() -> None:
+    # The values are kept on the cached message (a second SEARCH decodes nothing), but a
+    # client asking for ever new header names adds nothing past MAX_DERIVED entries.
+    msg = parse_message(b"Subject: =?utf-8?q?caf=C3=A9?=\r\nX-A: 1\r\n\r\nbody\r\n")
+    first = header_values(msg, "subject")
+    assert first == ["café"] and msg.derived["header:subject"] == ("café",)
+    first.clear()  # the caller's list: the kept values are untouched
+    assert header_values(msg, "Subject") == ["café"]
+    for n in range(3 * MAX_DERIVED):
+        assert header_values(msg, f"x-none-{n}") == []
+    assert len(msg.derived) == MAX_DERIVED
+    assert header_values(msg, "x-a") == ["1"]  # past the bound: decoded, not kept
+    assert "header:x-a" not in msg.derived
 
 
 def test_header_search() -> None:

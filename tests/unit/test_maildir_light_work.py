@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mailkeep.store.maildir import MaildirStore, listing, settle
+from mailkeep.store import FlagMode
+from mailkeep.store.maildir import MaildirStore, listing, mailbox, settle
+from mailkeep.store.maildir import store as store_module
 from mailkeep.store.maildir.dotlock import Dotlock
 
 A = "alice"
@@ -101,3 +104,34 @@ async def test_light_work_never_waits_for_a_lock_on_the_loop(store: MaildirStore
     snap = await asyncio.wait_for(look, 15)
     assert [m.uid for m in snap.messages] == [1, 2]
     running.cancel()
+
+
+async def test_light_work_stays_within_its_bounds(store: MaildirStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # At INLINE_UIDS / INLINE_MESSAGES the work runs on the loop's thread; one past either,
+    # in a store thread.
+    monkeypatch.setattr(store_module, "INLINE_UIDS", 2)
+    monkeypatch.setattr(store_module, "INLINE_MESSAGES", 3)
+    ran_in: list[bool] = []
+
+    def spy(name: str) -> None:
+        real = getattr(mailbox, name)
+
+        def wrapped(*args: object) -> object:
+            ran_in.append(threading.get_ident() == loop_thread)
+            return real(*args)
+        monkeypatch.setattr(mailbox, name, wrapped)
+
+    loop_thread = threading.get_ident()
+    spy("store_flags")
+    spy("snapshot")
+    for _ in range(3):
+        await store.append(A, "INBOX", MSG)
+    await store.snapshot(A, "INBOX")  # first look: a thread (the size is not known yet)
+    await store.store_flags(A, "INBOX", [1, 2], FlagMode.ADD, ["\\Seen"])   # at the bound
+    await store.store_flags(A, "INBOX", [1, 2, 3], FlagMode.ADD, ["\\Seen"])  # one past
+    await store.snapshot(A, "INBOX")  # 3 messages: at the bound
+    await store.append(A, "INBOX", MSG)
+    await store.snapshot(A, "INBOX")  # the kept snapshot had 3: still the loop
+    await store.snapshot(A, "INBOX")  # 4 messages now: a thread
+    assert ran_in == [False, True, False, True, True, False]

@@ -29,11 +29,17 @@ from pathlib import Path
 # An echo arrives within milliseconds; one not seen by then is never coming (an unwatched
 # folder), and its registration is dropped.
 ECHO_SECONDS = 5.0
-# Expired registrations are swept once this many are held.
+# Expired registrations are swept once this many are held, and then again only when the
+# registry has doubled (so a burst of changes in folders nobody watches, whose echoes never
+# come back, costs amortized O(1) per change). Past MAX_EXPECTED live ones (more than
+# ~13,000 changes a second for ECHO_SECONDS) all are dropped: their echoes then count as
+# EXTERNAL, one extra look per folder, which is only what happened before this module.
 SWEEP_AT = 4096
+MAX_EXPECTED = 65_536
 _WATCHED = frozenset({"new", "cur"})
 
 _expected: dict[tuple[str, str], list[float]] = {}
+_next_sweep = SWEEP_AT
 _guard = threading.Lock()
 
 
@@ -44,7 +50,7 @@ def _expect(path: Path) -> tuple[str, str] | None:
     key = (directory, name)
     deadline = time.monotonic() + ECHO_SECONDS
     with _guard:
-        if len(_expected) >= SWEEP_AT:
+        if len(_expected) >= _next_sweep:
             _sweep(time.monotonic())
         _expected.setdefault(key, []).append(deadline)
     return key
@@ -62,8 +68,12 @@ def _withdraw(key: tuple[str, str] | None) -> None:
 
 
 def _sweep(now: float) -> None:
+    global _next_sweep  # noqa: PLW0603 (the registry's own bookkeeping, under _guard)
     for key in [k for k, d in _expected.items() if d[-1] < now]:
         del _expected[key]
+    if len(_expected) > MAX_EXPECTED:
+        _expected.clear()
+    _next_sweep = max(SWEEP_AT, 2 * len(_expected))
 
 
 def rename(src: Path, dst: Path) -> None:
@@ -109,8 +119,16 @@ def ours(directory: str, name: str) -> bool:
 
 def forget() -> None:
     """Drop every registration (tests)."""
+    global _next_sweep  # noqa: PLW0603
     with _guard:
         _expected.clear()
+        _next_sweep = SWEEP_AT
 
 
-__all__ = ["ECHO_SECONDS", "forget", "ours", "rename", "unlink"]
+def held() -> int:
+    """How many registrations are held (tests, and a look at the bound)."""
+    with _guard:
+        return len(_expected)
+
+
+__all__ = ["ECHO_SECONDS", "MAX_EXPECTED", "forget", "held", "ours", "rename", "unlink"]
