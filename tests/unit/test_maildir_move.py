@@ -126,6 +126,20 @@ async def test_move_keeps_base_unless_taken(store: MaildirStore, tmp_path: Path)
     assert len(files(root(tmp_path) / ".Archive")) == 2
 
 
+async def test_move_away_and_back_gets_a_new_uid(store: MaildirStore) -> None:
+    """The target's index still lists the base of a message that left it (uidlist.KEEP_STALE
+    keeps such records for a while): moved back, the message must get a new UID, never its
+    old one (RFC 3501 §2.3.1.1; found by the stateful test: Sent gave UID 1 twice)."""
+    await seed(store, 4)
+    await store.move(A, "INBOX", [1, 2, 3, 4], "Archive")     # Archive UIDs 1-4
+    assert await store.move(A, "Archive", [1], "INBOX") == {1: 5}
+    assert await store.move(A, "INBOX", [5], "Archive") == {5: 5}
+    archive = await store.snapshot(A, "Archive")
+    assert [m.uid for m in archive.messages] == [2, 3, 4, 5]
+    assert archive.uidnext == 6
+    assert await store.read_message(A, "Archive", archive.messages[-1].key) == body(0)
+
+
 async def test_move_undone_when_target_index_cannot_be_written(
         store: MaildirStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     await seed(store)

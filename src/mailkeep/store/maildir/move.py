@@ -27,7 +27,7 @@ The steps, and what a crash (or a failure) between them leaves:
 The index lock of the source is never held together with the target's (step 3 runs after
 step 2 let go), so two MOVEs in opposite directions cannot deadlock. A message keeps its
 filename base, and with it its POP3 UIDL and Dovecot's GUID-less identity, unless the target
-already holds that base (a message moved away and copied back by hand) or the target is the
+holds or still lists that base (a message moved away and back) or the target is the
 source itself: then it gets a fresh base (and so a new UID, as a MOVE into the same folder
 must give, RFC 6851 §3.3 "the same as COPY then EXPUNGE").
 """
@@ -86,7 +86,15 @@ def move_messages(src_dir: Path, dst_dir: Path, uids: Iterable[int]) -> dict[int
     moved: list[_Moved] = []
 
     def move_in() -> list[str]:
-        taken = set(uidlist.scan(dst_dir)) if not same else set()
+        # Under the target's index lock: a base is taken if a file there has it, or if the
+        # index still lists it (a record kept after its file left, uidlist.KEEP_STALE): a
+        # message moved away and back must not get its old UID again (RFC 3501 §2.3.1.1).
+        taken: set[str] = set()
+        if not same:
+            taken.update(uidlist.scan(dst_dir))
+            listed = uidlist.read_cached(dst_dir, shared=True)
+            if listed is not None:
+                taken.update(listed.records)
         try:
             for uid in wanted:
                 base = by_uid[uid]
