@@ -99,7 +99,11 @@ def verified_by(root_pem: bytes, port: int) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(path.read_text())).hexdigest()
+    """The SHA-256 of the leaf: the first certificate of the full chain in `path`.
+    (ssl.PEM_cert_to_DER_cert reads one PEM block only: given the chain, it decoded both
+    blocks and the text between them as one, which failed now and then on the padding.)"""
+    leaf = x509.load_pem_x509_certificate(path.read_bytes())
+    return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
 
 
 def wait_until(predicate: Callable[[], bool], what: str,
