@@ -51,4 +51,8 @@ echo "== ruff"
 echo "== mypy --strict src/"
 .venv/bin/mypy --strict src
 echo "== pytest"
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+# In parallel (pytest-xdist): much of the suite waits on real daemons, sockets and child
+# processes, so four workers keep two cores busy; a file's tests stay in one worker (its
+# module fixtures, such as a slapd or PostgreSQL server, start once). MAILKEEP_TEST_JOBS=0
+# runs serially.
+.venv/bin/pytest -q -p no:cacheprovider -n "${MAILKEEP_TEST_JOBS:-4}" --dist loadfile "$@"

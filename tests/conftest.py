@@ -95,3 +95,29 @@ def pg_server() -> Iterator[Postgres]:
         yield server
     finally:
         server.stop()
+
+
+# -- reports that can cross to pytest-xdist's controller ------------------------------------
+
+
+def _utf8_safe(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes a test logged through surrogateescape)
+    shown as \\udcXX escapes: execnet sends strings as UTF-8 only."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Captured output and failure text made UTF-8-safe, so a worker of `pytest -n` can send
+    the report (a daemon logging a client's raw 0xff byte otherwise kills the worker)."""
+    report: pytest.TestReport = yield
+    report.sections = [(title, _utf8_safe(content)) for title, content in report.sections]
+    if report.longrepr is not None and not isinstance(report.longrepr, tuple):
+        shown = str(report.longrepr)
+        if _utf8_safe(shown) != shown:
+            report.longrepr = _utf8_safe(shown)
+    return report
