@@ -373,7 +373,9 @@ def uid_order(uidlist: Uidlist, files: Iterable[str]) -> list[UidRecord]:
 
 def _assign_ordered(current: Uidlist, files: dict[str, str], ordered: Sequence[str]) -> None:
     """Unlisted files get UIDs: the bases in `ordered` in exactly that order, after any
-    other unlisted file (deliveries); records of vanished files are dropped."""
+    other unlisted file (deliveries); records of vanished files are dropped once they pass
+    KEEP_STALE, as sync() does (dropping them at every APPEND rewrote and synced the whole
+    index each time, where appending the new records is enough)."""
     mine = [b for b in ordered if b in files and b not in current.records]
     skip = set(mine)
     others = {b: loc for b, loc in files.items() if b not in skip}
@@ -381,8 +383,9 @@ def _assign_ordered(current: Uidlist, files: dict[str, str], ordered: Sequence[s
     for base in mine:
         current.records[base] = UidRecord(current.next_uid, base)
         current.next_uid += 1
-    for base in [b for b in current.records if b not in files]:
-        del current.records[base]
+    if _too_stale(current, files):
+        for base in [b for b in current.records if b not in files]:
+            del current.records[base]
 
 
 def assign(root: Path, ordered: list[str], clock: Callable[[], float] = time.time
