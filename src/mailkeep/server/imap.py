@@ -32,7 +32,7 @@ from mailkeep.proto.imap.events import (
 from mailkeep.proto.imap.machine import AUTHENTICATIONFAILED, UNAVAILABLE, ImapMachine
 from mailkeep.proto.imap.render import untagged_status
 from mailkeep.proto.imap.session import Selected
-from mailkeep.server import auth, starttls
+from mailkeep.server import auth, quickack, starttls
 from mailkeep.server.compress import CompressionError, Deflate
 from mailkeep.server.imap_commands import ImapExecutor
 from mailkeep.server.imap_folders import ImapOptions
@@ -73,6 +73,8 @@ class ImapSession(StreamSession):
         # one send() per command instead of one per response line (FETCH 1:10 was 11); once
         # COMPRESS is active they are compressed at the drain (_deflate_out).
         self._out: list[bytes] = []
+        # A continuation ("+") was written: ACK the client's next input at once (quickack.py).
+        self._go_ahead = False
 
     # -- lifecycle (server/stream.py runs it) -------------------------------------------------
 
@@ -168,6 +170,9 @@ class ImapSession(StreamSession):
         else:
             self.flush_pending()
         transport = self.writer.transport
+        if self._go_ahead:
+            self._go_ahead = False
+            quickack.ack_next_input(transport)
         if transport.get_write_buffer_size() == 0 and not transport.is_closing():
             return  # all handed to the socket: nothing to wait for (the common case)
         try:
@@ -209,6 +214,8 @@ class ImapSession(StreamSession):
                 machine.receive_data(data)
             elif isinstance(event, Reply):
                 self._write(event.data)
+                if event.data.startswith(b"+"):  # RFC 3501 §7.5: only continuations do
+                    self._go_ahead = True
             elif isinstance(event, Idle):
                 # Changes since the last command are reported at once (RFC 2177 §3).
                 if self.selected is not None and self.selected.watch is not None \

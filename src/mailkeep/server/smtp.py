@@ -29,7 +29,7 @@ from mailkeep.proto.smtp_reply import enhance, reply_code
 from mailkeep.proto.submission import (
     TlsInfo,
 )
-from mailkeep.server import auth, smtp_data, smtp_setup, smtp_transaction, starttls
+from mailkeep.server import auth, quickack, smtp_data, smtp_setup, smtp_transaction, starttls
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 from mailkeep.server.stream import TLS_CLOSE_LINGER
@@ -264,6 +264,8 @@ class SmtpSession(SMTP):
             data = b"".join(self._reply_lines) + data
             self._reply_lines.clear()
         await super().push(data)
+        if code in (334, 354):  # the client's next input (AUTH, the message) follows at once
+            quickack.ack_next_input(self.transport)
         if code >= 400 and not self.closing:
             self.errors += 1
             if self.errors >= self.services.config.submission.max_errors:
