@@ -117,13 +117,13 @@ async def test_light_work_stays_within_its_bounds(store: MaildirStore,
     def spy(name: str) -> None:
         real = getattr(mailbox, name)
 
-        def wrapped(*args: object) -> object:
+        def wrapped(*args: object, **kwargs: object) -> object:
             ran_in.append(threading.get_ident() == loop_thread)
-            return real(*args)
+            return real(*args, **kwargs)
         monkeypatch.setattr(mailbox, name, wrapped)
 
     loop_thread = threading.get_ident()
-    spy("store_flags")
+    spy("store_flags_at")
     spy("snapshot")
     for _ in range(3):
         await store.append(A, "INBOX", MSG)

@@ -2,7 +2,7 @@
 
 Another mailkeep worker, Dovecot, or a script dropping a file into new/ changes a Maildir
 without telling us. For every folder a session watches, this watches its new/ and cur/
-directories with inotify (asyncinotify): a message arriving, leaving or being renamed (a
+directories with inotify (store/inotify.py): a message arriving, leaving or being renamed (a
 flag change) there is published as an EXTERNAL change within a few milliseconds. Where
 inotify cannot be used (no inotify, the watch limit reached), the folder is polled instead:
 the modification times of new/ and cur/ change with every such rename, so a stat of each
@@ -19,9 +19,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from asyncinotify import Inotify, Mask
-from asyncinotify import Watch as InotifyWatch
-
+from mailkeep.store import inotify
 from mailkeep.store.base import StoreRefusal
 from mailkeep.store.changes import Change, ChangeFeed, ChangeKind
 from mailkeep.store.maildir import echo
@@ -50,16 +48,17 @@ class FolderWatcher:
                  use_inotify: bool = True) -> None:
         self.feed = feed
         self.locate = locate
-        self._inotify: Inotify | None = None
-        self._watches: dict[tuple[str, str], list[InotifyWatch]] = {}
-        self._by_path: dict[str, tuple[str, str]] = {}
+        self._inotify: inotify.Inotify | None = None
+        self._watches: dict[tuple[str, str], list[int]] = {}
+        # watch descriptor -> (the directory watched, the folder it belongs to)
+        self._by_wd: dict[int, tuple[str, tuple[str, str]]] = {}
         self._polled: dict[tuple[str, str], Stamp | None] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if use_inotify:
             try:
-                self._inotify = Inotify()
+                self._inotify = inotify.Inotify()
             except OSError as exc:  # not Linux, or the inotify instance limit reached
                 log.warning("inotify unavailable (%s): other processes' changes are polled "
                             "every %.1f s", exc, POLL_INTERVAL)
@@ -69,7 +68,7 @@ class FolderWatcher:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self._inotify is not None:
-            self._tasks.append(loop.create_task(self._read_events(), name="folder-inotify"))
+            loop.add_reader(self._inotify.fd, self._read_events)
         self._tasks.append(loop.create_task(self._poll(), name="folder-poll"))
 
     async def close(self) -> None:
@@ -77,6 +76,8 @@ class FolderWatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fd)
             with contextlib.suppress(Exception):
                 self._inotify.close()
 
@@ -89,18 +90,21 @@ class FolderWatcher:
         except StoreRefusal:  # a folder name the store refuses: nothing to watch
             return
         if self._inotify is not None:
-            mask = (Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO
-                    | Mask.ONLYDIR)
-            watches: list[InotifyWatch] = []
+            mask = (inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM
+                    | inotify.IN_MOVED_TO | inotify.IN_ONLYDIR)
+            watches: list[int] = []
             try:
                 for sub in ("new", "cur"):
-                    watches.append(self._inotify.add_watch(path / sub, mask))
-                    self._by_path[str(path / sub)] = key
+                    directory = str(path / sub)  # as echo.py names our own changes
+                    wd = self._inotify.add_watch(directory, mask)
+                    watches.append(wd)
+                    self._by_wd[wd] = (directory, key)
             except OSError as exc:
                 log.info("inotify watch of %s failed (%s): polling it", path, exc)
-                for w in watches:
-                    with contextlib.suppress(Exception):
-                        self._inotify.rm_watch(w)
+                for wd in watches:
+                    self._by_wd.pop(wd, None)
+                    with contextlib.suppress(OSError):
+                        self._inotify.rm_watch(wd)
             else:
                 self._watches[key] = watches
                 return
@@ -108,11 +112,11 @@ class FolderWatcher:
 
     def remove(self, account: str, folder: str) -> None:
         key = (account, folder)
-        for w in self._watches.pop(key, []):
+        for wd in self._watches.pop(key, []):
+            self._by_wd.pop(wd, None)
             if self._inotify is not None:
-                with contextlib.suppress(Exception):
-                    self._inotify.rm_watch(w)
-        self._by_path = {p: k for p, k in self._by_path.items() if k != key}
+                with contextlib.suppress(OSError):
+                    self._inotify.rm_watch(wd)
         self._polled.pop(key, None)
 
     # -- noticing -----------------------------------------------------------------------
@@ -129,24 +133,29 @@ class FolderWatcher:
         for account, folder in dirty:
             self.feed.publish(Change(account, folder, ChangeKind.EXTERNAL))
 
-    async def _read_events(self) -> None:
-        inotify = self._inotify
-        assert inotify is not None
-        async for event in inotify:
-            watch = event.watch
-            if watch is None:
-                if event.mask & Mask.Q_OVERFLOW:
-                    # Events were lost (the kernel's queue overflowed): anything may have
-                    # changed, so every watched folder is looked at again.
-                    for lost in list(self._watches):
-                        self._mark(lost)
+    def _read_events(self) -> None:
+        """The inotify descriptor is readable: take every event queued (on the loop)."""
+        assert self._inotify is not None
+        try:
+            events = self._inotify.read_events()
+        except OSError as exc:
+            log.error("reading inotify events failed (%s): looking at every folder", exc)
+            events = [(-1, inotify.IN_Q_OVERFLOW, b"")]
+        by_wd = self._by_wd
+        for wd, mask, name in events:
+            if mask & inotify.IN_Q_OVERFLOW:
+                # Events were lost (the kernel's queue overflowed): anything may have
+                # changed, so every watched folder is looked at again.
+                for lost in list(self._watches):
+                    self._mark(lost)
                 continue
-            directory = str(watch.path)
-            if event.name is not None and echo.ours(directory, event.name.name):
+            watched = by_wd.get(wd)
+            if watched is None or mask & inotify.IN_IGNORED:
+                continue  # a watch already let go
+            directory, key = watched
+            if name and echo.ours(directory, os.fsdecode(name)):
                 continue  # our own change coming back: already published by the store
-            found = self._by_path.get(directory)
-            if found is not None:
-                self._mark(found)
+            self._mark(key)
 
     async def _poll(self) -> None:
         while True:

@@ -401,20 +401,37 @@ def _apply(mode: FlagMode, current: frozenset[str], given: frozenset[str]) -> fr
 def store_flags(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
                 flags: Iterable[str]) -> dict[int, frozenset[str]]:
     """Change flags by renaming; the new flags of every UID still present."""
+    return store_flags_at(root, name, uids, mode, flags, known=None)[0]
+
+
+def store_flags_at(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
+                   flags: Iterable[str], *, known: Mapping[int, tuple[str, str]] | None
+                   ) -> tuple[dict[int, frozenset[str]], dict[str, str]]:
+    """store_flags(), and base -> new location of every file renamed.
+
+    `known` (UID -> (base, location), from the store's last snapshot) spares the index sync
+    and folder scan when it names every UID asked for. A location there may be out of date
+    (another session renamed the file since): its rename then fails, as a name that no
+    longer exists cannot be renamed, and the file is looked up; flags are only ever
+    computed from the name that was renamed, so a stale name never loses a flag."""
     given = flag_set(flags)
     path = open_folder(root, name)
     if mode is FlagMode.REMOVE:
         keywords = mflags.read_keywords(path)
     else:
         keywords = mflags.allocate(path, keywords_of(given))
-    index, files = uidlist.sync(path)
-    by_uid = _uid_map(index)
+    wanted = sorted(set(uids))
+    if known is None or any(uid not in known for uid in wanted):
+        index, files = uidlist.sync(path)
+        by_uid = _uid_map(index)
+        known = {uid: (base, files[base]) for uid in wanted
+                 if (base := by_uid.get(uid)) is not None and base in files}
     result: dict[int, frozenset[str]] = {}
-    for uid in sorted(set(uids)):
-        base = by_uid.get(uid)
-        location = files.get(base) if base is not None else None
-        if base is None or location is None:
+    moved: dict[str, str] = {}
+    for uid in wanted:
+        if uid not in known:
             continue
+        base, location = known[uid]
         for _ in range(RENAME_ATTEMPTS):
             sub, fname = location.split("/", 1)
             letters = uidlist.filename_flags(fname)
@@ -438,8 +455,9 @@ def store_flags(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
                 location = found
                 continue
             result[uid] = new
+            moved[base] = new_location
             break
-    return result
+    return result, moved
 
 
 def _copy_base(src_base: str) -> str:

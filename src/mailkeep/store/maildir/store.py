@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +23,7 @@ from mailkeep.store.base import (
     FolderSnapshot,
     Maildrop,
     MessageGone,
+    MessageRecord,
     NewMessage,
     NoSuchFolder,
     StoreError,
@@ -78,6 +81,10 @@ SNAPSHOT_CACHE_FOLDERS = 1024
 # waited for on the loop (dotlock.WouldWait): the work goes to a thread then.
 INLINE_MESSAGES = 2_000
 INLINE_UIDS = 64
+
+
+def _uid_of(record: MessageRecord) -> int:
+    return record.uid
 
 
 def _no_report(kind: str) -> None:
@@ -485,12 +492,47 @@ class MaildirStore:
         """STORE; the new flags of each UID still present (vanished UIDs are left out)."""
         try:
             chosen = tuple(uids)
-            return await self._run(mailbox.store_flags, self.root(account), folder, chosen,
-                                   mode, tuple(flags),
-                                   light=len(chosen) <= INLINE_UIDS and self._small(account,
-                                                                                    folder))
+            few = len(chosen) <= INLINE_UIDS
+            known = self._locations(account, folder, chosen) if few else None
+            result, moved = await self._run(
+                functools.partial(mailbox.store_flags_at, known=known), self.root(account),
+                folder, chosen, mode, tuple(flags), light=few and self._small(account, folder))
+            if moved:
+                self._moved(account, folder, moved)
+            return result
         finally:
             self._changed(account, folder, ChangeKind.FLAGS)
+
+    def _locations(self, account: str, folder: str,
+                   uids: Sequence[int]) -> dict[int, tuple[str, str]] | None:
+        """UID -> (base, where the file was last seen) for these UIDs, from the folder's
+        last snapshot and the renames since; None unless every one is known."""
+        kept = self._kept(account, folder)
+        if kept is None:
+            return None
+        messages = kept.snapshot.messages
+        found: dict[int, tuple[str, str]] = {}
+        with self._where_guard:
+            where = self._folder_where.get((account, folder_name(folder)))
+            if where is None:
+                return None
+            for uid in uids:
+                at = bisect.bisect_left(messages, uid, key=_uid_of)
+                if at == len(messages) or messages[at].uid != uid:
+                    return None
+                base = messages[at].key
+                location = where.get(base)
+                if location is None:
+                    return None
+                found[uid] = (base, location)
+        return found
+
+    def _moved(self, account: str, folder: str, moved: dict[str, str]) -> None:
+        """Files this process renamed: later looks start from their new names."""
+        with self._where_guard:
+            where = self._folder_where.get((account, folder_name(folder)))
+            if where is not None:
+                where.update(moved)
 
     async def copy(self, account: str, src: str, uids: Iterable[int],
                    dst: str) -> dict[int, int]:
