@@ -298,8 +298,7 @@ class ImapSession(StreamSession):
     async def _read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
         self.reading = True
         try:
-            async with asyncio.timeout(timeout):
-                data = await reader.read(READ_SIZE)
+            data = await self.read_deadline.read(reader, READ_SIZE, timeout)
             self.input_arrived()
             return data
         except TimeoutError:

@@ -16,6 +16,7 @@ import time
 
 from mailkeep.config.model import ListenerConfig
 from mailkeep.directory.base import Account
+from mailkeep.server.deadline import ReadDeadline
 from mailkeep.server.listener import Slot
 from mailkeep.server.services import SHUTDOWN_ABORT_AFTER, Services, new_connection_id
 
@@ -53,6 +54,7 @@ class StreamSession:
         self.tls: str | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.reading = False      # waiting for the client's next command
+        self.read_deadline = ReadDeadline()
         self.stopping = False
         self.closed = False
 
@@ -148,6 +150,7 @@ class StreamSession:
 
     async def _finish(self, writer: asyncio.StreamWriter, reason: str) -> None:
         self.closed = True
+        self.read_deadline.close()
         with contextlib.suppress(Exception):
             self.flush_pending()  # the last words (BYE) of a session that ends in a raise
         try:
