@@ -88,3 +88,34 @@ async def test_a_message_removed_meanwhile_is_left_out(store: MaildirStore,
     file_of(tmp_path, keys[1]).unlink()  # expunged by another process
     assert await store.store_flags(A, "INBOX", [1, 2, 3], FlagMode.ADD, ["\\Seen"]) == \
         {1: frozenset({"\\Seen"}), 3: frozenset({"\\Seen"})}
+
+
+async def test_uid_expunge_of_known_uids_needs_no_index_sync(
+        store: MaildirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    await seeded(store)
+    await store.store_flags(A, "INBOX", [1, 2], FlagMode.ADD, ["\\Deleted"])
+    calls: list[Path] = []
+    real = uidlist.sync
+
+    def counting(root: Path, *args: object) -> object:
+        calls.append(root)
+        return real(root, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uidlist, "sync", counting)
+    assert await store.expunge(A, "INBOX", [2, 3]) == [2]  # 3 is not \Deleted
+    assert calls == []
+    assert await store.expunge(A, "INBOX", [2]) == []  # gone already: the index is synced
+    assert [m.uid for m in (await store.snapshot(A, "INBOX")).messages] == [1, 3]
+
+
+async def test_uid_expunge_sees_a_deleted_flag_set_meanwhile(store: MaildirStore,
+                                                             tmp_path: Path) -> None:
+    keys = await seeded(store)
+    # Another process sets \Deleted on message 3 after our snapshot (maildir(5) ":2,T").
+    os.rename(file_of(tmp_path, keys[2]), inbox(tmp_path) / "cur" / f"{keys[2]}:2,T")
+    assert await store.expunge(A, "INBOX", [3]) == [3]
+    # ... and clears it on message 1, which we had marked: not expunged then.
+    await store.store_flags(A, "INBOX", [1], FlagMode.ADD, ["\\Deleted"])
+    os.rename(file_of(tmp_path, keys[0]), inbox(tmp_path) / "cur" / f"{keys[0]}:2,S")
+    assert await store.expunge(A, "INBOX", [1]) == []
+    assert [m.uid for m in (await store.snapshot(A, "INBOX")).messages] == [1, 2]

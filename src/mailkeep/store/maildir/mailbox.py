@@ -548,28 +548,49 @@ def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[in
     expunged message may come back (the safe direction; it gets a new UID), while an
     acknowledged new message never goes (append_many and delivery fsync). POP3's DELE, where
     a message coming back means a duplicate download, does fsync (maildrop.delete)."""
+    return expunge_at(root, name, uids, known=None)[0]
+
+
+def expunge_at(root: Path, name: str, uids: Iterable[int] | None, *,
+               known: Mapping[int, tuple[str, str]] | None
+               ) -> tuple[list[int], list[str]]:
+    """expunge(), and the bases of the files removed. `known` as for store_flags_at(): a
+    name there without \\Deleted is believed only while the file still has that name (one
+    stat), as another session may have set \\Deleted since."""
     path = open_folder(root, name)
-    index, files = uidlist.sync(path)
-    limit = None if uids is None else set(uids)
+    targets: list[tuple[int, str, str | None]]
+    wanted = None if uids is None else sorted(set(uids))
+    hinted = known is not None and wanted is not None and all(u in known for u in wanted)
+    if hinted:
+        assert known is not None and wanted is not None
+        targets = [(uid, *known[uid]) for uid in wanted]
+    else:
+        index, files = uidlist.sync(path)
+        limit = None if wanted is None else set(wanted)
+        targets = [(rec.uid, rec.base, files.get(rec.base)) for rec in index.by_uid()
+                   if limit is None or rec.uid in limit]
     removed: list[int] = []
-    for rec in index.by_uid():
-        if limit is not None and rec.uid not in limit:
-            continue
-        location = files.get(rec.base)
+    gone: list[str] = []
+    for uid, base, seen_at in targets:
+        location = seen_at
         for _ in range(RENAME_ATTEMPTS):
             if location is None:
                 break
             if DELETED_LETTER not in uidlist.filename_flags(location.split("/", 1)[1]):
+                if hinted and not os.path.lexists(path / location):
+                    location = _relocate(path, base)  # renamed since: look at its flags
+                    continue
                 break
             try:
                 echo.unlink(path / location)
             except FileNotFoundError:
-                location = _relocate(path, rec.base)
+                location = _relocate(path, base)
                 continue
-            removed.append(rec.uid)
+            removed.append(uid)
+            gone.append(base)
             break
     # dovecot-uidlist keeps their records for now (uidlist.KEEP_STALE, as Dovecot does).
-    return removed
+    return removed, gone
 
 
 def open_message(root: Path, name: str, key: str,

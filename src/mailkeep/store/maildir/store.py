@@ -527,6 +527,13 @@ class MaildirStore:
                 found[uid] = (base, location)
         return found
 
+    def _gone(self, account: str, folder: str, gone: list[str]) -> None:
+        with self._where_guard:
+            where = self._folder_where.get((account, folder_name(folder)))
+            if where is not None:
+                for base in gone:
+                    where.pop(base, None)
+
     def _moved(self, account: str, folder: str, moved: dict[str, str]) -> None:
         """Files this process renamed: later looks start from their new names."""
         with self._where_guard:
@@ -546,10 +553,15 @@ class MaildirStore:
                       uids: Iterable[int] | None = None) -> list[int]:
         """Remove \\Deleted messages (limited to `uids` for UID EXPUNGE); UIDs removed."""
         limit = None if uids is None else tuple(uids)
-        light = limit is not None and len(limit) <= INLINE_UIDS and self._small(account, folder)
+        few = limit is not None and len(limit) <= INLINE_UIDS
+        known = self._locations(account, folder, limit) if few and limit else None
         try:
-            return await self._run(mailbox.expunge, self.root(account), folder, limit,
-                                   light=light)
+            removed, gone = await self._run(
+                functools.partial(mailbox.expunge_at, known=known), self.root(account),
+                folder, limit, light=few and self._small(account, folder))
+            if gone:
+                self._gone(account, folder, gone)
+            return removed
         finally:
             self._changed(account, folder, ChangeKind.EXPUNGE)
 
