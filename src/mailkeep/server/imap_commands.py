@@ -272,6 +272,11 @@ class ImapExecutor:
             await self.emit(line)
         return None
 
+    def part_batches(self, uids: Sequence[int]
+                     ) -> AsyncGenerator[list[MimePart | None], None]:
+        """parts() a batch at a time (imap_fetch.part_batches)."""
+        return imap_fetch.part_batches(self, uids)
+
     def parts(self, uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
         """The parsed messages of these UIDs in the selected mailbox (imap_fetch.parts)."""
         return imap_fetch.parts(self, uids)
@@ -389,7 +394,7 @@ class ImapExecutor:
             await imap_sync.enable_condstore(self)
         try:
             hits = await imap_search.search(self._selected(), command.key, uid=command.uid,
-                                            parts=self.parts)
+                                            parts=self.part_batches)
         except TooExpensive as exc:
             log.info("conn=%s SEARCH stopped after %s", self.conn_id, exc)
             # RFC 5530 §3 LIMIT; nothing else changed, the session goes on.

@@ -67,6 +67,15 @@ async def parts(ex: ImapExecutor,
                 uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
     """part() of each UID in turn (None: expunged by someone else), the uncached ones
     read in batches (READ_BATCH_*); large messages still go one by one."""
+    async for batch in part_batches(ex, uids):
+        for found in batch:
+            yield found
+
+
+async def part_batches(ex: ImapExecutor,
+                       uids: Sequence[int]) -> AsyncGenerator[list[MimePart | None], None]:
+    """parts() a batch at a time (READ_BATCH_*), for a caller that walks many messages
+    (SEARCH): one step of the generator per batch rather than per message."""
     view = ex._selected()
     start = 0
     while start < len(uids):
@@ -95,14 +104,16 @@ async def parts(ex: ImapExecutor,
                 parsed = parse_message(octets_read)
                 ex.cache.put((ex.account, view.folder, view.uidvalidity, uid), parsed)
                 ready[uid] = parsed
+        batch: list[MimePart | None] = []
         for uid in chunk:
             if uid in ready:
-                yield ready[uid]
+                batch.append(ready[uid])
                 continue
             try:
-                yield await part(ex, uid)
+                batch.append(await part(ex, uid))
             except MessageGone:
-                yield None
+                batch.append(None)
+        yield batch
 
 
 async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:

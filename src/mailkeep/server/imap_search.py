@@ -39,7 +39,7 @@ DECODE_OFF_LOOP_OCTETS = 256 * 1024
 # coroutine per message, which cost more than the scan of a typical header.
 SCAN_WHOLE_OCTETS = 64 * 1024
 
-Parts = Callable[[Sequence[int]], AsyncGenerator[MimePart | None, None]]
+Parts = Callable[[Sequence[int]], AsyncGenerator[list[MimePart | None], None]]
 
 
 @dataclass(slots=True)
@@ -69,40 +69,54 @@ class SearchMessage:
 
 async def search(view: MailboxView, key: SearchKey, *, uid: bool, parts: Parts) -> list[int]:
     """The sequence numbers (UIDs if `uid`) of the messages that match, in order.
-    slices.TooExpensive past SEARCH_CPU_SECONDS. `parts` reads parsed messages (None:
-    expunged meanwhile), as ImapExecutor.parts does."""
+    slices.TooExpensive past SEARCH_CPU_SECONDS. `parts` reads parsed messages a batch at
+    a time (None: expunged meanwhile), as ImapExecutor.part_batches does."""
     program = SearchProgram(key, messages=len(view), largest_uid=view.largest_uid)
     uids = list(view.uids)
-    reader = parts(uids) if program.needs_headers else None
     clock = Slices(SEARCH_CPU_SECONDS)
     hits: list[int] = []
-    try:
+    records, flags_of, modseqs = view.records, view.flags_of, view.modseqs
+    if not program.needs_headers:
+        # Flags, sizes, dates and numbers only: no message is read.
         clock.start()
         for seq, u in enumerate(uids, 1):
-            record = view.records[u]
-            part = None
-            if reader is not None:
-                clock.stop()
-                part = await anext(reader)
-                clock.start()
-                if part is None:
-                    continue
-            message = SearchMessage(seq, u, view.flags_of(u), record.internaldate,
-                                    record.size, part, view.modseqs.get(u, 0))
-            if part is None:
-                hit = program.matches(message)  # flags, sizes, dates, numbers only
-            elif record.size < SCAN_WHOLE_OCTETS:
-                hit = program.matches(message)  # a small one: no pause inside
-            else:
-                hit = await _evaluate(program, message, clock)
-            if hit:
+            record = records[u]
+            if program.matches(SearchMessage(seq, u, flags_of(u), record.internaldate,
+                                             record.size, None, modseqs.get(u, 0))):
                 hits.append(u if uid else seq)
             if clock.due():
                 await clock.pause()
         clock.stop()
+        return hits
+    reader = parts(uids)
+    seq = 0
+    try:
+        clock.start()
+        while True:
+            clock.stop()
+            batch = await anext(reader, None)
+            clock.start()
+            if batch is None:
+                break
+            for part in batch:
+                seq += 1
+                if part is None:
+                    continue
+                u = uids[seq - 1]
+                record = records[u]
+                message = SearchMessage(seq, u, flags_of(u), record.internaldate,
+                                        record.size, part, modseqs.get(u, 0))
+                if record.size < SCAN_WHOLE_OCTETS:
+                    hit = program.matches(message)  # a small one: no pause inside
+                else:
+                    hit = await _evaluate(program, message, clock)
+                if hit:
+                    hits.append(u if uid else seq)
+                if clock.due():
+                    await clock.pause()
+        clock.stop()
     finally:
-        if reader is not None:
-            await reader.aclose()
+        await reader.aclose()
     return hits
 
 
