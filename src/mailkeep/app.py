@@ -22,6 +22,7 @@ from mailkeep.config.load import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
 from mailkeep.observe.metrics import Metrics, ScrapeSources
+from mailkeep.observe.shared import SharedFigures
 from mailkeep.proto.autoconfig import MailSetup
 from mailkeep.relay.authdns import NO_INBOUND_RESOLVER, inbound_resolver
 from mailkeep.relay.dkim import DkimError, DkimKey
@@ -78,6 +79,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._share_task: asyncio.Task[None] | None = None
         self._mail_setup: MailSetup | None = None
         self.acme: AcmeManager | None = None
         self.identity: Identity | None = None  # who the daemon became after binding (run_as)
@@ -211,6 +213,9 @@ class Daemon:
         await self.reloader.started()
         if self.link is not None:
             self._watch_task = asyncio.create_task(self._watch_parent(self.link))
+            # One /metrics for all workers (observe/shared.py); written as run_as.
+            metrics.shared = SharedFigures(config.data_dir / "run" / "metrics")
+            self._share_task = asyncio.create_task(metrics.share_forever())
         if self.acme is not None:
             self.acme.start([int(a.rsplit(":", 1)[1]) for lst in config.listeners
                              if lst.tls == "implicit" for a in self.bound.get(lst.name, [])])
@@ -399,7 +404,7 @@ class Daemon:
                 if not services.sessions:
                     break
                 await asyncio.sleep(0.05)
-        for task in (self._reload_task, self._watch_task):
+        for task in (self._reload_task, self._watch_task, self._share_task):
             if task is not None:
                 task.cancel()
         self.reloader.cancel()

@@ -15,6 +15,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailkeep.relay import claims
 from mailkeep.relay.spool import Spool
@@ -389,3 +391,42 @@ def test_mailkeep_reload_reaches_every_worker_through_the_supervisor(two: Runnin
     pids = worker_pids(two)
     assert eventually(lambda: all(f"[{pid}] mailkeep: reload: security.max_connections_per_ip"
                                   in log_text(two) for pid in pids), WAIT)
+
+
+def _scrape(d: RunningDaemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.ports['admin']}/metrics",
+                                timeout=10) as answer:
+        body = answer.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body) for s in family.samples}
+
+
+def test_metrics_are_summed_over_the_workers(tmp_path: Path, ca: trustme.CA) -> None:
+    """Whichever worker answers a scrape, /metrics counts what both workers did: IMAPS
+    connections made on each worker add up, the open sessions of both are counted, and a
+    total never goes backwards from one scrape to the next (observe/shared.py)."""
+    d = start(tmp_path, ca, listeners={"admin": {"protocol": "admin"}})
+    try:
+        pids = worker_pids(d)
+        held = [imap_on(d, pid) for pid in pids for _ in range(2)]  # two open on each
+        made = sum(1 for _ in held)
+        key = ("mailkeep_connections_accepted_total", (("listener", "imaps"),
+                                                        ("protocol", "imap")))
+        opened = ("mailkeep_sessions_open", (("listener", "imaps"), ("protocol", "imap")))
+        # imap_on() may have opened (and closed) extra connections to land on a worker.
+        assert eventually(lambda: _scrape(d)[key] >= made and _scrape(d)[opened] == made,
+                          timeout=WAIT)
+        files = sorted(p.name for p in (d.data_dir / "run" / "metrics").glob("*.json"))
+        assert files == sorted(f"{pid}.json" for pid in pids)
+        seen = []
+        for _ in range(12):  # SO_REUSEPORT: both workers answer some of these
+            figures = _scrape(d)
+            seen.append(figures[key])
+            assert figures[opened] == made
+        assert seen == sorted(seen) and seen[0] >= made
+        for c in held:
+            c.close()
+        assert eventually(lambda: _scrape(d).get(opened, 0.0) == 0, timeout=WAIT)
+    finally:
+        close_all()
+        d.stop()

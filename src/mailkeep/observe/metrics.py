@@ -15,17 +15,16 @@ Two kinds of figures:
   so those callables never race with the sessions or the queue they read; none of them does
   I/O (certificates come from what the TLS layer has loaded, not from the files).
 
-Several worker processes (a later change): each keeps its own Metrics; the counters are
-plain per-process totals and the state gauges per-process figures, so the exposition of the
-whole is the sum over workers of every sample (except the process and start-time series,
-which are per process). Either the workers forward their samples to the parent, or
-prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) replaces the registry; the
-interface below (one object, methods per event) stays as it is.
+Several worker processes: each keeps its own Metrics, and the worker that answers a scrape
+adds the others' figures, which each writes to a small file (observe/shared.py,
+render_all()).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from mailkeep import __version__
+from mailkeep.observe import shared
+
+log = logging.getLogger("mailkeep")
 
 LoginOutcome = Literal["ok", "failed", "throttled", "unavailable"]
 LOGIN_OUTCOMES: tuple[LoginOutcome, ...] = ("ok", "failed", "throttled", "unavailable")
@@ -158,6 +160,8 @@ class Metrics:
         self.clock = clock
         self.started = clock()
         self.sources = ScrapeSources()
+        # Set when this process is one of several workers (observe/shared.py).
+        self.shared: shared.SharedFigures | None = None
         self.registry = r = CollectorRegistry()
         self._accepted = Counter("mailkeep_connections_accepted",
                                  "Connections admitted at accept time",
@@ -254,3 +258,42 @@ class Metrics:
         the scraper's Accept header asks for it. Call on the event loop (ScrapeSources)."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+    async def render_all(self, accept: str | None = None) -> tuple[bytes, str]:
+        """render(), with the other workers' figures summed in (observe/shared.py) when
+        this process is one of several workers."""
+        if self.shared is None:
+            return self.render(accept)
+        encoder, content_type = choose_encoder(accept or "")
+        families = list(self.registry.collect())  # on the loop: ScrapeSources
+        own = shared.samples_of(families)
+        share = self.shared
+
+        def exchange() -> list[dict[shared.Key, float]]:
+            share.publish(own)
+            return share.others()
+
+        others = await asyncio.to_thread(exchange)
+        return encoder(_Families(list(shared.merge(families, others)))), content_type
+
+    async def share_forever(self) -> None:
+        """Write this worker's figures every SHARE_SECONDS (a task while the worker runs)."""
+        share = self.shared
+        assert share is not None
+        while True:
+            own = shared.samples_of(self.registry.collect())
+            try:
+                await asyncio.to_thread(share.publish, own)
+            except OSError as exc:
+                log.warning("metrics: cannot write %s: %s", share.directory, exc.strerror)
+            await asyncio.sleep(shared.SHARE_SECONDS)
+
+
+class _Families:
+    """Metric families in the shape the encoders read (a registry's collect())."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self.families)

@@ -152,7 +152,7 @@ class AdminSession(HttpSession):
                 self.log.info("conn=%s not ready: %s", self.conn_id, "; ".join(problems))
             return admin_routes.readiness(problems)
         # Rendered here, on the loop: the state gauges read the sessions and the queue.
-        body, content_type = self.services.metrics.render(request.header("accept"))
+        body, content_type = await self.services.metrics.render_all(request.header("accept"))
         return admin_routes.metrics(body, content_type)
 
 
