@@ -30,6 +30,7 @@ import trustme
 from mailkeep.cli import main
 from mailkeep.relay.spool import Spool
 from tests.support.daemon import RunningDaemon, start_process_daemon, write_config
+from tests.support.wait import eventually
 
 # Bounds for waiting on the daemon (never timing assertions: a slow machine only waits).
 WAIT = 60.0
@@ -232,9 +233,15 @@ def test_queue_size_is_logged(site: Path, ca: trustme.CA) -> None:
     finally:
         d.stop()
     d = start_process_daemon(site, ca)
-    d.stop()
+    try:
+        # Logged by the queue's scheduler once it runs: wait for it (a daemon stopped at
+        # once under load stopped before its first round, and the line was not there).
+        assert eventually(lambda: re.search(r"queue: 1 messages, oldest \d+s old",
+                                            (site.parent / "daemon.log").read_text())
+                          is not None, timeout=30)
+    finally:
+        d.stop()
     log = (site.parent / "daemon.log").read_text()
-    assert re.search(r"queue: 1 messages, oldest \d+s old", log)
     assert "resuming 1 messages left by the last run" in log
 
 
