@@ -213,9 +213,10 @@ class Daemon:
         await self.reloader.started()
         if self.link is not None:
             self._watch_task = asyncio.create_task(self._watch_parent(self.link))
-            # One /metrics for all workers (observe/shared.py); written as run_as.
-            metrics.shared = SharedFigures(config.data_dir / "run" / "metrics")
-            self._share_task = asyncio.create_task(metrics.share_forever())
+            if any(lst.protocol == "admin" for lst in config.listeners):
+                # One /metrics for all workers (observe/shared.py); written as run_as.
+                metrics.shared = SharedFigures(config.data_dir / "run" / "metrics")
+                self._share_task = asyncio.create_task(metrics.share_forever())
         if self.acme is not None:
             self.acme.start([int(a.rsplit(":", 1)[1]) for lst in config.listeners
                              if lst.tls == "implicit" for a in self.bound.get(lst.name, [])])
