@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -10,6 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from mailkeep.config import cpus
 from mailkeep.proto.imap import specialuse
 from mailkeep.relay.queue_config import QueueConfig
 from mailkeep.relay.routes import DeliveryConfig
@@ -68,9 +68,9 @@ MAX_WORKERS = 256
 
 
 def default_workers() -> int:
-    """`workers = "auto"` (and the default): one process per core this process may use."""
-    count = getattr(os, "process_cpu_count", os.cpu_count)()
-    return max(1, min(MAX_WORKERS, count or 1))
+    """`workers = "auto"` (and the default): one process per core this process may use,
+    a container's CPU quota included (config/cpus.py)."""
+    return max(1, min(MAX_WORKERS, cpus.usable_cores()))
 # RFC 1939 §3: a POP3 autologout timer MUST be at least 10 minutes (Dovecot: 10 minutes).
 DEFAULT_POP3_IDLE_TIMEOUT = 600.0
 # Dovecot pop3 CLIENT_MAX_BAD_COMMANDS: failed commands in a row before the session closes

@@ -40,7 +40,8 @@ data_dir = "{data_dir}"
 # trusted_proxies = ["10.0.0.0/8"]  # load balancers / container runtimes whose PROXY
 #                            # protocol headers are believed (listeners with proxy_protocol)
 # shutdown_grace = 10.0      # seconds to let transactions finish on SIGTERM/SIGINT
-# workers = "auto"           # processes serving every listener: "auto" (one per core) or
+# workers = "auto"           # processes serving every listener: "auto" (one per core,
+#                            # a container's CPU quota counted) or
 #                            # 1..256; 1 is a single process. Connection, login-failure
 #                            # and session limits count across all of them.
 #                            # With [tls.acme]: 1 (the default there).
