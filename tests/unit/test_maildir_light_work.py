@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailkeep.store import FlagMode
-from mailkeep.store.maildir import MaildirStore, listing, mailbox, settle
+from mailkeep.store.maildir import MaildirStore, flagchange, listing, mailbox, settle
 from mailkeep.store.maildir import store as store_module
 from mailkeep.store.maildir.dotlock import Dotlock
 
@@ -114,16 +114,16 @@ async def test_light_work_stays_within_its_bounds(store: MaildirStore,
     monkeypatch.setattr(store_module, "INLINE_MESSAGES", 3)
     ran_in: list[bool] = []
 
-    def spy(name: str) -> None:
-        real = getattr(mailbox, name)
+    def spy(name: str, module: object = mailbox) -> None:
+        real = getattr(module, name)
 
         def wrapped(*args: object, **kwargs: object) -> object:
             ran_in.append(threading.get_ident() == loop_thread)
             return real(*args, **kwargs)
-        monkeypatch.setattr(mailbox, name, wrapped)
+        monkeypatch.setattr(module, name, wrapped)
 
     loop_thread = threading.get_ident()
-    spy("store_flags_at")
+    spy("store_flags_at", flagchange)
     spy("snapshot")
     for _ in range(3):
         await store.append(A, "INBOX", MSG)

@@ -34,6 +34,7 @@ from mailkeep.store.base import (
 )
 from mailkeep.store.changes import Change, ChangeFeed, ChangeKind, Watch, acting_session
 from mailkeep.store.maildir import (
+    flagchange,
     folders,
     mailbox,
     modseq,
@@ -495,7 +496,7 @@ class MaildirStore:
             few = len(chosen) <= INLINE_UIDS
             known = self._locations(account, folder, chosen) if few else None
             result, moved = await self._run(
-                functools.partial(mailbox.store_flags_at, known=known), self.root(account),
+                functools.partial(flagchange.store_flags_at, known=known), self.root(account),
                 folder, chosen, mode, tuple(flags), light=few and self._small(account, folder))
             if moved:
                 self._moved(account, folder, moved)
@@ -557,7 +558,7 @@ class MaildirStore:
         known = self._locations(account, folder, limit) if few and limit else None
         try:
             removed, gone = await self._run(
-                functools.partial(mailbox.expunge_at, known=known), self.root(account),
+                functools.partial(flagchange.expunge_at, known=known), self.root(account),
                 folder, limit, light=few and self._small(account, folder))
             if gone:
                 self._gone(account, folder, gone)
