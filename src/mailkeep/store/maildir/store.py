@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import functools
 import threading
@@ -23,7 +22,6 @@ from mailkeep.store.base import (
     FolderSnapshot,
     Maildrop,
     MessageGone,
-    MessageRecord,
     NewMessage,
     NoSuchFolder,
     StoreError,
@@ -60,6 +58,7 @@ from mailkeep.store.maildir.layout import (
     ensure_maildir,
     unique_name,
 )
+from mailkeep.store.maildir.locations import FolderLocations
 from mailkeep.store.names import INBOX, folder_name
 from mailkeep.store.watcher import FolderWatcher
 
@@ -84,10 +83,6 @@ INLINE_MESSAGES = 2_000
 INLINE_UIDS = 64
 
 
-def _uid_of(record: MessageRecord) -> int:
-    return record.uid
-
-
 def _no_report(kind: str) -> None:
     pass
 
@@ -103,8 +98,8 @@ class MaildirStore:
         # saves a folder scan per message; a wrong hint costs one scan, never a wrong answer.
         self._where: dict[str, dict[str, str]] = {}
         self._where_guard = threading.Lock()
-        # (account, folder) -> key -> location, from the last IMAP snapshot (read hints).
-        self._folder_where: dict[tuple[str, str], dict[str, str]] = {}
+        # Where each IMAP folder's message files were last seen (locations.py).
+        self._locations = FolderLocations()
         # (account, folder) -> the last snapshot and what it learned (mailbox.FolderCache),
         # shared by every session of the folder; reused while the folder is unchanged.
         self._snapshots: OrderedDict[tuple[str, str], tuple[int, mailbox.FolderCache]] = \
@@ -433,9 +428,8 @@ class MaildirStore:
         previous = None if cached is None else cached[1]
         reuse = cached is not None and cached[0] == generation
         result = mailbox.snapshot(self.root(account), folder, previous, reuse)
+        self._locations.take(key, result.where, fresh=result is not previous)
         with self._where_guard:
-            if result is not previous or key not in self._folder_where:
-                self._folder_where[key] = dict(result.where)
             self._snapshots[key] = (generation, result)
             self._snapshots.move_to_end(key)
             while len(self._snapshots) > SNAPSHOT_CACHE_FOLDERS:
@@ -494,53 +488,25 @@ class MaildirStore:
         try:
             chosen = tuple(uids)
             few = len(chosen) <= INLINE_UIDS
-            known = self._locations(account, folder, chosen) if few else None
+            known = self._known(account, folder, chosen) if few else None
             result, moved = await self._run(
                 functools.partial(flagchange.store_flags_at, known=known), self.root(account),
                 folder, chosen, mode, tuple(flags), light=few and self._small(account, folder))
             if moved:
-                self._moved(account, folder, moved)
+                self._locations.moved((account, folder_name(folder)), moved)
             return result
         finally:
             self._changed(account, folder, ChangeKind.FLAGS)
 
-    def _locations(self, account: str, folder: str,
-                   uids: Sequence[int]) -> dict[int, tuple[str, str]] | None:
+    def _known(self, account: str, folder: str,
+               uids: Sequence[int]) -> dict[int, tuple[str, str]] | None:
         """UID -> (base, where the file was last seen) for these UIDs, from the folder's
-        last snapshot and the renames since; None unless every one is known."""
+        last snapshot and our renames since; None unless every one is known."""
         kept = self._kept(account, folder)
         if kept is None:
             return None
-        messages = kept.snapshot.messages
-        found: dict[int, tuple[str, str]] = {}
-        with self._where_guard:
-            where = self._folder_where.get((account, folder_name(folder)))
-            if where is None:
-                return None
-            for uid in uids:
-                at = bisect.bisect_left(messages, uid, key=_uid_of)
-                if at == len(messages) or messages[at].uid != uid:
-                    return None
-                base = messages[at].key
-                location = where.get(base)
-                if location is None:
-                    return None
-                found[uid] = (base, location)
-        return found
-
-    def _gone(self, account: str, folder: str, gone: list[str]) -> None:
-        with self._where_guard:
-            where = self._folder_where.get((account, folder_name(folder)))
-            if where is not None:
-                for base in gone:
-                    where.pop(base, None)
-
-    def _moved(self, account: str, folder: str, moved: dict[str, str]) -> None:
-        """Files this process renamed: later looks start from their new names."""
-        with self._where_guard:
-            where = self._folder_where.get((account, folder_name(folder)))
-            if where is not None:
-                where.update(moved)
+        return self._locations.of_uids((account, folder_name(folder)),
+                                       kept.snapshot.messages, uids)
 
     async def copy(self, account: str, src: str, uids: Iterable[int],
                    dst: str) -> dict[int, int]:
@@ -555,13 +521,13 @@ class MaildirStore:
         """Remove \\Deleted messages (limited to `uids` for UID EXPUNGE); UIDs removed."""
         limit = None if uids is None else tuple(uids)
         few = limit is not None and len(limit) <= INLINE_UIDS
-        known = self._locations(account, folder, limit) if few and limit else None
+        known = self._known(account, folder, limit) if few and limit else None
         try:
             removed, gone = await self._run(
                 functools.partial(flagchange.expunge_at, known=known), self.root(account),
                 folder, limit, light=few and self._small(account, folder))
             if gone:
-                self._gone(account, folder, gone)
+                self._locations.gone((account, folder_name(folder)), gone)
             return removed
         finally:
             self._changed(account, folder, ChangeKind.EXPUNGE)
@@ -618,17 +584,11 @@ class MaildirStore:
         except modseq.ModseqError as exc:
             raise StoreError(str(exc)) from exc
 
-    def _folder_hint(self, account: str, folder: str, key: str) -> str | None:
-        with self._where_guard:
-            return self._folder_where.get((account, folder_name(folder)), {}).get(key)
-
     def _open_message(self, account: str, folder: str, key: str) -> BinaryIO:
+        where = (account, folder_name(folder))
         f, location = mailbox.open_message(self.root(account), folder, key,
-                                           self._folder_hint(account, folder, key))
-        with self._where_guard:
-            known = self._folder_where.get((account, folder_name(folder)))
-            if known is not None:
-                known[key] = location
+                                           self._locations.hint(where, key))
+        self._locations.found(where, key, location)
         return f
 
     def _read_message_sync(self, account: str, folder: str, key: str) -> bytes:
@@ -667,10 +627,7 @@ class MaildirStore:
             f.close()
 
     def _forget_folder(self, account: str, folder: str) -> None:
-        with self._where_guard:
-            for k in [k for k in self._folder_where
-                      if k[0] == account and (k[1] == folder or k[1].startswith(folder + "."))]:
-                del self._folder_where[k]
+        self._locations.forget_folder(account, folder)
 
     def forget(self, mailbox: str) -> None:
         """Drop the location hints of a mailbox (its session ended)."""
