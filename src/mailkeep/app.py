@@ -18,7 +18,7 @@ from pathlib import Path
 import dns.resolver
 
 from mailkeep import app_reload, runfiles
-from mailkeep.config.load import admin_exposure_warnings
+from mailkeep.config.exposure import admin_exposure_warnings
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
 from mailkeep.observe.metrics import Metrics, ScrapeSources

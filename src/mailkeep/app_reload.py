@@ -51,7 +51,8 @@ from mailkeep.config.diff import (
     restart_only_changes,
     setting_changes,
 )
-from mailkeep.config.load import ConfigReading, admin_exposure_warnings, read_config
+from mailkeep.config.exposure import admin_exposure_warnings
+from mailkeep.config.load import ConfigReading, read_config
 from mailkeep.config.model import BindAddress, Config, ListenerConfig
 from mailkeep.directory.base import DirectoryError, UserDirectory, load_directory
 from mailkeep.relay.authdns import NO_INBOUND_RESOLVER, inbound_resolver

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailkeep.config import ConfigError, load_config
-from mailkeep.config.load import admin_exposure_warnings, is_loopback
+from mailkeep.config.exposure import admin_exposure_warnings, is_loopback
 from mailkeep.config.template import render
 from mailkeep.observe.logformat import JsonFormatter, formatter
 from mailkeep.observe.metrics import Metrics, ScrapeSources

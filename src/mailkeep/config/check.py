@@ -80,7 +80,7 @@ def warnings(config: Config) -> list[str]:
     (the CNAMEs of `mailkeep dns`): a certificate without those names makes Thunderbird fall
     back to plain HTTP and Outlook warn or give up. Worth a warning, not a refusal: the
     documents still work over HTTP, and the certificate may be renewed with the names."""
-    from mailkeep.config.load import admin_exposure_warnings  # noqa: PLC0415
+    from mailkeep.config.exposure import admin_exposure_warnings  # noqa: PLC0415
     from mailkeep.tls.certs import CertificateProblem, inspect_certificate  # noqa: PLC0415
 
     found: list[str] = []

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, cast, get_args
+from typing import Any, cast, get_args
 
 from mailkeep.config.hints import admin_command, command, config_in_use
 from mailkeep.config.model import (
@@ -34,6 +33,8 @@ from mailkeep.config.model import (
     TlsMode,
     default_workers,
 )
+from mailkeep.config.reader import Reader as _Reader
+from mailkeep.config.reader import positive_record as _positive_record
 from mailkeep.config.tls_table import check_tls_listeners, parse_tls, unreadable_files
 from mailkeep.proto.address import is_numeric_domain
 from mailkeep.proto.imap import specialuse
@@ -184,73 +185,6 @@ def parse_bind(value: str) -> BindAddress:
                 raise ValueError(f"{host!r} is not an IPv4 address or host name "
                                  '(IPv6 goes in brackets: "[::]:587")') from None
     return BindAddress(host, port)
-
-
-T = TypeVar("T")
-
-
-class _Reader:
-    """Pulls typed values out of a TOML table, recording problems instead of raising."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.problems: list[str] = []
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{key}: {message}")
-
-    def unknown(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
-        for key in sorted(set(table) - allowed):
-            known = ", ".join(sorted(allowed))
-            self.problem(f"{prefix}{key}", f"unknown key (known keys here: {known})")
-
-    def get(self, table: dict[str, Any], key: str, kind: type[T], prefix: str,
-            default: T | None = None) -> T | None:
-        if key not in table:
-            if default is None:
-                self.problem(prefix + key, f"missing (required, a {kind.__name__})")
-            return default
-        value = table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problem(prefix + key, f"expected a {kind.__name__}, got {value!r}")
-            return default
-        return value
-
-    def path(self, table: dict[str, Any], key: str, prefix: str,
-             default: Path | None = None) -> Path | None:
-        value = self.get(table, key, str, prefix, None if default is None else str(default))
-        if value is None:
-            return None
-        # normpath, not resolve(): certbot's live/cert.pem is a symlink swapped on renewal,
-        # and we must keep watching the link, not the archive file it pointed to at start.
-        return Path(os.path.normpath(self.base / value))
-
-    def table(self, raw: dict[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
-        value = raw.get(key, {})
-        if not isinstance(value, dict):
-            self.problem(prefix + key, "expected a table")
-            return {}
-        return value
-
-
-def _positive_record(reader: _Reader, cls: type[T], table: dict[str, Any], prefix: str) -> T:
-    """Build a dataclass of positive numbers from a table, each key optional with a default."""
-    defaults = cls()
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    reader.unknown(table, names, prefix)
-    values: dict[str, Any] = {}
-    for name in names:
-        default = getattr(defaults, name)
-        if not isinstance(default, int | float):
-            continue  # a sub-table (e.g. [imap.special_use]): its own parser reads it
-        value = reader.get(table, name, type(default), prefix, default)
-        if value is not None and value <= 0:
-            reader.problem(prefix + name, f"must be greater than 0, got {value}")
-            value = default
-        values[name] = value
-    return cls(**values)
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
@@ -661,32 +595,3 @@ def _parse_dkim(r: _Reader, raw: dict[str, Any], config_path: Path,
         if selector is not None and key is not None:
             out[normal] = DkimDomain(selector, key)
     return out
-
-
-def is_loopback(host: str) -> bool:
-    """A bind host reachable from this machine only (127.0.0.0/8, ::1, "localhost")."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def admin_exposure_warnings(config: Config) -> list[str]:
-    """Admin listeners in plain HTTP on an address others can reach: worth a warning at start
-    and in check-config, not a refusal (a private management network is a fair choice).
-    The metrics name listeners, counts and certificate files, nothing secret, and the
-    endpoints change nothing; still, whoever reaches them learns the daemon's shape."""
-    warnings: list[str] = []
-    for lst in config.listeners:
-        if lst.protocol != "admin" or lst.tls != "none":
-            continue
-        for i, addr in enumerate(lst.bind):
-            if not is_loopback(addr.host):
-                warnings.append(
-                    f"listeners.{lst.name}.bind[{i}]: the admin listener serves {addr} in "
-                    'plain HTTP (tls = "none") beyond loopback: anyone who reaches it reads '
-                    'the metrics; bind it to 127.0.0.1 or use tls = "implicit" behind a '
-                    "firewall")
-    return warnings

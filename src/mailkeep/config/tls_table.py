@@ -20,7 +20,7 @@ from mailkeep.config.model import (
 from mailkeep.tls.sni import is_selectable_name, normalize_name
 
 if TYPE_CHECKING:
-    from mailkeep.config.load import _Reader
+    from mailkeep.config.reader import Reader as _Reader
 
 _TLS_KEYS = {"cert", "key", "handshake_timeout", "reload_interval", "certificates", "acme"}
 _CERTIFICATE_KEYS = {"cert", "key", "names"}
