@@ -20,7 +20,6 @@ from mailkeep.store.base import (
     FlagMode,
     FolderInfo,
     FolderSnapshot,
-    Maildrop,
     MessageGone,
     NewMessage,
     NoSuchFolder,
@@ -37,7 +36,6 @@ from mailkeep.store.maildir import (
     mailbox,
     modseq,
     move,
-    session_lock,
     special_use,
     subscriptions,
     uidlist,
@@ -59,6 +57,7 @@ from mailkeep.store.maildir.layout import (
     unique_name,
 )
 from mailkeep.store.maildir.locations import FolderLocations
+from mailkeep.store.maildir.pop3_access import MaildropAccess
 from mailkeep.store.names import INBOX, folder_name
 from mailkeep.store.watcher import FolderWatcher
 
@@ -87,7 +86,7 @@ def _no_report(kind: str) -> None:
     pass
 
 
-class MaildirStore:
+class MaildirStore(MaildropAccess):
     def __init__(self, data_dir: Path, mail_dir: Path | None = None) -> None:
         self.data_dir = data_dir
         # Where the accounts' Maildirs live (config `mail_dir`; DATA_DIR/mail by default).
@@ -205,7 +204,8 @@ class MaildirStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._list, mailbox)
 
-    # -- maildrop (POP3 today, IMAP later) ------------------------------------------------
+    # -- the thread pool, and what may run on the loop instead --------------------------
+    # (POP3's maildrop operations are in pop3_access.py, a part of this class.)
 
     async def _run(self, func: Callable[..., T], *args: object, light: bool = False) -> T:
         """func(*args) in a thread, or (light) on the loop unless it would wait for a lock;
@@ -248,103 +248,6 @@ class MaildirStore:
         """Is the folder known to be small enough for light work on the loop?"""
         kept = self._kept(account, folder)
         return kept is not None and len(kept.snapshot.messages) <= INLINE_MESSAGES
-
-    async def lock_maildrop(self, mailbox: str) -> _SessionLock | None:
-        root = self.root(mailbox)
-        if not await self._run(session_lock.acquire, root):
-            return None
-        return _SessionLock(self, root)
-
-    def _maildrop_sync(self, mailbox: str) -> Maildrop:
-        root = self.root(mailbox)
-        ensure_maildir(root)
-        listing, files = ops.list_maildrop(root)
-        with self._where_guard:
-            self._where[mailbox] = files
-        return listing
-
-    async def maildrop(self, mailbox: str) -> Maildrop:
-        return await self._run(self._maildrop_sync, mailbox)
-
-    def _locate(self, mailbox: str, key: str) -> str:
-        with self._where_guard:
-            hint = self._where.get(mailbox, {}).get(key)
-        location = ops.locate(self.root(mailbox), key, hint)
-        if location != hint:
-            self._remember(mailbox, key, location)
-        return location
-
-    def _remember(self, mailbox: str, key: str, location: str | None) -> None:
-        with self._where_guard:
-            known = self._where.setdefault(mailbox, {})
-            if location is None:
-                known.pop(key, None)
-            else:
-                known[key] = location
-
-    def _open(self, mailbox: str, key: str) -> BinaryIO:
-        for _ in range(3):  # the file may be renamed (flags) between locate and open
-            location = self._locate(mailbox, key)
-            try:
-                return (self.root(mailbox) / location).open("rb")
-            except FileNotFoundError:
-                self._remember(mailbox, key, None)
-        raise MessageGone(key)
-
-    def _open_and_read(self, mailbox: str, key: str) -> tuple[BinaryIO | None, bytes]:
-        """Open and read the first chunk in one trip to the pool; a small message is read,
-        and its file closed, right here (one hop per message instead of three)."""
-        f = self._open(mailbox, key)
-        try:
-            chunk = f.read(ops.READ_CHUNK)
-        except BaseException:
-            f.close()
-            raise
-        if len(chunk) < ops.READ_CHUNK:
-            f.close()
-            return None, chunk
-        return f, chunk
-
-    async def read(self, mailbox: str, key: str) -> AsyncIterator[bytes]:
-        f, chunk = await self._run(self._open_and_read, mailbox, key)
-        if f is None:
-            if chunk:
-                yield chunk
-            return
-        try:
-            while chunk:
-                yield chunk
-                chunk = await self._run(f.read, ops.READ_CHUNK)
-        finally:
-            f.close()
-
-    def _mark_seen_sync(self, mailbox: str, keys: list[str]) -> None:
-        root = self.root(mailbox)
-        for key in keys:
-            try:
-                self._remember(mailbox, key, ops.mark_seen(root, self._locate(mailbox, key)))
-            except (MessageGone, FileNotFoundError):
-                self._remember(mailbox, key, None)
-
-    async def mark_seen(self, mailbox: str, keys: list[str]) -> None:
-        try:
-            await self._run(self._mark_seen_sync, mailbox, keys)
-        finally:
-            self._changed(mailbox, INBOX, ChangeKind.FLAGS)
-
-    def _delete_sync(self, mailbox: str, keys: list[str]) -> int:
-        locations: list[str] = []
-        for key in keys:
-            with contextlib.suppress(MessageGone):
-                locations.append(self._locate(mailbox, key))
-            self._remember(mailbox, key, None)
-        return ops.delete(self.root(mailbox), locations)
-
-    async def delete(self, mailbox: str, keys: list[str]) -> int:
-        try:
-            return await self._run(self._delete_sync, mailbox, keys)
-        finally:
-            self._changed(mailbox, INBOX, ChangeKind.EXPUNGE)
 
     # -- IMAP: folders, snapshots, flags, copy, expunge --------------------
     # Blocking work lives in folders.py / mailbox.py / subscriptions.py and runs in the pool.
@@ -629,11 +532,6 @@ class MaildirStore:
     def _forget_folder(self, account: str, folder: str) -> None:
         self._locations.forget_folder(account, folder)
 
-    def forget(self, mailbox: str) -> None:
-        """Drop the location hints of a mailbox (its session ended)."""
-        with self._where_guard:
-            self._where.pop(mailbox, None)
-
     def clean_stale_tmp(self) -> int:
         """Remove crash leftovers older than 36 hours from every tmp/. Returns the count."""
         removed = 0
@@ -652,19 +550,3 @@ class MaildirStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-class _SessionLock:
-    def __init__(self, store: MaildirStore, root: Path) -> None:
-        self.store = store
-        self.root = root
-        self.released = False
-
-    async def refresh(self) -> None:
-        await self.store._run(session_lock.refresh, self.root)
-
-    async def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.store.forget(self.root.name)
-            await asyncio.to_thread(session_lock.release, self.root)
