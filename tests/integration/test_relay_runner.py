@@ -24,8 +24,9 @@ from mailkeep.relay import claims
 from mailkeep.relay.client import OutboundClient
 from mailkeep.relay.envelope import OutboundMessage
 from mailkeep.relay.nexthop import Destination
+from mailkeep.relay.queue_control import CONTROL_INTERVAL, HOLD_BACK_LIMIT
 from mailkeep.relay.results import RecipientResult
-from mailkeep.relay.runner import CONTROL_INTERVAL, HOLD_BACK_LIMIT, DeliveryRunner
+from mailkeep.relay.runner import DeliveryRunner
 from mailkeep.relay.spool import Spool, SpoolEntry, SpoolRecipient, new_id
 from mailkeep.store.maildir import MaildirStore
 from tests.support.daemon import write_config

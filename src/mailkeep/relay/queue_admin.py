@@ -42,7 +42,7 @@ from mailkeep.relay.spool import Spool, SpoolEntry, SpoolError, SpoolRecipient
 Op = Literal["retry", "delete", "hold", "release"]
 ALL = "all"  # the target of `retry --all` / `flush` (runner.control's "retry-all")
 # How long a request waits for a running daemon: the runner looks at control/ every second
-# (runner.CONTROL_INTERVAL), so five looks; a daemon that misses them all is stuck.
+# (queue_control.CONTROL_INTERVAL), so five looks; a daemon that misses them all is stuck.
 CONTROL_WAIT = 5.0
 # How often we look whether the daemon took the request.
 POLL_INTERVAL = 0.05

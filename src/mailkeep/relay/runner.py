@@ -41,6 +41,7 @@ from mailkeep.relay.dsn import Action
 from mailkeep.relay.envelope import OutboundMessage, Recipient
 from mailkeep.relay.notices import Notices
 from mailkeep.relay.queue_admin import age_text
+from mailkeep.relay.queue_control import QueueControlMixin
 from mailkeep.relay.results import Delivered, PermanentFailure, RecipientResult
 from mailkeep.relay.sharing import SharedSpoolMixin
 from mailkeep.relay.spool import Notice, Spool, SpoolEntry, SpoolError, SpoolRecipient
@@ -50,12 +51,6 @@ from mailkeep.store.quota import Quota
 
 log = logging.getLogger("mailkeep.queue")
 
-# How often the control folder (`mailkeep queue ...` requests) is looked at.
-CONTROL_INTERVAL = 1.0
-# How long a request for an entry another worker is attempting waits for the primary to
-# adopt it: longer than any one attempt (RFC 5321 §4.5.3.2 timeouts add up to about half
-# an hour), then dropped with a warning.
-HOLD_BACK_LIMIT = 3600.0
 # How often the queue's size and oldest entry are logged while it is not empty.
 QUEUE_REPORT_INTERVAL = 300.0
 # An entry whose file cannot be read is retried this much later (an administrator may fix
@@ -87,7 +82,7 @@ class _Stats:
     deferred: int = 0
 
 
-class DeliveryRunner(SharedSpoolMixin):
+class DeliveryRunner(QueueControlMixin, SharedSpoolMixin):
     def __init__(self, config: Config, spool: Spool, store: MaildirStore,
                  directory: UserDirectory, client: OutboundClient | None = None, *,
                  clock: Callable[[], float] = time.time,
@@ -121,7 +116,7 @@ class DeliveryRunner(SharedSpoolMixin):
         self._claims: dict[str, int] = {}          # entry id -> its claim's descriptor
         self._adopting = asyncio.Lock()            # one look for orphans at a time
         # Requests naming an entry another worker is still attempting: (op, id) -> give up
-        # at; tried again each CONTROL_INTERVAL until the primary holds the entry.
+        # at; tried again each queue_control.CONTROL_INTERVAL until the primary holds it.
         self._held_back: dict[tuple[str, str], float] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -529,79 +524,6 @@ class DeliveryRunner(SharedSpoolMixin):
         return await self.notices.new_entry(mail_from=mail_from, recipients=recipients,
                                             size=size, smtputf8=smtputf8, body_8bit=body_8bit,
                                             source=source)
-
-    # -- administrator requests (`mailkeep queue ...`) -------------------------------------
-
-    async def _control_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CONTROL_INTERVAL)
-            await self.take_requests()
-
-    async def take_requests(self) -> None:
-        """Act on the requests waiting in control/, and on those held back for entries
-        another worker was still attempting."""
-        try:
-            requests = await asyncio.to_thread(self.spool.requests)
-        except OSError as exc:
-            log.error("queue control folder unreadable: %s", exc)
-            return
-        now = self.clock()
-        for key, until in list(self._held_back.items()):
-            if until <= now:
-                del self._held_back[key]
-                log.warning("queue: %s %s dropped: another worker kept the entry for %g s",
-                            *key, HOLD_BACK_LIMIT)
-            elif key not in requests:
-                requests.append(key)
-        for op, target in requests:
-            applied = await self.control(op, target)
-            if applied or not self._busy_elsewhere(target):
-                self._held_back.pop((op, target), None)
-            else:
-                self._held_back.setdefault((op, target), now + HOLD_BACK_LIMIT)
-
-    def _busy_elsewhere(self, target: str) -> bool:
-        """An entry in queue/ that this (primary) runner could not adopt yet: another
-        worker is making its first attempt and lets go when that ends."""
-        return (self.shared and target != "all" and target not in self.entries
-                and (self.spool.queue / target).exists())
-
-    async def control(self, op: str, target: str) -> bool:
-        """retry ID|all, delete ID, hold ID, release ID. True if it applied to something."""
-        if self.shared and target not in self.entries:
-            await self._adopt()  # another worker may have left it pending a moment ago
-        if op == "retry":
-            chosen = list(self.entries) if target == "all" else [target]
-            found = False
-            for entry_id in chosen:
-                entry = self.entries.get(entry_id)
-                if entry is None or entry.hold:
-                    continue
-                found = True
-                entry.next_attempt = self.clock()
-                self._schedule(entry_id, entry.next_attempt)
-            return found
-        entry = self.entries.get(target)
-        if entry is None:
-            return False
-        if op == "delete":
-            running = self._running.get(target)
-            if running is not None:
-                running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
-            await asyncio.to_thread(self.spool.remove, target)
-            self.entries.pop(target, None)
-            log.info("id=%s deleted from the queue by the administrator", target)
-            return True
-        if op in ("hold", "release"):
-            entry.hold = op == "hold"
-            await asyncio.to_thread(self.spool.record, target, [{"hold": entry.hold}])
-            if not entry.hold:
-                # Due now: the scheduler drops heap items older than next_attempt.
-                entry.next_attempt = self.clock()
-                self._schedule(target, entry.next_attempt)
-            return True
-        return False
 
 
 def _outbound_recipient(rcpt: SpoolRecipient) -> Recipient:
