@@ -33,16 +33,11 @@ def _apply(mode: FlagMode, current: frozenset[str], given: frozenset[str]) -> fr
     return current - given
 
 
-def store_flags(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
-                flags: Iterable[str]) -> dict[int, frozenset[str]]:
-    """Change flags by renaming; the new flags of every UID still present."""
-    return store_flags_at(root, name, uids, mode, flags, known=None)[0]
-
-
 def store_flags_at(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
                    flags: Iterable[str], *, known: Mapping[int, tuple[str, str]] | None
                    ) -> tuple[dict[int, frozenset[str]], dict[str, str]]:
-    """store_flags(), and base -> new location of every file renamed.
+    """Change flags by renaming: the new flags of every UID still present, and base -> new
+    location of every file renamed.
 
     `known` (UID -> (base, location), from the store's last snapshot) spares the index sync
     and folder scan when it names every UID asked for. A location there may be out of date
@@ -95,22 +90,18 @@ def store_flags_at(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
     return result, moved
 
 
-def expunge(root: Path, name: str, uids: Iterable[int] | None = None) -> list[int]:
-    """Remove the messages flagged \\Deleted (only those in `uids` when given).
+def expunge_at(root: Path, name: str, uids: Iterable[int] | None, *,
+               known: Mapping[int, tuple[str, str]] | None
+               ) -> tuple[list[int], list[str]]:
+    """Remove the messages flagged \\Deleted (only those in `uids` when given): their UIDs,
+    and the bases of the files removed. `known` as for store_flags_at(): a name there
+    without \\Deleted is believed only while the file still has that name (one stat), as
+    another session may have set \\Deleted since.
 
     The unlinks are not fsynced (as Dovecot's mail_fsync = optimized): after a power loss an
     expunged message may come back (the safe direction; it gets a new UID), while an
     acknowledged new message never goes (append_many and delivery fsync). POP3's DELE, where
     a message coming back means a duplicate download, does fsync (maildrop.delete)."""
-    return expunge_at(root, name, uids, known=None)[0]
-
-
-def expunge_at(root: Path, name: str, uids: Iterable[int] | None, *,
-               known: Mapping[int, tuple[str, str]] | None
-               ) -> tuple[list[int], list[str]]:
-    """expunge(), and the bases of the files removed. `known` as for store_flags_at(): a
-    name there without \\Deleted is believed only while the file still has that name (one
-    stat), as another session may have set \\Deleted since."""
     path = open_folder(root, name)
     targets: list[tuple[int, str, str | None]]
     wanted = None if uids is None else sorted(set(uids))
