@@ -40,19 +40,13 @@ class FolderLocations:
         with self._guard:
             return self._where.get(key, {}).get(base)
 
-    def found(self, key: FolderKey, base: str, location: str) -> None:
-        """A file was found here (a read)."""
+    def seen(self, key: FolderKey, found: Mapping[str, str]) -> None:
+        """Files this process renamed, or found elsewhere than hinted (a read): later looks
+        start from these names."""
         with self._guard:
             known = self._where.get(key)
             if known is not None:
-                known[base] = location
-
-    def moved(self, key: FolderKey, moved: Mapping[str, str]) -> None:
-        """Files this process renamed: later looks start from their new names."""
-        with self._guard:
-            known = self._where.get(key)
-            if known is not None:
-                known.update(moved)
+                known.update(found)
 
     def gone(self, key: FolderKey, bases: Iterable[str]) -> None:
         with self._guard:

@@ -396,7 +396,7 @@ class MaildirStore(MaildropAccess):
                 functools.partial(flagchange.store_flags_at, known=known), self.root(account),
                 folder, chosen, mode, tuple(flags), light=few and self._small(account, folder))
             if moved:
-                self._locations.moved((account, folder_name(folder)), moved)
+                self._locations.seen((account, folder_name(folder)), moved)
             return result
         finally:
             self._changed(account, folder, ChangeKind.FLAGS)
@@ -491,7 +491,7 @@ class MaildirStore(MaildropAccess):
         where = (account, folder_name(folder))
         f, location = mailbox.open_message(self.root(account), folder, key,
                                            self._locations.hint(where, key))
-        self._locations.found(where, key, location)
+        self._locations.seen(where, {key: location})
         return f
 
     def _read_message_sync(self, account: str, folder: str, key: str) -> bytes:
