@@ -68,10 +68,21 @@ def quota_cores(root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP) -> float | N
     return None
 
 
+def _cpus() -> int | None:
+    """The CPUs this process may run on (Python 3.13's process_cpu_count; its affinity mask
+    before that; the machine's count where there is no such mask)."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        found = count()
+        return None if found is None else int(found)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def usable_cores(root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP) -> int:
     """Cores this process may use: its CPUs, capped by its control group's quota."""
-    count = getattr(os, "process_cpu_count", None)
-    cpus = count() if count is not None else len(os.sched_getaffinity(0))
+    cpus = _cpus()
     quota = quota_cores(root, proc)
     if quota is not None:
         cpus = min(cpus or 1, max(1, math.ceil(quota)))
