@@ -25,6 +25,20 @@ def store(tmp_path: Path) -> Iterator[MaildirStore]:
     s.close()
 
 
+@pytest.fixture
+def sync_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders uidlist.sync() is called for from now on (clear it to start counting)."""
+    calls: list[Path] = []
+    real = uidlist.sync
+
+    def counting(root: Path, *args: object) -> object:
+        calls.append(root)
+        return real(root, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uidlist, "sync", counting)
+    return calls
+
+
 def inbox(tmp_path: Path) -> Path:
     return tmp_path / "mail" / A
 
@@ -43,16 +57,9 @@ async def seeded(store: MaildirStore, n: int = 3) -> list[str]:
 
 
 async def test_known_uids_need_no_index_sync(store: MaildirStore,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                             sync_calls: list[Path]) -> None:
     await seeded(store)
-    calls: list[Path] = []
-    real = uidlist.sync
-
-    def counting(root: Path, *args: object) -> object:
-        calls.append(root)
-        return real(root, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(uidlist, "sync", counting)
+    sync_calls.clear()  # what seeding synced does not count
     assert await store.store_flags(A, "INBOX", [2], FlagMode.ADD, ["\\Seen"]) == \
         {2: frozenset({"\\Seen"})}
     # The second one starts from the name the first gave the file, still without a sync.
@@ -60,12 +67,12 @@ async def test_known_uids_need_no_index_sync(store: MaildirStore,
         {2: frozenset({"\\Seen", "\\Flagged"})}
     assert await store.store_flags(A, "INBOX", [2], FlagMode.REMOVE, ["\\Seen"]) == \
         {2: frozenset({"\\Flagged"})}
-    assert calls == []
+    assert sync_calls == []
     # A UID the snapshot does not know (a new message): the index is synced.
     await store.append(A, "INBOX", MSG)
     assert await store.store_flags(A, "INBOX", [4], FlagMode.ADD, ["\\Seen"]) == \
         {4: frozenset({"\\Seen"})}
-    assert len(calls) == 1
+    assert len(sync_calls) == 1
     flags = {m.uid: m.flags for m in (await store.snapshot(A, "INBOX")).messages}
     assert flags == {1: frozenset(), 2: frozenset({"\\Flagged"}), 3: frozenset(),
                      4: frozenset({"\\Seen"})}
@@ -91,19 +98,12 @@ async def test_a_message_removed_meanwhile_is_left_out(store: MaildirStore,
 
 
 async def test_uid_expunge_of_known_uids_needs_no_index_sync(
-        store: MaildirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: MaildirStore, sync_calls: list[Path]) -> None:
     await seeded(store)
     await store.store_flags(A, "INBOX", [1, 2], FlagMode.ADD, ["\\Deleted"])
-    calls: list[Path] = []
-    real = uidlist.sync
-
-    def counting(root: Path, *args: object) -> object:
-        calls.append(root)
-        return real(root, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(uidlist, "sync", counting)
+    sync_calls.clear()  # what seeding synced does not count
     assert await store.expunge(A, "INBOX", [2, 3]) == [2]  # 3 is not \Deleted
-    assert calls == []
+    assert sync_calls == []
     assert await store.expunge(A, "INBOX", [2]) == []  # gone already: the index is synced
     assert [m.uid for m in (await store.snapshot(A, "INBOX")).messages] == [1, 3]
 
