@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailkeep.store import FlagMode
-from mailkeep.store.maildir import MaildirStore, uidlist
+from mailkeep.store.maildir import MaildirStore, mailbox, uidlist
 
 A = "alice"
 MSG = b"Subject: hi\r\n\r\nbody\r\n"
@@ -119,3 +119,20 @@ async def test_uid_expunge_sees_a_deleted_flag_set_meanwhile(store: MaildirStore
     os.rename(file_of(tmp_path, keys[0]), inbox(tmp_path) / "cur" / f"{keys[0]}:2,S")
     assert await store.expunge(A, "INBOX", [1]) == []
     assert [m.uid for m in (await store.snapshot(A, "INBOX")).messages] == [1, 2]
+
+
+async def test_reads_after_claiming_recent_start_from_cur(
+        store: MaildirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = await seeded(store)  # all three in new/, per the snapshot
+    assert await store.claim_recent(A, "INBOX") == {1, 2, 3}
+    scans: list[str] = []
+    real = mailbox._relocate
+
+    def counting(path: Path, base: str) -> str | None:
+        scans.append(base)
+        return real(path, base)
+
+    monkeypatch.setattr(mailbox, "_relocate", counting)
+    for key in keys:
+        assert await store.read_message(A, "INBOX", key) == MSG
+    assert scans == []  # each read opened cur/NAME:2, at once, no folder scan

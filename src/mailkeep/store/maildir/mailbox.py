@@ -274,13 +274,16 @@ def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
     return records, where, facts, unclaimed
 
 
-def claim_recent(root: Path, name: str,
-                 seen: Mapping[int, str] | None = None) -> set[int]:
+def claim_recent(root: Path, name: str, seen: Mapping[int, str] | None = None,
+                 moved: dict[str, str] | None = None) -> set[int]:
     """Move new/ files to cur/ (keeping their flags); the UIDs whose move was ours.
 
     `seen`: UID -> location ("new/NAME") of the unclaimed messages the caller's snapshot
     showed; only those are claimed, with no new look at the folder (a message that came
-    after that snapshot is claimed by the session whose snapshot shows it)."""
+    after that snapshot is claimed by the session whose snapshot shows it). `moved` is
+    given base -> new location ("cur/NAME:2,") of each file moved, for the caller's
+    location hints (without them the next read of the message looks in new/ first, fails
+    and scans the folder)."""
     path = open_folder(root, name)
     if seen is None:
         index, files = uidlist.sync(path)
@@ -289,7 +292,8 @@ def claim_recent(root: Path, name: str,
     claimed: set[int] = set()
     for uid, location in seen.items():
         fname = location.split("/", 1)[1]
-        target = mflags.filename(uidlist.filename_base(fname), uidlist.filename_flags(fname))
+        base = uidlist.filename_base(fname)
+        target = mflags.filename(base, uidlist.filename_flags(fname))
         try:
             echo.rename(path / location, path / "cur" / target)
         except FileNotFoundError:
@@ -299,6 +303,8 @@ def claim_recent(root: Path, name: str,
                 break
             raise
         claimed.add(uid)
+        if moved is not None:
+            moved[base] = "cur/" + target
     return claimed
 
 

@@ -346,10 +346,13 @@ class MaildirStore(MaildropAccess):
 
     async def claim_recent(self, account: str, folder: str) -> set[int]:
         """Move new/ to cur/; the UIDs that are \\Recent for the caller alone."""
+        moved: dict[str, str] = {}
         try:
-            return await self._run(mailbox.claim_recent, self.root(account), folder,
-                                   self._unclaimed(account, folder),
-                                   light=self._small(account, folder))
+            claimed = await self._run(mailbox.claim_recent, self.root(account), folder,
+                                      self._unclaimed(account, folder), moved,
+                                      light=self._small(account, folder))
+            self._locations.seen((account, folder_name(folder)), moved)
+            return claimed
         finally:
             self._changed(account, folder)
 
