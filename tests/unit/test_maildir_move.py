@@ -229,9 +229,10 @@ async def test_crash_during_move_leaves_each_message_in_one_folder(
 
 async def test_append_many_all_or_none(store: MaildirStore, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    uids = await store.append_many(A, "INBOX", [NewMessage(body(1), ("\\Seen",), WHEN),
-                                                NewMessage(body(2)), NewMessage(body(3))])
-    assert uids == [1, 2, 3]
+    stored = await store.append_many(A, "INBOX", [NewMessage(body(1), ("\\Seen",), WHEN),
+                                                  NewMessage(body(2)), NewMessage(body(3))])
+    assert stored.uids == (1, 2, 3)
+    assert stored.uidvalidity == await store.uidvalidity(A, "INBOX")
     with disk_full(monkeypatch, A), pytest.raises(StoreFull):
         await store.append_many(A, "INBOX", [NewMessage(body(4)), NewMessage(body(5))])
     assert len(files(root(tmp_path))) == 3

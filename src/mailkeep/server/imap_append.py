@@ -27,10 +27,9 @@ async def cmd_append(ex: ImapExecutor, command: g.CommandType) -> Outcome:
     await imap_quota.check(ex, sum(len(m.message) for m in messages), len(messages))
     new = [NewMessage(m.message, tuple(f for f in m.flags if f != RECENT), m.internaldate)
            for m in messages]
-    uids = await ex.store.append_many(ex.account, command.mailbox, new)
-    validity = await ex.store.uidvalidity(ex.account, command.mailbox)
+    stored = await ex.store.append_many(ex.account, command.mailbox, new)
     # RFC 4315 §3: APPENDUID lets clients (mbsync) learn the new UIDs without a search; a
     # MULTIAPPEND gets a uid-set (the UIDs ascend: compress() may use ranges).
-    code = response_code("APPENDUID", validity) + " " + compress(uids)
+    code = response_code("APPENDUID", stored.uidvalidity) + " " + compress(stored.uids)
     await imap_quota.warn_if_full(ex)
     return Outcome("OK", "APPEND completed.", code)

@@ -1,6 +1,7 @@
 """Mail storage: the MailStore protocol, the Maildir implementation and the memory oracle."""
 
 from mailkeep.store.base import (
+    Appended,
     DeliveryError,
     DiskFull,
     FlagMode,
@@ -25,7 +26,7 @@ from mailkeep.store.base import (
     Usage,
 )
 
-__all__ = ["DeliveryError", "DiskFull", "FlagMode", "FolderExists", "FolderInfo",
+__all__ = ["Appended", "DeliveryError", "DiskFull", "FlagMode", "FolderExists", "FolderInfo",
            "FolderNotAllowed", "FolderSnapshot", "InvalidName", "KeywordLimit",
            "MailStore", "Maildrop", "MaildropLock", "MessageGone", "MessageInfo",
            "MessageRecord", "NewMessage", "NoSuchFolder", "OverQuota", "StoreError", "StoreFull",

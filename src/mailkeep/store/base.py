@@ -164,6 +164,16 @@ class NewMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Appended:
+    """What an APPEND stored: the folder's UIDVALIDITY at that moment and the new UIDs in
+    order (RFC 4315 APPENDUID carries both; read in the same step as the append, so a folder
+    recreated just after cannot pair new UIDs with another UIDVALIDITY)."""
+
+    uidvalidity: int
+    uids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """What an account's messages take up, every folder together (RFC 9208 resources STORAGE
     and MESSAGE). Messages flagged \\Deleted count until they are expunged."""
@@ -272,7 +282,7 @@ class MailStore(Protocol):
         ...
 
     async def append_many(self, account: str, folder: str,
-                          messages: Sequence[NewMessage]) -> list[int]:
+                          messages: Sequence[NewMessage]) -> Appended:
         """RFC 3502 MULTIAPPEND: store every message or none; their UIDs, in order."""
         ...
 

@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from mailkeep.fsmodes import create_file
 from mailkeep.store.base import (
+    Appended,
     FolderSnapshot,
     MessageGone,
     MessageRecord,
@@ -356,10 +357,10 @@ def _publish_staged(path: Path, staged: Sequence[tuple[str, Path, Path]]) -> uid
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],
            internaldate: datetime | None) -> int:
     """Store one message durably; its UID (for APPENDUID). See append_many()."""
-    return append_many(root, name, [NewMessage(data, tuple(flags), internaldate)])[0]
+    return append_many(root, name, [NewMessage(data, tuple(flags), internaldate)]).uids[0]
 
 
-def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> list[int]:
+def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> Appended:
     """Store messages durably, all or none (RFC 3502 MULTIAPPEND); their UIDs in order.
 
     Every message is written to tmp/ (and fsynced) first; then, under the index lock and in
@@ -392,7 +393,7 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> list[i
         for _, tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-    return [index.records[base].uid for base, _, _ in staged]
+    return Appended(index.uidvalidity, tuple(index.records[base].uid for base, _, _ in staged))
 
 
 def _copy_base(src_base: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from mailkeep.store.base import (
+    Appended,
     DeliveryError,
     DiskFull,
     FlagMode,
@@ -448,7 +449,7 @@ class MaildirStore(MaildropAccess):
             self._changed(account, dst, ChangeKind.NEW)
 
     async def append_many(self, account: str, folder: str,
-                          messages: Sequence[NewMessage]) -> list[int]:
+                          messages: Sequence[NewMessage]) -> Appended:
         """RFC 3502 MULTIAPPEND: all or none, durably; the new UIDs in order."""
         try:
             return await self._run(mailbox.append_many, self.root(account), folder,

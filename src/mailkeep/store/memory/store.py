@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from mailkeep.store.base import (
+    Appended,
     FlagMode,
     FolderExists,
     FolderInfo,
@@ -319,10 +320,10 @@ class MemoryStore:
     async def append(self, account: str, folder: str, data: bytes,
                      flags: Iterable[str] = (), internaldate: datetime | None = None) -> int:
         return (await self.append_many(account, folder,
-                                       [NewMessage(data, tuple(flags), internaldate)]))[0]
+                                       [NewMessage(data, tuple(flags), internaldate)])).uids[0]
 
     async def append_many(self, account: str, folder: str,
-                          messages: Sequence[NewMessage]) -> list[int]:
+                          messages: Sequence[NewMessage]) -> Appended:
         wanted = [flag_set(m.flags) for m in messages]
         box = self._open(account, folder)
         box.allocate(k for flags in wanted for k in keywords_of(flags))
@@ -332,7 +333,7 @@ class MemoryStore:
                 datetime.fromtimestamp(int(message.internaldate.timestamp()), UTC)
             uids.append(box.add(self._key(), _Message(0, bytes(message.data), flags, when)))
         self._publish(account, folder_name(folder), ChangeKind.NEW)
-        return uids
+        return Appended(box.uidvalidity, tuple(uids))
 
     async def store_flags(self, account: str, folder: str, uids: Iterable[int],
                           mode: FlagMode, flags: Iterable[str]) -> dict[int, frozenset[str]]:
