@@ -39,7 +39,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,14 +250,17 @@ def _too_stale(index: Uidlist, files: dict[str, str]) -> bool:
     return len(files) < KEEP_STALE * len(index.records)
 
 
-def _assign(uidlist: Uidlist, files: dict[str, str], drop_missing: bool) -> bool:
-    """Give unlisted files the next UIDs in delivery order; forget vanished ones. Changed?"""
+def _assign(uidlist: Uidlist, files: Mapping[str, str], drop_missing: bool,
+            skip: Set[str] = frozenset()) -> bool:
+    """Give unlisted files (but those in `skip`) the next UIDs in delivery order; forget
+    vanished ones. Changed? (Set differences of the key views: C speed, where a loop over
+    a 10,000-message folder cost milliseconds per APPEND.)"""
     changed = False
     if drop_missing:
-        for base in [b for b in uidlist.records if b not in files]:
+        for base in uidlist.records.keys() - files.keys():
             del uidlist.records[base]
             changed = True
-    for base in sorted((b for b in files if b not in uidlist.records), key=delivery_order):
+    for base in sorted(files.keys() - uidlist.records.keys() - skip, key=delivery_order):
         uidlist.records[base] = UidRecord(uidlist.next_uid, base)
         uidlist.next_uid += 1
         changed = True
@@ -310,8 +313,16 @@ def _write_back(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlis
             index.uidvalidity, index.guid, index.header_extra):
         _replace(lock, root, index)
         return
-    kept = all(index.records.get(base) == rec for base, rec in before.records.items())
-    added = [rec for base, rec in index.records.items() if base not in before.records]
+    # Records are only ever added here (at the end of the dict: insertion order, UIDs from
+    # next_uid up) or dropped, never replaced (a base keeps its UID): the added ones are the
+    # tail at or above the old next_uid, and every old one is still there exactly when the
+    # counts add up. O(new records), not O(folder): this runs at every APPEND.
+    added: list[UidRecord] = []
+    for rec in reversed(index.records.values()):
+        if rec.uid < before.next_uid:
+            break
+        added.append(rec)
+    kept = len(index.records) - len(added) == len(before.records)
     if not added:
         if len(index.records) != len(before.records) or index.next_uid != before.next_uid:
             _replace(lock, root, index, durable=False)
@@ -377,9 +388,7 @@ def _assign_ordered(current: Uidlist, files: dict[str, str], ordered: Sequence[s
     KEEP_STALE, as sync() does (dropping them at every APPEND rewrote and synced the whole
     index each time, where appending the new records is enough)."""
     mine = [b for b in ordered if b in files and b not in current.records]
-    skip = set(mine)
-    others = {b: loc for b, loc in files.items() if b not in skip}
-    _assign(current, others, drop_missing=False)
+    _assign(current, files, drop_missing=False, skip=set(mine))
     for base in mine:
         current.records[base] = UidRecord(current.next_uid, base)
         current.next_uid += 1
