@@ -174,3 +174,56 @@ def test_memory_store_tracks_modseqs_like_the_sidecar() -> None:
     assert run_sync(store.snapshot("a", "INBOX")).modseqs[uid] == base + 1
     run_sync(store.expunge("a", "INBOX"))
     assert run_sync(store.vanished_since("a", "INBOX", base + 1)) == ([uid], True)
+
+
+def test_a_delta_compares_only_what_changed(folder: Path) -> None:
+    start = modseq.update(folder, 7, {1: NONE, 2: NONE, 3: NONE})
+    asked: list[int] = []
+
+    def every_flag() -> dict[int, frozenset[str]]:
+        asked.append(1)
+        return {1: NONE, 2: SEEN, 3: NONE, 4: NONE}
+
+    # Since that update: 2 got \Seen, 4 arrived, 3 went.
+    after = modseq.update(folder, 7, every_flag,
+                          modseq.Delta(start.highest, {2: SEEN, 4: NONE}, [3]))
+    assert asked == []  # the sidecar was as the delta's base left it: no full comparison
+    assert after.highest > start.highest
+    assert after.modseqs() == {1: start.highest, 2: after.highest, 4: after.highest}
+    assert after.vanished_since(start.highest) == ([3], True)
+
+
+def test_a_delta_from_before_someone_elses_change_is_not_trusted(folder: Path) -> None:
+    start = modseq.update(folder, 7, {1: NONE, 2: NONE})
+    # Another process (or worker) saw 1 flagged \Seen and back meanwhile: the sidecar moved
+    # on, and its entry for 1 no longer matches the flags our delta's base had.
+    modseq.update(folder, 7, {1: SEEN, 2: NONE})
+    after = modseq.update(folder, 7, lambda: {1: NONE, 2: SEEN},
+                          modseq.Delta(start.highest, {2: SEEN}, []))
+    # Compared in full: 1's return to no flags is a change too, with its own MODSEQ.
+    assert after.modseqs()[1] == after.highest
+    assert after.modseqs()[2] == after.highest
+
+
+async def test_snapshots_after_a_change_give_the_same_modseqs_as_a_full_look(
+        tmp_path: Path) -> None:
+    store = MaildirStore(tmp_path)
+    try:
+        for _ in range(4):
+            await store.append("a", "INBOX", b"Subject: x\r\n\r\nbody\r\n")
+        await store.snapshot("a", "INBOX")
+        await store.store_flags("a", "INBOX", [2], FlagMode.ADD, ["\\Seen"])
+        await store.expunge("a", "INBOX", [])  # nothing \Deleted: a no-op
+        await store.store_flags("a", "INBOX", [3], FlagMode.ADD, ["\\Deleted"])
+        await store.expunge("a", "INBOX", [3])
+        incremental = await store.snapshot("a", "INBOX")
+    finally:
+        store.close()
+    fresh = MaildirStore(tmp_path)  # no previous snapshot: everything compared
+    try:
+        full = await fresh.snapshot("a", "INBOX")
+    finally:
+        fresh.close()
+    assert incremental.modseqs == full.modseqs
+    assert incremental.highestmodseq == full.highestmodseq
+    assert incremental.modseqs[2] > incremental.modseqs[1]

@@ -160,15 +160,20 @@ def snapshot(root: Path, name: str, previous: FolderCache | None = None,
     path = open_folder(root, name)
     index, files = uidlist.sync(path)
     keywords = mflags.read_keywords(path)
+    delta: modseq.Delta | None = None
     if previous is not None and previous.keywords == keywords \
             and previous.snapshot.uidvalidity == index.uidvalidity:
+        changes: _Changes = ({}, [])
         records, where, facts, unclaimed = _records_since(path, index, files, keywords,
-                                                          previous)
+                                                          previous, changes=changes)
+        # The sidecar compares only what changed, if nobody changed it since (modseq.Delta).
+        delta = modseq.Delta(previous.snapshot.highestmodseq, *changes)
     else:
         records, where, facts, unclaimed = _records(
             path, index, files, keywords, previous.facts if previous is not None else {})
     try:
-        modseqs = modseq.update(path, index.uidvalidity, {r.uid: r.flags for r in records})
+        modseqs = modseq.update(path, index.uidvalidity,
+                                lambda: {r.uid: r.flags for r in records}, delta)
     except modseq.ModseqError as exc:
         # CONDSTORE clients then see no MODSEQ changes until the sidecar is writable again
         # (a full disk); everything else works on.
@@ -222,11 +227,19 @@ def _records(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
     return records, where, facts, unclaimed
 
 
+# UID -> flags of the records that are not the previous snapshot's (new flags, new
+# messages), and the previous snapshot's UIDs gone since.
+_Changes = tuple[dict[int, frozenset[str]], list[int]]
+
+
 def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
-                   keywords: Mapping[int, str], previous: FolderCache) -> _Records:
+                   keywords: Mapping[int, str], previous: FolderCache, *,
+                   changes: _Changes) -> _Records:
     """_records(), reusing the previous snapshot's record of every message whose file
     name (so its flags) is unchanged: the cost follows what changed, not the folder size
-    (the keywords and UIDVALIDITY are the previous ones: the caller checked)."""
+    (the keywords and UIDVALIDITY are the previous ones: the caller checked). What changed
+    is added to `changes`."""
+    changed, gone = changes
     before = previous.where
     records: list[MessageRecord] = []
     flag_sets: dict[str, frozenset[str]] = {}
@@ -240,6 +253,7 @@ def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
         rec = by_base.get(base)
         if location is None or rec is None or rec.uid != old.uid:
             removed = True
+            gone.append(old.uid)
             if location is not None and rec is not None:
                 renumbered.append(base)
             continue
@@ -249,6 +263,7 @@ def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
             if flags is None:
                 flags = flag_sets[letters] = mflags.from_info(letters, keywords)
             records.append(MessageRecord(old.uid, base, flags, old.internaldate, old.size))
+            changed[old.uid] = flags
         else:
             records.append(old)  # same file name: same flags
         if location[0] == "n":  # "new/..."
@@ -266,6 +281,7 @@ def _records_since(path: Path, index: uidlist.Uidlist, files: Mapping[str, str],
             records += extra
         unclaimed |= extra_unclaimed
         facts = {**facts, **new_facts}
+        changed.update((r.uid, r.flags) for r in extra)
     if removed:
         facts = {r.key: (r.internaldate, r.size) for r in records}
     if len(records) == len(files):  # every file has its record (the usual case)

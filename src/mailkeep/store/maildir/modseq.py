@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,33 +163,70 @@ def read(folder: Path, *, shared: bool = False) -> ModseqIndex | None:
         raise ModseqError(f"cannot read {SIDECAR_NAME}: {exc.strerror}") from None
 
 
-def _differences(index: ModseqIndex, flags_by_uid: Mapping[int, frozenset[str]],
-                 signatures: dict[frozenset[str], int]) -> tuple[list[int], list[int]]:
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What changed since a snapshot after whose update the sidecar's HIGHESTMODSEQ was
+    `highest`: UID -> flags of the messages whose flags may differ (new flags, new
+    messages) and the UIDs gone. While the sidecar still has that HIGHESTMODSEQ nobody has
+    changed it (every change raises it), so its other entries still match the flags they
+    matched then, and only these need comparing: the cost follows the change, not the
+    folder (comparing every message took 3 ms of a 10,000-message snapshot)."""
+
+    highest: int
+    changed: Mapping[int, frozenset[str]]
+    gone: Sequence[int]
+
+
+FlagsByUid = Mapping[int, frozenset[str]]
+
+
+def _differences(index: ModseqIndex, flags_by_uid: Callable[[], FlagsByUid],
+                 signatures: dict[frozenset[str], int],
+                 delta: Delta | None) -> tuple[list[int], list[int], FlagsByUid]:
+    """The UIDs whose flags differ from the sidecar's, the sidecar's UIDs gone, and the
+    flags they were compared with."""
+    if delta is not None and delta.highest and index.highest == delta.highest:
+        wanted = delta.changed
+        gone = [uid for uid in delta.gone if uid in index.entries]
+    else:
+        wanted = flags_by_uid()
+        gone = [uid for uid in index.entries if uid not in wanted]
     changed: list[int] = []
-    for uid, flags in flags_by_uid.items():
+    for uid, flags in wanted.items():
         sig = signatures.get(flags)
         if sig is None:
             sig = signatures[flags] = flags_signature(flags)
         entry = index.entries.get(uid)
         if entry is None or entry[1] != sig:
             changed.append(uid)
-    gone = [uid for uid in index.entries if uid not in flags_by_uid]
-    return changed, gone
+    return changed, gone, wanted
 
 
 def update(folder: Path, uidvalidity: int,
-           flags_by_uid: Mapping[int, frozenset[str]]) -> ModseqIndex:
+           flags_by_uid: FlagsByUid | Callable[[], FlagsByUid],
+           delta: Delta | None = None) -> ModseqIndex:
     """The folder's MODSEQ index brought up to date with a snapshot (uid -> flags, without
-    \\Recent). Blocking; writes only when something changed. ModseqError."""
+    \\Recent; or a function giving them, asked only when `delta` cannot be used).
+    Blocking; writes only when something changed. ModseqError."""
     signatures: dict[frozenset[str], int] = {}
+    given = flags_by_uid
+    memo: list[FlagsByUid] = []
+
+    def all_flags() -> FlagsByUid:
+        if not memo:
+            memo.append(given() if callable(given) else given)
+        return memo[0]
+
+    seen: tuple[int, list[int], list[int], FlagsByUid] | None = None
     try:
         current = read(folder, shared=True)  # returned unchanged, or only compared
     except ModseqError:
         current = None  # looked at again under the lock, and started over
     if current is not None and current.uidvalidity == uidvalidity:
-        changed, gone = _differences(current, flags_by_uid, signatures)
+        changed, gone, wanted = _differences(current, all_flags, signatures, delta)
         if not changed and not gone:
             return current
+        seen = (current.highest, changed, gone, wanted)
     try:
         with Dotlock(folder, SIDECAR_NAME) as lock:
             try:
@@ -201,14 +238,19 @@ def update(folder: Path, uidvalidity: int,
                 previous = index.highest if index is not None else 0
                 index = ModseqIndex.fresh(uidvalidity)
                 index.highest = index.lowwater = max(index.highest, previous + 1)
-            changed, gone = _differences(index, flags_by_uid, signatures)
+            if seen is not None and not rewrite and index.highest == seen[0]:
+                # Unchanged since the look above (every change raises HIGHESTMODSEQ): the
+                # same differences, not computed twice.
+                _, changed, gone, wanted = seen
+            else:
+                changed, gone, wanted = _differences(index, all_flags, signatures, delta)
             if not changed and not gone:
                 return index
             index.highest = max(index.highest + 1, time.time_ns() // 1000)
             modseq = index.highest
             added: list[str] = []
             for uid in changed:
-                sig = signatures[flags_by_uid[uid]]
+                sig = signatures[wanted[uid]]
                 index.entries[uid] = (modseq, sig)
                 added.append(_entry_line(uid, modseq, sig))
             for uid in gone:
