@@ -190,14 +190,19 @@ Steps: TypeAlias = Generator[None, None, bool]
 _Quick: TypeAlias = Callable[[MessageView], bool]
 
 
+_OnFlags: TypeAlias = Callable[[Set[str]], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """A compiled key. `quick` answers it at once when it needs only the index (cost 0);
-    `run` steps through any key."""
+    `run` steps through any key; `on_flags` answers it from a message's flags alone, when
+    nothing else matters (UNSEEN, FLAGGED, NOT DELETED, ...)."""
 
     cost: int
     quick: _Quick | None
     run: Callable[[MessageText], Steps]
+    on_flags: _OnFlags | None = None
 
 
 def _answer(value: bool) -> Steps:
@@ -205,8 +210,8 @@ def _answer(value: bool) -> Steps:
     return value
 
 
-def _index(test: _Quick) -> _Plan:
-    return _Plan(0, test, lambda t: _answer(test(t.view)))
+def _index(test: _Quick, on_flags: _OnFlags | None = None) -> _Plan:
+    return _Plan(0, test, lambda t: _answer(test(t.view)), on_flags)
 
 
 def _leaf(cost: int, test: Callable[[MessageText], bool]) -> _Plan:
@@ -218,10 +223,13 @@ def _leaf(cost: int, test: Callable[[MessageText], bool]) -> _Plan:
 
 def _plan(key: SearchKey, messages: int, largest_uid: int) -> _Plan:
     if isinstance(key, All):
-        return _index(lambda m: True)
+        return _index(lambda m: True, lambda flags: True)
     if isinstance(key, Flag):
         wanted, present = key.flag.casefold(), key.present
-        return _index(lambda m: any(f.casefold() == wanted for f in m.flags) == present)
+
+        def has(flags: Set[str]) -> bool:
+            return any(f.casefold() == wanted for f in flags) == present
+        return _index(lambda m: has(m.flags), has)
     if isinstance(key, Size):
         octets = key.octets
         if key.larger:
@@ -285,9 +293,10 @@ def _text_plan(needle: str) -> _Plan:
 
 
 def _not_plan(inner: _Plan) -> _Plan:
-    quick = inner.quick
+    quick, on_flags = inner.quick, inner.on_flags
     if quick is not None:
-        return _index(lambda m: not quick(m))
+        return _index(lambda m: not quick(m),
+                      None if on_flags is None else lambda flags: not on_flags(flags))
 
     def run(t: MessageText) -> Steps:
         return not (yield from inner.run(t))
@@ -296,8 +305,10 @@ def _not_plan(inner: _Plan) -> _Plan:
 
 def _or_plan(left: _Plan, right: _Plan) -> _Plan:
     lq, rq = left.quick, right.quick
+    lf, rf = left.on_flags, right.on_flags
     if lq is not None and rq is not None:
-        return _index(lambda m: lq(m) or rq(m))
+        return _index(lambda m: lq(m) or rq(m),
+                      None if lf is None or rf is None else lambda fl: lf(fl) or rf(fl))
     if right.cost < left.cost:
         left, right = right, left
 
@@ -309,7 +320,10 @@ def _or_plan(left: _Plan, right: _Plan) -> _Plan:
 def _and_plan(plans: list[_Plan]) -> _Plan:
     quicks = [p.quick for p in plans if p.quick is not None]
     if len(quicks) == len(plans):
-        return _index(lambda m: all(q(m) for q in quicks))
+        tests = [p.on_flags for p in plans if p.on_flags is not None]
+        return _index(lambda m: all(q(m) for q in quicks),
+                      (lambda fl: all(t(fl) for t in tests)) if len(tests) == len(plans)
+                      else None)
     slow = [p for p in plans if p.quick is None]
 
     def run(t: MessageText) -> Steps:
@@ -330,6 +344,9 @@ class SearchProgram:
 
     def __init__(self, key: SearchKey, *, messages: int, largest_uid: int) -> None:
         self._plan = _plan(key, messages, largest_uid)
+        # The answer from a message's flags alone (the same for every message with the same
+        # flags: the driver asks once per distinct set), when the key reads nothing else.
+        self.on_flags = self._plan.on_flags
         self.needs_headers = self._plan.cost >= 1
         self.needs_body = self._plan.cost >= 2
         self._header_text = _reads_header_text(key)
