@@ -221,6 +221,14 @@ def test_program_agrees_with_the_naive_evaluator(keys: list[str], view: Counting
     expected = naive(k, view, 5, 40)
     program = sp.SearchProgram(k, messages=5, largest_uid=40)
     assert program.matches(view) is expected
+    # Stepping through it (as the server does for big messages) gives the same answer.
+    steps = program.run(program.text(view))
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            assert done.value is expected
+            break
     # The flags-only answer (the server's shortcut for UNSEEN and the like), where offered,
     # is the same; it is offered exactly when the criteria read nothing but flags.
     flags_only = all(word in {"ALL", "SEEN", "UNSEEN", "FLAGGED", "KEYWORD", "UNKEYWORD",
