@@ -316,3 +316,21 @@ def lenient_base64(data: bytes) -> bytes:
         except binascii.Error:
             continue
     return b"".join(out)
+
+
+def test_the_servers_folded_text_is_kept_with_the_message_and_matches_the_plain_fold() -> None:
+    raw = (b"From: =?utf-8?q?Stra=C3=9Fe?= <Joe@Example.ORG>\r\n"
+           b"Subject: =?utf-8?b?R1LDnFNTRQ==?= and more\r\n\r\nbody\r\n")
+    part = parse_message(raw)
+    message = SearchMessage(1, 1, frozenset(), dt.datetime(2024, 3, 10, tzinfo=UTC), len(raw),
+                            part)
+    text = sp.MessageText(message)
+    assert list(text.header("Subject")) == [v.casefold() for v in message.header("Subject")]
+    assert list(text.addresses("From")) == [a.casefold() for a in message.addresses("From")]
+    assert "strasse" in text.addresses("From")  # full case folding: ß -> ss
+    assert "joe@example.org" in text.addresses("From")
+    # Kept with the parsed message: a second SEARCH finds them there.
+    assert "fold:subject" in part.derived and "fold-addresses:from" in part.derived
+    again = sp.SearchProgram(key(f"FROM STRASSE SUBJECT {lit('grüsse')}"), messages=1,
+                             largest_uid=1)
+    assert again.matches(message)

@@ -60,6 +60,15 @@ class SearchMessage:
     def header(self, name: str) -> Sequence[str]:
         return [] if self.part is None else textsearch.header_values(self.part, name)
 
+    def folded_header(self, key: str) -> Sequence[str]:
+        """header() casefolded (`key` in lower case), kept with the cached message: the
+        same headers are searched again and again (searchprogram.MessageText)."""
+        return () if self.part is None else textsearch.folded_header_values(self.part, key)
+
+    def folded_addresses(self, key: str) -> Sequence[str]:
+        """addresses() casefolded (`key` in lower case), kept with the cached message."""
+        return () if self.part is None else textsearch.folded_address_texts(self.part, key)
+
     def addresses(self, name: str) -> Sequence[str]:
         return [] if self.part is None else textsearch.address_texts(self.part, name)
 

@@ -101,28 +101,39 @@ class MessageText:
     """One message's text as SEARCH reads it: every piece asked of the view at most once
     and casefolded once, however many keys read it. One per message per SEARCH."""
 
-    __slots__ = ("_addresses", "_body", "_header_text", "_headers", "_sent", "view")
+    __slots__ = ("_addresses", "_body", "_folded", "_folded_addresses", "_header_text",
+                 "_headers", "_sent", "view")
 
     def __init__(self, view: MessageView) -> None:
         self.view = view
-        self._headers: dict[str, list[str]] = {}
-        self._addresses: dict[str, list[str]] = {}
+        # A view that keeps folded header values itself (the server's, on the cached
+        # message) is asked for them: no decoding or folding per SEARCH.
+        self._folded: Callable[[str], Sequence[str]] | None = \
+            getattr(view, "folded_header", None)
+        self._folded_addresses: Callable[[str], Sequence[str]] | None = \
+            getattr(view, "folded_addresses", None)
+        self._headers: dict[str, Sequence[str]] = {}
+        self._addresses: dict[str, Sequence[str]] = {}
         self._header_text: str | None = None
         self._body: str | None = None
         self._sent: dt.date | None = None
 
-    def header(self, name: str) -> list[str]:
+    def header(self, name: str) -> Sequence[str]:
         key = name.lower()
         found = self._headers.get(key)
         if found is None:
-            found = self._headers[key] = [_fold(v) for v in self.view.header(name)]
+            folded = self._folded
+            found = self._headers[key] = [_fold(v) for v in self.view.header(name)] \
+                if folded is None else folded(key)
         return found
 
-    def addresses(self, name: str) -> list[str]:
+    def addresses(self, name: str) -> Sequence[str]:
         key = name.lower()
         found = self._addresses.get(key)
         if found is None:
-            found = self._addresses[key] = [_fold(a) for a in self.view.addresses(name)]
+            folded = self._folded_addresses
+            found = self._addresses[key] = [_fold(a) for a in self.view.addresses(name)] \
+                if folded is None else folded(key)
         return found
 
     def header_text(self) -> str:

@@ -18,9 +18,10 @@ from typing import cast
 from mailkeep.proto.imap.envelope import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from mailkeep.proto.imap.mime import MimePart
 
-# Header values kept decoded on a cached message (MimePart.derived) are dropped beyond this
-# many entries there: a client SEARCHing many different header names gets no more memory.
-MAX_DERIVED = 16
+# Header values kept decoded (and casefolded, and addresses) on a cached message
+# (MimePart.derived, with FETCH's ENVELOPE and BODYSTRUCTURE) are not kept beyond this many
+# entries there: a client SEARCHing many different header names gets no more memory.
+MAX_DERIVED = 24
 
 # RFC 2047 §2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?="
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -130,6 +131,30 @@ def header_values(part: MimePart, name: str) -> list[str]:
         if len(part.derived) < MAX_DERIVED:  # a bound on what a cached message carries
             part.derived[memo] = found
     return list(cast(tuple[str, ...], found))
+
+
+def folded_header_values(part: MimePart, key: str) -> tuple[str, ...]:
+    """header_values() casefolded, for SEARCH's case-insensitive matching (RFC 3501
+    §6.4.4), kept with the parsed message too (`key`: the field name in lower case)."""
+    memo = "fold:" + key
+    found = part.derived.get(memo)
+    if found is None:
+        found = tuple(v.casefold() for v in header_values(part, key))
+        if len(part.derived) < MAX_DERIVED:
+            part.derived[memo] = found
+    return cast(tuple[str, ...], found)
+
+
+def folded_address_texts(part: MimePart, key: str) -> tuple[str, ...]:
+    """address_texts() casefolded, kept with the parsed message (`key` in lower case): a
+    FROM or TO search misses in most messages' header text and comes here for each."""
+    memo = "fold-addresses:" + key
+    found = part.derived.get(memo)
+    if found is None:
+        found = tuple(a.casefold() for a in address_texts(part, key))
+        if len(part.derived) < MAX_DERIVED:
+            part.derived[memo] = found
+    return cast(tuple[str, ...], found)
 
 
 def address_texts(part: MimePart, name: str) -> list[str]:
