@@ -31,8 +31,9 @@ _KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 def read_keywords(root: Path) -> dict[int, str]:
     """index -> keyword name from `dovecot-keywords` (empty when there is none)."""
-    try:
-        text = (root / KEYWORDS_NAME).read_bytes().decode("utf-8", "replace")
+    try:  # a plain path, not pathlib: this runs at every snapshot and flag change
+        with open(f"{root}/{KEYWORDS_NAME}", "rb") as f:
+            text = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return {}
     found: dict[int, str] = {}

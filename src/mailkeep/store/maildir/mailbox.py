@@ -405,10 +405,13 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> Append
             final = path / "new" / (mflags.filename(base, letters) if letters else base)
             staged.append((base, write_tmp(path, base, data, mtime), final))
         index = _publish_staged(path, staged)
-    finally:
+    except BaseException:
+        # What is still in tmp/ goes (after a publish every one was renamed into new/: no
+        # unlink that can only fail, in the I/O thread, per APPEND).
         for _, tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        raise
     return Appended(index.uidvalidity, tuple(index.records[base].uid for base, _, _ in staged))
 
 
