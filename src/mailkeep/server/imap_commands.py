@@ -67,17 +67,11 @@ from mailkeep.store.base import (
     StoreRefusal,
 )
 from mailkeep.store.changes import acting_session
-from mailkeep.store.names import folder_name
+from mailkeep.store.names import same_folder
 
 log = logging.getLogger("mailkeep.imap")
 
 
-def _same_folder(name: str, selected: str) -> bool:
-    """Does a command's mailbox name the selected folder? (yes when it cannot be told)"""
-    try:
-        return folder_name(name) == folder_name(selected)
-    except StoreRefusal:
-        return True
 
 # Untagged data is handed to the transport in batches of about this many octets, with a
 # drain in between, so a slow reader holds at most this much of a long FETCH in memory.
@@ -212,7 +206,7 @@ class ImapExecutor:
         if isinstance(command, g.Noop | g.Check):
             return True
         if isinstance(command, g.Copy | g.Append | ext.Move) \
-                and _same_folder(command.mailbox, session.view.folder):
+                and same_folder(command.mailbox, session.view.folder):
             return True
         # Expunges held back during a FETCH/STORE/SEARCH (RFC 3501 §7.4.1) are told at the
         # first command that allows them.

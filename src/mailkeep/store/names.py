@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mailkeep.store import mutf7
-from mailkeep.store.base import InvalidName
+from mailkeep.store.base import InvalidName, StoreRefusal
 
 INBOX = "INBOX"
 DELIMITER = "."
@@ -89,3 +89,11 @@ def flag_set(flags: Iterable[str]) -> frozenset[str]:
 
 def keywords_of(flags: Iterable[str]) -> set[str]:
     return {f for f in flags if not f.startswith("\\")}
+
+
+def same_folder(name: str, selected: str) -> bool:
+    """Does a command's mailbox name the selected folder? (yes when it cannot be told)"""
+    try:
+        return folder_name(name) == folder_name(selected)
+    except StoreRefusal:
+        return True
