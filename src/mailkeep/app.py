@@ -430,12 +430,17 @@ async def serve(config: Config, ready_file: Path | None = None,
     daemon = Daemon(config, link)
     daemon.ready_file = ready_file
     daemon.log_level_pinned = log_level_pinned
-    await daemon.start()
     loop = asyncio.get_running_loop()
-    pid_written = False
     if install_signals:
+        # Before start(): it announces the daemon ready (the ready file, or the supervisor
+        # told), and a SIGTERM sent on that news must find our handler, not the default
+        # action that kills the process without its graceful shutdown. One that comes
+        # during start() is acted on once the start is done.
         loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+    await daemon.start()
+    pid_written = False
+    if install_signals:
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     if install_signals and link is None:  # a worker's supervisor writes its own pid there
         # Only once SIGHUP is handled: `mailkeep reload` signals the pid it finds there.
