@@ -141,6 +141,23 @@ async def test_append_size_date_and_crlf(store: MaildirStore, tmp_path: Path) ->
     assert b"".join(chunks) == b"Subject: x\r\n\r\nlf\r\n"
 
 
+async def test_system_flag_changes_keep_keywords_read_only_when_a_file_has_one(
+        store: MaildirStore, tmp_path: Path) -> None:
+    # dovecot-keywords is read lazily by STORE (only when a file carries a keyword letter):
+    # a \Seen change must still keep the keyword, and removing or replacing must drop it.
+    await store.append(A, "INBOX", MSG, ["$Label1"])
+    await store.append(A, "INBOX", MSG)
+    await store.store_flags(A, "INBOX", [1, 2], FlagMode.ADD, ["\\Seen"])
+    flags = {m.uid: m.flags for m in (await store.snapshot(A, "INBOX")).messages}
+    assert flags == {1: {"\\Seen", "$Label1"}, 2: {"\\Seen"}}
+    await store.store_flags(A, "INBOX", [1], FlagMode.REMOVE, ["$Label1"])
+    await store.store_flags(A, "INBOX", [2], FlagMode.ADD, ["$Label1"])
+    await store.store_flags(A, "INBOX", [2], FlagMode.SET, ["\\Flagged"])
+    flags = {m.uid: m.flags for m in (await store.snapshot(A, "INBOX")).messages}
+    assert flags == {1: {"\\Seen"}, 2: {"\\Flagged"}}
+    assert (root(tmp_path) / "dovecot-keywords").read_text() == "0 $Label1\n"
+
+
 async def test_keyword_limit(store: MaildirStore) -> None:
     await store.append(A, "INBOX", MSG)
     await store.store_flags(A, "INBOX", [1], FlagMode.ADD, [f"k{i}" for i in range(26)])

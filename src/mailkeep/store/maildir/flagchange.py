@@ -46,10 +46,12 @@ def store_flags_at(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
     computed from the name that was renamed, so a stale name never loses a flag."""
     given = flag_set(flags)
     path = open_folder(root, name)
-    if mode is FlagMode.REMOVE:
-        keywords = mflags.read_keywords(path)
-    else:
-        keywords = mflags.allocate(path, keywords_of(given))
+    names = keywords_of(given)
+    # dovecot-keywords is read only when needed: to give new keywords their letters here, or
+    # (below) when a file turns out to carry a keyword letter. Most flag changes are \Seen
+    # or \Deleted on files without keywords, and most folders have no such file.
+    keywords: dict[int, str] = mflags.allocate(path, names) \
+        if names and mode is not FlagMode.REMOVE else {}
     wanted = sorted(set(uids))
     if known is None or any(uid not in known for uid in wanted):
         index, files = uidlist.sync(path)
@@ -66,8 +68,9 @@ def store_flags_at(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
             sub, fname = location.split("/", 1)
             letters = uidlist.filename_flags(fname)
             if any("a" <= ch <= "z" and ord(ch) - ord("a") not in keywords for ch in letters):
-                # A concurrent session allocated a keyword after we read dovecot-keywords and
-                # already put its letter on this file: learn it, or we would drop it.
+                # A keyword letter the table as read does not have: not read yet (above), or
+                # a concurrent session allocated it after we read dovecot-keywords and put it
+                # on this file. Learn it, or we would drop it.
                 keywords = mflags.read_keywords(path)
             current = mflags.from_info(letters, keywords)
             new = _apply(mode, current, given)

@@ -391,7 +391,9 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> Append
     names: set[str] = set()
     for flags in wanted:
         names |= keywords_of(flags)
-    keywords = mflags.allocate(path, names)
+    # The keyword table only when a message brings keywords (most come with none or with
+    # system flags only): one file read fewer per APPEND.
+    keywords = mflags.allocate(path, names) if names else {}
     staged: list[tuple[str, Path, Path]] = []  # base, tmp file, final name in new/
     try:
         for message, flags in zip(messages, wanted, strict=True):
