@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +54,16 @@ log = logging.getLogger("mailkeep")
 
 # How often a worker checks that its supervisor is still there.
 PARENT_CHECK_INTERVAL = 1.0
+# How long a thread waiting for the GIL lets the holder run before it asks for it (CPython's
+# default is 5 ms). The event loop holds it through pure-Python work (a SEARCH slice, a
+# parse); every system call of a worker thread (password hashing, fsync, a file read) then
+# waits up to that long for the GIL back, and a login or SELECT made of a few dozen of them
+# waited over a second while another session's SEARCH ran: measured with
+# tests/integration/test_imap_hardening.py's hostile SEARCH, LOGIN 0.45 -> 0.06 s, SELECT
+# 1.25 -> 0.06 s, a new session's LOGIN + NOOP 0.56 -> 0.11 s at 1 ms, the SEARCH itself
+# no slower (4.0 s). The IMAP mix's throughput was the same at 0.5, 1, 5 and 50 ms
+# (docs/benchmarks.md, fourth pass).
+GIL_SWITCH_SECONDS = 0.001
 
 
 class StartupError(Exception):
@@ -427,6 +438,7 @@ async def serve(config: Config, ready_file: Path | None = None,
                 on_started: Callable[[Daemon], None] | None = None,
                 install_signals: bool = True, log_level_pinned: bool = False, *,
                 link: WorkerLink | None = None) -> None:
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     daemon = Daemon(config, link)
     daemon.ready_file = ready_file
     daemon.log_level_pinned = log_level_pinned
