@@ -13,7 +13,7 @@ from mailkeep.proto.imap.mime import parse_message
 from mailkeep.proto.imap.render import response_code
 from mailkeep.proto.imap.sequence import compress
 from mailkeep.server import imap_quota
-from mailkeep.server.imap_fetch import PARSE_OFF_LOOP_OCTETS
+from mailkeep.server.imap_fetch import PARSE_OFF_LOOP_OCTETS, cache_key
 from mailkeep.store.base import Appended, NewMessage, to_crlf
 from mailkeep.store.names import same_folder
 
@@ -52,5 +52,4 @@ def _keep_parsed(ex: ImapExecutor, mailbox: str, stored: Appended,
         return
     for message, uid in zip(messages, stored.uids, strict=True):
         if len(message.data) < PARSE_OFF_LOOP_OCTETS:
-            ex.cache.put((ex.account, view.folder, view.uidvalidity, uid),
-                         parse_message(to_crlf(message.data)))
+            ex.cache.put(cache_key(ex, view, uid), parse_message(to_crlf(message.data)))

@@ -18,8 +18,9 @@ from mailkeep.proto.imap import condstore as cs
 from mailkeep.proto.imap import grammar as g
 from mailkeep.proto.imap.events import Outcome
 from mailkeep.proto.imap.fetch import fetch_items, needs_message
-from mailkeep.proto.imap.mailboxview import SEEN, flags_value
+from mailkeep.proto.imap.mailboxview import SEEN, MailboxView, flags_value
 from mailkeep.proto.imap.mime import MimePart, parse_message
+from mailkeep.proto.imap.mimecache import CacheKey
 from mailkeep.proto.imap.render import fetch_response
 from mailkeep.proto.imap.values import Value
 from mailkeep.server import imap_sync
@@ -49,11 +50,17 @@ MAX_FETCH_COPIES = 4
 FETCH_SLACK_OCTETS = 1024 * 1024
 
 
+def cache_key(ex: ImapExecutor, view: MailboxView, uid: int) -> CacheKey:
+    """Where a message of the selected folder's parse is kept: per folder + UIDVALIDITY +
+    UID."""
+    return (ex.account, view.folder, view.uidvalidity, uid)
+
+
 async def part(ex: ImapExecutor, uid: int) -> MimePart:
-    """The parsed message (cached per folder + UIDVALIDITY + UID). MessageGone."""
+    """The parsed message (cached, cache_key). MessageGone."""
     view = ex.view
     assert view is not None
-    key = (ex.account, view.folder, view.uidvalidity, uid)
+    key = cache_key(ex, view, uid)
     found = ex.cache.get(key)
     if found is not None:
         return found
@@ -92,7 +99,7 @@ async def part_batches(ex: ImapExecutor,
             uid = uids[start]
             start += 1
             chunk.append(uid)
-            found = ex.cache.get((ex.account, view.folder, view.uidvalidity, uid))
+            found = ex.cache.get(cache_key(ex, view, uid))
             if found is not None:
                 ready[uid] = found
                 continue
@@ -108,7 +115,7 @@ async def part_batches(ex: ImapExecutor,
                     ready[uid] = None
                     continue
                 parsed = parse_message(octets_read)
-                ex.cache.put((ex.account, view.folder, view.uidvalidity, uid), parsed)
+                ex.cache.put(cache_key(ex, view, uid), parsed)
                 ready[uid] = parsed
         batch: list[MimePart | None] = []
         for uid in chunk:

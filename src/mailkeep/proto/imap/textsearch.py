@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
 from mailkeep.proto.imap.envelope import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
@@ -120,41 +120,36 @@ def decode_header_value(value: str) -> str:
     return "".join(out)
 
 
-def header_values(part: MimePart, name: str) -> list[str]:
-    """Decoded values of every `name` field of a message, in order (kept with the parsed
-    message, MimePart.derived: a client SEARCHes the same headers again and again)."""
-    key = name.lower()
-    memo = "header:" + key
+def _kept(part: MimePart, memo: str, make: Callable[[], Iterable[str]]) -> tuple[str, ...]:
+    """Texts derived from a message, kept with the parsed message under `memo`
+    (MimePart.derived: a client SEARCHes the same headers again and again)."""
     found = part.derived.get(memo)
     if found is None:
-        found = tuple(decode_header_value(f.unfolded) for f in part.fields if f.key == key)
+        found = tuple(make())
         if len(part.derived) < MAX_DERIVED:  # a bound on what a cached message carries
             part.derived[memo] = found
-    return list(cast(tuple[str, ...], found))
+    return cast(tuple[str, ...], found)
+
+
+def header_values(part: MimePart, name: str) -> list[str]:
+    """Decoded values of every `name` field of a message, in order (kept)."""
+    key = name.lower()
+    return list(_kept(part, "header:" + key, lambda: (
+        decode_header_value(f.unfolded) for f in part.fields if f.key == key)))
 
 
 def folded_header_values(part: MimePart, key: str) -> tuple[str, ...]:
     """header_values() casefolded, for SEARCH's case-insensitive matching (RFC 3501
-    §6.4.4), kept with the parsed message too (`key`: the field name in lower case)."""
-    memo = "fold:" + key
-    found = part.derived.get(memo)
-    if found is None:
-        found = tuple(v.casefold() for v in header_values(part, key))
-        if len(part.derived) < MAX_DERIVED:
-            part.derived[memo] = found
-    return cast(tuple[str, ...], found)
+    §6.4.4), kept too (`key`: the field name in lower case)."""
+    return _kept(part, "fold:" + key,
+                 lambda: (v.casefold() for v in header_values(part, key)))
 
 
 def folded_address_texts(part: MimePart, key: str) -> tuple[str, ...]:
-    """address_texts() casefolded, kept with the parsed message (`key` in lower case): a
-    FROM or TO search misses in most messages' header text and comes here for each."""
-    memo = "fold-addresses:" + key
-    found = part.derived.get(memo)
-    if found is None:
-        found = tuple(a.casefold() for a in address_texts(part, key))
-        if len(part.derived) < MAX_DERIVED:
-            part.derived[memo] = found
-    return cast(tuple[str, ...], found)
+    """address_texts() casefolded, kept (`key` in lower case): a FROM or TO search misses
+    in most messages' header text and comes here for each."""
+    return _kept(part, "fold-addresses:" + key,
+                 lambda: (a.casefold() for a in address_texts(part, key)))
 
 
 def address_texts(part: MimePart, name: str) -> list[str]:
