@@ -34,6 +34,7 @@ way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -209,13 +210,9 @@ def update(folder: Path, uidvalidity: int,
     \\Recent; or a function giving them, asked only when `delta` cannot be used).
     Blocking; writes only when something changed. ModseqError."""
     signatures: dict[frozenset[str], int] = {}
-    given = flags_by_uid
-    memo: list[FlagsByUid] = []
-
-    def all_flags() -> FlagsByUid:
-        if not memo:
-            memo.append(given() if callable(given) else given)
-        return memo[0]
+    given = flags_by_uid  # asked at most once, and only if the delta cannot be used
+    all_flags: Callable[[], FlagsByUid] = functools.cache(given) if callable(given) \
+        else lambda: given
 
     seen: tuple[int, list[int], list[int], FlagsByUid] | None = None
     try:
