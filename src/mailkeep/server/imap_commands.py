@@ -268,12 +268,8 @@ class ImapExecutor:
 
     def part_batches(self, uids: Sequence[int]
                      ) -> AsyncGenerator[list[MimePart | None], None]:
-        """parts() a batch at a time (imap_fetch.part_batches)."""
+        """The parsed messages of these UIDs, a batch at a time (imap_fetch.part_batches)."""
         return imap_fetch.part_batches(self, uids)
-
-    def parts(self, uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
-        """The parsed messages of these UIDs in the selected mailbox (imap_fetch.parts)."""
-        return imap_fetch.parts(self, uids)
 
     def _selected(self) -> MailboxView:
         assert self.view is not None  # the machine's state table guarantees it

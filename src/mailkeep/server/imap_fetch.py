@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from mailkeep.proto.imap import condstore as cs
@@ -73,60 +73,70 @@ async def part(ex: ImapExecutor, uid: int) -> MimePart:
     return parsed
 
 
-async def parts(ex: ImapExecutor,
-                uids: Sequence[int]) -> AsyncGenerator[MimePart | None, None]:
-    """part() of each UID in turn (None: expunged by someone else), the uncached ones
-    read in batches (READ_BATCH_*); large messages still go one by one."""
-    async for batch in part_batches(ex, uids):
-        for found in batch:
-            yield found
-
-
-async def part_batches(ex: ImapExecutor,
-                       uids: Sequence[int]) -> AsyncGenerator[list[MimePart | None], None]:
-    """parts() a batch at a time (READ_BATCH_*), for a caller that walks many messages
-    (SEARCH): one step of the generator per batch rather than per message."""
+def batches(ex: ImapExecutor, uids: Sequence[int]) -> Iterator[list[int]]:
+    """The UIDs cut into batches: at most READ_BATCH_MESSAGES uncached messages and about
+    READ_BATCH_OCTETS octets to read, or CACHED_BATCH_MESSAGES in all."""
     view = ex._selected()
+    records, cache = view.records, ex.cache
     start = 0
     while start < len(uids):
         chunk: list[int] = []
         octets = 0
-        ready: dict[int, MimePart | None] = {}
-        wanted: list[int] = []
         uncached = 0
         while start < len(uids) and uncached < READ_BATCH_MESSAGES \
                 and octets < READ_BATCH_OCTETS and len(chunk) < CACHED_BATCH_MESSAGES:
             uid = uids[start]
             start += 1
             chunk.append(uid)
-            found = ex.cache.get(cache_key(ex, view, uid))
-            if found is not None:
-                ready[uid] = found
+            if cache.get(cache_key(ex, view, uid)) is None:
+                uncached += 1
+                octets += records[uid].size
+        yield chunk
+
+
+async def read_batch(ex: ImapExecutor, chunk: Sequence[int]) -> list[MimePart | None]:
+    """The parsed messages of one batch (batches()) in order, None for one expunged by
+    someone else: the uncached small ones read in one trip to the store's threads, large
+    ones one by one (part())."""
+    view = ex._selected()
+    ready: dict[int, MimePart | None] = {}
+    wanted: list[int] = []
+    for uid in chunk:
+        found = ex.cache.get(cache_key(ex, view, uid))
+        if found is not None:
+            ready[uid] = found
+        elif view.records[uid].size < PARSE_OFF_LOOP_OCTETS:
+            wanted.append(uid)
+    if wanted:
+        data = await ex.store.read_messages(
+            ex.account, view.folder, [view.records[u].key for u in wanted])
+        for uid, octets_read in zip(wanted, data, strict=True):
+            if octets_read is None:
+                ready[uid] = None
                 continue
-            uncached += 1
-            octets += view.records[uid].size
-            if view.records[uid].size < PARSE_OFF_LOOP_OCTETS:
-                wanted.append(uid)
-        if wanted:
-            data = await ex.store.read_messages(
-                ex.account, view.folder, [view.records[u].key for u in wanted])
-            for uid, octets_read in zip(wanted, data, strict=True):
-                if octets_read is None:
-                    ready[uid] = None
-                    continue
-                parsed = parse_message(octets_read)
-                ex.cache.put(cache_key(ex, view, uid), parsed)
-                ready[uid] = parsed
-        batch: list[MimePart | None] = []
-        for uid in chunk:
-            if uid in ready:
-                batch.append(ready[uid])
-                continue
-            try:
-                batch.append(await part(ex, uid))
-            except MessageGone:
-                batch.append(None)
-        yield batch
+            parsed = parse_message(octets_read)
+            ex.cache.put(cache_key(ex, view, uid), parsed)
+            ready[uid] = parsed
+    batch: list[MimePart | None] = []
+    for uid in chunk:
+        if uid in ready:
+            batch.append(ready[uid])
+            continue
+        try:
+            batch.append(await part(ex, uid))
+        except MessageGone:
+            batch.append(None)
+    return batch
+
+
+async def part_batches(ex: ImapExecutor,
+                       uids: Sequence[int]) -> AsyncGenerator[list[MimePart | None], None]:
+    """read_batch() of each of batches() in turn, for a caller that walks many messages
+    and runs the generator to its end (SEARCH). FETCH calls the two itself: an async
+    generator left suspended is finalized through the loop (a thread-safe wake-up and a
+    task for its aclose()), which at one FETCH per command was a measurable cost."""
+    for chunk in batches(ex, uids):
+        yield await read_batch(ex, chunk)
 
 
 async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
@@ -171,41 +181,24 @@ async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
     need_message = needs_message(items)
     wants_flags = any(i.name == "FLAGS" for i in items)
     missing = 0
-    stream = parts(ex, [u for _, u in pairs]) if need_message else None
+    uids = [u for _, u in pairs]
+    position = 0
     clock = Slices()
     clock.start()
-    for seq, uid in pairs:
-        record = view.records[uid]
-        parsed = None
-        if stream is not None:
-            parsed = await anext(stream)
-            if parsed is None:
-                missing += 1
+    for chunk in (batches(ex, uids) if need_message else (uids,)):
+        found = await read_batch(ex, chunk) if need_message else [None] * len(chunk)
+        for parsed in found:
+            seq, uid = pairs[position]
+            position += 1
+            if need_message and parsed is None:
+                missing += 1  # expunged by someone else
                 continue
-        values: list[tuple[str, Value]] = []
-        octets, limit = 0, MAX_FETCH_COPIES * record.size + FETCH_SLACK_OCTETS
-        for item in items:
-            values += fetch_items([item], uid=uid, flags=view.flags_of(uid),
-                                  internaldate=record.internaldate, size=record.size,
-                                  part=parsed, modseq=view.modseqs.get(uid, 0))
-            if isinstance(values[-1][1], bytes):
-                octets += len(values[-1][1])
-                if octets > limit:
-                    break
-        if octets > limit:
-            log.info("conn=%s FETCH of UID %d refused: %d items, over %d octets",
-                     ex.conn_id, uid, len(items), limit)
-            if stream is not None:
-                await stream.aclose()
-            return Outcome("NO", "FETCH response too large, ask for "
-                                  "fewer or smaller sections.", "LIMIT")
-        if uid in changed and not wants_flags:
-            values.append(("FLAGS", flags_value(view.flags_of(uid))))
-            if view.condstore and not any(name == "MODSEQ" for name, _ in values):
-                values.append(cs.modseq_item(view.modseqs.get(uid, 0)))
-        await ex.emit(fetch_response(seq, values))
-        if clock.due():  # FETCH 1:* of a big mailbox: let other sessions in
-            await clock.pause()
+            refusal = await _respond(ex, view, items, seq=seq, uid=uid, parsed=parsed,
+                                     changed=uid in changed, wants_flags=wants_flags)
+            if refusal is not None:
+                return refusal
+            if clock.due():  # FETCH 1:* of a big mailbox: let other sessions in
+                await clock.pause()
     if view.condstore and pairs:
         for line in view.floor_response():  # RFC 7162 §3.2 (expunges held back)
             await ex.emit(line)
@@ -214,3 +207,28 @@ async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
         return Outcome("NO", "Some messages were expunged.")
     return Outcome("OK", "FETCH completed.")
 
+
+async def _respond(ex: ImapExecutor, view: MailboxView, items: Sequence[g.FetchItem], *,
+                   seq: int, uid: int, parsed: MimePart | None, changed: bool,
+                   wants_flags: bool) -> Outcome | None:
+    """One message's FETCH response; a NO [LIMIT] instead when it would be too large."""
+    record = view.records[uid]
+    values: list[tuple[str, Value]] = []
+    octets, limit = 0, MAX_FETCH_COPIES * record.size + FETCH_SLACK_OCTETS
+    flags, modseq = view.flags_of(uid), view.modseqs.get(uid, 0)
+    for item in items:
+        values += fetch_items([item], uid=uid, flags=flags, internaldate=record.internaldate,
+                              size=record.size, part=parsed, modseq=modseq)
+        if isinstance(values[-1][1], bytes):
+            octets += len(values[-1][1])
+            if octets > limit:
+                log.info("conn=%s FETCH of UID %d refused: %d items, over %d octets",
+                         ex.conn_id, uid, len(items), limit)
+                return Outcome("NO", "FETCH response too large, ask for "
+                                     "fewer or smaller sections.", "LIMIT")
+    if changed and not wants_flags:
+        values.append(("FLAGS", flags_value(flags)))
+        if view.condstore and not any(name == "MODSEQ" for name, _ in values):
+            values.append(cs.modseq_item(modseq))
+    await ex.emit(fetch_response(seq, values))
+    return None
