@@ -54,18 +54,18 @@ def disk_full(monkeypatch: pytest.MonkeyPatch, folder: str) -> Iterator[None]:
     """The UID index of `folder` (a Maildir directory name) cannot be written: both ways an
     index is written (appended to in place, or rewritten and renamed over) fail as a full
     disk makes them fail."""
-    real_replace, real_append = Dotlock.replace, Dotlock.append
+    real_replace, real_append = Dotlock.replace, Dotlock.append_unsynced
 
-    def full(real: Callable[..., None]) -> Callable[..., None]:
-        def write(self: Dotlock, data: bytes, *, durable: bool = True) -> None:
+    def full(real: Callable[..., object]) -> Callable[..., object]:
+        def write(self: Dotlock, data: bytes, **kwargs: object) -> object:
             if self.root.name == folder and self.target == uidlist.UIDLIST_NAME:
                 raise NoSpace("no space")
-            real(self, data, durable=durable)
+            return real(self, data, **kwargs)
         return write
 
     with monkeypatch.context() as patch:
         patch.setattr(Dotlock, "replace", full(real_replace))
-        patch.setattr(Dotlock, "append", full(real_append))
+        patch.setattr(Dotlock, "append_unsynced", full(real_append))
         yield
 
 
@@ -187,12 +187,12 @@ CHILD = textwrap.dedent("""
             os._exit(9)
         move._sync_dirs = crash
     elif point == "after-target-index":
-        real_write_back = uidlist._write_back  # appended or rewritten: both come here
-        def crash(lock, root, before, index):
-            real_write_back(lock, root, before, index)
+        real_write_back = uidlist._write_back_steps  # appended or rewritten: both come here
+        def crash(lock, root, before, index, settle=()):
+            yield from real_write_back(lock, root, before, index, settle)
             if root.name == ".Archive":
                 os._exit(9)
-        uidlist._write_back = crash
+        uidlist._write_back_steps = crash
     store = MaildirStore(data_dir)
     asyncio.run(store.move("alice", "INBOX", [1, 2, 3], "Archive"))
     os._exit(0)

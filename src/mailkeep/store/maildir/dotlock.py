@@ -273,21 +273,37 @@ class Dotlock:
         line without its newline. A failed write is cut off again: the file never keeps half
         a line. `durable` fdatasyncs it (Dovecot does, unless fsync_mode = never). NoSpace
         when it does not fit; FileNotFoundError when TARGET does not exist."""
+        fd, size = self.append_unsynced(data)
+        try:
+            if durable:
+                os.fdatasync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            if no_space(exc):
+                raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
+            raise
+        finally:
+            os.close(fd)
+
+    def append_unsynced(self, data: bytes) -> tuple[int, int]:
+        """append() without the sync: TARGET's descriptor, still open (the caller syncs,
+        cuts back to the size on failure, and closes it), and its size before."""
         fd = os.open(self.root / self.target, os.O_WRONLY)
         try:
             size = os.fstat(fd).st_size
             try:
                 _write_all(fd, data, at=size)
-                if durable:
-                    os.fdatasync(fd)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
                 if no_space(exc):
                     raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
                 raise
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd, size
 
     def _drop(self) -> None:
         if self.fd >= 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailkeep.fsmodes import PRIVATE_FILE, create_file
@@ -23,21 +24,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_tmp(folder: Path, tmp_name: str, data: bytes, mtime: float | None = None) -> Path:
-    """Write `data` durably as folder/tmp/tmp_name (mode 0600); its path. On any failure
-    (ENOSPC included) the file is removed again."""
+def stage_tmp(folder: Path, tmp_name: str, data: bytes,
+              mtime: float | None = None) -> tuple[Path, int]:
+    """Write `data` as folder/tmp/tmp_name (mode 0600), not yet synced: its path and the
+    still open descriptor (the caller syncs and closes it). On any failure (ENOSPC
+    included) the file is removed again."""
     tmp = folder / "tmp" / tmp_name
     fd = create_file(tmp, os.O_WRONLY | os.O_EXCL, PRIVATE_FILE)
     try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))  # IMAP INTERNALDATE lives in the file time
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp, fd
+
+
+def fsync_all(fds: Sequence[int], data_only: Sequence[int] = ()) -> None:
+    """fsync `fds`, then fdatasync `data_only`: the whole of a step run off the loop
+    (steps.py), with no other system call in it (each one in a thread hands the GIL back
+    and forth with the busy event loop)."""
+    for fd in fds:
+        os.fsync(fd)
+    for fd in data_only:
+        os.fdatasync(fd)
+
+
+def write_tmp(folder: Path, tmp_name: str, data: bytes, mtime: float | None = None) -> Path:
+    """Write `data` durably as folder/tmp/tmp_name (mode 0600); its path. On any failure
+    (ENOSPC included) the file is removed again."""
+    tmp, fd = stage_tmp(folder, tmp_name, data, mtime)
+    try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
-        if mtime is not None:
-            os.utime(tmp, (mtime, mtime))  # IMAP INTERNALDATE lives in the file time
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

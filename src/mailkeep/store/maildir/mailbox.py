@@ -36,13 +36,14 @@ from mailkeep.store.base import (
     NewMessage,
     NoSuchFolder,
 )
-from mailkeep.store.maildir import echo, folders, modseq, uidlist
+from mailkeep.store.maildir import echo, folders, modseq, steps, uidlist
 from mailkeep.store.maildir import flags as mflags
 from mailkeep.store.maildir.dotlock import NO_SPACE_ERRNOS, no_space
-from mailkeep.store.maildir.durable import fsync_dir, write_tmp
+from mailkeep.store.maildir.durable import fsync_dir, stage_tmp
 from mailkeep.store.maildir.layout import ensure_maildir, unique_name
 from mailkeep.store.maildir.maildrop import crlf_size
 from mailkeep.store.maildir.settle import settled
+from mailkeep.store.maildir.steps import Steps
 from mailkeep.store.names import INBOX, flag_set, folder_name, keywords_of
 
 log = logging.getLogger("mailkeep.store")
@@ -355,19 +356,25 @@ def _publish_staged(path: Path, staged: Sequence[tuple[str, Path, Path]]) -> uid
     """Rename staged files (base, tmp/ file, new/ name) into new/ and give them UIDs in one
     step under the index lock (uidlist.publish); on any failure the ones already renamed
     are taken out again."""
+    return steps.run(_publish_staged_steps(path, staged))
+
+
+def _publish_staged_steps(path: Path, staged: Sequence[tuple[str, Path, Path]]
+                          ) -> Steps[uidlist.Uidlist]:
     def move_in() -> list[str]:
         moved: list[str] = []
         try:
             for base, tmp, final in staged:
                 echo.rename(tmp, final)
                 moved.append(base)
-            fsync_dir(path / "new")
         except BaseException:
             _withdraw(path, moved)
             raise
         return moved
 
-    return uidlist.publish(path, move_in, lambda bases: _withdraw(path, bases))
+    return (yield from uidlist.publish_steps(path, move_in,
+                                             lambda bases: _withdraw(path, bases),
+                                             settle=(path / "new",)))
 
 
 def append(root: Path, name: str, data: bytes, flags: Iterable[str],
@@ -386,6 +393,12 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> Append
     retry cannot duplicate anything. Only a crash between the first rename and the index
     write (microseconds per message) leaves the ones renamed so far in the folder, as a crash
     there does for a single APPEND: Maildir has no way to make several renames one."""
+    return steps.run(append_steps(root, name, messages))
+
+
+def append_steps(root: Path, name: str, messages: Sequence[NewMessage]) -> Steps[Appended]:
+    """append_many() as steps (steps.py): the fsyncs of the messages, then of new/ and the
+    index, are the two steps yielded."""
     path = open_folder(root, name)
     wanted = [flag_set(m.flags) for m in messages]
     names: set[str] = set()
@@ -395,6 +408,7 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> Append
     # system flags only): one file read fewer per APPEND.
     keywords = mflags.allocate(path, names) if names else {}
     staged: list[tuple[str, Path, Path]] = []  # base, tmp file, final name in new/
+    unsynced: list[int] = []  # descriptors of the tmp/ files, open until synced
     try:
         for message, flags in zip(messages, wanted, strict=True):
             data = message.data
@@ -405,9 +419,18 @@ def append_many(root: Path, name: str, messages: Sequence[NewMessage]) -> Append
             mtime = None if when is None else float(int(when.timestamp()))
             letters = mflags.to_info(flags, keywords)
             final = path / "new" / (mflags.filename(base, letters) if letters else base)
-            staged.append((base, write_tmp(path, base, data, mtime), final))
-        index = _publish_staged(path, staged)
+            tmp, fd = stage_tmp(path, base, data, mtime)
+            unsynced.append(fd)
+            staged.append((base, tmp, final))
+        try:
+            yield steps.Sync(files=tuple(unsynced))
+        finally:
+            while unsynced:
+                os.close(unsynced.pop())
+        index = yield from _publish_staged_steps(path, staged)
     except BaseException:
+        while unsynced:
+            os.close(unsynced.pop())
         # What is still in tmp/ goes (after a publish every one was renamed into new/: no
         # unlink that can only fail, in the I/O thread, per APPEND).
         for _, tmp, _ in staged:

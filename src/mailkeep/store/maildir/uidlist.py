@@ -34,7 +34,9 @@ records keep being appended; every reader skips a record whose file is gone.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import re
 import threading
 import time
@@ -43,10 +45,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailkeep.store.maildir import listing
+from mailkeep.store.maildir import listing, steps
 from mailkeep.store.maildir.appendcache import AppendCache
-from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace
+from mailkeep.store.maildir.dotlock import Dotlock, LockError, NoSpace, no_space
+from mailkeep.store.maildir.durable import fsync_dir
 from mailkeep.store.maildir.layout import delivery_order
+from mailkeep.store.maildir.steps import Steps
 
 UIDLIST_NAME = "dovecot-uidlist"
 # Dovecot's UIDLIST_COMPRESS_PERCENTAGE (75): records of removed files are dropped (the
@@ -297,8 +301,19 @@ def _first_index(root: Path, clock: Callable[[], float]) -> Uidlist:
 
 
 def _replace(lock: Dotlock, root: Path, index: Uidlist, *, durable: bool = True) -> None:
+    steps.run(_replace_steps(lock, root, index, durable=durable))
+
+
+def _replace_steps(lock: Dotlock, root: Path, index: Uidlist, *, durable: bool = True,
+                   settle: Sequence[Path] = ()) -> Steps[None]:
     data = render(index)
-    lock.replace(data, durable=durable)
+
+    def write() -> None:
+        for directory in settle:
+            fsync_dir(directory)
+        lock.replace(data, durable=durable)
+
+    yield write
     _parsed.prime(f"{root}/{UIDLIST_NAME}", data, index)  # no parse of what we just wrote
     if _placeholders:
         with _placeholders_guard:
@@ -306,12 +321,19 @@ def _replace(lock: Dotlock, root: Path, index: Uidlist, *, durable: bool = True)
 
 
 def _write_back(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlist) -> None:
+    steps.run(_write_back_steps(lock, root, before, index))
+
+
+def _write_back_steps(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlist,
+                      settle: Sequence[Path] = ()) -> Steps[None]:
     """Put `index` on disk, `before` being what the file holds now (None: no file yet):
     new records only are appended (synced), records only dropped rewrite it unsynced, and
-    anything else rewrites it synced (see the module docstring)."""
+    anything else rewrites it synced (see the module docstring). The `settle` directories
+    (where the caller renamed files in) are fsynced in the same step off the loop
+    (steps.py), with the index's sync; if that fails, an appended record is cut off."""
     if before is None or (before.uidvalidity, before.guid, before.header_extra) != (
             index.uidvalidity, index.guid, index.header_extra):
-        _replace(lock, root, index)
+        yield from _replace_steps(lock, root, index, settle=settle)
         return
     # Records are only ever added here (at the end of the dict: insertion order, UIDs from
     # next_uid up) or dropped, never replaced (a base keeps its UID): the added ones are the
@@ -325,17 +347,45 @@ def _write_back(lock: Dotlock, root: Path, before: Uidlist | None, index: Uidlis
     kept = len(index.records) - len(added) == len(before.records)
     if not added:
         if len(index.records) != len(before.records) or index.next_uid != before.next_uid:
-            _replace(lock, root, index, durable=False)
+            yield from _replace_steps(lock, root, index, durable=False, settle=settle)
+        elif settle:
+            yield from _fsync_steps(settle, None)
         return
     if not kept:
-        _replace(lock, root, index)
+        yield from _replace_steps(lock, root, index, settle=settle)
         return
     added.sort(key=lambda r: r.uid)
     lines = "".join(" ".join((str(r.uid), *r.extensions, ":" + r.base)) + "\n" for r in added)
     try:
-        lock.append(lines.encode("utf-8"))
+        fd, size = lock.append_unsynced(lines.encode("utf-8"))
     except FileNotFoundError:  # removed behind our back (by hand): write it whole
-        _replace(lock, root, index)
+        yield from _replace_steps(lock, root, index, settle=settle)
+        return
+    try:
+        yield from _fsync_steps(settle, fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)  # the file never keeps a record whose sync failed
+        raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_steps(directories: Sequence[Path], data_fd: int | None) -> Steps[None]:
+    """One step off the loop: fsync the directories (opened and closed here, on the loop)
+    and fdatasync `data_fd`. NoSpace."""
+    fds: list[int] = []
+    try:
+        for directory in directories:
+            fds.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+        yield steps.Sync(files=tuple(fds), data=() if data_fd is None else (data_fd,))
+    except OSError as exc:
+        if no_space(exc):
+            raise NoSpace(f"cannot write {UIDLIST_NAME}: {exc.strerror}") from exc
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def sync(root: Path, clock: Callable[[], float] = time.time) -> tuple[Uidlist, dict[str, str]]:
@@ -422,6 +472,15 @@ def publish(root: Path, move_in: Callable[[], Sequence[str]],
     takes them out again before the lock is released: a client told NO never finds the
     message later, so its retry cannot duplicate it (issue 7, item 6). If the lock cannot be
     taken, nothing was moved in. Raises NoSpace / UidlistError."""
+    return steps.run(publish_steps(root, move_in, withdraw, clock=clock))
+
+
+def publish_steps(root: Path, move_in: Callable[[], Sequence[str]],
+                  withdraw: Callable[[Sequence[str]], None], *,
+                  settle: Sequence[Path] = (),
+                  clock: Callable[[], float] = time.time) -> Steps[Uidlist]:
+    """publish() as steps (steps.py); the `settle` directories (where move_in renames to)
+    are fsynced off the loop with the index's own sync, both before the lock is let go."""
     try:
         with Dotlock(root, UIDLIST_NAME) as lock:
             on_disk = read_cached(root, shared=True)  # we change only our copy
@@ -430,7 +489,7 @@ def publish(root: Path, move_in: Callable[[], Sequence[str]],
             try:
                 files = scan(root)
                 _assign_ordered(current, files, bases)
-                _write_back(lock, root, on_disk, current)
+                yield from _write_back_steps(lock, root, on_disk, current, settle)
             except BaseException:
                 withdraw(bases)
                 raise
