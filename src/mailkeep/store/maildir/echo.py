@@ -43,7 +43,7 @@ _next_sweep = SWEEP_AT
 _guard = threading.Lock()
 
 
-def _expect(path: Path) -> tuple[str, str] | None:
+def _expect(path: str | Path) -> tuple[str, str] | None:
     directory, name = os.path.split(path)
     if os.path.basename(directory) not in _WATCHED:
         return None
@@ -76,7 +76,7 @@ def _sweep(now: float) -> None:
     _next_sweep = max(SWEEP_AT, 2 * len(_expected))
 
 
-def rename(src: Path, dst: Path) -> None:
+def rename(src: str | Path, dst: str | Path) -> None:
     """os.rename, its two events registered as ours."""
     keys = (_expect(src), _expect(dst))
     try:
@@ -87,7 +87,7 @@ def rename(src: Path, dst: Path) -> None:
         raise
 
 
-def unlink(path: Path) -> None:
+def unlink(path: str | Path) -> None:
     """os.unlink, its event registered as ours."""
     key = _expect(path)
     try:

@@ -80,7 +80,7 @@ def store_flags_at(root: Path, name: str, uids: Iterable[int], mode: FlagMode,
                 break
             new_location = f"{sub}/{mflags.filename(base, target)}"
             try:
-                echo.rename(path / location, path / new_location)
+                echo.rename(f"{path}/{location}", f"{path}/{new_location}")
             except FileNotFoundError:
                 found = _relocate(path, base)
                 if found is None:
@@ -125,12 +125,12 @@ def expunge_at(root: Path, name: str, uids: Iterable[int] | None, *,
             if location is None:
                 break
             if DELETED_LETTER not in uidlist.filename_flags(location.split("/", 1)[1]):
-                if hinted and not os.path.lexists(path / location):
+                if hinted and not os.path.lexists(f"{path}/{location}"):
                     location = _relocate(path, base)  # renamed since: look at its flags
                     continue
                 break
             try:
-                echo.unlink(path / location)
+                echo.unlink(f"{path}/{location}")
             except FileNotFoundError:
                 location = _relocate(path, base)
                 continue

@@ -123,7 +123,7 @@ def ensure_index(root: Path, folder_dir: Path) -> None:
 
     On a full disk the folder stays without one (uidlist.sync() shows it empty, with a
     placeholder UIDVALIDITY that the index written later keeps)."""
-    if (folder_dir / uidlist.UIDLIST_NAME).exists():
+    if os.path.exists(f"{folder_dir}/{uidlist.UIDLIST_NAME}"):  # (at every snapshot)
         return
     try:
         shown = uidlist.pending_placeholder(folder_dir)

@@ -313,7 +313,7 @@ def claim_recent(root: Path, name: str, seen: Mapping[int, str] | None = None,
         base = uidlist.filename_base(fname)
         target = mflags.filename(base, uidlist.filename_flags(fname))
         try:
-            echo.rename(path / location, path / "cur" / target)
+            echo.rename(f"{path}/{location}", f"{path}/cur/{target}")
         except FileNotFoundError:
             continue  # another session claimed it (or it was expunged / re-flagged)
         except OSError as exc:

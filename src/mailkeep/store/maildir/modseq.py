@@ -215,10 +215,15 @@ def update(folder: Path, uidvalidity: int,
         else lambda: given
 
     seen: tuple[int, list[int], list[int], FlagsByUid] | None = None
-    try:
-        current = read(folder, shared=True)  # returned unchanged, or only compared
-    except ModseqError:
-        current = None  # looked at again under the lock, and started over
+    current: ModseqIndex | None = None
+    if delta is None or not (delta.changed or delta.gone):
+        # A look without the lock first: most snapshots find nothing to write. (With
+        # changes in the delta -- a session's own APPEND, STORE or EXPUNGE -- there almost
+        # always is something, and the look under the lock is the only one needed.)
+        try:
+            current = read(folder, shared=True)  # returned unchanged, or only compared
+        except ModseqError:
+            current = None  # looked at again under the lock, and started over
     if current is not None and current.uidvalidity == uidvalidity:
         changed, gone, wanted = _differences(current, all_flags, signatures, delta)
         if not changed and not gone:
