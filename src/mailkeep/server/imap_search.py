@@ -14,6 +14,7 @@ session for 19 s):
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import AsyncGenerator, Callable, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,19 @@ from datetime import datetime
 from mailkeep.proto.imap import textsearch
 from mailkeep.proto.imap.mailboxview import MailboxView
 from mailkeep.proto.imap.mime import MimePart
-from mailkeep.proto.imap.search import SearchKey
+from mailkeep.proto.imap.search import (
+    And,
+    Body,
+    Date,
+    Envelope,
+    Header,
+    Not,
+    Or,
+    SearchKey,
+    Size,
+    Text,
+    Uid,
+)
 from mailkeep.proto.imap.searchprogram import SearchProgram
 from mailkeep.server.slices import Slices, cpu_seconds
 
@@ -38,6 +51,14 @@ DECODE_OFF_LOOP_OCTETS = 256 * 1024
 # decodes in well under a millisecond at the slow end above): no pause inside one, and no
 # coroutine per message, which cost more than the scan of a typical header.
 SCAN_WHOLE_OCTETS = 64 * 1024
+# What a message holds never changes under its UID, so the answer of a SEARCH that looks
+# only at that (SUBJECT, FROM, HEADER, BODY, ...) is kept with the selected mailbox, and the
+# same SEARCH again looks only at the messages that came since: clients repeat searches
+# (a quick filter, a saved search, a poll for a Message-ID). Kept per selected mailbox: the
+# last SEARCH_MEMO_KEYS keys, SEARCH_MEMO_UIDS matching UIDs in all (an answer with more
+# is not kept); our choice, about 100 KB at most per session.
+SEARCH_MEMO_KEYS = 8
+SEARCH_MEMO_UIDS = 4096
 # A flags-only SEARCH looks at the slice clock once per this many messages (a look costs
 # about what deciding a few messages does; 1,024 of them take well under a millisecond).
 FLAG_CHECKS_PER_LOOK = 1024
@@ -117,8 +138,24 @@ async def search(view: MailboxView, key: SearchKey, *, uid: bool, parts: Parts) 
                 await clock.pause()
         clock.stop()
         return hits
-    reader = parts(uids)
-    seq = 0
+    memo = _memo(view, key)
+    start = 0 if memo is None else bisect.bisect_right(uids, memo.upto)
+    found = await _scan(program, view, uids, start=start, parts=parts, clock=clock)
+    if memo is not None or _content_only(key):
+        return _remembered(view, key, memo, found, uid=uid)
+    if uid:
+        return found
+    wanted = set(found)
+    return [seq for seq, u in enumerate(uids, 1) if u in wanted]
+
+
+async def _scan(program: SearchProgram, view: MailboxView, uids: Sequence[int], *,
+                start: int, parts: Parts, clock: Slices) -> list[int]:
+    """The UIDs from uids[start:] that match, in order."""
+    hits: list[int] = []
+    records, flags_of, modseqs = view.records, view.flags_of, view.modseqs
+    reader = parts(uids[start:])
+    seq = start
     try:
         clock.start()
         while True:
@@ -140,13 +177,64 @@ async def search(view: MailboxView, key: SearchKey, *, uid: bool, parts: Parts) 
                 else:
                     hit = await _evaluate(program, message, clock)
                 if hit:
-                    hits.append(u if uid else seq)
+                    hits.append(u)
                 if clock.due():
                     await clock.pause()
         clock.stop()
     finally:
         await reader.aclose()
     return hits
+
+
+@dataclass(slots=True)
+class Remembered:
+    """A content-only SEARCH's answer on the selected mailbox: the UIDs up to `upto` were
+    looked at, and these of them matched (some may be expunged since)."""
+
+    upto: int
+    matched: frozenset[int]
+
+
+def _content_only(key: SearchKey) -> bool:
+    """Does the key look only at what never changes under a UID -- the message's text
+    (SUBJECT, FROM, HEADER, BODY, TEXT, SENT*), its size, INTERNALDATE, its UID -- so
+    that its answer for a message can be kept? Flags, sequence numbers and MODSEQ change."""
+    if isinstance(key, Header | Envelope | Body | Text | Size | Date | Uid):
+        return True
+    if isinstance(key, Not):
+        return _content_only(key.key)
+    if isinstance(key, Or):
+        return _content_only(key.left) and _content_only(key.right)
+    if isinstance(key, And):
+        return all(_content_only(k) for k in key.keys)
+    return False
+
+
+def _memo(view: MailboxView, key: SearchKey) -> Remembered | None:
+    found = view.search_memo.get(key)
+    return found if isinstance(found, Remembered) else None
+
+
+def _remembered(view: MailboxView, key: SearchKey, memo: Remembered | None,
+                found: list[int], *, uid: bool) -> list[int]:
+    """The whole answer (what was kept and what was `found` among the newer messages), as
+    UIDs or sequence numbers; it is kept for the next SEARCH with the same key (at most
+    SEARCH_MEMO_KEYS keys and SEARCH_MEMO_UIDS UIDs per selected mailbox, the newest)."""
+    matched = set(found)
+    if memo is not None:
+        matched.update(u for u in memo.matched if u in view.records)
+    memos = view.search_memo
+    memos.pop(key, None)
+    if len(matched) <= SEARCH_MEMO_UIDS:
+        memos[key] = Remembered(view.largest_uid, frozenset(matched))
+        held = sum(len(m.matched) for m in memos.values() if isinstance(m, Remembered))
+        while len(memos) > SEARCH_MEMO_KEYS or held > SEARCH_MEMO_UIDS:
+            oldest = next(iter(memos))
+            dropped = memos.pop(oldest)
+            held -= len(dropped.matched) if isinstance(dropped, Remembered) else 0
+    if uid:
+        return [u for u in view.uids if u in matched]
+    return [seq for seq, u in enumerate(view.uids, 1) if u in matched]
 
 
 async def _evaluate(program: SearchProgram, message: SearchMessage, clock: Slices) -> bool:

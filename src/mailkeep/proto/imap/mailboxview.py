@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from mailkeep.proto.imap.render import (
@@ -116,6 +116,9 @@ class MailboxView:
         self.qresync = False    # VANISHED instead of EXPUNGE (the session enabled QRESYNC)
         # HIGHESTMODSEQ from before the expunges now held back (None: none held back).
         self.pending_floor: int | None = None
+        # SEARCH answers that depend only on what the messages hold (server/imap_search.py
+        # keeps them here, by search key): they last as long as the selection.
+        self.search_memo: dict[Hashable, object] = {}
 
     def __len__(self) -> int:
         return len(self.uids)
