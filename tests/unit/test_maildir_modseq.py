@@ -81,6 +81,7 @@ def test_a_new_uidvalidity_starts_over_above_the_old_values(folder: Path) -> Non
 
 def test_the_expunge_log_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modseq_mod, "MAX_EXPUNGE_LOG", 3)
+    monkeypatch.setattr(modseq_mod, "EXPUNGE_LOG_SLACK", 1)  # cut back when past 4
     uids = {u: NONE for u in range(1, 7)}
     start = modseq.update(folder, 7, uids).highest
     marks = []
@@ -91,6 +92,25 @@ def test_the_expunge_log_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatc
     assert index is not None and len(index.expunged) == 3
     assert index.vanished_since(marks[2]) == ([4, 5], True)
     assert index.vanished_since(start)[1] is False  # older than the log reaches
+
+
+def test_the_expunge_log_is_shared_by_copies_and_grows_without_copying(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modseq_mod, "FLATTEN_AFTER", 4)
+    log = modseq_mod.ExpungeLog()
+    first = log.plus([(1, 10)])
+    second = first.plus([(2, 20), (3, 30)])
+    other = first.plus([(9, 90)])  # a copy that went its own way
+    assert list(first) == [(1, 10)]
+    assert list(second) == [(1, 10), (2, 20), (3, 30)] and len(second) == 3
+    assert list(other) == [(1, 10), (9, 90)]
+    assert second.plus([]) is second
+    longer = second
+    for n in range(4, 12):
+        longer = longer.plus([(n, n * 10)])
+        assert longer.depth <= 4  # flattened now and then
+    assert list(longer) == [(n, n * 10) for n in range(1, 12)]
+    assert list(second) == [(1, 10), (2, 20), (3, 30)]  # untouched
 
 
 def test_a_corrupt_sidecar_is_an_error_not_a_crash_and_starts_over(folder: Path) -> None:

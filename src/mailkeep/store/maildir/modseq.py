@@ -37,7 +37,7 @@ import contextlib
 import functools
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,11 @@ _MAGIC = "mailkeep-modseq 1"
 # Expunges remembered for QRESYNC VANISHED (RFC 7162 §3.2.5.2); older ones are summed up by
 # the low-water mark, below which a resync is answered from the UID range instead.
 MAX_EXPUNGE_LOG = 20_000
+# ... cut back to that many once it holds this many more (a cut rewrites the sidecar: once
+# per EXPUNGE_LOG_SLACK expunges, not at every one).
+EXPUNGE_LOG_SLACK = 2_000
+# ExpungeLog additions chained before the log is made one tuple again.
+FLATTEN_AFTER = 64
 PARSE_CACHE_ENTRIES = 256
 # Appended lines are compacted away (one rewrite) once the file has this many times the
 # lines its state needs, plus COMPACT_SLACK: a bounded file, one rename per many updates.
@@ -64,15 +69,52 @@ def flags_signature(flags: Iterable[str]) -> int:
     return zlib.crc32("\n".join(sorted(flags)).encode("utf-8", "surrogateescape"))
 
 
+@dataclass(frozen=True, slots=True)
+class ExpungeLog:
+    """The expunge log, (modseq, uid) oldest first. Persistent: copies of an index share it,
+    and adding to it costs what is added, not the length of the log (a list copied whole
+    at every expunge was a fifth of a snapshot's time with a few thousand entries). The
+    chain of additions is flattened every FLATTEN_AFTER of them."""
+
+    older: ExpungeLog | None = None
+    newer: tuple[tuple[int, int], ...] = ()
+    size: int = 0
+    depth: int = 0
+
+    def plus(self, more: Sequence[tuple[int, int]]) -> ExpungeLog:
+        if not more:
+            return self
+        if self.depth >= FLATTEN_AFTER:
+            return ExpungeLog(None, (*self.items(), *more), self.size + len(more), 0)
+        return ExpungeLog(self if self.size else None, tuple(more), self.size + len(more),
+                          self.depth + 1)
+
+    def items(self) -> list[tuple[int, int]]:
+        chunks: list[tuple[tuple[int, int], ...]] = []
+        node: ExpungeLog | None = self
+        while node is not None:
+            chunks.append(node.newer)
+            node = node.older
+        out: list[tuple[int, int]] = []
+        for chunk in reversed(chunks):
+            out.extend(chunk)
+        return out
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.items())
+
+
 @dataclass(slots=True)
 class ModseqIndex:
     uidvalidity: int
     highest: int
     lowwater: int
     entries: dict[int, tuple[int, int]] = field(default_factory=dict)  # uid -> (modseq, sig)
-    # (modseq, uid), oldest first. Shared between copies (it can hold MAX_EXPUNGE_LOG
-    # items): never changed in place, only replaced by a new list.
-    expunged: list[tuple[int, int]] = field(default_factory=list)
+    # Shared between copies (it can hold MAX_EXPUNGE_LOG items): persistent.
+    expunged: ExpungeLog = field(default_factory=ExpungeLog)
     lines: int = 0  # lines in the file it was read from (appended ones included)
 
     @classmethod
@@ -124,7 +166,7 @@ def _apply(index: ModseqIndex, lines: list[str]) -> None:
         highest = max(highest, modseq)
     index.highest = highest
     if expunged:
-        index.expunged = index.expunged + expunged
+        index.expunged = index.expunged.plus(expunged)
 
 
 def _parse_more(index: ModseqIndex, more: bytes) -> ModseqIndex:
@@ -259,11 +301,13 @@ def update(folder: Path, uidvalidity: int,
                 del index.entries[uid]
                 added.append(f"X {modseq} {uid}\n")
             if gone:
-                index.expunged = index.expunged + [(modseq, uid) for uid in gone]
-            if len(index.expunged) > MAX_EXPUNGE_LOG:
-                dropped = index.expunged[:-MAX_EXPUNGE_LOG]
+                index.expunged = index.expunged.plus([(modseq, uid) for uid in gone])
+            if len(index.expunged) > MAX_EXPUNGE_LOG + EXPUNGE_LOG_SLACK:
+                log = index.expunged.items()
+                dropped = log[:-MAX_EXPUNGE_LOG]
                 index.lowwater = max(index.lowwater, *(m for m, _ in dropped))
-                index.expunged = index.expunged[-MAX_EXPUNGE_LOG:]
+                index.expunged = ExpungeLog(None, tuple(log[-MAX_EXPUNGE_LOG:]),
+                                            MAX_EXPUNGE_LOG)
                 rewrite = True
             index.lines += len(added)
             needed = len(index.entries) + len(index.expunged)
