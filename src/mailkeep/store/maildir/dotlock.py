@@ -30,7 +30,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from mailkeep.fsmodes import PRIVATE_FILE, create_file
@@ -65,14 +64,26 @@ class WouldWait(Exception):
 _no_wait = threading.local()
 
 
-@contextlib.contextmanager
-def without_waiting() -> Iterator[None]:
-    """Locks taken inside raise WouldWait rather than wait for another holder."""
-    _no_wait.on = True
-    try:
-        yield
-    finally:
+class _WithoutWaiting:
+    """Locks taken inside raise WouldWait rather than wait for another holder. (A class,
+    not a generator-based context manager: it is entered for every piece of store work run
+    on the loop, several times per IMAP command.)"""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _no_wait.on = True
+
+    def __exit__(self, *exc: object) -> None:
         _no_wait.on = False
+
+
+_WITHOUT_WAITING = _WithoutWaiting()
+
+
+def without_waiting() -> _WithoutWaiting:
+    """`with without_waiting():` -- locks taken inside raise WouldWait instead of waiting."""
+    return _WITHOUT_WAITING
 
 
 def _waiting_allowed() -> bool:
@@ -190,8 +201,9 @@ class Dotlock:
     def __init__(self, root: Path, target: str) -> None:
         self.root = root
         self.target = target
-        self.path = root / f"{target}.lock"
-        self.key = str(self.path) if self.path.is_absolute() else os.path.abspath(self.path)
+        key = f"{root}/{target}.lock"
+        self.path = Path(key)
+        self.key = key if key[0] == "/" else os.path.abspath(key)
         self.fd = -1
         self.owned = False  # the lock file is ours (until renamed over the target)
 

@@ -34,7 +34,6 @@ way.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -245,6 +244,23 @@ def _differences(index: ModseqIndex, flags_by_uid: Callable[[], FlagsByUid],
     return changed, gone, wanted
 
 
+class _Once:
+    """The flags by UID, from a function called the first time they are asked for (a
+    functools.cache made per snapshot cost more than the call it saved)."""
+
+    __slots__ = ("_given", "_value")
+
+    def __init__(self, given: FlagsByUid | Callable[[], FlagsByUid]) -> None:
+        self._given = given
+        self._value: FlagsByUid | None = None
+
+    def __call__(self) -> FlagsByUid:
+        if self._value is None:
+            given = self._given
+            self._value = given() if callable(given) else given
+        return self._value
+
+
 def update(folder: Path, uidvalidity: int,
            flags_by_uid: FlagsByUid | Callable[[], FlagsByUid],
            delta: Delta | None = None) -> ModseqIndex:
@@ -252,9 +268,7 @@ def update(folder: Path, uidvalidity: int,
     \\Recent; or a function giving them, asked only when `delta` cannot be used).
     Blocking; writes only when something changed. ModseqError."""
     signatures: dict[frozenset[str], int] = {}
-    given = flags_by_uid  # asked at most once, and only if the delta cannot be used
-    all_flags: Callable[[], FlagsByUid] = functools.cache(given) if callable(given) \
-        else lambda: given
+    all_flags = _Once(flags_by_uid)  # asked at most once, only if the delta cannot be used
 
     seen: tuple[int, list[int], list[int], FlagsByUid] | None = None
     current: ModseqIndex | None = None
