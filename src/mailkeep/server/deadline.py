@@ -22,6 +22,7 @@ class ReadDeadline:
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[object] | None = None
+        self._owner: asyncio.Task[object] | None = None
         self._expired = False
 
     async def read(self, reader: asyncio.StreamReader, size: int, timeout: float) -> bytes:
@@ -34,7 +35,10 @@ class ReadDeadline:
             if timer is not None:
                 timer.cancel()
             self._timer = loop.call_at(deadline, self._check)
-        task = self._task = asyncio.current_task()
+        task = self._owner
+        if task is None:  # a session reads from its one task: asked once, not per read
+            task = self._owner = asyncio.current_task()
+        self._task = task
         try:
             return await reader.read(size)
         except asyncio.CancelledError:

@@ -8,7 +8,7 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -225,46 +225,45 @@ class MaildirStore(MaildropAccess):
     async def _run(self, func: Callable[..., T], *args: object, light: bool = False) -> T:
         """func(*args) in a thread, or (light) on the loop unless it would wait for a lock;
         its errors as StoreError and friends."""
-        loop = asyncio.get_running_loop()
-        with self._store_errors():
+        try:
             if light:
                 try:
                     with without_waiting():
                         return func(*args)
                 except WouldWait:
                     pass  # another holds a lock: wait for it in a thread
-            return await loop.run_in_executor(self._pool, func, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+        except (MessageGone, StoreError):
+            raise
+        except (LockError, OSError) as exc:
+            raise self._store_error(exc) from exc
 
     async def _run_steps(self, make: Callable[[], steps.Steps[T]], *, light: bool) -> T:
         """The steps make() gives (steps.py): (light) their quick work on the loop and their
-        fsyncs in the sync threads, unless a lock would be waited for; otherwise all of it
+        fsyncs in the sync helper, unless a lock would be waited for; otherwise all of it
         in one thread. Errors as _run()."""
         if light:
-            with self._store_errors():
-                try:
-                    return await steps.drive(make(), self._sync_pool, self._syncer)
-                except WouldWait:
-                    pass  # another holds a lock: the steps undid their work; all in a thread
+            try:
+                return await steps.drive(make(), self._sync_pool, self._syncer)
+            except WouldWait:
+                pass  # another holds a lock: the steps undid their work; all in a thread
+            except (MessageGone, StoreError):
+                raise
+            except (LockError, OSError) as exc:
+                raise self._store_error(exc) from exc
         return await self._run(lambda: steps.run(make()))
 
-    @contextlib.contextmanager
-    def _store_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (MessageGone, StoreError, WouldWait):
-            raise
-        except NoSpace as exc:
+    def _store_error(self, exc: LockError | OSError) -> StoreError:
+        """What a lock or I/O failure is told as (StoreFull for a full disk), counted."""
+        if isinstance(exc, NoSpace) or (isinstance(exc, OSError) and no_space(exc)):
             self.on_error("disk_full")
-            raise StoreFull(str(exc)) from exc
-        except LockError as exc:
+            return StoreFull(str(exc) if isinstance(exc, NoSpace)
+                             else f"no space: {exc.strerror}")
+        if isinstance(exc, LockError):
             self.on_error("lock")
-            raise StoreError(str(exc)) from exc
-        except OSError as exc:
-            if no_space(exc):
-                self.on_error("disk_full")
-                raise StoreFull(f"no space: {exc.strerror}") from exc
-            self.on_error("io")
-            raise StoreError(f"{exc.strerror or exc}") from exc
+            return StoreError(str(exc))
+        self.on_error("io")
+        return StoreError(f"{exc.strerror or exc}")
 
     def _kept(self, account: str, folder: str) -> mailbox.FolderCache | None:
         """The folder's last snapshot, if one is kept (None also for an invalid name)."""

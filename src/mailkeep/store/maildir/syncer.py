@@ -62,6 +62,18 @@ while True:
 """
 
 
+# This process's pid, kept current across fork (os.getpid() is a system call per request).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 (the module's own record of who we are)
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Unavailable(Exception):
     """The helper cannot take this request: sync some other way."""
 
@@ -100,7 +112,7 @@ class Syncer:
     def _ready(self) -> socket.socket:
         if self._broken:
             raise Unavailable("sync helper gone")
-        if self._sock is not None and self._pid == os.getpid():
+        if self._sock is not None and self._pid == _pid:
             return self._sock
         self._sock = None  # a copy inherited through fork is the parent's, not ours
         loop = asyncio.get_running_loop()
@@ -119,7 +131,7 @@ class Syncer:
             theirs.close()
         ours.setblocking(False)
         loop.add_reader(ours.fileno(), self._answers)
-        self._sock, self._pid, self._loop = ours, os.getpid(), loop
+        self._sock, self._pid, self._loop = ours, _pid, loop
         return ours
 
     def _answers(self) -> None:
@@ -157,7 +169,7 @@ class Syncer:
 
     def _close_socket(self) -> None:
         if self._sock is not None:
-            if self._loop is not None and self._pid == os.getpid():
+            if self._loop is not None and self._pid == _pid:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
@@ -167,7 +179,7 @@ class Syncer:
         """End the helper (it sees our end close) and reap it."""
         self._close_socket()
         proc, self._proc = self._proc, None
-        if proc is not None and self._pid == os.getpid():
+        if proc is not None and self._pid == _pid:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
