@@ -8,6 +8,9 @@ exception a parser here lets escape (DESIGN.md habit 5).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 # RFC 3501 §9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards /
 # quoted-specials / resp-specials. CHAR is 7-bit, CTL is 0x00-0x1F and 0x7F.
 ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
@@ -23,6 +26,23 @@ LIST_CHARS = ASTRING_CHARS | {ord("%"), ord("*")}
 QUOTED_CHARS = frozenset(range(0x01, 0x80)) - {ord("\r"), ord("\n"), ord('"'), ord("\\")}
 # RFC 3501 §4.2: numbers are 32-bit unsigned.
 MAX_NUMBER = 4_294_967_295
+
+
+DIGITS = frozenset(b"0123456789")
+# Cursor.take() scans with a compiled character class per set of octets (a loop over the
+# octets in Python was a tenth of parsing a command); the sets are a handful of constants.
+_SCANNERS: dict[frozenset[int], Callable[[bytes, int], re.Match[bytes] | None]] = {}
+
+
+def _scanner(chars: frozenset[int]) -> Callable[[bytes, int], re.Match[bytes] | None]:
+    found = _SCANNERS.get(chars)
+    if found is None:
+        if len(_SCANNERS) > 64:  # only constants come here; a stray caller cannot grow it
+            _SCANNERS.clear()
+        members = b"".join(re.escape(bytes([c])) for c in sorted(chars))
+        found = _SCANNERS[chars] = re.compile(b"[" + members + b"]*" if members
+                                              else b"(?!)").match
+    return found
 
 
 class ParseError(Exception):
@@ -88,11 +108,11 @@ class Cursor:
             raise self.error("unexpected text at the end of the command")
 
     def take(self, chars: frozenset[int]) -> bytes:
+        """The longest run of octets in `chars` from here (possibly empty)."""
         start = self.pos
-        data, n = self.data, len(self.data)
-        while self.pos < n and data[self.pos] in chars:
-            self.pos += 1
-        return data[start:self.pos]
+        match = _scanner(chars)(self.data, start)
+        end = self.pos = match.end() if match is not None else start
+        return self.data[start:end]
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -107,7 +127,7 @@ class Cursor:
         return self.atom("a keyword").upper()
 
     def number(self, what: str = "a number") -> int:
-        raw = self.take(frozenset(b"0123456789"))
+        raw = self.take(DIGITS)
         if not raw:
             raise self.error(f"expected {what}")
         if len(raw) > 10 or int(raw) > MAX_NUMBER:

@@ -12,7 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from mailkeep.proto.imap.lexer import ATOM_CHARS, Cursor, ParseError
+from mailkeep.proto.imap.lexer import ATOM_CHARS, DIGITS, Cursor, ParseError
 from mailkeep.proto.imap.sequence import SEQUENCE_CHARS, SequenceError, SequenceSet
 
 # RFC 3501 §6.4.4: US-ASCII MUST be supported; we also take UTF-8 (RFC 3501 §6.4.4 lets
@@ -284,7 +284,7 @@ def _modseq(cur: Cursor) -> Modseq:
         if cur.keyword() not in _ENTRY_TYPES:
             raise cur.error("expected priv, shared or all after the MODSEQ entry name")
         cur.sp()
-    digits = cur.take(frozenset(b"0123456789"))
+    digits = cur.take(DIGITS)
     if not digits or len(digits) > 19 or int(digits) > 2**63 - 1:
         raise cur.error("expected a mod-sequence after MODSEQ")
     return Modseq(int(digits))
