@@ -39,7 +39,7 @@ def make_private_dirs(path: Path, mode: int = PRIVATE_DIR) -> None:
     os.chmod(path, mode)
 
 
-def create_file(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
+def create_file(path: str | Path, flags: int, mode: int = PRIVATE_FILE) -> int:
     """os.open(path, O_CREAT | flags) with exactly `mode`; returns the descriptor.
 
     fchmod also fixes a leftover file of the same name that O_CREAT (without O_EXCL) reused

@@ -201,11 +201,17 @@ class Dotlock:
     def __init__(self, root: Path, target: str) -> None:
         self.root = root
         self.target = target
-        key = f"{root}/{target}.lock"
-        self.path = Path(key)
-        self.key = key if key[0] == "/" else os.path.abspath(key)
+        # Strings on the hot path (a lock is taken several times per IMAP command; a Path
+        # costs microseconds to make): `path` is made only when asked for.
+        self._name = f"{root}/{target}.lock"
+        self._target = f"{root}/{target}"
+        self.key = self._name if self._name[0] == "/" else os.path.abspath(self._name)
         self.fd = -1
         self.owned = False  # the lock file is ours (until renamed over the target)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._name)
 
     def __enter__(self) -> Dotlock:
         waiting = _waiting_allowed()
@@ -224,7 +230,7 @@ class Dotlock:
     def _create(self, deadline: float) -> None:
         while True:
             try:
-                self.fd = create_file(self.path, os.O_RDWR | os.O_EXCL, PRIVATE_FILE)
+                self.fd = create_file(self._name, os.O_RDWR | os.O_EXCL, PRIVATE_FILE)
                 break
             except FileExistsError:
                 if not _waiting_allowed():
@@ -265,7 +271,7 @@ class Dotlock:
                 os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            os.rename(self.path, self.root / self.target)
+            os.rename(self._name, self._target)
             self.owned = False
             if durable:
                 dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -301,7 +307,7 @@ class Dotlock:
     def append_unsynced(self, data: bytes) -> tuple[int, int]:
         """append() without the sync: TARGET's descriptor, still open (the caller syncs,
         cuts back to the size on failure, and closes it), and its size before."""
-        fd = os.open(self.root / self.target, os.O_WRONLY)
+        fd = os.open(self._target, os.O_WRONLY)
         try:
             size = os.fstat(fd).st_size
             try:
@@ -324,7 +330,7 @@ class Dotlock:
         if self.owned:
             self.owned = False
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                os.unlink(self._name)
 
     def __exit__(self, *exc: object) -> None:
         try:

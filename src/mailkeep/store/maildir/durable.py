@@ -25,11 +25,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def stage_tmp(folder: Path, tmp_name: str, data: bytes,
-              mtime: float | None = None) -> tuple[Path, int]:
+              mtime: float | None = None) -> tuple[str, int]:
     """Write `data` as folder/tmp/tmp_name (mode 0600), not yet synced: its path and the
     still open descriptor (the caller syncs and closes it). On any failure (ENOSPC
     included) the file is removed again."""
-    tmp = folder / "tmp" / tmp_name
+    tmp = os.path.join(folder, "tmp", tmp_name)
     fd = create_file(tmp, os.O_WRONLY | os.O_EXCL, PRIVATE_FILE)
     try:
         view = memoryview(data)
@@ -40,7 +40,7 @@ def stage_tmp(folder: Path, tmp_name: str, data: bytes,
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
     return tmp, fd
 
@@ -55,7 +55,7 @@ def fsync_all(fds: Sequence[int], data_only: Sequence[int] = ()) -> None:
         os.fdatasync(fd)
 
 
-def write_tmp(folder: Path, tmp_name: str, data: bytes, mtime: float | None = None) -> Path:
+def write_tmp(folder: Path, tmp_name: str, data: bytes, mtime: float | None = None) -> str:
     """Write `data` durably as folder/tmp/tmp_name (mode 0600); its path. On any failure
     (ENOSPC included) the file is removed again."""
     tmp, fd = stage_tmp(folder, tmp_name, data, mtime)
@@ -66,7 +66,7 @@ def write_tmp(folder: Path, tmp_name: str, data: bytes, mtime: float | None = No
             os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
     return tmp
 
@@ -81,6 +81,6 @@ def write_message(folder: Path, tmp_name: str, final: str, data: bytes,
         echo.rename(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
     fsync_dir(target.parent)

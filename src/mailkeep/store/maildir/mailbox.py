@@ -352,15 +352,17 @@ def _withdraw(path: Path, bases: Sequence[str]) -> None:
         fsync_dir(path / "cur")
 
 
-def _publish_staged(path: Path, staged: Sequence[tuple[str, Path, Path]]) -> uidlist.Uidlist:
+Staged = Sequence[tuple[str, str | Path, str | Path]]  # base, tmp/ file, final name in new/
+
+
+def _publish_staged(path: Path, staged: Staged) -> uidlist.Uidlist:
     """Rename staged files (base, tmp/ file, new/ name) into new/ and give them UIDs in one
     step under the index lock (uidlist.publish); on any failure the ones already renamed
     are taken out again."""
     return steps.run(_publish_staged_steps(path, staged))
 
 
-def _publish_staged_steps(path: Path, staged: Sequence[tuple[str, Path, Path]]
-                          ) -> Steps[uidlist.Uidlist]:
+def _publish_staged_steps(path: Path, staged: Staged) -> Steps[uidlist.Uidlist]:
     def move_in() -> list[str]:
         moved: list[str] = []
         try:
@@ -407,7 +409,7 @@ def append_steps(root: Path, name: str, messages: Sequence[NewMessage]) -> Steps
     # The keyword table only when a message brings keywords (most come with none or with
     # system flags only): one file read fewer per APPEND.
     keywords = mflags.allocate(path, names) if names else {}
-    staged: list[tuple[str, Path, Path]] = []  # base, tmp file, final name in new/
+    staged: list[tuple[str, str | Path, str | Path]] = []  # base, tmp file, name in new/
     unsynced: list[int] = []  # descriptors of the tmp/ files, open until synced
     try:
         for message, flags in zip(messages, wanted, strict=True):
@@ -418,7 +420,7 @@ def append_steps(root: Path, name: str, messages: Sequence[NewMessage]) -> Steps
             when = message.internaldate
             mtime = None if when is None else float(int(when.timestamp()))
             letters = mflags.to_info(flags, keywords)
-            final = path / "new" / (mflags.filename(base, letters) if letters else base)
+            final = f"{path}/new/{mflags.filename(base, letters) if letters else base}"
             tmp, fd = stage_tmp(path, base, data, mtime)
             unsynced.append(fd)
             staged.append((base, tmp, final))
@@ -433,9 +435,9 @@ def append_steps(root: Path, name: str, messages: Sequence[NewMessage]) -> Steps
             os.close(unsynced.pop())
         # What is still in tmp/ goes (after a publish every one was renamed into new/: no
         # unlink that can only fail, in the I/O thread, per APPEND).
-        for _, tmp, _ in staged:
+        for _, left, _ in staged:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(left)
         raise
     return Appended(index.uidvalidity, tuple(index.records[base].uid for base, _, _ in staged))
 
