@@ -83,15 +83,17 @@ SNAPSHOT_CACHE_FOLDERS = 1024
 # waited for on the loop (dotlock.WouldWait): the work goes to a thread then.
 INLINE_MESSAGES = 2_000
 INLINE_UIDS = 64
-# APPEND to such a folder runs as steps (steps.py): its file work on the loop, its three
-# fsyncs in SYNC_WORKERS threads, for up to INLINE_APPEND_MESSAGES messages (MULTIAPPEND
-# keeps a descriptor open per message until they are synced) of INLINE_APPEND_OCTETS in all
-# (copying 1 MiB into the page cache is well under a millisecond). Measured on the IMAP mix:
-# 0.46 -> 0.3x ms of CPU per command (docs/benchmarks.md, fifth pass).
+# APPEND to such a folder runs as steps (steps.py): its file work on the loop, its fsyncs
+# in the sync helper process (syncer.py; SYNC_WORKERS threads when it cannot be used), for
+# up to INLINE_APPEND_MESSAGES messages (MULTIAPPEND keeps a descriptor open per message
+# until they are synced) of INLINE_APPEND_OCTETS in all (copying 1 MiB into the page cache
+# is well under a millisecond). Measured on the IMAP mix: 0.46 -> 0.37 ms of CPU per
+# command (docs/benchmarks.md, fifth pass).
 INLINE_APPEND_MESSAGES = 16
 INLINE_APPEND_OCTETS = 1024 * 1024
-# Threads that only fsync for steps run on the loop: never one that could wait for a lock
-# the loop's steps hold (the IO_WORKERS threads can), so they cannot deadlock.
+# Threads for the steps' other off-loop work and for their fsyncs when the helper is gone:
+# never one that could wait for a lock the loop's steps hold (the IO_WORKERS threads can),
+# so they cannot deadlock.
 SYNC_WORKERS = 2
 
 
