@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence, Set
 from dataclasses import replace
 
@@ -73,6 +74,12 @@ log = logging.getLogger("mailkeep.imap")
 
 
 
+# A NOOP or CHECK this soon after the session's last look at its folder, with nothing
+# changed since as far as the change feed and inotify can tell, is answered without a new
+# look (_recently_looked). Our choice: the bound on how much later than before a NOOP can
+# report a change inotify cannot see (a network filesystem written by another host); a
+# client polling every few seconds still gets a look each time.
+NOOP_LOOK_SECONDS = 1.0
 # Untagged data is handed to the transport in batches of about this many octets, with a
 # drain in between, so a slow reader holds at most this much of a long FETCH in memory.
 FLUSH_OCTETS = 256 * 1024
@@ -115,6 +122,9 @@ class ImapExecutor:
         self.enabled: frozenset[str] = frozenset()
         self.options = options if options is not None else ImapOptions()
         self.provisioned = False  # RFC 6154 default folders looked after (first LIST)
+        # The selected mailbox's view at the session's last look at the folder, and when
+        # that look began (time.monotonic()): _recently_looked().
+        self._looked: tuple[MailboxView | None, float] = (None, 0.0)
 
     @property
     def utf8(self) -> bool:
@@ -194,23 +204,37 @@ class ImapExecutor:
         self._pending = 0
         return outcome
 
-    @staticmethod
-    def should_sync(command: g.CommandType, session: Selected) -> bool:
+    def should_sync(self, command: g.CommandType, session: Selected) -> bool:
         """Does the end of this command need a look at the mailbox? When the change feed
-        says someone changed it, or the client asked (NOOP, CHECK: how clients poll), or
+        says someone changed it, or the client asked (NOOP, CHECK: how clients poll; not
+        when the session looked a moment ago and nothing changed since: _recently_looked), or
         the command added messages to it (RFC 3501 §6.3.11: APPEND to the selected mailbox
         SHOULD give an EXISTS at once; so COPY and MOVE into it); a session with no feed
         subscription always looks. STORE and EXPUNGE tell the client their own changes
         (FETCH and EXPUNGE responses) and change the view themselves: a look after them
         would only find what someone else did, and the feed says when there is any."""
         if isinstance(command, g.Noop | g.Check):
-            return True
+            return not self._recently_looked(session)
         if isinstance(command, g.Copy | g.Append | ext.Move) \
                 and same_folder(command.mailbox, session.view.folder):
             return True
         # Expunges held back during a FETCH/STORE/SEARCH (RFC 3501 §7.4.1) are told at the
         # first command that allows them.
         return session.watch is None or session.watch.pending() or bool(session.view.gone)
+
+    def _recently_looked(self, session: Selected) -> bool:
+        """Can a poll (NOOP, CHECK) be answered from the session's last look at the folder?
+        When that look is under NOOP_LOOK_SECONDS old, the change feed has told nothing
+        since, and the store vouches that no change is waiting to be told (Maildir: inotify
+        follows the folder, and no event is queued): a new look would find only what the
+        session did itself, which its view already holds."""
+        watch = session.watch
+        view = session.view
+        looked_view, looked_at = self._looked
+        return (watch is not None and not watch.pending() and not view.gone
+                and looked_view is view
+                and time.monotonic() - looked_at < NOOP_LOOK_SECONDS
+                and self.store.quiet(self.account, view.folder))
 
     async def _dispatch(self, command: g.CommandType) -> Outcome:
         """The command's handler, with store errors turned into answers."""
@@ -246,12 +270,14 @@ class ImapExecutor:
         view = session.view
         if session.watch is not None:
             session.watch.take()  # everything reported so far is looked at now
+        looked_at = time.monotonic()
         try:
             snap = await self.store.snapshot(self.account, view.folder)
         except NoSuchFolder:
             await self.emit(untagged_status("BYE", "The selected mailbox was deleted."))
             session.leave()
             return "selected mailbox deleted"
+        self._looked = (view, looked_at)
         if snap.uidvalidity != view.uidvalidity:
             await self.emit(untagged_status("BYE", "The selected mailbox was recreated."))
             session.leave()

@@ -325,3 +325,9 @@ class MailStore(Protocol):
     def watch(self, account: str, folder: str, session: int = 0) -> Watch:
         """Follow one folder's changes (and the account's folder tree)."""
         ...
+
+    def quiet(self, account: str, folder: str) -> bool:
+        """Is every change made to the folder up to now already told to its watches? True
+        only when the store can vouch for it (Maildir: the folder is followed by inotify
+        and no event is waiting); False means "look to be sure"."""
+        ...

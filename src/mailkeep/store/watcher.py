@@ -119,6 +119,17 @@ class FolderWatcher:
                     self._inotify.rm_watch(wd)
         self._polled.pop(key, None)
 
+    def quiet(self, account: str, folder: str) -> bool:
+        """Has nothing outside this process changed the folder without its watches being
+        told? Only a folder followed by inotify can be vouched for, after every event
+        queued now has been taken (the kernel queues an event as the change is made);
+        one waiting for COALESCE_SECONDS to be published counts as a change."""
+        key = (account, folder)
+        if self._inotify is None or key not in self._watches:
+            return False  # polled: a change shows only at the next poll
+        self._read_events()
+        return key not in self._dirty
+
     # -- noticing -----------------------------------------------------------------------
 
     def _mark(self, key: tuple[str, str]) -> None:

@@ -152,6 +152,15 @@ class MaildirStore(MaildropAccess):
             raise StoreError("the change feed is not running")
         return self.feed.watch(account, folder_name(folder), session)
 
+    def quiet(self, account: str, folder: str) -> bool:
+        if self.watcher is None:
+            return False
+        try:
+            name = folder_name(folder)
+        except StoreRefusal:
+            return False
+        return self.watcher.quiet(account, name)
+
     async def stop_feed(self) -> None:
         if self.watcher is not None:
             await self.watcher.close()

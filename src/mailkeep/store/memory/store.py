@@ -163,6 +163,9 @@ class MemoryStore:
 
     # -- the change feed (in-process only: nothing else can change this store) ----------
 
+    def quiet(self, account: str, folder: str) -> bool:
+        return False  # (a look at memory costs next to nothing)
+
     def watch(self, account: str, folder: str, session: int = 0) -> Watch:
         if self._feed is None:
             self._feed = ChangeFeed()
