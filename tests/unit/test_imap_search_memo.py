@@ -109,3 +109,11 @@ async def test_kept_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     f.read.clear()
     assert await f.search('SUBJECT "beta"') == [5]
     assert f.read == [1, 2, 3, 4, 5]  # looked at again
+
+
+def test_leaves_are_the_keys_under_not_or_and() -> None:
+    k = key('OR (SUBJECT "a" NOT UNSEEN) (FROM "b" 1:2) LARGER 5')
+    assert [type(x).__name__ for x in s.leaves(k)] == [
+        "Header", "Flag", "Envelope", "Seq", "Size"]
+    assert not imap_search._content_only(k)
+    assert imap_search._content_only(key('OR SUBJECT "a" NOT (FROM "b" LARGER 5)'))

@@ -23,17 +23,15 @@ from mailkeep.proto.imap import textsearch
 from mailkeep.proto.imap.mailboxview import MailboxView
 from mailkeep.proto.imap.mime import MimePart
 from mailkeep.proto.imap.search import (
-    And,
     Body,
     Date,
     Envelope,
     Header,
-    Not,
-    Or,
     SearchKey,
     Size,
     Text,
     Uid,
+    leaves,
 )
 from mailkeep.proto.imap.searchprogram import SearchProgram
 from mailkeep.server.slices import Slices, cpu_seconds
@@ -199,15 +197,8 @@ def _content_only(key: SearchKey) -> bool:
     """Does the key look only at what never changes under a UID -- the message's text
     (SUBJECT, FROM, HEADER, BODY, TEXT, SENT*), its size, INTERNALDATE, its UID -- so
     that its answer for a message can be kept? Flags, sequence numbers and MODSEQ change."""
-    if isinstance(key, Header | Envelope | Body | Text | Size | Date | Uid):
-        return True
-    if isinstance(key, Not):
-        return _content_only(key.key)
-    if isinstance(key, Or):
-        return _content_only(key.left) and _content_only(key.right)
-    if isinstance(key, And):
-        return all(_content_only(k) for k in key.keys)
-    return False
+    return all(isinstance(k, Header | Envelope | Body | Text | Size | Date | Uid)
+               for k in leaves(key))
 
 
 def _memo(view: MailboxView, key: SearchKey) -> Remembered | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from mailkeep.proto.imap import condstore as cs
 from mailkeep.proto.imap.mailboxview import MailboxView, flags_value
 from mailkeep.proto.imap.render import fetch_response, response_code, untagged
-from mailkeep.proto.imap.search import And, Modseq, Not, Or, SearchKey
+from mailkeep.proto.imap.search import Modseq, SearchKey, leaves
 from mailkeep.proto.imap.sequence import MAX_NUMBER, SequenceSet
 from mailkeep.proto.imap.values import Atom, Value
 
@@ -131,15 +131,7 @@ def store_response(view: MailboxView, seq: int, uid: int, *, silent: bool,
 
 
 def uses_modseq(key: SearchKey) -> bool:
-    if isinstance(key, Modseq):
-        return True
-    if isinstance(key, Not):
-        return uses_modseq(key.key)
-    if isinstance(key, Or):
-        return uses_modseq(key.left) or uses_modseq(key.right)
-    if isinstance(key, And):
-        return any(uses_modseq(k) for k in key.keys)
-    return False
+    return any(isinstance(k, Modseq) for k in leaves(key))
 
 
 def search_response(view: MailboxView, tag: str, hits: Sequence[int], *, uid: bool,

@@ -9,6 +9,7 @@ MAX_SEARCH_KEYS keys (more: NO [LIMIT]) nested at most MAX_SEARCH_DEPTH deep (de
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -132,6 +133,21 @@ class And:
 SearchKey: TypeAlias = (
     "All | Flag | Header | Envelope | Body | Text | Date | Size | Uid | Seq | Modseq | Not | Or"
     " | And")
+
+
+def leaves(key: SearchKey) -> Iterator[SearchKey]:
+    """The keys under NOT, OR and AND (each of those is only a way to combine them)."""
+    stack = [key]
+    while stack:
+        k = stack.pop()
+        if isinstance(k, Not):
+            stack.append(k.key)
+        elif isinstance(k, Or):
+            stack += (k.right, k.left)
+        elif isinstance(k, And):
+            stack += reversed(k.keys)
+        else:
+            yield k
 
 _FLAG_KEYS = {"ANSWERED": (ANSWERED, True), "DELETED": (DELETED, True),
               "DRAFT": (DRAFT, True), "FLAGGED": (FLAGGED, True), "RECENT": (RECENT, True),

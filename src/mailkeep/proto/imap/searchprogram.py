@@ -45,6 +45,7 @@ from mailkeep.proto.imap.search import (
     Size,
     Text,
     Uid,
+    leaves,
 )
 
 
@@ -185,15 +186,7 @@ def needs_body(key: SearchKey) -> bool:
 
 
 def _reads_header_text(key: SearchKey) -> bool:
-    if isinstance(key, Text):
-        return True
-    if isinstance(key, Not):
-        return _reads_header_text(key.key)
-    if isinstance(key, Or):
-        return _reads_header_text(key.left) or _reads_header_text(key.right)
-    if isinstance(key, And):
-        return any(_reads_header_text(k) for k in key.keys)
-    return False
+    return any(isinstance(k, Text) for k in leaves(key))
 
 
 Steps: TypeAlias = Generator[None, None, bool]

@@ -296,10 +296,7 @@ class Dotlock:
             if durable:
                 os.fdatasync(fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            if no_space(exc):
-                raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
+            self._undo_append(fd, size, exc)
             raise
         finally:
             os.close(fd)
@@ -313,15 +310,20 @@ class Dotlock:
             try:
                 _write_all(fd, data, at=size)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                if no_space(exc):
-                    raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
+                self._undo_append(fd, size, exc)
                 raise
         except BaseException:
             os.close(fd)
             raise
         return fd, size
+
+    def _undo_append(self, fd: int, size: int, exc: OSError) -> None:
+        """After a failed append: TARGET cut back to `size`; NoSpace for a full disk (the
+        caller re-raises anything else)."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        if no_space(exc):
+            raise NoSpace(f"cannot write {self.target}: {exc.strerror}") from exc
 
     def _drop(self) -> None:
         if self.fd >= 0:
