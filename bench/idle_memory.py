@@ -82,6 +82,9 @@ def prepare(root: Path, *, accounts: int, messages: int, pop3_accounts: int,
     users = [f"mem{i:03d}" for i in range(accounts)]
     cfg = imap_bench.prepare(root, users, messages, 2048, max_sessions)
     text = cfg.read_text()
+    # One process: the figures are one daemon's PSS per session (with `workers` above 1 the
+    # pid started is the supervisor, which holds no session).
+    text = text.replace("\n[tls]\n", "\nworkers = 1\n\n[tls]\n", 1)
     if os.geteuid() == 0:  # a throw-away bench daemon on loopback
         text = text.replace("\n[tls]\n", "\nallow_root = true\n\n[tls]\n", 1)
     text = text.replace("[security]\n", f"[security]\nmax_connections = {max_sessions + 500}\n"
