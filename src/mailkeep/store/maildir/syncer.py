@@ -42,23 +42,25 @@ MAX_FDS = 64
 HELPER = """
 import os, socket, sys
 sock = socket.socket(fileno=int(sys.argv[1]))
-while True:
-    try:
+def serve():
+    while True:
         kinds, fds, _, _ = socket.recv_fds(sock, 256, 253)
-    except InterruptedError:
-        continue
-    if not kinds:
-        break
-    failed = 0
-    for kind, fd in zip(kinds, fds):
-        try:
-            if not failed:
-                (os.fsync if kind == 70 else os.fdatasync)(fd)
-        except OSError as exc:
-            failed = exc.errno or 5
-        finally:
-            os.close(fd)
-    sock.sendall(failed.to_bytes(4, "little"))
+        if not kinds:
+            return
+        failed = 0
+        for kind, fd in zip(kinds, fds):
+            try:
+                if not failed:
+                    (os.fsync if kind == 70 else os.fdatasync)(fd)
+            except OSError as exc:
+                failed = exc.errno or 5
+            finally:
+                os.close(fd)
+        sock.sendall(failed.to_bytes(4, "little"))
+try:
+    serve()
+except OSError:
+    pass  # our parent is gone: nothing is waiting for an answer
 """
 
 
