@@ -182,6 +182,8 @@ class ImapExecutor:
         current = new if new is not None else session
         if isinstance(current, Authenticated | Selected):
             current.enabled = self.enabled  # ENABLEd extensions outlive SELECT and CLOSE
+        if not isinstance(current, Selected):
+            self._looked = (None, 0.0)  # nothing selected: no view kept alive for it
         if isinstance(current, Selected):
             current.view.condstore = cs.CONDSTORE in self.enabled
             current.view.qresync = cs.QRESYNC in self.enabled
