@@ -182,11 +182,11 @@ class ImapExecutor:
         current = new if new is not None else session
         if isinstance(current, Authenticated | Selected):
             current.enabled = self.enabled  # ENABLEd extensions outlive SELECT and CLOSE
-        if not isinstance(current, Selected):
-            self._looked = (None, 0.0)  # nothing selected: no view kept alive for it
         if isinstance(current, Selected):
             current.view.condstore = cs.CONDSTORE in self.enabled
             current.view.qresync = cs.QRESYNC in self.enabled
+        else:
+            self._looked = (None, 0.0)  # nothing selected: no view kept alive for it
         if isinstance(current, Selected) and outcome.close is None and (
                 current is not selected or self.should_sync(command, current)):
             # RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH without UID.

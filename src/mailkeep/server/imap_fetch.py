@@ -73,14 +73,20 @@ async def part(ex: ImapExecutor, uid: int) -> MimePart:
     return parsed
 
 
-def batches(ex: ImapExecutor, uids: Sequence[int]) -> Iterator[list[int]]:
+# One batch of batches(): its UIDs, and the parsed messages of those found in the cache.
+Batch = tuple[list[int], dict[int, MimePart | None]]
+
+
+def batches(ex: ImapExecutor, uids: Sequence[int]) -> Iterator[Batch]:
     """The UIDs cut into batches: at most READ_BATCH_MESSAGES uncached messages and about
-    READ_BATCH_OCTETS octets to read, or CACHED_BATCH_MESSAGES in all."""
+    READ_BATCH_OCTETS octets to read, or CACHED_BATCH_MESSAGES in all. The cache is asked
+    once per message, here."""
     view = ex._selected()
     records, cache = view.records, ex.cache
     start = 0
     while start < len(uids):
         chunk: list[int] = []
+        cached: dict[int, MimePart | None] = {}
         octets = 0
         uncached = 0
         while start < len(uids) and uncached < READ_BATCH_MESSAGES \
@@ -88,25 +94,23 @@ def batches(ex: ImapExecutor, uids: Sequence[int]) -> Iterator[list[int]]:
             uid = uids[start]
             start += 1
             chunk.append(uid)
-            if cache.get(cache_key(ex, view, uid)) is None:
+            found = cache.get(cache_key(ex, view, uid))
+            if found is not None:
+                cached[uid] = found
+            else:
                 uncached += 1
                 octets += records[uid].size
-        yield chunk
+        yield chunk, cached
 
 
-async def read_batch(ex: ImapExecutor, chunk: Sequence[int]) -> list[MimePart | None]:
+async def read_batch(ex: ImapExecutor, batch: Batch) -> list[MimePart | None]:
     """The parsed messages of one batch (batches()) in order, None for one expunged by
     someone else: the uncached small ones read in one trip to the store's threads, large
     ones one by one (part())."""
     view = ex._selected()
-    ready: dict[int, MimePart | None] = {}
-    wanted: list[int] = []
-    for uid in chunk:
-        found = ex.cache.get(cache_key(ex, view, uid))
-        if found is not None:
-            ready[uid] = found
-        elif view.records[uid].size < PARSE_OFF_LOOP_OCTETS:
-            wanted.append(uid)
+    chunk, ready = batch
+    wanted = [uid for uid in chunk
+              if uid not in ready and view.records[uid].size < PARSE_OFF_LOOP_OCTETS]
     if wanted:
         data = await ex.store.read_messages(
             ex.account, view.folder, [view.records[u].key for u in wanted])
@@ -117,16 +121,16 @@ async def read_batch(ex: ImapExecutor, chunk: Sequence[int]) -> list[MimePart | 
             parsed = parse_message(octets_read)
             ex.cache.put(cache_key(ex, view, uid), parsed)
             ready[uid] = parsed
-    batch: list[MimePart | None] = []
+    found: list[MimePart | None] = []
     for uid in chunk:
         if uid in ready:
-            batch.append(ready[uid])
+            found.append(ready[uid])
             continue
         try:
-            batch.append(await part(ex, uid))
+            found.append(await part(ex, uid))
         except MessageGone:
-            batch.append(None)
-    return batch
+            found.append(None)
+    return found
 
 
 async def part_batches(ex: ImapExecutor,
@@ -135,8 +139,8 @@ async def part_batches(ex: ImapExecutor,
     and runs the generator to its end (SEARCH). FETCH calls the two itself: an async
     generator left suspended is finalized through the loop (a thread-safe wake-up and a
     task for its aclose()), which at one FETCH per command was a measurable cost."""
-    for chunk in batches(ex, uids):
-        yield await read_batch(ex, chunk)
+    for batch in batches(ex, uids):
+        yield await read_batch(ex, batch)
 
 
 async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
@@ -185,8 +189,8 @@ async def cmd_fetch(ex: ImapExecutor, command: g.CommandType) -> Outcome:
     position = 0
     clock = Slices()
     clock.start()
-    for chunk in (batches(ex, uids) if need_message else (uids,)):
-        found = await read_batch(ex, chunk) if need_message else [None] * len(chunk)
+    for batch in (batches(ex, uids) if need_message else [(uids, {})]):
+        found = await read_batch(ex, batch) if need_message else [None] * len(batch[0])
         for parsed in found:
             seq, uid = pairs[position]
             position += 1

@@ -412,27 +412,25 @@ def append_steps(root: Path, name: str, messages: Sequence[NewMessage]) -> Steps
     staged: list[tuple[str, str | Path, str | Path]] = []  # base, tmp file, name in new/
     unsynced: list[int] = []  # descriptors of the tmp/ files, open until synced
     try:
-        for message, flags in zip(messages, wanted, strict=True):
-            data = message.data
-            size = len(data)
-            crlf = size + data.count(b"\n") - data.count(b"\r\n")
-            base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
-            when = message.internaldate
-            mtime = None if when is None else float(int(when.timestamp()))
-            letters = mflags.to_info(flags, keywords)
-            final = f"{path}/new/{mflags.filename(base, letters) if letters else base}"
-            tmp, fd = stage_tmp(path, base, data, mtime)
-            unsynced.append(fd)
-            staged.append((base, tmp, final))
         try:
+            for message, flags in zip(messages, wanted, strict=True):
+                data = message.data
+                size = len(data)
+                crlf = size + data.count(b"\n") - data.count(b"\r\n")
+                base = unique_name(size).rsplit(",W=", 1)[0] + f",W={crlf}"
+                when = message.internaldate
+                mtime = None if when is None else float(int(when.timestamp()))
+                letters = mflags.to_info(flags, keywords)
+                final = f"{path}/new/{mflags.filename(base, letters) if letters else base}"
+                tmp, fd = stage_tmp(path, base, data, mtime)
+                unsynced.append(fd)
+                staged.append((base, tmp, final))
             yield steps.Sync(files=tuple(unsynced))
         finally:
-            while unsynced:
-                os.close(unsynced.pop())
+            for fd in unsynced:
+                os.close(fd)
         index = yield from _publish_staged_steps(path, staged)
     except BaseException:
-        while unsynced:
-            os.close(unsynced.pop())
         # What is still in tmp/ goes (after a publish every one was renamed into new/: no
         # unlink that can only fail, in the I/O thread, per APPEND).
         for _, left, _ in staged:

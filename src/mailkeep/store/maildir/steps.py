@@ -11,16 +11,17 @@ message is durable before it is renamed into new/; the rename and its index reco
 durable before the lock is released and the client is answered):
 
     def append_steps(...) -> Steps[Appended]:
-        ...write tmp/ file...
-        yield lambda: os.fsync(fd)          # a barrier: runs off the loop
+        ...write tmp/ files, descriptors kept open...
+        yield Sync(files=(fd,))                 # a barrier: runs off the loop
         ...rename, index record...
-        yield settle                        # fsync new/, fdatasync the index
+        yield Sync(files=(new_dir,), data=(index_fd,))
 
 `run()` drives such a generator in the calling thread (each callable inline: the work is
-exactly the old synchronous function); `drive()` runs the steps on the event loop and each
-callable in a thread of its own pool (habit 7: the loop never waits for an fsync). A yielded
-callable must never wait for a lock: the loop side holds them, and the pool is separate from
-the store's I/O threads, which may be waiting for a lock the steps hold.
+exactly the old synchronous function); `drive()` runs the steps on the event loop, each Sync
+in the sync helper process (syncer.py) and any other callable (a rewrite of the index) in a
+thread of its own pool (habit 7: the loop never waits for an fsync). A yielded callable must
+never wait for a lock: the loop side holds them, and the pool is separate from the store's
+I/O threads, which may be waiting for a lock the steps hold.
 
 Steps run on the loop under dotlock.without_waiting(): a lock held by someone else raises
 WouldWait at once, before anything is changed for good (the generator's own cleanup undoes
