@@ -88,6 +88,9 @@ def test_the_expunge_log_is_bounded(folder: Path, monkeypatch: pytest.MonkeyPatc
     for u in range(1, 6):
         del uids[u]
         marks.append(modseq.update(folder, 7, uids).highest)
+        logged = modseq.read(folder)
+        assert logged is not None
+        assert len(logged.expunged) == (u if u <= 4 else 3)  # at 4 kept, past it cut to 3
     index = modseq.read(folder)
     assert index is not None and len(index.expunged) == 3
     assert index.vanished_since(marks[2]) == ([4, 5], True)

@@ -220,3 +220,30 @@ def test_steps_run_inline_in_a_thread_as_the_old_function(tmp_path: Path) -> Non
         assert tmp == [] and len(new) == 2
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("count", "octets", "on_loop"), [
+    (2, 0, True), (3, 0, False),   # INLINE_APPEND_MESSAGES 2: at it, and one past it
+    (1, 64, True), (1, 65, False),  # INLINE_APPEND_OCTETS 64: at it, and one octet past
+])
+async def test_only_small_appends_run_as_steps_on_the_loop(
+        store: MaildirStore, monkeypatch: pytest.MonkeyPatch, count: int, octets: int,
+        on_loop: bool) -> None:
+    from mailkeep.store.maildir import store as store_module  # noqa: PLC0415
+
+    await small(store)
+    monkeypatch.setattr(store_module, "INLINE_APPEND_MESSAGES", 2)
+    monkeypatch.setattr(store_module, "INLINE_APPEND_OCTETS", 64 if octets else 1 << 20)
+    asked = 0
+    real = Syncer.sync
+
+    async def counted(self: Syncer, fsync: list[int] = (), fdatasync: list[int] = ()) -> None:
+        nonlocal asked
+        asked += 1
+        await real(self, fsync, fdatasync)
+
+    monkeypatch.setattr(Syncer, "sync", counted)
+    data = b"Subject: s\r\n\r\n" + b"x" * (max(octets, 20) - 14)
+    appended = await store.append_many(A, "INBOX", [NewMessage(data)] * count)
+    assert len(appended.uids) == count
+    assert (asked == 2) is on_loop  # the two barriers through the helper, or a thread
